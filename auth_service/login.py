@@ -1,0 +1,91 @@
+"""Local accounts: the login form, and logout that revokes the session row at once."""
+from flask import Blueprint, current_app, redirect, render_template, request
+from flask_wtf import FlaskForm
+from sqlalchemy import func, select
+from wtforms import EmailField, PasswordField, StringField
+from wtforms.validators import DataRequired, Length
+
+from auth_service.sessions import (
+    clear_session_cookie,
+    find_session,
+    revoke_session,
+    set_session_cookie,
+    start_session,
+)
+from webapp.extensions import db
+from webapp.hosts import safe_next_url
+from webapp.models import User, record_event
+
+bp = Blueprint("login", __name__, url_prefix="/auth")
+
+
+class LoginForm(FlaskForm):
+    email = EmailField("Email", validators=[DataRequired(), Length(max=320)])
+    password = PasswordField("Password", validators=[DataRequired(), Length(max=1000)])
+    next = StringField()
+
+
+class LogoutForm(FlaskForm):
+    pass
+
+
+def _client_ip():
+    return request.headers.get("X-Real-IP", request.remote_addr or "")
+
+
+def _session_token():
+    return request.cookies.get(current_app.config["BERTH_SESSION_COOKIE"])
+
+
+@bp.route("/login", methods=["GET", "POST"])
+def login():
+    config = current_app.config
+    form = LoginForm()
+    next_url = safe_next_url(config, form.next.data or request.args.get("next"))
+    if request.method == "GET" and find_session(_session_token()):
+        return redirect(next_url)
+    if not form.validate_on_submit():
+        status = 400 if request.method == "POST" else 200
+        return render_template("login.html", form=form, next_url=next_url), status
+
+    email = form.email.data.strip().lower()
+    user = db.session.execute(select(User).where(func.lower(User.email) == email)).scalar_one_or_none()
+    if user is None or not user.is_active or not user.check_password(form.password.data):
+        record_event("auth.login_failed", f"Failed sign-in for {email}", actor="anonymous",
+                     user_id=user.id if user else None, ip=_client_ip())
+        db.session.commit()
+        error = "That email and password do not match an active account."
+        return render_template("login.html", form=form, next_url=next_url, error=error), 401
+
+    revoke_session(_session_token())  # a fresh token at every sign-in: no fixation
+    token = start_session(
+        user,
+        lifetime_seconds=config["BERTH_SESSION_LIFETIME"],
+        client_ip=_client_ip(),
+        user_agent=request.headers.get("User-Agent", ""),
+    )
+    record_event("auth.login", f"{user.email} signed in", actor=f"user:{user.id}",
+                 user_id=user.id, ip=_client_ip())
+    db.session.commit()
+    response = redirect(next_url)
+    set_session_cookie(response, token, config)
+    return response
+
+
+@bp.route("/logout", methods=["GET", "POST"])
+def logout():
+    config = current_app.config
+    form = LogoutForm()
+    session = find_session(_session_token())
+    if request.method == "GET" or not form.validate_on_submit():
+        if session is None:
+            return redirect("/auth/login")
+        return render_template("logout.html", form=form, user=session.user)
+    if session is not None:
+        revoke_session(_session_token())
+        record_event("auth.logout", f"{session.user.email} signed out",
+                     actor=f"user:{session.user_id}", user_id=session.user_id, ip=_client_ip())
+        db.session.commit()
+    response = redirect("/auth/login?signed_out=1")
+    clear_session_cookie(response, config)
+    return response

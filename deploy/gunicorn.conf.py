@@ -1,0 +1,19 @@
+"""gunicorn settings for the auth service and the web app.
+
+gthread workers keep connections from nginx alive (sync workers close every one, which
+doubles the TCP connections per request on the auth path).
+"""
+import os
+
+workers = int(os.environ.get("BERTH_GUNICORN_WORKERS", "2"))
+worker_class = "gthread"
+threads = int(os.environ.get("BERTH_GUNICORN_THREADS", "8"))
+# Longer than nginx's upstream keepalive_timeout (60 s), so that nginx closes idle connections
+# first and never sends a request on a connection gunicorn is closing.
+keepalive = 75
+graceful_timeout = 10
+accesslog = None
+errorlog = "-"
+loglevel = os.environ.get("BERTH_LOG_LEVEL", "info")
+# gunicorn's control socket lives at one fixed path per user; auth and web would share it.
+control_socket_disable = True

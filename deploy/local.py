@@ -1,0 +1,214 @@
+"""Run the whole of Berth on this machine: nginx, auth, web and worker as child processes.
+
+`berth run` (and so `make run`) uses run_local. The tests and benchmarks use Stack directly,
+to start, kill and restart single components.
+"""
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def _nginx_binary():
+    found = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
+    if not found:
+        raise SystemExit("nginx is not installed. On Debian: sudo apt-get install nginx "
+                         "(`make run` does this for you when run as root).")
+    return found
+
+
+class Stack:
+    """Berth's processes, each started from the same environment (BERTH_* variables)."""
+
+    def __init__(self, env, data_dir, log_dir=None):
+        self.env = dict(env)
+        self.data_dir = Path(data_dir)
+        self.log_dir = Path(log_dir or self.data_dir / "logs")
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.processes = {}
+
+    # -- the components ---------------------------------------------------------------------
+    def command(self, name):
+        gunicorn = [str(BIN / "gunicorn"), "-c", str(ROOT / "deploy" / "gunicorn.conf.py")]
+        if name == "auth":
+            return gunicorn + ["--bind", f"127.0.0.1:{self.env['BERTH_AUTH_PORT']}",
+                               "auth_service:create_app()"]
+        if name == "web":
+            return gunicorn + ["--bind", f"127.0.0.1:{self.env['BERTH_WEB_PORT']}", "webapp:create_app()"]
+        if name == "worker":
+            return [str(BIN / "huey_consumer"), "webapp.tasks.huey", "-w", "4", "-k", "thread",
+                    "-d", "0.05", "-m", "0.1", "-b", "1.1"]
+        if name == "nginx":
+            prefix = self.data_dir / "nginx"
+            command = [_nginx_binary(), "-p", str(prefix), "-c", str(prefix / "nginx.conf"),
+                       "-e", str(prefix / "logs" / "error.log"), "-g", "daemon off;"]
+            if os.geteuid() == 0:  # workers as nobody could not read a 0700 data directory
+                command[-1] += " user root root;"
+            return command
+        raise ValueError(name)
+
+    def render_nginx(self, config, **options):
+        from webapp.nginx_conf import prepare_prefix, render_nginx
+
+        prefix = self.data_dir / "nginx"
+        prepare_prefix(prefix)
+        text = render_nginx(config, standalone=True, prefix=str(prefix),
+                            listen=options.pop("listen", f"127.0.0.1:{config['BERTH_HTTP_PORT']}"),
+                            **options)
+        (prefix / "nginx.conf").write_text(text)
+        result = subprocess.run(self.command("nginx")[:-2] + ["-t", "-q", "-g", self.command("nginx")[-1]],
+                                capture_output=True, text=True)
+        if result.returncode != 0:
+            raise SystemExit(f"nginx rejected the rendered configuration:\n{result.stderr}")
+
+    def start(self, name, extra_env=None):
+        env = {**self.env, **(extra_env or {})}
+        log = open(self.log_dir / f"{name}.log", "ab")
+        self.processes[name] = subprocess.Popen(
+            self.command(name), env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+        log.close()
+        return self.processes[name]
+
+    def stop(self, name, sig=signal.SIGTERM, timeout=10):
+        process = self.processes.pop(name, None)
+        if process is None or process.poll() is not None:
+            return
+        # huey_consumer finishes its tasks on SIGINT; the others stop cleanly on SIGTERM.
+        process.send_signal(signal.SIGINT if name == "worker" and sig == signal.SIGTERM else sig)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def kill(self, name):
+        self.stop(name, sig=signal.SIGKILL)
+
+    def stop_all(self):
+        for name in ("nginx", "worker", "web", "auth"):
+            self.stop(name)
+
+    def wait_ready(self, url, host=None, timeout=30):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for name, process in self.processes.items():
+                if process.poll() is not None:
+                    raise RuntimeError(f"{name} exited with code {process.returncode}; see "
+                                       f"{self.log_dir / (name + '.log')}")
+            try:
+                request = urllib.request.Request(url, headers={"Host": host} if host else {})
+                with urllib.request.urlopen(request, timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"Berth did not answer at {url} within {timeout} s")
+
+
+def prepare_database(config, admin_email=None, admin_password=None):
+    """Migrate, make sure the admin exists, and load the catalogue named by BERTH_CATALOGUE."""
+    from flask_migrate import upgrade
+    from sqlalchemy import func, select
+
+    from webapp.catalogue.loader import CatalogueError, load_catalogue
+    from webapp.extensions import db
+    from webapp.models import User
+
+    upgrade(directory=str(ROOT / "migrations"))
+    if admin_email:
+        user = db.session.execute(
+            select(User).where(func.lower(User.email) == admin_email.lower())
+        ).scalar_one_or_none()
+        if user is None:
+            user = User(email=admin_email.lower(), name="Administrator", is_admin=True)
+            db.session.add(user)
+        user.set_password(admin_password)
+        db.session.commit()
+    if config.get("BERTH_CATALOGUE"):
+        try:
+            created, updated = load_catalogue(Path(config["BERTH_CATALOGUE"]).read_text())
+        except (OSError, CatalogueError) as error:
+            raise SystemExit(f"BERTH_CATALOGUE={config['BERTH_CATALOGUE']}: {error}") from None
+        print(f"Catalogue {config['BERTH_CATALOGUE']}: {created} new, {updated} changed.")
+
+
+def run_local(config):
+    from webapp.hosts import public_url
+
+    data_dir = Path(config["BERTH_DATA_DIR"])
+    admin_email = os.environ.get("BERTH_ADMIN_EMAIL", "admin@berth.localhost")
+    admin_password = os.environ.get("BERTH_ADMIN_PASSWORD") or _remembered_password(data_dir)
+    prepare_database(config, admin_email, admin_password)
+
+    env = {**os.environ, "BERTH_DATA_DIR": str(data_dir),
+           "BERTH_AUTH_PORT": str(config["BERTH_AUTH_PORT"]),
+           "BERTH_WEB_PORT": str(config["BERTH_WEB_PORT"])}
+    stack = Stack(env, data_dir)
+    stack.render_nginx(config)
+
+    def shut_down(*_):
+        print("\nStopping Berth and the tools it started…", flush=True)
+        stack.stop_all()
+        stop_local_tools(config)
+        sys.exit(0)
+
+    signal.signal(signal.SIGINT, shut_down)
+    signal.signal(signal.SIGTERM, shut_down)
+    for name in ("auth", "web", "worker", "nginx"):
+        stack.start(name)
+    home = public_url(config, config["BERTH_DOMAIN"])
+    try:
+        stack.wait_ready(f"http://127.0.0.1:{config['BERTH_HTTP_PORT']}/healthz",
+                         host=config["BERTH_DOMAIN"])
+    except RuntimeError as error:
+        stack.stop_all()
+        raise SystemExit(str(error)) from None
+    print(f"\nBerth is running at {home}\n"
+          f"  sign in as {admin_email} with password {admin_password}\n"
+          f"  logs: {stack.log_dir}\n"
+          f"Press Ctrl-C to stop.\n", flush=True)
+    while True:
+        time.sleep(1)
+        for name, process in list(stack.processes.items()):
+            if process.poll() is not None:
+                print(f"{name} exited with code {process.returncode}; see {stack.log_dir / (name + '.log')}")
+                stack.stop_all()
+                sys.exit(1)
+
+
+def _remembered_password(data_dir):
+    path = Path(data_dir) / "admin_password"
+    if path.exists():
+        return path.read_text().strip()
+    password = secrets.token_urlsafe(12)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(password)
+    path.chmod(0o600)
+    return password
+
+
+def stop_local_tools(config):
+    """On Ctrl-C, end the process-backend tools too: on one machine, "stop" means everything."""
+    from webapp.launcher import stop_instance
+    from webapp.lifecycle.launches import request_stop
+    from webapp.models import State, ToolInstance
+    from webapp.extensions import db
+
+    live = db.session.execute(
+        db.select(ToolInstance).where(ToolInstance.state.in_(State.LIVE),
+                                      ToolInstance.backend == "process")
+    ).scalars().all()
+    for instance in live:
+        request_stop(instance, actor="cli", enqueue=False)
+        stop_instance(instance.id)

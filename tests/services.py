@@ -1,0 +1,132 @@
+"""Real services for the tests, started on loopback with throwaway data directories.
+
+PostgreSQL runs as the `postgres` user (initdb refuses root); Redis and nginx run as
+whoever runs the tests. Nothing here is mocked: a test that needs a service gets the real
+one, or the session fails loudly saying what is missing.
+"""
+import os
+import pwd
+import re
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_for_port(port, timeout=20, process=None, what="service"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"{what} exited with code {process.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{what} did not listen on port {port} within {timeout} s")
+
+
+def _stop(process, timeout=10):
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+class Postgres:
+    """A PostgreSQL 15 server in a temporary directory, owned by the postgres user."""
+
+    def __init__(self):
+        if not (PG_BIN / "postgres").exists():
+            raise RuntimeError("PostgreSQL 15 is not installed (apt-get install postgresql); "
+                               "`make test` installs it")
+        self.port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="berth-pg-"))
+        account = pwd.getpwnam("postgres") if os.geteuid() == 0 else None
+        self._as_user = {}
+        if account is not None:
+            os.chown(self.dir, account.pw_uid, account.pw_gid)
+            self._as_user = {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
+        subprocess.run(
+            [PG_BIN / "initdb", "-D", self.dir / "data", "-U", "postgres", "--auth=trust", "-E", "UTF8",
+             "--no-sync", "--no-instructions"],
+            check=True, capture_output=True, **self._as_user,
+        )
+        log = open(self.dir / "postgres.log", "wb")
+        self.process = subprocess.Popen(
+            [PG_BIN / "postgres", "-D", self.dir / "data", "-p", str(self.port), "-k", self.dir,
+             "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "synchronous_commit=off",
+             "-c", "full_page_writes=off", "-c", "max_connections=200"],
+            stdout=subprocess.DEVNULL, stderr=log, **self._as_user,
+        )
+        log.close()
+        deadline = time.monotonic() + 30
+        while subprocess.run(["pg_isready", "-q", "-h", "127.0.0.1", "-p", str(self.port)]).returncode:
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"PostgreSQL did not start; see {self.dir / 'postgres.log'}")
+            time.sleep(0.1)
+
+    def create_database(self, name):
+        subprocess.run(["psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-q",
+                        "-c", f"CREATE DATABASE {name}"], check=True, capture_output=True)
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{name}"
+
+    def stop(self):
+        _stop(self.process)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Redis:
+    def __init__(self):
+        binary = shutil.which("redis-server")
+        if not binary:
+            raise RuntimeError("redis-server is not installed (apt-get install redis-server); "
+                               "`make test` installs it")
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="berth-redis-")
+        self.process = subprocess.Popen(
+            [binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--appendonly", "no",
+             "--dir", self.dir, "--daemonize", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        wait_for_port(self.port, process=self.process, what="redis-server")
+
+    def url(self, db=0):
+        return f"redis://127.0.0.1:{self.port}/{db}"
+
+    def stop(self):
+        _stop(self.process)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def rss_kib(pid):
+    """Resident memory of one process, in KiB."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"VmRSS:\s+(\d+)", status).group(1))
+
+
+def rss_of_tree(pid):
+    """Resident memory of a process and all its descendants, in KiB."""
+    total, pending = 0, [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            total += rss_kib(current)
+            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
+        except (OSError, AttributeError):
+            continue
+        pending.extend(int(child) for child in children)
+    return total

@@ -1,0 +1,139 @@
+"""Load tool templates from YAML, all or nothing.
+
+    tools:
+      - slug: jupyterlab            # lower case, digits and hyphens; part of the tool's address
+        name: JupyterLab
+        description: Notebooks in Python
+        backend: process            # process (more backends come with their issues)
+        command: ["{python}", "-m", "jupyterlab", "--port={port}"]
+        image: null                 # the container image, for container backends
+        port: null                  # the port the tool listens on inside a container
+        env: {KEY: value}           # {port}, {python} and {home} are filled in
+        health_path: /              # Berth waits until this answers below 500
+        spawn_timeout: 120          # seconds until a launch that has not answered fails
+        idle_timeout: 3600          # seconds without activity before the tool is stopped
+        enabled: true
+
+Every entry is checked before anything is written. An error names the entry and the field.
+"""
+import yaml
+from sqlalchemy import select
+
+from webapp.extensions import db
+from webapp.hosts import SLUG_PATTERN
+from webapp.models import ToolTemplate, record_event
+from webapp.spawners import BACKEND_NAMES
+
+
+class CatalogueError(ValueError):
+    pass
+
+
+def _text(value, field, required=False, maximum=300):
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or (required and not value.strip()):
+        raise CatalogueError(f"{field} must be {'a non-empty' if required else 'a'} string")
+    if len(value) > maximum:
+        raise CatalogueError(f"{field} is longer than {maximum} characters")
+    return value
+
+
+def _integer(value, field, minimum, maximum):
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise CatalogueError(f"{field} must be a whole number")
+    if not minimum <= value <= maximum:
+        raise CatalogueError(f"{field} must be between {minimum} and {maximum}")
+    return value
+
+
+def _validate_entry(entry):
+    if not isinstance(entry, dict):
+        raise CatalogueError("each entry must be a mapping of fields")
+    known = {"slug", "name", "description", "backend", "command", "image", "port", "env",
+             "health_path", "spawn_timeout", "idle_timeout", "enabled"}
+    unknown = sorted(set(entry) - known)
+    if unknown:
+        raise CatalogueError(f"unknown field {unknown[0]!r} (known: {', '.join(sorted(known))})")
+    slug = _text(entry.get("slug"), "slug", required=True, maximum=40)
+    if not SLUG_PATTERN.match(slug):
+        raise CatalogueError("slug must start with a letter and hold only a-z, 0-9 and single hyphens")
+    backend = entry.get("backend", "process")
+    if backend not in BACKEND_NAMES:
+        raise CatalogueError(f"backend must be one of: {', '.join(BACKEND_NAMES)}")
+    command = entry.get("command", [])
+    if not isinstance(command, list) or not all(isinstance(part, str) for part in command):
+        raise CatalogueError("command must be a list of strings")
+    if backend == "process" and not command:
+        raise CatalogueError("command is required for the process backend")
+    env = entry.get("env") or {}
+    if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, (str, int, float))
+                                            and not isinstance(v, bool) for k, v in env.items()):
+        raise CatalogueError("env must map names to strings or numbers")
+    health_path = _text(entry.get("health_path", "/"), "health_path", required=True)
+    if not health_path.startswith("/"):
+        raise CatalogueError("health_path must start with /")
+    port = entry.get("port")
+    enabled = entry.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise CatalogueError("enabled must be true or false")
+    return {
+        "slug": slug,
+        "name": _text(entry.get("name"), "name", required=True, maximum=200),
+        "description": _text(entry.get("description", ""), "description", maximum=2000) or "",
+        "backend": backend,
+        "command": command,
+        "image": _text(entry.get("image"), "image"),
+        "port": None if port is None else _integer(port, "port", 1, 65535),
+        "env": {key: str(value) for key, value in env.items()},
+        "health_path": health_path,
+        "spawn_timeout": _integer(entry.get("spawn_timeout", 60), "spawn_timeout", 1, 3600),
+        "idle_timeout": _integer(entry.get("idle_timeout", 3600), "idle_timeout", 0, 30 * 86400),
+        "enabled": enabled,
+    }
+
+
+def parse_catalogue(text):
+    """Validate a catalogue document and return a list of template field dicts."""
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise CatalogueError(f"the file is not valid YAML: {error}") from None
+    entries = document.get("tools") if isinstance(document, dict) else document
+    if not isinstance(entries, list):
+        raise CatalogueError("the file must hold a list of tools under the key 'tools'")
+    parsed, seen = [], set()
+    for index, entry in enumerate(entries, start=1):
+        label = f"entry {index}"
+        if isinstance(entry, dict) and isinstance(entry.get("slug"), str):
+            label += f" ({entry['slug']})"
+        try:
+            fields = _validate_entry(entry)
+        except CatalogueError as error:
+            raise CatalogueError(f"{label}: {error}") from None
+        if fields["slug"] in seen:
+            raise CatalogueError(f"{label}: slug {fields['slug']!r} appears twice")
+        seen.add(fields["slug"])
+        parsed.append(fields)
+    return parsed
+
+
+def load_catalogue(text, actor="cli"):
+    """Upsert every template in the document, in one transaction. Returns (created, updated)."""
+    entries = parse_catalogue(text)
+    created = updated = 0
+    for fields in entries:
+        template = db.session.execute(
+            select(ToolTemplate).where(ToolTemplate.slug == fields["slug"])
+        ).scalar_one_or_none()
+        if template is None:
+            db.session.add(ToolTemplate(**fields))
+            created += 1
+        else:
+            changed = {key: value for key, value in fields.items() if getattr(template, key) != value}
+            for key, value in changed.items():
+                setattr(template, key, value)
+            updated += bool(changed)
+    record_event("catalogue.load", f"Catalogue loaded: {created} new, {updated} changed", actor=actor)
+    db.session.commit()
+    return created, updated

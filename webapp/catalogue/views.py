@@ -1,0 +1,55 @@
+"""Main-host pages: the catalogue, and stopping a tool from it."""
+from flask import Blueprint, abort, current_app, flash, g, redirect, render_template
+from flask_wtf import FlaskForm
+from sqlalchemy import select
+
+from webapp.extensions import db
+from webapp.hosts import public_url, tool_host
+from webapp.identity import login_required
+from webapp.lifecycle.launches import request_stop
+from webapp.models import State, ToolInstance, ToolTemplate
+
+bp = Blueprint("catalogue", __name__)
+
+
+class StopForm(FlaskForm):
+    pass
+
+
+@bp.get("/")
+@login_required
+def index():
+    templates = db.session.execute(
+        select(ToolTemplate).where(ToolTemplate.enabled.is_(True)).order_by(ToolTemplate.name)
+    ).scalars().all()
+    live = db.session.execute(
+        select(ToolInstance).where(ToolInstance.owner_id == g.user.id,
+                                   ToolInstance.state.in_(State.LIVE))
+    ).scalars().all()
+    live_by_template = {instance.template_id: instance for instance in live}
+    domain = current_app.config["BERTH_DOMAIN"]
+    tools = [
+        {
+            "template": template,
+            "instance": live_by_template.get(template.id),
+            "url": public_url(current_app.config, tool_host(template.slug, g.user.host_key, domain)),
+        }
+        for template in templates
+    ]
+    return render_template("catalogue.html", tools=tools, stop_form=StopForm())
+
+
+@bp.post("/instances/<int:instance_id>/stop")
+@login_required
+def stop(instance_id):
+    form = StopForm()
+    if not form.validate_on_submit():
+        abort(400, "The form expired. Reload the page and try again.")
+    instance = db.session.get(ToolInstance, instance_id)
+    if instance is None or instance.owner_id != g.user.id:
+        abort(404)
+    if request_stop(instance, actor=f"user:{g.user.id}"):
+        flash(f"Stopping {instance.template.name}.")
+    else:
+        flash(f"{instance.template.name} was not running.")
+    return redirect("/")

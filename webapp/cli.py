@@ -1,0 +1,126 @@
+"""`berth`: the operator's command line (a Flask CLI group).
+
+    berth db upgrade                    apply migrations (run once per release, as its own job)
+    berth catalogue load FILE           upsert tool templates from YAML, all or nothing
+    berth create-admin EMAIL --password P
+    berth create-user EMAIL --password P
+    berth nginx-conf [--standalone --prefix DIR] [--out FILE]
+    berth run                           the embedded default: nginx, auth, web and worker together
+"""
+import sys
+
+import click
+from flask import current_app
+from flask.cli import FlaskGroup, with_appcontext
+from sqlalchemy import func, select
+
+from webapp import create_app
+from webapp.extensions import db
+from webapp.models import User, record_event
+
+
+def _create_app(*_args, **_kwargs):
+    return create_app()
+
+
+@click.group(cls=FlaskGroup, create_app=_create_app, add_default_commands=False,
+             add_version_option=False, load_dotenv=False, set_debug_flag=False)
+def cli():
+    """Berth: operator commands. Settings come from BERTH_* environment variables."""
+
+
+@cli.group()
+def catalogue():
+    """Tool templates."""
+
+
+@catalogue.command("load")
+@click.argument("path", type=click.Path(dir_okay=False))
+@with_appcontext
+def catalogue_load(path):
+    """Upsert the tool templates in PATH (YAML). Nothing is written if any entry is invalid."""
+    from webapp.catalogue.loader import CatalogueError, load_catalogue
+
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except OSError as error:
+        raise click.ClickException(f"cannot read {path}: {error.strerror}") from None
+    try:
+        created, updated = load_catalogue(text)
+    except CatalogueError as error:
+        raise click.ClickException(f"{path}: {error}. Nothing was loaded.") from None
+    click.echo(f"Catalogue loaded from {path}: {created} new, {updated} changed.")
+
+
+def _save_user(email, password, is_admin):
+    email = email.strip().lower()
+    if "@" not in email or len(email) > 320:
+        raise click.ClickException(f"{email!r} is not an email address.")
+    if len(password) < 8:
+        raise click.ClickException("The password must have at least 8 characters.")
+    user = db.session.execute(select(User).where(func.lower(User.email) == email)).scalar_one_or_none()
+    created = user is None
+    if created:
+        user = User(email=email, name=email.split("@")[0])
+        db.session.add(user)
+    user.set_password(password)
+    user.is_admin = user.is_admin or is_admin
+    user.is_active = True
+    db.session.flush()
+    record_event("user.created" if created else "user.updated", f"{email} saved from the command line",
+                 actor="cli", user_id=user.id, is_admin=user.is_admin)
+    db.session.commit()
+    click.echo(f"{'Created' if created else 'Updated'} {'admin' if user.is_admin else 'user'} {email}.")
+
+
+@cli.command("create-admin")
+@click.argument("email")
+@click.option("--password", required=True, help="At least 8 characters.")
+@with_appcontext
+def create_admin(email, password):
+    """Create an administrator with a local password (or reset an existing one)."""
+    _save_user(email, password, is_admin=True)
+
+
+@cli.command("create-user")
+@click.argument("email")
+@click.option("--password", required=True, help="At least 8 characters.")
+@with_appcontext
+def create_user(email, password):
+    """Create a user with a local password (or reset an existing one)."""
+    _save_user(email, password, is_admin=False)
+
+
+@cli.command("nginx-conf")
+@click.option("--standalone", is_flag=True, help="A complete nginx.conf, not just the http-level part.")
+@click.option("--prefix", type=click.Path(file_okay=False), help="nginx's prefix, with --standalone.")
+@click.option("--listen", help="nginx's listen address. Default: BERTH_HTTP_PORT.")
+@click.option("--auth-server", "auth_servers", multiple=True, help="host:port of an auth replica.")
+@click.option("--web-server", "web_servers", multiple=True, help="host:port of a web replica.")
+@click.option("--out", type=click.Path(dir_okay=False), help="Write here instead of stdout.")
+@with_appcontext
+def nginx_conf(standalone, prefix, listen, auth_servers, web_servers, out):
+    """Render nginx's configuration for this domain and these ports."""
+    from webapp.nginx_conf import prepare_prefix, render_nginx
+
+    if standalone and not prefix:
+        raise click.ClickException("--standalone needs --prefix.")
+    if prefix:
+        prepare_prefix(prefix)
+    text = render_nginx(current_app.config, listen=listen, auth_servers=list(auth_servers),
+                        web_servers=list(web_servers), standalone=standalone, prefix=prefix)
+    if out:
+        with open(out, "w", encoding="utf-8") as handle:
+            handle.write(text)
+    else:
+        sys.stdout.write(text)
+
+
+@cli.command("run")
+@with_appcontext
+def run():
+    """Run everything on this machine: migrate, load the catalogue, start nginx, auth, web, worker."""
+    from deploy.local import run_local
+
+    run_local(current_app.config)

@@ -1,0 +1,86 @@
+"""Tool addresses: <slug>-<host_key>.<domain> for a personal tool.
+
+The auth service and the web app both read a tool host with the same function, so that
+they always agree on which tool and which owner a request is for.
+"""
+import re
+from urllib.parse import urlsplit
+from dataclasses import dataclass
+
+SLUG_PATTERN = re.compile(r"^[a-z][a-z0-9]*(?:-[a-z0-9]+)*$")
+_HOST_KEY = re.compile(r"^[0-9a-f]{8}$")
+
+
+@dataclass(frozen=True)
+class ToolHost:
+    slug: str
+    host_key: str
+
+
+def strip_port(host):
+    host = (host or "").strip().lower()
+    if host.startswith("["):
+        return host
+    return host.rsplit(":", 1)[0] if ":" in host else host
+
+
+def is_main_host(host, domain):
+    return strip_port(host) == domain
+
+
+def parse_tool_host(host, domain):
+    """Return the ToolHost for a tool address, or None if the host is not one."""
+    name = strip_port(host)
+    suffix = "." + domain
+    if not name.endswith(suffix):
+        return None
+    label = name[: -len(suffix)]
+    if "." in label or "-" not in label:
+        return None
+    slug, host_key = label.rsplit("-", 1)
+    if not SLUG_PATTERN.match(slug) or not _HOST_KEY.match(host_key):
+        return None
+    return ToolHost(slug=slug, host_key=host_key)
+
+
+def tool_host(slug, host_key, domain):
+    return f"{slug}-{host_key}.{domain}"
+
+
+def public_url(config, host, path="/"):
+    """The address a browser uses for a host, with the public scheme and port."""
+    scheme = config["BERTH_SCHEME"]
+    port = config["BERTH_HTTP_PORT"]
+    default_port = 443 if scheme == "https" else 80
+    netloc = host if port == default_port else f"{host}:{port}"
+    return f"{scheme}://{netloc}{path}"
+
+
+def safe_next_url(config, value):
+    """Where to send the browser after login: the main host or one of its tool hosts, else home.
+
+    Relative paths must start with a single slash; absolute URLs must use the public scheme
+    and port and name the main host or a well-formed tool host. Everything else (other hosts,
+    protocol-relative URLs, backslash tricks, javascript: and friends) falls back to home.
+    """
+
+    domain = config["BERTH_DOMAIN"]
+    home = public_url(config, domain)
+    if not value or any(ch in value for ch in "\\\r\n\t\x00"):
+        return home
+    if value.startswith("/") and not value.startswith("//"):
+        return public_url(config, domain, value)
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError:
+        return home
+    if parts.scheme != config["BERTH_SCHEME"] or parts.username or parts.password:
+        return home
+    default_port = 443 if parts.scheme == "https" else 80
+    if (port or default_port) != config["BERTH_HTTP_PORT"]:
+        return home
+    host = (parts.hostname or "").lower()
+    if host != domain and parse_tool_host(host, domain) is None:
+        return home
+    return value

@@ -1,0 +1,60 @@
+"""Who the user is, as nginx tells the web app. The web app has no login of its own.
+
+nginx sets X-Berth-User-Id from the auth service's answer and overwrites any copy a client
+sent. It also sends the proxy secret, so a request that bypassed nginx is refused.
+"""
+import hmac
+from functools import wraps
+
+from flask import Response, abort, current_app, g, request
+
+from webapp.extensions import db
+from webapp.hosts import is_main_host, public_url
+from webapp.models import User
+
+OPEN_ENDPOINTS = {"healthz"}
+
+
+def init_app(app):
+    @app.before_request
+    def load_user():
+        g.user = None
+        if request.endpoint in OPEN_ENDPOINTS:
+            return None
+        refused = require_proxy_secret(current_app.config)
+        if refused is not None:
+            return refused
+        user_id = request.headers.get("X-Berth-User-Id", "")
+        if user_id.isdigit():
+            user = db.session.get(User, int(user_id))
+            g.user = user if user is not None and user.is_active else None
+        return None
+
+    @app.context_processor
+    def page_context():
+        config = current_app.config
+        on_tool_host = not is_main_host(request.host, config["BERTH_DOMAIN"])
+        return {
+            "current_user": g.get("user"),
+            # Tool hosts reach the stylesheet under the reserved /__berth/ prefix.
+            "static_prefix": "/__berth/static" if on_tool_host else "/static",
+            "home_url": public_url(config, config["BERTH_DOMAIN"]),
+        }
+
+
+def login_required(view):
+    @wraps(view)
+    def wrapped(*args, **kwargs):
+        if g.user is None:
+            abort(401)
+        return view(*args, **kwargs)
+
+    return wrapped
+
+
+def require_proxy_secret(config):
+    """Refuse anything that did not come through nginx (which adds the shared secret)."""
+    sent = request.headers.get("X-Berth-Proxy-Secret", "")
+    if not hmac.compare_digest(sent.encode(), config["BERTH_PROXY_SECRET"].encode()):
+        return Response("Berth answers only through its nginx.\n", status=403, mimetype="text/plain")
+    return None

@@ -1,0 +1,283 @@
+"""The launch state machine, stop and reconcile, run by the worker (see tasks.py).
+
+A launch moves QUEUED → SPAWNING → RUNNING, one recorded step at a time:
+
+    <backend steps, e.g. allocate, start> → wait_healthy → RUNNING
+
+A worker first takes a lease on the instance with a conditional UPDATE. After each step it
+records the step's result and the next step in one conditional UPDATE that also checks the
+lease and the state. If the worker dies, its lease runs out and the reconciler enqueues the
+launch again; the next worker resumes at the recorded step, and the step being redone finds
+what the dead worker made (steps are idempotent). No in-process lock is involved.
+"""
+import logging
+import os
+import signal
+import socket
+import time
+import uuid
+from datetime import timedelta
+
+from flask import current_app
+from sqlalchemy import or_, select, update
+from sqlalchemy.exc import IntegrityError
+
+from webapp.extensions import db
+from webapp.models import State, ToolInstance, record_event, utcnow
+from webapp.spawners import LaunchFailed, get_backend
+
+log = logging.getLogger(__name__)
+
+WAIT_STEP = "wait_healthy"
+PROBE_INTERVAL = 0.05  # seconds between health probes while a tool starts
+
+
+def worker_id():
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def _lease_seconds():
+    return current_app.config["BERTH_LEASE_SECONDS"]
+
+
+def _update(instance_id, *conditions, **values):
+    """A conditional UPDATE of one instance; True if it applied."""
+    result = db.session.execute(
+        update(ToolInstance)
+        .where(ToolInstance.id == instance_id, *conditions)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    db.session.commit()
+    return result.rowcount == 1
+
+
+def _claim(instance_id, me):
+    now = utcnow()
+    return _update(
+        instance_id,
+        ToolInstance.state.in_((State.QUEUED, State.SPAWNING)),
+        or_(
+            ToolInstance.lease_owner.is_(None),
+            ToolInstance.lease_expires_at < now,
+            ToolInstance.lease_owner == me,
+        ),
+        lease_owner=me,
+        lease_expires_at=now + timedelta(seconds=_lease_seconds()),
+    )
+
+
+def _fresh(instance_id):
+    db.session.expire_all()
+    return db.session.get(ToolInstance, instance_id)
+
+
+def _fault_point(when, step):
+    """Test-only fault injection: BERTH_TEST_CRASH_AT=<before|after>:<step> kills this worker."""
+    if os.environ.get("BERTH_TEST_CRASH_AT") == f"{when}:{step}":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def advance_launch(instance_id, me=None):
+    """Run a launch from its recorded step to RUNNING or FAILED. Safe to call any number of times."""
+    me = me or worker_id()
+    if not _claim(instance_id, me):
+        return "not-claimed"
+    instance = _fresh(instance_id)
+    config = current_app.config
+    if instance.state == State.QUEUED:
+        try:
+            backend = get_backend(instance.backend, config)
+        except LaunchFailed as failure:
+            return _fail(instance, failure, me)
+        first_step = backend.steps[0] if backend.steps else WAIT_STEP
+        if not _update(instance_id, ToolInstance.state == State.QUEUED, ToolInstance.lease_owner == me,
+                       state=State.SPAWNING, step=first_step, started_at=utcnow()):
+            return "lost"
+        record_event("spawn.started", f"Starting on the {instance.backend} backend",
+                     actor="worker", instance_id=instance_id, user_id=instance.owner_id)
+        db.session.commit()
+
+    while True:
+        instance = _fresh(instance_id)
+        if instance.state != State.SPAWNING or instance.lease_owner != me:
+            return "stopped-elsewhere"
+        try:
+            backend = get_backend(instance.backend, config)
+            _check_deadline(instance)
+            if instance.step == WAIT_STEP:
+                return _wait_healthy(instance, backend, me)
+            _run_step(instance, backend, me)
+        except LaunchFailed as failure:
+            return _fail(instance, failure, me, backend=locals().get("backend"))
+
+
+def _run_step(instance, backend, me):
+    step = instance.step
+    steps = list(backend.steps) + [WAIT_STEP]
+    next_step = steps[steps.index(step) + 1]
+    _fault_point("before", step)
+    for attempt in range(5):
+        changes = backend.run_step(step, instance)
+        values = {"step": next_step, "lease_expires_at": utcnow() + timedelta(seconds=_lease_seconds())}
+        if "backend_state" in changes:
+            values["backend_state"] = {**(instance.backend_state or {}), **changes["backend_state"]}
+        for key in ("port", "upstream"):
+            if key in changes:
+                values[key] = changes[key]
+        try:
+            applied = _update(instance.id, ToolInstance.state == State.SPAWNING,
+                              ToolInstance.lease_owner == me, ToolInstance.step == step, **values)
+        except IntegrityError:  # another launch took the same port between our check and write
+            db.session.rollback()
+            instance = _fresh(instance.id)
+            continue
+        break
+    else:
+        raise LaunchFailed(f"Step {step} kept colliding with other launches.")
+    if not applied:
+        # Stopped (or taken over) while this step ran: undo what the step made, then leave.
+        instance = _fresh(instance.id)
+        if instance.state not in (State.SPAWNING,):
+            backend.stop(instance)
+        return
+    _fault_point("after", step)
+    record_event("spawn.step", _STEP_MESSAGES.get(step, step).format(**values), actor="worker",
+                 instance_id=instance.id, user_id=instance.owner_id, step=step)
+    db.session.commit()
+
+
+_STEP_MESSAGES = {
+    "allocate": "Reserved a place to run",
+    "start": "Started the tool; waiting for it to answer",
+    "create": "Created the container",
+}
+
+
+def _check_deadline(instance):
+    timeout = instance.template.spawn_timeout
+    if instance.started_at and utcnow() > instance.started_at + timedelta(seconds=timeout):
+        raise LaunchFailed(f"The tool did not answer within its spawn timeout of {timeout} s.")
+
+
+def _wait_healthy(instance, backend, me):
+    lease = _lease_seconds()
+    renew_at = time.monotonic() + lease / 3
+    while True:
+        address = backend.check_ready(instance)
+        if address:
+            break
+        time.sleep(PROBE_INTERVAL)
+        if time.monotonic() >= renew_at:
+            renew_at = time.monotonic() + lease / 3
+            if not _update(instance.id, ToolInstance.state == State.SPAWNING,
+                           ToolInstance.lease_owner == me,
+                           lease_expires_at=utcnow() + timedelta(seconds=lease)):
+                return "stopped-elsewhere"
+            instance = _fresh(instance.id)
+        _check_deadline(instance)
+
+    _fault_point("before", WAIT_STEP)
+    now = utcnow()
+    if not _update(instance.id, ToolInstance.state == State.SPAWNING, ToolInstance.lease_owner == me,
+                   state=State.RUNNING, step="", upstream=address, running_at=now,
+                   last_activity_at=now, lease_owner=None, lease_expires_at=None):
+        return "stopped-elsewhere"
+    seconds = (now - instance.started_at).total_seconds() if instance.started_at else 0
+    record_event("spawn.running", f"Running; answered after {seconds:.1f} s", actor="worker",
+                 instance_id=instance.id, user_id=instance.owner_id, seconds=round(seconds, 3))
+    db.session.commit()
+    return "running"
+
+
+def _fail(instance, failure, me, backend=None):
+    """Record the reason, make sure nothing is left running, and end the launch."""
+    detail = failure.detail
+    if backend is not None:
+        detail = detail or backend.failure_detail(instance)
+        backend.stop(instance)
+    if not _update(instance.id, ToolInstance.state.in_((State.QUEUED, State.SPAWNING)),
+                   ToolInstance.lease_owner == me, state=State.FAILED, error=failure.reason,
+                   error_detail=detail[-8000:] if detail else None, ended_at=utcnow(),
+                   lease_owner=None, lease_expires_at=None):
+        return "stopped-elsewhere"
+    record_event("spawn.failed", failure.reason, actor="worker", instance_id=instance.id,
+                 user_id=instance.owner_id)
+    db.session.commit()
+    log.info("instance %s failed: %s", instance.id, failure.reason)
+    return "failed"
+
+
+def stop_instance(instance_id):
+    """Finish a stop that request_stop began: end the tool, then mark it STOPPED. Idempotent."""
+    instance = _fresh(instance_id)
+    if instance is None or instance.state != State.STOPPING:
+        return "not-stopping"
+    try:
+        get_backend(instance.backend, current_app.config).stop(instance)
+    except LaunchFailed:
+        pass  # an unknown backend has nothing of ours to stop
+    if _update(instance_id, ToolInstance.state == State.STOPPING, state=State.STOPPED,
+               step="", ended_at=utcnow(), lease_owner=None, lease_expires_at=None):
+        record_event("instance.stopped", "Stopped", actor="worker", instance_id=instance_id,
+                     user_id=instance.owner_id)
+        db.session.commit()
+    return "stopped"
+
+
+def reconcile(enqueue_launch, enqueue_stop, actor="reconciler"):
+    """Make the database and the backends agree. Returns a list of what it did.
+
+    - a RUNNING instance whose tool is gone becomes FAILED, with the reason;
+    - a QUEUED or SPAWNING launch whose lease ran out (its worker died, or its queue message
+      was lost) is enqueued again, and so is a STOPPING instance;
+    - a tool that a backend runs for this deployment with no live instance is stopped.
+    """
+    config = current_app.config
+    now = utcnow()
+    actions = []
+    grace = now - timedelta(seconds=5)  # give a fresh queue message time to be picked up
+    live = db.session.execute(select(ToolInstance).where(ToolInstance.state.in_(State.LIVE))).scalars()
+    live_ids_by_backend = {}
+    for instance in live:
+        live_ids_by_backend.setdefault(instance.backend, set()).add(instance.id)
+        if instance.state == State.RUNNING:
+            try:
+                alive, reason = get_backend(instance.backend, config).is_alive(instance)
+            except LaunchFailed as failure:
+                alive, reason = False, failure.reason
+            if not alive and _update(instance.id, ToolInstance.state == State.RUNNING,
+                                     state=State.FAILED, error=reason, ended_at=utcnow()):
+                record_event("reconcile.gone", f"The tool was no longer running: {reason}",
+                             actor=actor, instance_id=instance.id, user_id=instance.owner_id)
+                db.session.commit()
+                actions.append(("failed", instance.id))
+        elif instance.state in (State.QUEUED, State.SPAWNING):
+            lease_over = instance.lease_expires_at is None or instance.lease_expires_at < now
+            if lease_over and instance.created_at < grace:
+                record_event("reconcile.resume", f"Resuming the launch at step {instance.step or 'queued'}",
+                             actor=actor, instance_id=instance.id, user_id=instance.owner_id)
+                db.session.commit()
+                enqueue_launch(instance.id)
+                actions.append(("resumed", instance.id))
+        elif instance.state == State.STOPPING:  # stop is idempotent: finishing it twice is harmless
+            enqueue_stop(instance.id)
+            actions.append(("stop-again", instance.id))
+
+    from webapp.spawners import BACKEND_NAMES
+
+    for name in BACKEND_NAMES:
+        backend = get_backend(name, config)
+        for instance_id, description in backend.list_managed().items():
+            if instance_id in live_ids_by_backend.get(name, set()):
+                continue
+            # Still live under the database's current view? Re-check: it may have started since.
+            current = db.session.get(ToolInstance, instance_id)
+            if current is not None and current.state in State.LIVE:
+                continue
+            backend.stop_managed(instance_id, description)
+            record_event("reconcile.orphan", f"Removed a {name} tool that had no live instance",
+                         actor=actor, instance_id=instance_id if current else None)
+            db.session.commit()
+            actions.append(("orphan-removed", instance_id))
+    return actions

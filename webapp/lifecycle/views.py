@@ -1,0 +1,130 @@
+"""Tool-host pages, on any path of a tool host that is not running, and /__berth/ endpoints."""
+from flask import Blueprint, abort, current_app, g, jsonify, render_template, request
+from sqlalchemy import select
+
+from webapp.extensions import db
+from webapp.hosts import is_main_host, parse_tool_host, strip_port
+from webapp.lifecycle.launches import (
+    instance_events,
+    latest_instance,
+    mark_failure_shown,
+    request_launch,
+)
+from webapp.models import State, ToolTemplate, User
+
+bp = Blueprint("lifecycle", __name__, url_prefix="/__berth")
+
+# A page that polls sends this, so that a tab left open never launches the tool again.
+NO_LAUNCH_HEADER = "X-Berth-No-Launch"
+
+
+def init_app(app):
+    from webapp.extensions import csrf
+
+    csrf.exempt(forbidden)  # it only renders nginx's 403, for whatever method was refused
+
+    @app.before_request
+    def tool_host_pages():
+        """Every path of a tool host that nginx sent here (not /__berth/...) is a lifecycle page."""
+        if g.get("user") is None or is_main_host(request.host, app.config["BERTH_DOMAIN"]):
+            return None
+        if request.path.startswith("/__berth/"):
+            return None
+        return _lifecycle_page(request.headers.get("X-Berth-Page", ""))
+
+    @app.errorhandler(401)
+    def unauthorised(error):
+        return _error_page(401, "Sign-in needed", "Your session has ended. Sign in again.")
+
+    @app.errorhandler(400)
+    def bad_request(error):
+        return _error_page(400, "Bad request", error.description)
+
+    @app.errorhandler(404)
+    def not_found(error):
+        return _error_page(404, "Not found", "There is nothing at this address.")
+
+
+def _error_page(status, title, message):
+    if _wants_json():
+        return jsonify(error=message), status
+    return render_template("message.html", title=title, message=message), status
+
+
+def _wants_json():
+    accept = request.accept_mimetypes
+    return accept.best_match(["application/json", "text/html"]) == "application/json"
+
+
+def _tool_of_request():
+    """The template and owner named by the request's tool host, or 404."""
+    config = current_app.config
+    parsed = parse_tool_host(request.host, config["BERTH_DOMAIN"])
+    if parsed is None:
+        abort(404)
+    template = db.session.execute(
+        select(ToolTemplate).where(ToolTemplate.slug == parsed.slug)
+    ).scalar_one_or_none()
+    owner = db.session.execute(select(User).where(User.host_key == parsed.host_key)).scalar_one_or_none()
+    if template is None or owner is None:
+        abort(404)
+    if owner.id != g.user.id:  # the auth service already refused this; never trust one layer alone
+        abort(403)
+    return template, owner, strip_port(request.host)
+
+
+def _is_navigation():
+    """Only a browser's top-level navigation may start a tool, never a tool's own background XHR."""
+    if request.method not in ("GET", "HEAD") or request.headers.get(NO_LAUNCH_HEADER):
+        return False
+    mode = request.headers.get("Sec-Fetch-Mode")
+    if mode is not None:
+        return mode == "navigate"
+    return "text/html" in request.headers.get("Accept", "")
+
+
+def _lifecycle_page(page):
+    if page == "notfound" or page not in ("start", "spawning"):
+        return _error_page(404, "No such tool", f"There is no tool at {strip_port(request.host)}.")
+    template, owner, host = _tool_of_request()
+    context = {"template": template}
+
+    if page == "start":
+        previous = latest_instance(host)
+        if not _is_navigation():
+            return jsonify(error=f"{template.name} is not running. Open it in a browser to start it.",
+                           state=previous.state if previous else None), 503
+        if previous is not None and previous.state == State.FAILED and mark_failure_shown(previous):
+            return render_template("failed.html", instance=previous, **context), 502
+        instance, _ = request_launch(template, owner, host, actor=f"user:{g.user.id}")
+    else:
+        instance = latest_instance(host)
+        if not _is_navigation():
+            return jsonify(error=f"{template.name} is starting.", state=instance.state), 503
+    return render_template("spawning.html", instance=instance,
+                           events=instance_events(instance), **context), 202
+
+
+@bp.get("/status")
+def status():
+    """The spawning page polls this. It never launches anything."""
+    if g.user is None:
+        abort(401)
+    template, owner, host = _tool_of_request()
+    instance = latest_instance(host)
+    if instance is None:
+        return jsonify(state=None, events=[])
+    return jsonify(
+        state=instance.state,
+        step=instance.step,
+        error=instance.error,
+        events=[{"at": event.created_at.isoformat(), "message": event.message}
+                for event in instance_events(instance)],
+    )
+
+
+@bp.route("/forbidden", methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"])
+def forbidden():
+    """nginx shows this (status 403) when the auth service refuses a request."""
+    reason = request.headers.get("X-Berth-Reason") or "You do not have access to this address."
+    return _error_page(403, "No access", reason)

@@ -1,0 +1,218 @@
+"""The whole state of Berth. The web app owns this schema; migrations live in migrations/.
+
+No process keeps anything in memory that another replica would need: sessions, launches and
+their progress are rows here, and every change is a conditional UPDATE or guarded by a
+unique index, so replicas can race safely.
+"""
+import hashlib
+import secrets
+from datetime import datetime, timezone
+
+from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, String, Text, text
+from sqlalchemy import DateTime as _DateTime
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+from werkzeug.security import check_password_hash, generate_password_hash
+
+from webapp.extensions import db
+
+
+def utcnow():
+    return datetime.now(timezone.utc)
+
+
+class UTCDateTime(TypeDecorator):
+    """Timestamps are UTC and come back timezone-aware on SQLite as on PostgreSQL."""
+
+    impl = _DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is not None and value.tzinfo is not None:
+            value = value.astimezone(timezone.utc)
+            if dialect.name == "sqlite":
+                value = value.replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value, dialect):
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return value
+
+
+def DateTime(timezone=True):  # noqa: N802 - reads like the SQLAlchemy type it stands for
+    return UTCDateTime()
+
+
+def hash_token(token):
+    """Sessions and tokens are stored as SHA-256 of the random value; the value itself never is."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class State:
+    QUEUED = "QUEUED"
+    SPAWNING = "SPAWNING"
+    RUNNING = "RUNNING"
+    STOPPING = "STOPPING"
+    STOPPED = "STOPPED"
+    FAILED = "FAILED"
+
+    # A host has at most one instance in these states (partial unique index below).
+    LIVE = (QUEUED, SPAWNING, RUNNING, STOPPING)
+    ENDED = (STOPPED, FAILED)
+
+
+_LIVE_SQL = "state IN ('QUEUED', 'SPAWNING', 'RUNNING', 'STOPPING')"
+
+
+class User(db.Model):
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    name: Mapped[str] = mapped_column(String(200), default="")
+    password_hash: Mapped[str | None] = mapped_column(String(300))
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    is_active: Mapped[bool] = mapped_column(Boolean, default=True)
+    # Short, stable, public part of the user's tool hosts: <slug>-<host_key>.<domain>.
+    host_key: Mapped[str] = mapped_column(
+        String(16), unique=True, default=lambda: secrets.token_hex(4)
+    )
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    def set_password(self, password):
+        self.password_hash = generate_password_hash(password)
+
+    def check_password(self, password):
+        return bool(self.password_hash) and check_password_hash(self.password_hash, password)
+
+    @property
+    def display_name(self):
+        return self.name or self.email
+
+
+class Session(db.Model):
+    """A sign-in. The browser holds the random token; this row holds only its hash."""
+
+    __tablename__ = "sessions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    client_ip: Mapped[str] = mapped_column(String(64), default="")
+    user_agent: Mapped[str] = mapped_column(String(300), default="")
+
+    user: Mapped[User] = relationship()
+
+
+class ToolTemplate(db.Model):
+    """What a tool is: how to run it and how to tell that it is up."""
+
+    __tablename__ = "tool_templates"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    slug: Mapped[str] = mapped_column(String(40), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    description: Mapped[str] = mapped_column(Text, default="")
+    backend: Mapped[str] = mapped_column(String(20), default="process")
+    command: Mapped[list] = mapped_column(JSON, default=list)
+    image: Mapped[str | None] = mapped_column(String(300))
+    port: Mapped[int | None] = mapped_column(Integer)
+    env: Mapped[dict] = mapped_column(JSON, default=dict)
+    health_path: Mapped[str] = mapped_column(String(300), default="/")
+    spawn_timeout: Mapped[int] = mapped_column(Integer, default=60)
+    idle_timeout: Mapped[int] = mapped_column(Integer, default=3600)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    )
+
+
+class ToolInstance(db.Model):
+    """One launch of a template, and the resumable record of how far it has got."""
+
+    __tablename__ = "tool_instances"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    template_id: Mapped[int] = mapped_column(ForeignKey("tool_templates.id"), index=True)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    host: Mapped[str] = mapped_column(String(255))
+    state: Mapped[str] = mapped_column(String(16), default=State.QUEUED)
+    # The next launch step to run; each backend names its own steps.
+    step: Mapped[str] = mapped_column(String(32), default="")
+    backend: Mapped[str] = mapped_column(String(20))
+    # What the backend has recorded so far (pid, container id, ...): enough to resume.
+    backend_state: Mapped[dict] = mapped_column(JSON, default=dict)
+    port: Mapped[int | None] = mapped_column(Integer)
+    upstream: Mapped[str | None] = mapped_column(String(255))
+    error: Mapped[str | None] = mapped_column(Text)
+    error_detail: Mapped[str | None] = mapped_column(Text)
+    # The failed page is shown once; reloading it after that retries the launch.
+    error_shown: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Which worker is advancing this launch, and until when; another may take over after.
+    lease_owner: Mapped[str | None] = mapped_column(String(100))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # When a worker first took the launch up; the spawn timeout counts from here.
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    running_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_activity_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    template: Mapped[ToolTemplate] = relationship()
+    owner: Mapped[User] = relationship()
+
+    __table_args__ = (
+        # At most one live instance per host: this is what makes the start page idempotent.
+        Index(
+            "uq_tool_instances_live_host",
+            "host",
+            unique=True,
+            postgresql_where=text(_LIVE_SQL),
+            sqlite_where=text(_LIVE_SQL),
+        ),
+        # Two live instances never share an allocated port.
+        Index(
+            "uq_tool_instances_live_port",
+            "port",
+            unique=True,
+            postgresql_where=text(f"{_LIVE_SQL} AND port IS NOT NULL"),
+            sqlite_where=text(f"{_LIVE_SQL} AND port IS NOT NULL"),
+        ),
+        Index("ix_tool_instances_host_created", "host", "created_at"),
+        Index("ix_tool_instances_state", "state"),
+    )
+
+    @property
+    def is_live(self):
+        return self.state in State.LIVE
+
+
+class Event(db.Model):
+    """The audit log and spawn progress. Rows are only ever added."""
+
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    kind: Mapped[str] = mapped_column(String(60), index=True)
+    # Who or what caused it: "user:<id>", "worker", "reconciler", "cli".
+    actor: Mapped[str] = mapped_column(String(100), default="")
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    instance_id: Mapped[int | None] = mapped_column(
+        ForeignKey("tool_instances.id", ondelete="CASCADE"), index=True
+    )
+    message: Mapped[str] = mapped_column(Text, default="")
+    data: Mapped[dict] = mapped_column(JSON, default=dict)
+
+
+def record_event(kind, message="", *, actor="", user_id=None, instance_id=None, **data):
+    """Add an event to the current transaction; the caller commits."""
+    event = Event(
+        kind=kind, message=message, actor=actor, user_id=user_id, instance_id=instance_id, data=data
+    )
+    db.session.add(event)
+    return event

@@ -1,0 +1,61 @@
+"""Render nginx's configuration from the templates in nginx/ (see `berth nginx-conf`)."""
+import os
+import re
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TEMPLATES = os.path.join(ROOT, "nginx")
+STATIC_DIR = os.path.join(ROOT, "webapp", "static")
+
+
+def render_nginx(config, *, listen=None, auth_servers=None, web_servers=None, standalone=False,
+                 prefix=None, access_log="off", worker_processes="auto"):
+    """The http-level configuration, or with standalone=True a complete nginx.conf under prefix."""
+    environment = Environment(loader=FileSystemLoader(TEMPLATES), undefined=StrictUndefined,
+                              keep_trailing_newline=True, autoescape=False)
+    domain = config["BERTH_DOMAIN"]
+    if not re.fullmatch(r"[a-z0-9.-]+", domain):
+        raise ValueError(f"BERTH_DOMAIN={domain!r} is not a plain host name")
+    context = {
+        "domain": domain,
+        "domain_regex": re.escape(domain),
+        "listen": listen or str(config["BERTH_HTTP_PORT"]),
+        "auth_servers": auth_servers or [f"127.0.0.1:{config['BERTH_AUTH_PORT']}"],
+        "web_servers": web_servers or [f"127.0.0.1:{config['BERTH_WEB_PORT']}"],
+        "cookie_name": re.escape(config["BERTH_SESSION_COOKIE"]),
+        "proxy_secret": config["BERTH_PROXY_SECRET"],
+        "static_dir": STATIC_DIR,
+    }
+
+    def snippet(name):
+        """A snippet inlined where it is used; its header comment stays in the source file."""
+        lines = environment.get_template(f"snippets/{name}.conf.j2").render(
+            snippet=snippet, **context).rstrip("\n").splitlines()
+        while lines and lines[0].startswith("#"):
+            lines.pop(0)
+        return "\n".join(lines)
+
+    berth_conf = environment.get_template("berth.conf.j2").render(snippet=snippet, **context)
+    if not standalone:
+        return berth_conf
+    return environment.get_template("nginx.conf.j2").render(
+        berth_conf=berth_conf,
+        prefix=prefix,
+        mime_types=_mime_types(),
+        access_log=access_log,
+        worker_processes=worker_processes,
+    )
+
+
+def prepare_prefix(prefix):
+    """Create the folders a standalone nginx writes to."""
+    for sub in ("logs", "tmp/client_body", "tmp/proxy", "tmp/fastcgi", "tmp/uwsgi", "tmp/scgi"):
+        os.makedirs(os.path.join(prefix, sub), exist_ok=True)
+
+
+def _mime_types():
+    for candidate in ("/etc/nginx/mime.types", "/usr/local/nginx/conf/mime.types"):
+        if os.path.exists(candidate):
+            return candidate
+    return os.path.join(TEMPLATES, "mime.types")

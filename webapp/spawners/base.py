@@ -1,0 +1,88 @@
+"""The interface every spawner backend implements."""
+from abc import ABC, abstractmethod
+
+
+class LaunchFailed(Exception):
+    """A launch cannot go on. `reason` is shown to the user; `detail` (e.g. stderr) below it."""
+
+    def __init__(self, reason, detail=""):
+        super().__init__(reason)
+        self.reason = reason
+        self.detail = detail
+
+
+class Backend(ABC):
+    """One class per backend. Methods take the ToolInstance row and never keep state of their own.
+
+    steps          the launch steps this backend runs, in order, before Berth waits for health
+    run_step       do one step and return the changes to record: any of backend_state (merged),
+                   port, upstream. Must be idempotent: the step may run again after a crash.
+    check_ready    the upstream address once the tool answers, None while it is coming up;
+                   raise LaunchFailed if it never will (it exited, the image is missing, ...)
+    is_alive       (alive, reason) for a RUNNING instance
+    stop           end the tool; safe to call on a tool that is gone or was never started
+    list_managed   {instance_id: description} of everything this deployment is running
+    stop_managed   end one entry of list_managed (an orphan the reconciler found)
+    failure_detail the last lines the tool wrote to stderr, for the failed page
+    """
+
+    name = ""
+    steps = ()
+
+    def __init__(self, config):
+        self.config = config
+
+    @abstractmethod
+    def run_step(self, step, instance):
+        ...
+
+    @abstractmethod
+    def check_ready(self, instance):
+        ...
+
+    @abstractmethod
+    def is_alive(self, instance):
+        ...
+
+    @abstractmethod
+    def stop(self, instance):
+        ...
+
+    @abstractmethod
+    def stop_managed(self, instance_id, description):
+        ...
+
+    @abstractmethod
+    def list_managed(self):
+        ...
+
+    def failure_detail(self, instance):
+        return ""
+
+
+def probe_http(address, path, timeout=1.0):
+    """True if something answers HTTP at address (host:port) with a status below 500."""
+    import http.client
+
+    host, _, port = address.rpartition(":")
+    connection = http.client.HTTPConnection(host.strip("[]"), int(port), timeout=timeout)
+    try:
+        connection.request("GET", path or "/", headers={"User-Agent": "berth-health-probe"})
+        return connection.getresponse().status < 500
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        connection.close()
+
+
+def tail_of_file(path, lines=20, max_bytes=16384):
+    """The last lines of a log file, as text; empty if there is none."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, 2)
+            size = handle.tell()
+            handle.seek(max(0, size - max_bytes))
+            data = handle.read()
+    except OSError:
+        return ""
+    return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])

@@ -1,0 +1,53 @@
+// The spawning page: poll the launch's status and open the tool the moment it answers.
+// The poll carries X-Berth-No-Launch, so a tab left open never starts a stopped tool again.
+(function () {
+  "use strict";
+  var panel = document.getElementById("spawning");
+  var progress = document.getElementById("progress");
+  var statusLine = document.getElementById("status-line");
+  var stopped = document.getElementById("stopped");
+  var shown = progress.children.length;
+  var delay = 100;
+
+  function render(events) {
+    for (; shown < events.length; shown++) {
+      var item = document.createElement("li");
+      item.textContent = events[shown].message;
+      progress.appendChild(item);
+    }
+  }
+
+  function poll() {
+    fetch("/__berth/status", {
+      headers: { "X-Berth-No-Launch": "1", "Accept": "application/json" },
+      credentials: "same-origin",
+      cache: "no-store"
+    })
+      .then(function (response) {
+        if (!response.ok) { throw new Error("status " + response.status); }
+        return response.json();
+      })
+      .then(function (status) {
+        render(status.events || []);
+        panel.dataset.state = status.state || "";
+        if (status.state === "RUNNING" || status.state === "FAILED") {
+          window.location.reload();
+          return;
+        }
+        if (status.state === "STOPPED" || status.state === null) {
+          statusLine.textContent = "";
+          stopped.hidden = false;
+          panel.classList.add("idle");
+          return;
+        }
+        delay = Math.min(delay + 25, 400);
+        window.setTimeout(poll, delay);
+      })
+      .catch(function () {
+        statusLine.textContent = "Lost contact with Berth; retrying…";
+        window.setTimeout(poll, 2000);
+      });
+  }
+
+  window.setTimeout(poll, delay);
+})();

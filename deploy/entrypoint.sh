@@ -1,0 +1,29 @@
+#!/bin/sh
+# One image, one process per container: web | auth | worker | migrate | nginx.
+# Settings come from BERTH_* variables (see README, "Configuration").
+set -eu
+command="${1:-web}"
+[ $# -gt 0 ] && shift
+case "$command" in
+  web)
+    exec gunicorn -c deploy/gunicorn.conf.py --bind "0.0.0.0:${BERTH_WEB_PORT:-8102}" "webapp:create_app()" "$@" ;;
+  auth)
+    exec gunicorn -c deploy/gunicorn.conf.py --bind "0.0.0.0:${BERTH_AUTH_PORT:-8101}" "auth_service:create_app()" "$@" ;;
+  worker)
+    exec huey_consumer webapp.tasks.huey -w "${BERTH_WORKER_THREADS:-4}" -k thread "$@" ;;
+  migrate)
+    # Run once per release, as its own job: never at the start of each replica.
+    berth db upgrade
+    if [ -n "${BERTH_CATALOGUE:-}" ]; then berth catalogue load "$BERTH_CATALOGUE"; fi
+    if [ -n "${BERTH_ADMIN_EMAIL:-}" ] && [ -n "${BERTH_ADMIN_PASSWORD:-}" ]; then
+      berth create-admin "$BERTH_ADMIN_EMAIL" --password "$BERTH_ADMIN_PASSWORD"
+    fi ;;
+  nginx)
+    prefix="${BERTH_NGINX_PREFIX:-/tmp/nginx}"
+    berth nginx-conf --standalone --prefix "$prefix" --listen "${BERTH_NGINX_LISTEN:-8080}" \
+      --auth-server "${BERTH_AUTH_SERVER:-auth:8101}" --web-server "${BERTH_WEB_SERVER:-web:8102}" \
+      --out "$prefix/nginx.conf"
+    exec nginx -p "$prefix" -c "$prefix/nginx.conf" -e "$prefix/logs/error.log" -g "daemon off;" ;;
+  *)
+    exec "$command" "$@" ;;
+esac

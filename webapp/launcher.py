@@ -84,12 +84,25 @@ def advance_launch(instance_id, me=None):
     if not _claim(instance_id, me):
         return "not-claimed"
     instance = _fresh(instance_id)
-    config = current_app.config
+    try:
+        backend = get_backend(instance.backend, current_app.config)
+    except LaunchFailed as failure:
+        return _fail(instance, failure, me)
+    try:
+        return _advance(instance_id, backend, me)
+    except LaunchFailed as failure:
+        return _fail(_fresh(instance_id), failure, me, backend)
+    except Exception as error:  # a bug or an outage: record it, or let the lease expire and retry
+        log.exception("launch of instance %s failed unexpectedly", instance_id)
+        db.session.rollback()
+        failure = LaunchFailed(f"Berth hit an internal error ({type(error).__name__}) while starting "
+                               "the tool. The operators can find the details in the worker's log.")
+        return _fail(_fresh(instance_id), failure, me, backend)
+
+
+def _advance(instance_id, backend, me):
+    instance = _fresh(instance_id)
     if instance.state == State.QUEUED:
-        try:
-            backend = get_backend(instance.backend, config)
-        except LaunchFailed as failure:
-            return _fail(instance, failure, me)
         first_step = backend.steps[0] if backend.steps else WAIT_STEP
         if not _update(instance_id, ToolInstance.state == State.QUEUED, ToolInstance.lease_owner == me,
                        state=State.SPAWNING, step=first_step, started_at=utcnow()):
@@ -102,14 +115,10 @@ def advance_launch(instance_id, me=None):
         instance = _fresh(instance_id)
         if instance.state != State.SPAWNING or instance.lease_owner != me:
             return "stopped-elsewhere"
-        try:
-            backend = get_backend(instance.backend, config)
-            _check_deadline(instance)
-            if instance.step == WAIT_STEP:
-                return _wait_healthy(instance, backend, me)
-            _run_step(instance, backend, me)
-        except LaunchFailed as failure:
-            return _fail(instance, failure, me, backend=locals().get("backend"))
+        _check_deadline(instance)
+        if instance.step == WAIT_STEP:
+            return _wait_healthy(instance, backend, me)
+        _run_step(instance, backend, me)
 
 
 def _run_step(instance, backend, me):
@@ -150,7 +159,6 @@ def _run_step(instance, backend, me):
 _STEP_MESSAGES = {
     "allocate": "Reserved a place to run",
     "start": "Started the tool; waiting for it to answer",
-    "create": "Created the container",
 }
 
 

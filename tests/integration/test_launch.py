@@ -168,3 +168,10 @@ def test_reconciler_marks_a_dead_tool_failed(stack, alice):
     assert "no longer running" in stack.query(
         "SELECT message FROM events WHERE instance_id = :id AND kind = 'reconcile.gone'", id=row["id"]
     )[0]["message"]
+
+
+def test_tool_sees_the_host_the_browser_sent_with_its_port(stack, alice):
+    # Tools such as Jupyter compare Origin with Host; both must carry the public port.
+    browser = stack.login(alice)
+    seen = stack.open_tool(browser, "echo", alice, "/headers").json()["headers"]
+    assert seen["Host"] == f"{_host(stack, 'echo', alice)}:{stack.port}"

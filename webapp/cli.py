@@ -20,7 +20,15 @@ from webapp.models import User, record_event
 
 
 def _create_app(*_args, **_kwargs):
-    return create_app()
+    from webapp.config import SettingError
+
+    try:
+        return create_app()
+    except SettingError as error:
+        # A bad BERTH_* value: say which and stop, without a traceback, whichever path asked
+        # for the app (Flask prints other exceptions in `berth --help` as tracebacks).
+        click.echo(f"Error: {error}", err=True)
+        raise SystemExit(1) from None
 
 
 @click.group(cls=FlaskGroup, create_app=_create_app, add_default_commands=False,
@@ -46,6 +54,8 @@ def catalogue_load(path):
             text = handle.read()
     except OSError as error:
         raise click.ClickException(f"cannot read {path}: {error.strerror}") from None
+    except UnicodeDecodeError:
+        raise click.ClickException(f"cannot read {path}: it is not UTF-8 text. Nothing was loaded.") from None
     try:
         created, updated = load_catalogue(text)
     except CatalogueError as error:
@@ -102,17 +112,27 @@ def create_user(email, password):
 @with_appcontext
 def nginx_conf(standalone, prefix, listen, auth_servers, web_servers, out):
     """Render nginx's configuration for this domain and these ports."""
+    from webapp.config import SettingError
     from webapp.nginx_conf import prepare_prefix, render_nginx
 
     if standalone and not prefix:
         raise click.ClickException("--standalone needs --prefix.")
     if prefix:
-        prepare_prefix(prefix)
-    text = render_nginx(current_app.config, listen=listen, auth_servers=list(auth_servers),
-                        web_servers=list(web_servers), standalone=standalone, prefix=prefix)
+        try:
+            prepare_prefix(prefix)
+        except OSError as error:
+            raise click.ClickException(f"cannot prepare --prefix {prefix}: {error.strerror}") from None
+    try:
+        text = render_nginx(current_app.config, listen=listen, auth_servers=list(auth_servers),
+                            web_servers=list(web_servers), standalone=standalone, prefix=prefix)
+    except SettingError as error:
+        raise click.ClickException(str(error)) from None
     if out:
-        with open(out, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        try:
+            with open(out, "w", encoding="utf-8") as handle:
+                handle.write(text)
+        except OSError as error:
+            raise click.ClickException(f"cannot write {out}: {error.strerror}") from None
     else:
         sys.stdout.write(text)
 

@@ -6,6 +6,7 @@ being guessed at.
 """
 import os
 import secrets
+import tempfile
 from pathlib import Path
 
 
@@ -65,6 +66,15 @@ def parse_string(name, default, environ=os.environ, choices=None):
     return value
 
 
+def parse_list(name, default, environ=os.environ, choices=None):
+    value = _raw(name, environ) or default
+    items = [item.strip() for item in value.split(",") if item.strip()]
+    for item in items:
+        if choices and item not in choices:
+            raise SettingError(f"{name}: {item!r} is not one of {', '.join(choices)}")
+    return tuple(items)
+
+
 def _persistent_secret(data_dir, filename):
     """A random secret kept in the data directory, for the embedded default only.
 
@@ -72,18 +82,33 @@ def _persistent_secret(data_dir, filename):
     """
     path = Path(data_dir) / filename
     try:
-        return path.read_text().strip()
+        return _read_secret(path)
     except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        value = secrets.token_urlsafe(32)
-        # O_EXCL: when two processes race at first start, both end up with the winner's value.
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            return path.read_text().strip()
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = secrets.token_urlsafe(32)
+    # Written in full under a private name (mkstemp: mode 0600), then linked into place.
+    # link() fails when the name exists, so when two processes race at first start, both end
+    # up with the winner's value, and no process ever reads a file that is still empty.
+    fd, draft = tempfile.mkstemp(dir=path.parent, prefix=f".{filename}.")
+    try:
         with os.fdopen(fd, "w") as handle:
             handle.write(value)
-        return value
+        try:
+            os.link(draft, path)
+        except FileExistsError:
+            return _read_secret(path)
+    finally:
+        os.unlink(draft)
+    return value
+
+
+def _read_secret(path):
+    value = path.read_text().strip()
+    if not value:
+        # An empty proxy secret would let requests that bypass nginx through.
+        raise SettingError(f"{path} is empty: delete it and Berth will generate a new secret")
+    return value
 
 
 def load_settings(environ=os.environ):
@@ -128,6 +153,19 @@ def load_settings(environ=os.environ):
         # Names this installation in the labels of what it starts, so that two Berths on one
         # host (or one engine) never adopt or remove each other's tools.
         "BERTH_DEPLOYMENT": parse_string("BERTH_DEPLOYMENT", "berth", environ),
+        # The spawner backends this installation runs; the reconciler watches each of them.
+        "BERTH_BACKENDS": parse_list("BERTH_BACKENDS", "process", environ,
+                                     choices=("process", "docker")),
+        # Docker Engine API address (default: DOCKER_HOST, or the local socket).
+        "BERTH_DOCKER_URL": parse_string("BERTH_DOCKER_URL", None, environ),
+        # A named Docker network for tools; unset means host networking on allocated ports.
+        "BERTH_DOCKER_NETWORK": parse_string("BERTH_DOCKER_NETWORK", None, environ),
+        # When to pull a tool's image: never, missing (only if not on the host), always.
+        "BERTH_DOCKER_PULL": parse_string("BERTH_DOCKER_PULL", "missing", environ,
+                                          choices=("never", "missing", "always")),
+        # Most live tools one user may have, and in all; 0 means no limit.
+        "BERTH_MAX_TOOLS_PER_USER": parse_int("BERTH_MAX_TOOLS_PER_USER", 5, environ, 0),
+        "BERTH_MAX_TOOLS_TOTAL": parse_int("BERTH_MAX_TOOLS_TOTAL", 0, environ, 0),
         # Number of trusted proxies in front of nginx (for X-Forwarded-For and -Proto).
         "BERTH_TRUSTED_HOPS": parse_int("BERTH_TRUSTED_HOPS", 0, environ, 0, 5),
     }

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 SLUG_PATTERN = re.compile(r"^[a-z][a-z0-9]*(?:-[a-z0-9]+)*$")
 _HOST_KEY = re.compile(r"^[0-9a-f]{8}$")
+# Longer "next" values are refused (see safe_next_url).
+MAX_NEXT_URL_LENGTH = 2000
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,10 @@ def safe_next_url(config, value):
     home = public_url(config, domain)
     if not value or any(ch in value for ch in "\\\r\n\t\x00"):
         return home
+    # nginx answers 502 when an upstream's headers outgrow one page (4 KiB by default), so a
+    # longer Location would turn a successful sign-in into an error.
+    if len(value) > MAX_NEXT_URL_LENGTH:
+        return home
     if value.startswith("/") and not value.startswith("//"):
         return public_url(config, domain, value)
     try:
@@ -75,7 +81,7 @@ def safe_next_url(config, value):
         port = parts.port
     except ValueError:
         return home
-    if parts.scheme != config["BERTH_SCHEME"] or parts.username or parts.password:
+    if parts.scheme != config["BERTH_SCHEME"] or "@" in parts.netloc:  # any userinfo, even empty
         return home
     default_port = 443 if parts.scheme == "https" else 80
     if (port or default_port) != config["BERTH_HTTP_PORT"]:

@@ -272,11 +272,14 @@ def reconcile(enqueue_launch, enqueue_stop, actor="reconciler"):
             enqueue_stop(instance.id)
             actions.append(("stop-again", instance.id))
 
-    from webapp.spawners import BACKEND_NAMES
-
-    for name in BACKEND_NAMES:
+    for name in config["BERTH_BACKENDS"]:
         backend = get_backend(name, config)
-        for instance_id, description in backend.list_managed().items():
+        try:
+            managed = backend.list_managed()
+        except LaunchFailed as failure:
+            log.warning("reconcile: cannot list the %s backend: %s", name, failure.reason)
+            continue
+        for instance_id, description in managed.items():
             if instance_id in live_ids_by_backend.get(name, set()):
                 continue
             # Still live under the database's current view? Re-check: it may have started since.

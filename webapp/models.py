@@ -125,6 +125,8 @@ class ToolTemplate(db.Model):
     health_path: Mapped[str] = mapped_column(String(300), default="/")
     spawn_timeout: Mapped[int] = mapped_column(Integer, default=60)
     idle_timeout: Mapped[int] = mapped_column(Integer, default=3600)
+    # Named sizes the user picks from: [{"name": "small", "cpu": 0.5, "memory_mb": 512}, ...].
+    sizes: Mapped[list] = mapped_column(JSON, default=list, server_default=text("'[]'"))
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow, onupdate=utcnow
@@ -147,6 +149,8 @@ class ToolInstance(db.Model):
     # What the backend has recorded so far (pid, container id, ...): enough to resume.
     backend_state: Mapped[dict] = mapped_column(JSON, default=dict)
     port: Mapped[int | None] = mapped_column(Integer)
+    # The size chosen at launch: {"name": ..., "cpu": ..., "memory_mb": ...}.
+    size: Mapped[dict] = mapped_column(JSON, default=dict, server_default=text("'{}'"))
     upstream: Mapped[str | None] = mapped_column(String(255))
     error: Mapped[str | None] = mapped_column(Text)
     error_detail: Mapped[str | None] = mapped_column(Text)

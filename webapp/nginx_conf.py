@@ -4,6 +4,8 @@ import re
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
+from webapp.config import SettingError
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEMPLATES = os.path.join(ROOT, "nginx")
 STATIC_DIR = os.path.join(ROOT, "webapp", "static")
@@ -16,7 +18,7 @@ def render_nginx(config, *, listen=None, auth_servers=None, web_servers=None, st
                               keep_trailing_newline=True, autoescape=False)
     domain = config["BERTH_DOMAIN"]
     if not re.fullmatch(r"[a-z0-9.-]+", domain):
-        raise ValueError(f"BERTH_DOMAIN={domain!r} is not a plain host name")
+        raise SettingError(f"BERTH_DOMAIN={domain!r} is not a plain host name")
     context = {
         "domain": domain,
         "domain_regex": re.escape(domain),

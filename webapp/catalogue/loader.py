@@ -13,6 +13,9 @@
         spawn_timeout: 120          # seconds until a launch that has not answered fails
         idle_timeout: 3600          # seconds without activity before the tool is stopped
         enabled: true
+        sizes:                      # named sizes the user picks from; the first is the default
+          - {name: small, cpu: 0.5, memory_mb: 1024}
+          - {name: large, cpu: 2, memory_mb: 4096}
 
 Every entry is checked before anything is written. An error names the entry and the field.
 """
@@ -51,7 +54,7 @@ def _validate_entry(entry):
     if not isinstance(entry, dict):
         raise CatalogueError("each entry must be a mapping of fields")
     known = {"slug", "name", "description", "backend", "command", "image", "port", "env",
-             "health_path", "spawn_timeout", "idle_timeout", "enabled"}
+             "health_path", "spawn_timeout", "idle_timeout", "enabled", "sizes"}
     unknown = sorted(set(entry) - known)
     if unknown:
         raise CatalogueError(f"unknown field {unknown[0]!r} (known: {', '.join(sorted(known))})")
@@ -66,6 +69,8 @@ def _validate_entry(entry):
         raise CatalogueError("command must be a list of strings")
     if backend == "process" and not command:
         raise CatalogueError("command is required for the process backend")
+    if backend == "docker" and not entry.get("image"):
+        raise CatalogueError("image is required for the docker backend")
     env = entry.get("env") or {}
     if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, (str, int, float))
                                             and not isinstance(v, bool) for k, v in env.items()):
@@ -90,7 +95,28 @@ def _validate_entry(entry):
         "spawn_timeout": _integer(entry.get("spawn_timeout", 60), "spawn_timeout", 1, 3600),
         "idle_timeout": _integer(entry.get("idle_timeout", 3600), "idle_timeout", 0, 30 * 86400),
         "enabled": enabled,
+        "sizes": _sizes(entry.get("sizes", [])),
     }
+
+
+def _sizes(value):
+    if not isinstance(value, list):
+        raise CatalogueError("sizes must be a list of {name, cpu, memory_mb}")
+    sizes, names = [], set()
+    for position, size in enumerate(value, start=1):
+        field = f"sizes[{position}]"
+        if not isinstance(size, dict) or set(size) - {"name", "cpu", "memory_mb"}:
+            raise CatalogueError(f"{field} must be a mapping with name, cpu and memory_mb")
+        name = _text(size.get("name"), f"{field}.name", required=True, maximum=40)
+        if name in names:
+            raise CatalogueError(f"{field}.name {name!r} appears twice")
+        names.add(name)
+        cpu = size.get("cpu")
+        if isinstance(cpu, bool) or not isinstance(cpu, (int, float)) or not 0 < cpu <= 64:
+            raise CatalogueError(f"{field}.cpu must be a number of cores between 0 and 64")
+        sizes.append({"name": name, "cpu": cpu,
+                      "memory_mb": _integer(size.get("memory_mb"), f"{field}.memory_mb", 16, 1024 * 1024)})
+    return sizes
 
 
 def parse_catalogue(text):

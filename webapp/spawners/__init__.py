@@ -9,14 +9,21 @@ again after a crash, it finds what it made before instead of making a second one
 from webapp.spawners.base import Backend, LaunchFailed
 
 
+BACKEND_NAMES = ("process", "docker")
+
+
 def get_backend(name, config):
-    if name == "process":
-        from webapp.spawners.process import ProcessBackend
+    """The backend called name, if this installation runs it (BERTH_BACKENDS)."""
+    if name not in BACKEND_NAMES:
+        raise LaunchFailed(f"Unknown backend {name!r}. Berth knows: {', '.join(BACKEND_NAMES)}.")
+    if name not in config["BERTH_BACKENDS"]:
+        raise LaunchFailed(f"The {name} backend is not enabled here (BERTH_BACKENDS).")
+    if name == "docker":
+        from webapp.spawners.docker import DockerBackend
 
-        return ProcessBackend(config)
-    raise LaunchFailed(f"Unknown backend {name!r}. Berth knows: process.")
+        return DockerBackend(config)
+    from webapp.spawners.process import ProcessBackend
 
-
-BACKEND_NAMES = ("process",)
+    return ProcessBackend(config)
 
 __all__ = ["Backend", "LaunchFailed", "get_backend", "BACKEND_NAMES"]

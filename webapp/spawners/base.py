@@ -1,4 +1,6 @@
-"""The interface every spawner backend implements."""
+"""The interface every spawner backend implements, and helpers they share."""
+import random
+import socket
 from abc import ABC, abstractmethod
 
 
@@ -86,3 +88,30 @@ def tail_of_file(path, lines=20, max_bytes=16384):
     except OSError:
         return ""
     return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])
+
+
+def allocate_port(config):
+    """A loopback port from BERTH_PORT_RANGE that no live instance holds and nothing listens on.
+
+    Two workers may pick the same port at once; the partial unique index on live ports lets
+    only one record it, and the launcher retries the other.
+    """
+    from sqlalchemy import select
+
+    from webapp.extensions import db
+    from webapp.models import State, ToolInstance
+
+    low, high = config["BERTH_PORT_RANGE"]
+    taken = set(db.session.execute(
+        select(ToolInstance.port).where(ToolInstance.state.in_(State.LIVE), ToolInstance.port.is_not(None))
+    ).scalars())
+    candidates = [port for port in range(low, high + 1) if port not in taken]
+    random.shuffle(candidates)
+    for port in candidates[:200]:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise LaunchFailed(f"No free port in {low}-{high}: too many tools are running.")

@@ -5,19 +5,13 @@ worker that is killed) and labelled through its environment with the deployment 
 instance id, which is how a resumed step or the reconciler finds it again.
 """
 import os
-import random
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from sqlalchemy import select
-
-from webapp.extensions import db
-from webapp.models import State, ToolInstance
-from webapp.spawners.base import Backend, LaunchFailed, probe_http, tail_of_file
+from webapp.spawners.base import Backend, LaunchFailed, allocate_port, probe_http, tail_of_file
 
 # Only these of the worker's variables reach a tool: never its secrets or database URL.
 _INHERITED_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "TMPDIR")
@@ -66,30 +60,10 @@ class ProcessBackend(Backend):
     # -- launch steps ---------------------------------------------------------------------
     def run_step(self, step, instance):
         if step == "allocate":
-            return {"port": self._free_port()}
+            return {"port": allocate_port(self.config)}
         if step == "start":
             return {"backend_state": self._start(instance)}
         raise LaunchFailed(f"The process backend has no step {step!r}.")
-
-    def _free_port(self):
-        low, high = self.config["BERTH_PORT_RANGE"]
-        taken = set(
-            db.session.execute(
-                select(ToolInstance.port).where(
-                    ToolInstance.state.in_(State.LIVE), ToolInstance.port.is_not(None)
-                )
-            ).scalars()
-        )
-        candidates = [port for port in range(low, high + 1) if port not in taken]
-        random.shuffle(candidates)
-        for port in candidates[:200]:
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-                try:
-                    probe.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-            return port
-        raise LaunchFailed(f"No free port in {low}-{high}: too many tools are running.")
 
     def _paths(self, instance):
         data_dir = Path(self.config["BERTH_DATA_DIR"])

@@ -1,0 +1,322 @@
+"""The operator's `berth` command line (webapp/cli.py): what an operator sees, and what it writes."""
+import logging
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+from alembic.script import ScriptDirectory
+from click.testing import CliRunner
+
+from webapp.cli import cli
+
+# The newest migration: what `berth db upgrade` must leave the database at.
+HEAD_REVISION = ScriptDirectory(str(Path(__file__).resolve().parent.parent / "migrations")).get_current_head()
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO_CATALOGUE = ROOT / "deploy" / "demo-catalogue.yml"
+BERTH = Path(sys.executable).parent / "berth"
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+
+
+def _env(data_dir):
+    return {"BERTH_DATA_DIR": str(data_dir), "BERTH_DATABASE_URL": f"sqlite:///{data_dir}/berth.db",
+            "BERTH_DOMAIN": None, "BERTH_HTTP_PORT": None, "BERTH_SCHEME": None}
+
+
+@pytest.fixture(scope="module")
+def migrated_db(tmp_path_factory):
+    """`berth db upgrade`, run once as the operator runs it; each test gets a copy of the result."""
+    data_dir = tmp_path_factory.mktemp("migrated")
+    env = {**os.environ, **{k: v for k, v in _env(data_dir).items() if v is not None}}
+    for name in ("BERTH_DOMAIN", "BERTH_HTTP_PORT", "BERTH_SCHEME"):
+        env.pop(name, None)
+    done = subprocess.run([str(BERTH), "db", "upgrade"], env=env, capture_output=True, text=True,
+                          timeout=60, cwd=data_dir)
+    return data_dir / "berth.db", done
+
+
+@pytest.fixture
+def data_dir(tmp_path, migrated_db):
+    shutil.copy(migrated_db[0], tmp_path / "berth.db")
+    return tmp_path
+
+
+@pytest.fixture
+def berth(data_dir):
+    """Run `berth ARGS...` in process against data_dir; extra environment variables as keywords."""
+    def run(*args, **env):
+        # `db upgrade` configures logging from alembic.ini, with handlers on the runner's
+        # captured streams; put logging back as it was, so nothing writes to them later.
+        root_handlers, root_level = logging.root.handlers[:], logging.root.level
+        try:
+            result = CliRunner().invoke(cli, list(args), env={**_env(data_dir), **env})
+        finally:
+            logging.root.handlers[:], logging.root.level = root_handlers, root_level
+        # Whatever happened, the operator never sees a traceback: the command ends by itself.
+        assert result.exception is None or isinstance(result.exception, SystemExit), result.output
+        assert "Traceback" not in result.output
+        return result
+    return run
+
+
+def query(data_dir, sql, *params):
+    with closing(sqlite3.connect(data_dir / "berth.db")) as connection:
+        return connection.execute(sql, params).fetchall()
+
+
+def write(path, text):
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+# -- db upgrade -------------------------------------------------------------------------
+
+def test_db_upgrade_creates_the_schema(migrated_db):
+    database, done = migrated_db
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    with closing(sqlite3.connect(database)) as connection:
+        tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        version = connection.execute("SELECT version_num FROM alembic_version").fetchall()
+    assert {"users", "sessions", "tool_templates", "tool_instances", "events"} <= tables
+    assert version == [(HEAD_REVISION,)]
+
+
+def test_db_upgrade_twice_is_harmless(berth, data_dir):
+    result = berth("db", "upgrade")
+    assert result.exit_code == 0, result.output
+    assert query(data_dir, "SELECT version_num FROM alembic_version") == [(HEAD_REVISION,)]
+
+
+# -- create-admin, create-user ----------------------------------------------------------
+
+def test_create_admin_creates_an_administrator(berth, data_dir):
+    result = berth("create-admin", "Ada@Example.org", "--password", "correct horse")
+    assert result.exit_code == 0, result.output
+    assert result.output == "Created admin ada@example.org.\n"
+    [(email, is_admin, is_active, password_hash)] = query(
+        data_dir, "SELECT email, is_admin, is_active, password_hash FROM users")
+    assert (email, is_admin, is_active) == ("ada@example.org", 1, 1)
+    assert "correct horse" not in password_hash
+    assert query(data_dir, "SELECT kind, actor FROM events") == [("user.created", "cli")]
+
+
+def test_create_admin_again_resets_the_password(berth, data_dir):
+    berth("create-admin", "ada@example.org", "--password", "first password")
+    [(first_hash,)] = query(data_dir, "SELECT password_hash FROM users")
+    result = berth("create-admin", "ADA@example.org", "--password", "second password")
+    assert result.exit_code == 0
+    assert result.output == "Updated admin ada@example.org.\n"
+    [(second_hash,)] = query(data_dir, "SELECT password_hash FROM users")
+    assert second_hash != first_hash
+
+
+def test_create_user_creates_a_non_admin(berth, data_dir):
+    result = berth("create-user", "bob@example.org", "--password", "12345678")
+    assert result.exit_code == 0, result.output
+    assert result.output == "Created user bob@example.org.\n"
+    assert query(data_dir, "SELECT email, is_admin FROM users") == [("bob@example.org", 0)]
+
+
+def test_create_user_does_not_demote_an_admin(berth, data_dir):
+    berth("create-admin", "ada@example.org", "--password", "12345678")
+    result = berth("create-user", "ada@example.org", "--password", "87654321")
+    assert result.output == "Updated admin ada@example.org.\n"
+    assert query(data_dir, "SELECT is_admin FROM users") == [(1,)]
+
+
+@pytest.mark.parametrize("command", ["create-admin", "create-user"])
+def test_create_user_refuses_a_short_password(berth, data_dir, command):
+    result = berth(command, "ada@example.org", "--password", "1234567")
+    assert result.exit_code != 0
+    assert "Error: The password must have at least 8 characters." in result.output
+    assert query(data_dir, "SELECT count(*) FROM users") == [(0,)]
+
+
+@pytest.mark.parametrize("email", ["ada", "", "   ", "a" * 320 + "@example.org"])
+def test_create_admin_refuses_a_bad_email(berth, data_dir, email):
+    result = berth("create-admin", email, "--password", "correct horse")
+    assert result.exit_code != 0
+    assert "is not an email address." in result.output
+    assert query(data_dir, "SELECT count(*) FROM users") == [(0,)]
+
+
+def test_create_admin_needs_a_password(berth):
+    result = berth("create-admin", "ada@example.org")
+    assert result.exit_code != 0
+    assert "Missing option '--password'" in result.output
+
+
+# -- catalogue load ---------------------------------------------------------------------
+
+def test_catalogue_load_reports_what_it_loaded(berth, data_dir):
+    result = berth("catalogue", "load", str(DEMO_CATALOGUE))
+    assert result.exit_code == 0, result.output
+    assert result.output == f"Catalogue loaded from {DEMO_CATALOGUE}: 3 new, 0 changed.\n"
+    assert query(data_dir, "SELECT slug FROM tool_templates ORDER BY slug") == [
+        ("broken",), ("echo",), ("jupyterlab",)]
+
+
+def test_catalogue_load_twice_changes_nothing(berth):
+    berth("catalogue", "load", str(DEMO_CATALOGUE))
+    result = berth("catalogue", "load", str(DEMO_CATALOGUE))
+    assert result.exit_code == 0
+    assert result.output.endswith(": 0 new, 0 changed.\n")
+
+
+def test_catalogue_load_refuses_an_invalid_file_and_loads_nothing(berth, data_dir):
+    path = write(data_dir / "tools.yml", """
+tools:
+  - slug: fine
+    name: Fine
+    command: [fine]
+  - slug: jupyter
+    name: Jupyter
+    command: [jupyter]
+    spawn_timeout: soon
+""")
+    result = berth("catalogue", "load", path)
+    assert result.exit_code != 0
+    assert result.output == (f"Error: {path}: entry 2 (jupyter): spawn_timeout must be a whole number. "
+                             "Nothing was loaded.\n")
+    assert query(data_dir, "SELECT count(*) FROM tool_templates") == [(0,)]
+    assert query(data_dir, "SELECT count(*) FROM events") == [(0,)]
+
+
+def test_catalogue_load_keeps_the_previous_catalogue_when_the_new_one_is_invalid(berth, data_dir):
+    berth("catalogue", "load", str(DEMO_CATALOGUE))
+    text = DEMO_CATALOGUE.read_text().replace("name: Echo", "name: Echo renamed")
+    path = write(data_dir / "tools.yml", text + "  - slug: Bad Slug\n    name: x\n    command: [x]\n")
+    result = berth("catalogue", "load", path)
+    assert result.exit_code != 0
+    assert "entry 4 (Bad Slug): slug must start with a letter" in result.output
+    assert query(data_dir, "SELECT name FROM tool_templates WHERE slug = 'echo'") == [("Echo",)]
+    assert query(data_dir, "SELECT count(*) FROM tool_templates") == [(3,)]
+
+
+def test_catalogue_load_refuses_text_that_is_not_yaml(berth, data_dir):
+    result = berth("catalogue", "load", write(data_dir / "tools.yml", "tools: [\n"))
+    assert result.exit_code != 0
+    assert "the file is not valid YAML" in result.output
+    assert "Nothing was loaded." in result.output
+
+
+def test_catalogue_load_refuses_a_file_that_is_not_utf8(berth, data_dir):
+    path = data_dir / "tools.yml"
+    path.write_bytes(b"\xff\xfe tools: []")
+    result = berth("catalogue", "load", str(path))
+    assert result.exit_code != 0
+    assert result.output == f"Error: cannot read {path}: it is not UTF-8 text. Nothing was loaded.\n"
+
+
+def test_catalogue_load_names_a_missing_file(berth, data_dir):
+    path = data_dir / "nowhere.yml"
+    result = berth("catalogue", "load", str(path))
+    assert result.exit_code != 0
+    assert result.output == f"Error: cannot read {path}: No such file or directory\n"
+
+
+def test_catalogue_load_refuses_a_directory(berth, data_dir):
+    result = berth("catalogue", "load", str(data_dir))
+    assert result.exit_code != 0
+    assert "is a directory" in result.output
+
+
+# -- nginx-conf -------------------------------------------------------------------------
+
+def test_nginx_conf_prints_the_http_level_configuration(berth):
+    result = berth("nginx-conf")
+    assert result.exit_code == 0, result.output
+    text = result.output
+    assert "auth_request /__berth_auth;" in text
+    assert "server_name berth.localhost;" in text
+    assert r"server_name ~^[a-z0-9-]+\.berth\.localhost$;" in text
+    assert "listen 8080;" in text
+    assert "server 127.0.0.1:8101;" in text  # the auth service
+    assert "server 127.0.0.1:8102;" in text  # the web app
+    assert "events {" not in text and "http {" not in text  # it goes inside the operator's http block
+    assert "{{" not in text and "{%" not in text
+
+
+def test_nginx_conf_follows_the_settings_and_options(berth):
+    result = berth("nginx-conf", "--listen", "127.0.0.1:9000", "--auth-server", "10.0.0.1:81",
+                   "--auth-server", "10.0.0.2:81", "--web-server", "10.0.0.3:82",
+                   BERTH_DOMAIN="Tools.Example.org")
+    assert result.exit_code == 0, result.output
+    text = result.output
+    assert "server_name tools.example.org;" in text
+    assert r"server_name ~^[a-z0-9-]+\.tools\.example\.org$;" in text
+    assert "listen 127.0.0.1:9000;" in text
+    assert "server 10.0.0.1:81 max_fails=1 fail_timeout=2s;" in text
+    assert "server 10.0.0.2:81 max_fails=1 fail_timeout=2s;" in text
+    assert "server 10.0.0.3:82;" in text
+    assert "berth.localhost" not in text
+
+
+def test_nginx_conf_standalone_passes_nginx_t(berth, data_dir):
+    if not os.path.exists(NGINX):
+        pytest.skip("nginx is not installed")
+    prefix, out = data_dir / "nginx", data_dir / "nginx.conf"
+    result = berth("nginx-conf", "--standalone", "--prefix", str(prefix), "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert result.output == ""
+    text = out.read_text()
+    assert text.lstrip().startswith("worker_processes")
+    assert f"pid {prefix}/nginx.pid;" in text
+    assert "auth_request /__berth_auth;" in text
+    checked = subprocess.run(
+        [NGINX, "-t", "-p", str(prefix), "-c", str(out), "-e", f"{prefix}/logs/error.log",
+         "-g", "user root root;"],
+        capture_output=True, text=True, timeout=30)
+    assert checked.returncode == 0, checked.stderr
+    assert "test is successful" in checked.stderr
+
+
+def test_nginx_conf_standalone_needs_a_prefix(berth):
+    result = berth("nginx-conf", "--standalone")
+    assert result.exit_code != 0
+    assert result.output == "Error: --standalone needs --prefix.\n"
+
+
+def test_nginx_conf_names_a_file_it_cannot_write(berth, data_dir):
+    out = data_dir / "missing" / "nginx.conf"
+    result = berth("nginx-conf", "--out", str(out))
+    assert result.exit_code != 0
+    assert result.output == f"Error: cannot write {out}: No such file or directory\n"
+
+
+def test_nginx_conf_names_a_prefix_it_cannot_create(berth, data_dir):
+    (data_dir / "a-file").write_text("")
+    prefix = data_dir / "a-file" / "nginx"
+    result = berth("nginx-conf", "--standalone", "--prefix", str(prefix))
+    assert result.exit_code != 0
+    assert result.output == f"Error: cannot prepare --prefix {prefix}: Not a directory\n"
+
+
+@pytest.mark.parametrize("domain", ["bad domain", "berth.localhost;", "evil.com{", "bérth.localhost",
+                                    "berth.localhost/x"])
+def test_nginx_conf_refuses_a_bad_domain(berth, domain):
+    result = berth("nginx-conf", BERTH_DOMAIN=domain)
+    assert result.exit_code != 0
+    assert result.output == f"Error: BERTH_DOMAIN={domain.lower()!r} is not a plain host name\n"
+
+
+# -- bad settings -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("args", [["nginx-conf"], ["db", "upgrade"], ["create-admin", "a@b.org", "--password", "12345678"],
+                                  ["catalogue", "load", "x.yml"], ["--help"]])
+def test_a_bad_setting_is_named_without_a_traceback(berth, args):
+    result = berth(*args, BERTH_HTTP_PORT="eighty")
+    assert result.exit_code != 0
+    assert "Error: BERTH_HTTP_PORT='eighty' is not a whole number" in result.output
+
+
+def test_a_bad_scheme_is_named(berth):
+    result = berth("nginx-conf", BERTH_SCHEME="gopher")
+    assert result.exit_code != 0
+    assert "Error: BERTH_SCHEME='gopher' must be one of http, https" in result.output

@@ -1,0 +1,246 @@
+"""Settings from BERTH_* variables: webapp/config.py fails loudly, naming the variable."""
+import os
+import stat
+import threading
+
+import pytest
+
+from webapp.config import (
+    SettingError,
+    _persistent_secret,
+    load_settings,
+    parse_boolean,
+    parse_int,
+    parse_port_range,
+    parse_string,
+)
+
+
+# -- parse_boolean ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("raw", ["1", "true", "TRUE", "yes", "On", " true "])
+def test_parse_boolean_reads_true_values(raw):
+    assert parse_boolean("BERTH_X", False, {"BERTH_X": raw}) is True
+
+
+@pytest.mark.parametrize("raw", ["0", "false", "False", "no", "OFF"])
+def test_parse_boolean_reads_false_values(raw):
+    assert parse_boolean("BERTH_X", True, {"BERTH_X": raw}) is False
+
+
+@pytest.mark.parametrize("environ", [{}, {"BERTH_X": ""}, {"BERTH_X": "   "}])
+def test_parse_boolean_uses_the_default_when_unset_or_blank(environ):
+    assert parse_boolean("BERTH_X", True, environ) is True
+    assert parse_boolean("BERTH_X", False, environ) is False
+
+
+@pytest.mark.parametrize("raw", ["maybe", "2", "y", "truee", "enabled"])
+def test_parse_boolean_refuses_anything_else_naming_the_variable(raw):
+    with pytest.raises(SettingError) as error:
+        parse_boolean("BERTH_FLAG", False, {"BERTH_FLAG": raw})
+    assert "BERTH_FLAG" in str(error.value)
+    assert repr(raw) in str(error.value)
+
+
+# -- parse_int --------------------------------------------------------------------------
+
+def test_parse_int_reads_a_whole_number():
+    assert parse_int("BERTH_N", 5, {"BERTH_N": " 42 "}) == 42
+    assert parse_int("BERTH_N", 5, {"BERTH_N": "-3"}) == -3
+
+
+def test_parse_int_uses_the_default_when_unset_or_blank():
+    assert parse_int("BERTH_N", 5, {}) == 5
+    assert parse_int("BERTH_N", 5, {"BERTH_N": ""}) == 5
+
+
+@pytest.mark.parametrize("raw", ["abc", "1.5", "8080x", "0x10", "1e3"])
+def test_parse_int_refuses_non_numbers_naming_the_variable(raw):
+    with pytest.raises(SettingError, match=r"BERTH_N=.* is not a whole number"):
+        parse_int("BERTH_N", 5, {"BERTH_N": raw})
+
+
+def test_parse_int_refuses_a_value_below_the_minimum():
+    with pytest.raises(SettingError, match="BERTH_N=0 is below the minimum of 1"):
+        parse_int("BERTH_N", 5, {"BERTH_N": "0"}, minimum=1)
+
+
+def test_parse_int_refuses_a_value_above_the_maximum():
+    with pytest.raises(SettingError, match="BERTH_N=65536 is above the maximum of 65535"):
+        parse_int("BERTH_N", 5, {"BERTH_N": "65536"}, 1, 65535)
+
+
+def test_parse_int_accepts_the_bounds_themselves():
+    assert parse_int("BERTH_N", 5, {"BERTH_N": "1"}, 1, 65535) == 1
+    assert parse_int("BERTH_N", 5, {"BERTH_N": "65535"}, 1, 65535) == 65535
+
+
+# -- parse_port_range -------------------------------------------------------------------
+
+def test_parse_port_range_reads_low_and_high():
+    assert parse_port_range("BERTH_PORTS", "20000-20999", {"BERTH_PORTS": "30000-30010"}) == (30000, 30010)
+    assert parse_port_range("BERTH_PORTS", "20000-20999", {"BERTH_PORTS": "30000-30000"}) == (30000, 30000)
+
+
+def test_parse_port_range_uses_the_default_when_unset():
+    assert parse_port_range("BERTH_PORTS", "20000-20999", {}) == (20000, 20999)
+
+
+@pytest.mark.parametrize("raw", ["20000", "a-b", "20000-", "-20000", "20000:20999", "1-2-3"])
+def test_parse_port_range_refuses_a_malformed_range(raw):
+    with pytest.raises(SettingError) as error:
+        parse_port_range("BERTH_PORTS", "20000-20999", {"BERTH_PORTS": raw})
+    assert "BERTH_PORTS" in str(error.value)
+    assert "20000-20999" in str(error.value)  # the example of what to write
+
+
+@pytest.mark.parametrize("raw", ["20999-20000", "80-1000", "1023-2000", "60000-65536", "0-0"])
+def test_parse_port_range_refuses_ports_out_of_range_or_reversed(raw):
+    with pytest.raises(SettingError, match=r"BERTH_PORTS=.* must lie within 1024-65535"):
+        parse_port_range("BERTH_PORTS", "20000-20999", {"BERTH_PORTS": raw})
+
+
+# -- parse_string -----------------------------------------------------------------------
+
+def test_parse_string_strips_and_defaults():
+    assert parse_string("BERTH_S", "d", {"BERTH_S": "  value "}) == "value"
+    assert parse_string("BERTH_S", "d", {}) == "d"
+    assert parse_string("BERTH_S", None, {"BERTH_S": " "}) is None
+
+
+def test_parse_string_refuses_a_value_outside_the_choices():
+    with pytest.raises(SettingError) as error:
+        parse_string("BERTH_SCHEME", "http", {"BERTH_SCHEME": "ftp"}, choices=("http", "https"))
+    assert str(error.value) == "BERTH_SCHEME='ftp' must be one of http, https"
+
+
+def test_parse_string_accepts_a_choice():
+    assert parse_string("BERTH_SCHEME", "http", {"BERTH_SCHEME": "https"}, choices=("http", "https")) == "https"
+
+
+# -- load_settings ----------------------------------------------------------------------
+
+def test_load_settings_defaults(tmp_path):
+    settings = load_settings({"BERTH_DATA_DIR": str(tmp_path)})
+    assert settings["BERTH_DATA_DIR"] == str(tmp_path)
+    assert settings["BERTH_DOMAIN"] == "berth.localhost"
+    assert settings["BERTH_SCHEME"] == "http"
+    assert settings["BERTH_HTTP_PORT"] == 8080
+    assert settings["BERTH_AUTH_PORT"] == 8101
+    assert settings["BERTH_WEB_PORT"] == 8102
+    assert settings["SQLALCHEMY_DATABASE_URI"] == f"sqlite:///{tmp_path}/berth.db"
+    assert settings["BERTH_REDIS_URL"] is None
+    assert settings["BERTH_SESSION_COOKIE"] == "berth_session"
+    assert settings["BERTH_SESSION_LIFETIME"] == 12 * 3600
+    assert settings["BERTH_PORT_RANGE"] == (20000, 20999)
+    assert settings["BERTH_ACTIVITY_INTERVAL"] == 60
+    assert settings["BERTH_LEASE_SECONDS"] == 30
+    assert settings["BERTH_CATALOGUE"] is None
+    assert settings["BERTH_DEPLOYMENT"] == "berth"
+    assert settings["BERTH_TRUSTED_HOPS"] == 0
+
+
+def test_load_settings_reads_the_environment(tmp_path):
+    settings = load_settings({
+        "BERTH_DATA_DIR": str(tmp_path),
+        "BERTH_DOMAIN": "Berth.Example.COM",
+        "BERTH_SCHEME": "https",
+        "BERTH_HTTP_PORT": "443",
+        "BERTH_DATABASE_URL": "postgresql+psycopg://u@db/berth",
+        "BERTH_SECRET_KEY": "s3cret",
+        "BERTH_PROXY_SECRET": "pr0xy",
+        "BERTH_TRUSTED_HOPS": "2",
+    })
+    assert settings["BERTH_DOMAIN"] == "berth.example.com"
+    assert settings["BERTH_SCHEME"] == "https"
+    assert settings["BERTH_HTTP_PORT"] == 443
+    assert settings["SQLALCHEMY_DATABASE_URI"] == "postgresql+psycopg://u@db/berth"
+    assert settings["SECRET_KEY"] == "s3cret"
+    assert settings["BERTH_PROXY_SECRET"] == "pr0xy"
+    assert settings["BERTH_TRUSTED_HOPS"] == 2
+    assert not (tmp_path / "secret_key").exists()  # nothing generated when both are given
+    assert not (tmp_path / "proxy_secret").exists()
+
+
+@pytest.mark.parametrize("name, raw, words", [
+    ("BERTH_HTTP_PORT", "eighty", "is not a whole number"),
+    ("BERTH_HTTP_PORT", "0", "below the minimum"),
+    ("BERTH_AUTH_PORT", "70000", "above the maximum"),
+    ("BERTH_WEB_PORT", "x", "is not a whole number"),
+    ("BERTH_SCHEME", "HTTPS", "must be one of http, https"),
+    ("BERTH_SESSION_LIFETIME", "30", "below the minimum of 60"),
+    ("BERTH_PORT_RANGE", "100-200", "must lie within 1024-65535"),
+    ("BERTH_LEASE_SECONDS", "1", "below the minimum of 2"),
+    ("BERTH_TRUSTED_HOPS", "6", "above the maximum of 5"),
+    ("BERTH_ACTIVITY_INTERVAL", "soon", "is not a whole number"),
+])
+def test_load_settings_fails_loudly_naming_the_variable(tmp_path, name, raw, words):
+    with pytest.raises(SettingError) as error:
+        load_settings({"BERTH_DATA_DIR": str(tmp_path), name: raw})
+    assert str(error.value).startswith(f"{name}=")
+    assert words in str(error.value)
+
+
+# -- the persistent secret --------------------------------------------------------------
+
+def test_persistent_secret_is_generated_once_and_reused(tmp_path):
+    first = load_settings({"BERTH_DATA_DIR": str(tmp_path)})
+    second = load_settings({"BERTH_DATA_DIR": str(tmp_path)})
+    assert len(first["SECRET_KEY"]) >= 32
+    assert first["SECRET_KEY"] == second["SECRET_KEY"]
+    assert first["BERTH_PROXY_SECRET"] == second["BERTH_PROXY_SECRET"]
+    assert first["SECRET_KEY"] != first["BERTH_PROXY_SECRET"]
+    assert (tmp_path / "secret_key").read_text() == first["SECRET_KEY"]
+
+
+def test_persistent_secret_file_is_readable_by_its_owner_only(tmp_path):
+    load_settings({"BERTH_DATA_DIR": str(tmp_path)})
+    for name in ("secret_key", "proxy_secret"):
+        assert stat.S_IMODE(os.stat(tmp_path / name).st_mode) == 0o600
+
+
+def test_persistent_secret_mode_ignores_a_permissive_umask(tmp_path):
+    old = os.umask(0)
+    try:
+        _persistent_secret(tmp_path, "secret_key")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(tmp_path / "secret_key").st_mode) == 0o600
+
+
+def test_persistent_secret_creates_the_data_directory(tmp_path):
+    data_dir = tmp_path / "not" / "there"
+    value = _persistent_secret(data_dir, "secret_key")
+    assert (data_dir / "secret_key").read_text() == value
+
+
+def test_persistent_secret_differs_between_data_directories(tmp_path):
+    assert _persistent_secret(tmp_path / "a", "s") != _persistent_secret(tmp_path / "b", "s")
+
+
+def test_persistent_secret_racing_first_starts_agree_and_never_see_an_empty_secret(tmp_path):
+    for attempt in range(10):
+        data_dir = tmp_path / str(attempt)
+        results, barrier = [], threading.Barrier(8)
+
+        def first_start():
+            barrier.wait()
+            results.append(_persistent_secret(data_dir, "proxy_secret"))
+
+        threads = [threading.Thread(target=first_start) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert len(results) == 8
+        assert len(set(results)) == 1, "racing processes got different secrets"
+        assert results[0], "a racing process got an empty secret"
+        assert (data_dir / "proxy_secret").read_text() == results[0]
+        assert [p.name for p in data_dir.iterdir()] == ["proxy_secret"]  # no drafts left behind
+
+
+def test_persistent_secret_refuses_an_empty_file(tmp_path):
+    # An empty proxy secret would let requests that bypass nginx through.
+    (tmp_path / "proxy_secret").write_text("\n")
+    with pytest.raises(SettingError, match="proxy_secret is empty"):
+        load_settings({"BERTH_DATA_DIR": str(tmp_path)})

@@ -1,0 +1,233 @@
+"""Tool addresses and the post-login redirect: webapp/hosts.py, with no services running."""
+import pytest
+
+from webapp.hosts import ToolHost, is_main_host, parse_tool_host, public_url, safe_next_url, tool_host
+
+DOMAIN = "berth.localhost"
+HOME = "http://berth.localhost:8080/"
+CONFIG = {"BERTH_DOMAIN": DOMAIN, "BERTH_SCHEME": "http", "BERTH_HTTP_PORT": 8080}
+
+
+# -- parse_tool_host --------------------------------------------------------------------
+
+@pytest.mark.parametrize("host, slug, host_key", [
+    ("echo-0a1b2c3d.berth.localhost", "echo", "0a1b2c3d"),
+    ("jupyterlab-deadbeef.berth.localhost", "jupyterlab", "deadbeef"),
+    ("my-dash-app-12345678.berth.localhost", "my-dash-app", "12345678"),
+    ("r2-abcdef01.berth.localhost", "r2", "abcdef01"),
+])
+def test_parse_tool_host_reads_slug_and_host_key(host, slug, host_key):
+    assert parse_tool_host(host, DOMAIN) == ToolHost(slug=slug, host_key=host_key)
+
+
+@pytest.mark.parametrize("host", [
+    "echo-0a1b2c3d.berth.localhost:8080",
+    "echo-0a1b2c3d.berth.localhost:80",
+    "  echo-0a1b2c3d.berth.localhost:8080  ",
+])
+def test_parse_tool_host_ignores_the_port(host):
+    assert parse_tool_host(host, DOMAIN) == ToolHost("echo", "0a1b2c3d")
+
+
+@pytest.mark.parametrize("host", [
+    "ECHO-0A1B2C3D.BERTH.LOCALHOST",
+    "Echo-0a1B2c3D.Berth.Localhost:8080",
+])
+def test_parse_tool_host_is_case_insensitive(host):
+    assert parse_tool_host(host, DOMAIN) == ToolHost("echo", "0a1b2c3d")
+
+
+@pytest.mark.parametrize("host", [
+    "1echo-0a1b2c3d.berth.localhost",      # slug starts with a digit
+    "-echo-0a1b2c3d.berth.localhost",      # slug starts with a hyphen
+    "echo--0a1b2c3d.berth.localhost",      # double hyphen
+    "ec_ho-0a1b2c3d.berth.localhost",      # underscore
+    "ech%6f-0a1b2c3d.berth.localhost",     # percent-encoding
+    "-0a1b2c3d.berth.localhost",           # empty slug
+    "échо-0a1b2c3d.berth.localhost",       # non-ASCII (Cyrillic o)
+])
+def test_parse_tool_host_refuses_bad_slugs(host):
+    assert parse_tool_host(host, DOMAIN) is None
+
+
+@pytest.mark.parametrize("host", [
+    "echo.berth.localhost",                # no host key: a shared tool, not a personal one
+    "echo-.berth.localhost",               # empty host key
+    "echo-0a1b2c3.berth.localhost",        # 7 characters
+    "echo-0a1b2c3d4.berth.localhost",      # 9 characters
+    "echo-0a1b2c3g.berth.localhost",       # not hexadecimal
+    "echo-0a1b 2c3.berth.localhost",       # space
+])
+def test_parse_tool_host_refuses_bad_host_keys(host):
+    assert parse_tool_host(host, DOMAIN) is None
+
+
+@pytest.mark.parametrize("host", ["berth.localhost", "berth.localhost:8080", "BERTH.LOCALHOST"])
+def test_parse_tool_host_refuses_the_main_host(host):
+    assert parse_tool_host(host, DOMAIN) is None
+    assert is_main_host(host, DOMAIN)
+
+
+@pytest.mark.parametrize("host", [
+    "a.echo-0a1b2c3d.berth.localhost",
+    "echo-0a1b2c3d.x.berth.localhost",
+    "echo-0a1b2c3d..berth.localhost",
+])
+def test_parse_tool_host_refuses_nested_subdomains(host):
+    assert parse_tool_host(host, DOMAIN) is None
+
+
+@pytest.mark.parametrize("host", [
+    "echo-0a1b2c3d.example.com",
+    "echo-0a1b2c3d.berth.localhost.evil.com",
+    "echo-0a1b2c3d.evilberth.localhost",
+    "echo-0a1b2c3d.localhost",
+    "echo-0a1b2c3d.berth.localhost.",       # trailing dot: not the name we serve
+    "evilberth.localhost",
+    "echo-0a1b2c3devilberth.localhost",
+    "",
+    None,
+])
+def test_parse_tool_host_refuses_other_domains(host):
+    assert parse_tool_host(host, DOMAIN) is None
+
+
+def test_evilberth_localhost_is_not_the_main_host():
+    assert not is_main_host("evilberth.localhost", DOMAIN)
+    assert not is_main_host("berth.localhost.evil.com", DOMAIN)
+
+
+def test_tool_host_round_trips_through_parse_tool_host():
+    host = tool_host("my-tool", "0a1b2c3d", DOMAIN)
+    assert host == "my-tool-0a1b2c3d.berth.localhost"
+    assert parse_tool_host(host, DOMAIN) == ToolHost("my-tool", "0a1b2c3d")
+
+
+# -- public_url -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("scheme, port, expected", [
+    ("http", 80, "http://berth.localhost/"),
+    ("https", 443, "https://berth.localhost/"),
+    ("http", 8080, "http://berth.localhost:8080/"),
+    ("https", 8443, "https://berth.localhost:8443/"),
+    ("http", 443, "http://berth.localhost:443/"),
+    ("https", 80, "https://berth.localhost:80/"),
+])
+def test_public_url_omits_only_the_default_port(scheme, port, expected):
+    config = {**CONFIG, "BERTH_SCHEME": scheme, "BERTH_HTTP_PORT": port}
+    assert public_url(config, DOMAIN) == expected
+
+
+def test_public_url_keeps_the_path_for_a_tool_host():
+    host = tool_host("echo", "0a1b2c3d", DOMAIN)
+    assert public_url(CONFIG, host, "/lab?x=1") == "http://echo-0a1b2c3d.berth.localhost:8080/lab?x=1"
+
+
+# -- safe_next_url: what is allowed -----------------------------------------------------
+
+@pytest.mark.parametrize("value", ["/", "/catalogue", "/a/b?c=d&e=f#frag", "/%2F%2Fevil.com"])
+def test_safe_next_url_turns_relative_paths_into_main_host_urls(value):
+    assert safe_next_url(CONFIG, value) == "http://berth.localhost:8080" + value
+
+
+@pytest.mark.parametrize("value", [
+    "http://berth.localhost:8080/",
+    "http://berth.localhost:8080/catalogue?q=1",
+    "http://BERTH.localhost:8080/x",
+])
+def test_safe_next_url_allows_the_main_host(value):
+    assert safe_next_url(CONFIG, value) == value
+
+
+@pytest.mark.parametrize("value", [
+    "http://echo-0a1b2c3d.berth.localhost:8080/",
+    "http://jupyterlab-deadbeef.berth.localhost:8080/lab/tree/x.ipynb?reset",
+])
+def test_safe_next_url_allows_tool_hosts(value):
+    assert safe_next_url(CONFIG, value) == value
+
+
+def test_safe_next_url_allows_an_omitted_default_port():
+    config = {**CONFIG, "BERTH_SCHEME": "https", "BERTH_HTTP_PORT": 443}
+    assert safe_next_url(config, "https://berth.localhost/x") == "https://berth.localhost/x"
+    assert safe_next_url(config, "https://berth.localhost:443/x") == "https://berth.localhost:443/x"
+    assert safe_next_url(config, "/x") == "https://berth.localhost/x"
+
+
+@pytest.mark.parametrize("value", [None, "", "   "])
+def test_safe_next_url_sends_an_empty_value_home(value):
+    assert safe_next_url(CONFIG, value) == HOME
+
+
+# -- safe_next_url: open-redirect tricks all go home ------------------------------------
+
+@pytest.mark.parametrize("value", [
+    # Other hosts
+    "http://evil.com/",
+    "http://evil.com:8080/",
+    "http://evilberth.localhost:8080/",
+    "http://berth.localhost.evil.com:8080/",
+    "http://echo-0a1b2c3d.berth.localhost.evil.com:8080/",
+    "http://a.echo-0a1b2c3d.berth.localhost:8080/",
+    "http://echo.berth.localhost:8080/",
+    "http://localhost:8080/",
+    "http://127.0.0.1:8080/",
+    "http://evil.com#@berth.localhost:8080/",
+    "http://evil.com?@berth.localhost:8080/",
+    # Protocol-relative and backslash tricks
+    "//evil.com",
+    "//evil.com/berth.localhost",
+    "///evil.com",
+    "/\\evil.com",
+    "\\\\evil.com",
+    "\\/evil.com",
+    "http:\\\\evil.com",
+    "http://berth.localhost:8080\\@evil.com/",
+    # Other schemes
+    "javascript:alert(1)",
+    "JavaScript:alert(document.cookie)",
+    " javascript:alert(1)",
+    "data:text/html,<script>alert(1)</script>",
+    "https://berth.localhost:8080/",
+    "ftp://berth.localhost:8080/",
+    "http:/berth.localhost:8080/",
+    "http:evil.com",
+    "berth.localhost:8080/x",
+    # Wrong port
+    "http://berth.localhost/",
+    "http://berth.localhost:80/",
+    "http://berth.localhost:8081/",
+    "http://echo-0a1b2c3d.berth.localhost:9999/",
+    "http://berth.localhost:99999/",
+    "http://berth.localhost:abc/",
+    # Userinfo
+    "http://user@berth.localhost:8080/",
+    "http://user:pass@berth.localhost:8080/",
+    "http://berth.localhost:8080@evil.com/",
+    "http://:@berth.localhost:8080/",
+    # CR, LF, tab and NUL: header injection and parser confusion
+    "/\r\nSet-Cookie: x=1",
+    "/ok\nLocation: http://evil.com/",
+    "/\tevil",
+    "/\x00evil",
+    "http://berth.localhost:8080/\r\nX: y",
+    "\r\n//evil.com",
+])
+def test_safe_next_url_sends_open_redirect_tricks_home(value):
+    assert safe_next_url(CONFIG, value) == HOME
+
+
+@pytest.mark.parametrize("value", [
+    "/" + "a" * 10_000,
+    "http://berth.localhost:8080/" + "a" * 10_000,
+    "http://echo-0a1b2c3d.berth.localhost:8080/?q=" + "x" * 100_000,
+])
+def test_safe_next_url_sends_very_long_values_home(value):
+    # nginx refuses an upstream answer whose headers outgrow one page (4 KiB): a longer
+    # Location would turn a successful sign-in into a 502.
+    assert safe_next_url(CONFIG, value) == HOME
+
+
+def test_safe_next_url_keeps_a_long_but_reasonable_path():
+    value = "/" + "a" * 1500
+    assert safe_next_url(CONFIG, value) == "http://berth.localhost:8080" + value

@@ -198,7 +198,7 @@ def _remembered_password(data_dir):
     return password
 
 
-def stop_local_tools(config):
+def stop_local_tools(config, backends=("process",)):
     """On Ctrl-C, end the process-backend tools too: on one machine, "stop" means everything."""
     from webapp.launcher import stop_instance
     from webapp.lifecycle.launches import request_stop
@@ -207,7 +207,7 @@ def stop_local_tools(config):
 
     live = db.session.execute(
         db.select(ToolInstance).where(ToolInstance.state.in_(State.LIVE),
-                                      ToolInstance.backend == "process")
+                                      ToolInstance.backend.in_(backends))
     ).scalars().all()
     for instance in live:
         request_stop(instance, actor="cli", enqueue=False)

@@ -13,7 +13,8 @@ from unittest import mock
 import pytest
 import requests
 
-from tests.services import Postgres, Redis, free_port
+from tests import images
+from tests.services import Dockerd, Postgres, Redis, free_port
 
 # In-process imports of webapp must not write into the checkout (secrets, the Huey file).
 os.environ.setdefault("BERTH_DATA_DIR", tempfile.mkdtemp(prefix="berth-test-process-"))
@@ -56,6 +57,18 @@ def redis_server():
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def dockerd():
+    """A Docker engine of the tests' own, with the test images built offline."""
+    engine = Dockerd()
+    client = engine.client()
+    images.build_busybox(client)
+    images.build_echo(client)
+    client.close()
+    yield engine
+    engine.stop()
+
+
 class BerthStack:
     """One running Berth: nginx, auth, web and worker, plus an in-process app to look at the database."""
 
@@ -86,7 +99,8 @@ class BerthStack:
         with self.app.app_context():
             from deploy.local import stop_local_tools
 
-            stop_local_tools(self.app.config)
+            stop_local_tools(self.app.config, backends=("process", "docker"))
+            db.session.remove()  # give its connection back first, or dispose() cannot close it
             db.engine.dispose()
 
     # -- data -----------------------------------------------------------------------------
@@ -141,12 +155,28 @@ class BerthStack:
             time.sleep(0.05)
         raise AssertionError(f"{slug} did not start within {timeout} s")
 
+    def docker(self):
+        """A Docker client for the stack's engine, to use in a with block."""
+        from contextlib import closing
+
+        import docker
+
+        return closing(docker.DockerClient(base_url=self.env["BERTH_DOCKER_URL"], timeout=60))
+
+    def berth(self, *args):
+        """Run the `berth` command line against this stack."""
+        import subprocess
+        import sys
+
+        return subprocess.run([str(Path(sys.executable).parent / "berth"), *args], env=self.env,
+                              capture_output=True, text=True, timeout=60)
+
     def instances(self, host=None):
         where = "WHERE host = :host" if host else ""
         return self.query(f"SELECT * FROM tool_instances {where} ORDER BY id", host=host)
 
 
-def _make_stack(label, database_url, redis_url, tmp_root):
+def _make_stack(label, database_url, redis_url, tmp_root, docker_url):
     data_dir = tempfile.mkdtemp(prefix=f"berth-{label}-", dir=tmp_root)
     low = 21000 + (free_port() % 40) * 100  # a tool port range of its own for each stack
     env = {
@@ -161,6 +191,8 @@ def _make_stack(label, database_url, redis_url, tmp_root):
         "BERTH_CATALOGUE": str(TEST_CATALOGUE),
         "BERTH_LEASE_SECONDS": "4",
         "BERTH_GUNICORN_WORKERS": "2",
+        "BERTH_BACKENDS": "process,docker",
+        "BERTH_DOCKER_URL": docker_url,
     }
     if database_url:
         env["BERTH_DATABASE_URL"] = database_url
@@ -176,13 +208,14 @@ def _make_stack(label, database_url, redis_url, tmp_root):
 @pytest.fixture(scope="session", params=["postgres", "sqlite"])
 def berth_stack(request, tmp_path_factory):
     """A running Berth. On PostgreSQL + Redis, and on SQLite + Huey-on-SQLite."""
+    docker_url = request.getfixturevalue("dockerd").url
     if request.param == "postgres":
         server = request.getfixturevalue("postgres")
         redis = request.getfixturevalue("redis_server")
         stack = _make_stack("pg", server.create_database(f"berth_{os.urandom(3).hex()}"),
-                            redis.url(1), tmp_path_factory.mktemp("stacks"))
+                            redis.url(1), tmp_path_factory.mktemp("stacks"), docker_url)
     else:
-        stack = _make_stack("sqlite", None, None, tmp_path_factory.mktemp("stacks"))
+        stack = _make_stack("sqlite", None, None, tmp_path_factory.mktemp("stacks"), docker_url)
     stack.start()
     yield stack
     stack.stop()

@@ -130,3 +130,52 @@ def rss_of_tree(pid):
             continue
         pending.extend(int(child) for child in children)
     return total
+
+
+class Dockerd:
+    """A Docker engine of our own: throwaway data root, no iptables, no bridge (host networking)."""
+
+    def __init__(self):
+        binary = shutil.which("dockerd")
+        if not binary:
+            raise RuntimeError("dockerd is not installed (apt-get install docker.io); `make test` installs it")
+        # A short path: the socket's path must fit in a unix socket address.
+        self.dir = Path(tempfile.mkdtemp(prefix="bd-", dir="/tmp"))
+        self.socket = self.dir / "docker.sock"
+        self.url = f"unix://{self.socket}"
+        log = open(self.dir / "dockerd.log", "wb")
+        self.process = subprocess.Popen(
+            [binary, "--data-root", self.dir / "data", "--exec-root", self.dir / "exec",
+             "--pidfile", self.dir / "dockerd.pid", "-H", self.url, "--storage-driver", "overlay2",
+             "--iptables=false", "--ip6tables=false", "--bridge=none"],
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+        log.close()
+        deadline = time.monotonic() + 60
+        while not self._answers():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"dockerd did not start; see {self.dir / 'dockerd.log'}")
+            time.sleep(0.1)
+
+    def _answers(self):
+        if not self.socket.exists():
+            return False
+        with socket.socket(socket.AF_UNIX) as probe:
+            try:
+                probe.connect(str(self.socket))
+                probe.sendall(b"GET /_ping HTTP/1.0\r\n\r\n")
+                return b"200 OK" in probe.recv(200)
+            except OSError:
+                return False
+
+    def client(self):
+        import docker
+
+        return docker.DockerClient(base_url=self.url, timeout=120)
+
+    def stop(self):
+        _stop(self.process, timeout=30)
+        # dockerd leaves its network namespace mounted; unmount it so the folder can go.
+        subprocess.run(["umount", self.dir / "exec" / "netns" / "default"], capture_output=True)
+        subprocess.run(["umount", "-R", self.dir / "data"], capture_output=True)
+        shutil.rmtree(self.dir, ignore_errors=True)

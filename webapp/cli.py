@@ -137,6 +137,30 @@ def nginx_conf(standalone, prefix, listen, auth_servers, web_servers, out):
         sys.stdout.write(text)
 
 
+@cli.command("reconcile")
+@with_appcontext
+def reconcile():
+    """Make the database and the backends agree now (the worker also does this every minute)."""
+    from webapp import tasks
+    from webapp.launcher import reconcile as run_reconcile
+
+    actions = run_reconcile(enqueue_launch=tasks.enqueue_launch, enqueue_stop=tasks.enqueue_stop,
+                            actor="cli")
+    click.echo("\n".join(f"{action}: instance {instance_id}" for action, instance_id in actions)
+               or "Nothing to do.")
+
+
+@cli.command("cull")
+@with_appcontext
+def cull():
+    """Stop idle tools now (the worker also does this every minute)."""
+    from webapp import tasks
+    from webapp.launcher import cull_idle
+
+    stopped = cull_idle(enqueue_stop=tasks.enqueue_stop, actor="cli")
+    click.echo(f"Stopping idle instances: {', '.join(map(str, stopped))}" if stopped else "No idle tools.")
+
+
 @cli.command("run")
 @with_appcontext
 def run():

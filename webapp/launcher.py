@@ -292,3 +292,34 @@ def reconcile(enqueue_launch, enqueue_stop, actor="reconciler"):
             db.session.commit()
             actions.append(("orphan-removed", instance_id))
     return actions
+
+
+def cull_idle(enqueue_stop, actor="culler"):
+    """Stop RUNNING tools idle for longer than their template's idle_timeout (0 = never).
+
+    Activity is what the auth service records: authenticated requests through nginx to the
+    tool, including WebSocket handshakes, written at most once per BERTH_ACTIVITY_INTERVAL.
+    Traffic on a WebSocket that is already open is not seen, nor is work the tool does alone.
+    """
+    from webapp.lifecycle.launches import request_stop
+
+    now = utcnow()
+    stopped = []
+    running = db.session.execute(
+        select(ToolInstance).where(ToolInstance.state == State.RUNNING)
+    ).scalars().all()
+    for instance in running:
+        limit = instance.template.idle_timeout
+        last = instance.last_activity_at or instance.running_at or instance.created_at
+        if not limit or last > now - timedelta(seconds=limit):
+            continue
+        idle = int((now - last).total_seconds())
+        record_event("cull.idle", f"Idle for {idle} s, more than its limit of {limit} s",
+                     actor=actor, instance_id=instance.id, user_id=instance.owner_id,
+                     idle_seconds=idle, limit_seconds=limit)
+        if request_stop(instance, actor=actor, enqueue=False):
+            enqueue_stop(instance.id)
+            stopped.append(instance.id)
+        else:
+            db.session.rollback()
+    return stopped

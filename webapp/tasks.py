@@ -71,6 +71,17 @@ def reconcile():
         return actions
 
 
+@huey.periodic_task(crontab(minute="*"))
+def cull_idle():
+    from webapp.launcher import cull_idle as run_cull
+
+    with _app_context():
+        stopped = run_cull(enqueue_stop=enqueue_stop)
+        if stopped:
+            log.info("culled idle instances: %s", stopped)
+        return stopped
+
+
 def enqueue_launch(instance_id):
     """Queue a launch. If the queue is down, the reconciler picks the instance up later."""
     try:

@@ -1,12 +1,13 @@
 """Main-host pages: the catalogue, and stopping a tool from it."""
 from flask import Blueprint, abort, current_app, flash, g, redirect, render_template
 from flask_wtf import FlaskForm
+from wtforms import StringField
 from sqlalchemy import select
 
 from webapp.extensions import db
 from webapp.hosts import public_url, tool_host
 from webapp.identity import login_required
-from webapp.lifecycle.launches import request_stop
+from webapp.lifecycle.launches import LaunchRefused, request_launch, request_stop
 from webapp.models import State, ToolInstance, ToolTemplate
 
 bp = Blueprint("catalogue", __name__)
@@ -14,6 +15,10 @@ bp = Blueprint("catalogue", __name__)
 
 class StopForm(FlaskForm):
     pass
+
+
+class LaunchForm(FlaskForm):
+    size = StringField()
 
 
 @bp.get("/")
@@ -36,7 +41,29 @@ def index():
         }
         for template in templates
     ]
-    return render_template("catalogue.html", tools=tools, stop_form=StopForm())
+    return render_template("catalogue.html", tools=tools, stop_form=StopForm(), launch_form=LaunchForm())
+
+
+@bp.post("/launch/<slug>")
+@login_required
+def launch(slug):
+    """Launch with a chosen size, then go to the tool's address (which shows its progress)."""
+    form = LaunchForm()
+    if not form.validate_on_submit():
+        abort(400, "The form expired. Reload the page and try again.")
+    template = db.session.execute(
+        select(ToolTemplate).where(ToolTemplate.slug == slug, ToolTemplate.enabled.is_(True))
+    ).scalar_one_or_none()
+    if template is None:
+        abort(404)
+    domain = current_app.config["BERTH_DOMAIN"]
+    host = tool_host(template.slug, g.user.host_key, domain)
+    try:
+        request_launch(template, g.user, host, actor=f"user:{g.user.id}", size_name=form.size.data or None)
+    except LaunchRefused as refusal:
+        return render_template("message.html", title=f"{template.name} was not started",
+                               message=refusal.reason), refusal.status
+    return redirect(public_url(current_app.config, host))
 
 
 @bp.post("/instances/<int:instance_id>/stop")

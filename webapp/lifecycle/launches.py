@@ -1,10 +1,11 @@
 """Starting and stopping tools, as the web app asks for it. The worker does the rest."""
-from sqlalchemy import select, update
+from flask import current_app
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from webapp import tasks
 from webapp.extensions import db
-from webapp.models import Event, State, ToolInstance, record_event
+from webapp.models import Event, State, ToolInstance, User, record_event
 
 
 def live_instance(host):
@@ -22,25 +23,75 @@ def latest_instance(host):
     ).scalar_one_or_none()
 
 
-def request_launch(template, owner, host, actor):
+class LaunchRefused(Exception):
+    """A launch that must not happen (a limit is reached, an unknown size). Shown as 429 or 400."""
+
+    def __init__(self, reason, status=429):
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+
+
+def choose_size(template, name=None):
+    """The template's size called name (its first size by default), as recorded on the instance."""
+    sizes = template.sizes or []
+    if not sizes:
+        if name:
+            raise LaunchRefused(f"{template.name} offers no sizes to choose from.", status=400)
+        return {}
+    if not name:
+        return dict(sizes[0])
+    for size in sizes:
+        if size["name"] == name:
+            return dict(size)
+    names = ", ".join(size["name"] for size in sizes)
+    raise LaunchRefused(f"{template.name} has no size {name!r}; choose one of: {names}.", status=400)
+
+
+def _check_limits(owner):
+    """Refuse a launch over the per-user or the global limit of live tools.
+
+    The owner's row is locked (FOR UPDATE on PostgreSQL; SQLite serialises writers anyway), so
+    two racing launches by one user cannot both squeeze under the limit.
+    """
+    config = current_app.config
+    db.session.execute(select(User.id).where(User.id == owner.id).with_for_update())
+    per_user, total = config["BERTH_MAX_TOOLS_PER_USER"], config["BERTH_MAX_TOOLS_TOTAL"]
+    live = ToolInstance.state.in_(State.LIVE)
+    if per_user:
+        mine = db.session.scalar(select(func.count()).where(live, ToolInstance.owner_id == owner.id))
+        if mine >= per_user:
+            raise LaunchRefused(f"You already have {mine} tools running, the most allowed per person "
+                                f"is {per_user}. Stop one of them, then try again.")
+    if total:
+        everyone = db.session.scalar(select(func.count()).where(live))
+        if everyone >= total:
+            raise LaunchRefused(f"Berth is running its maximum of {total} tools. Try again when "
+                                "someone stops one, or ask an administrator.")
+
+
+def request_launch(template, owner, host, actor, size_name=None):
     """Return the live instance for host, creating and queueing one if there is none.
 
     Safe when requests race: the partial unique index on live hosts lets exactly one INSERT
-    win, and the others read the winner's row.
+    win, and the others read the winner's row. Raises LaunchRefused over a limit.
     """
     existing = live_instance(host)
     if existing is not None:
         return existing, False
+    size = choose_size(template, size_name)
+    _check_limits(owner)
     instance = ToolInstance(template=template, owner=owner, host=host, backend=template.backend,
-                            state=State.QUEUED)
+                            state=State.QUEUED, size=size)
     db.session.add(instance)
     try:
         db.session.flush()
     except IntegrityError:
         db.session.rollback()
         return live_instance(host), False
-    record_event("instance.launch", f"Launch of {template.name} requested", actor=actor,
-                 user_id=owner.id, instance_id=instance.id, template=template.slug)
+    size_note = f" ({size['name']}: {size['cpu']} CPU, {size['memory_mb']} MB)" if size else ""
+    record_event("instance.launch", f"Launch of {template.name} requested{size_note}", actor=actor,
+                 user_id=owner.id, instance_id=instance.id, template=template.slug, size=size)
     db.session.commit()
     tasks.enqueue_launch(instance.id)
     return instance, True

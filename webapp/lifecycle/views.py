@@ -5,6 +5,7 @@ from sqlalchemy import select
 from webapp.extensions import db
 from webapp.hosts import is_main_host, parse_tool_host, strip_port
 from webapp.lifecycle.launches import (
+    LaunchRefused,
     instance_events,
     latest_instance,
     mark_failure_shown,
@@ -96,7 +97,10 @@ def _lifecycle_page(page):
                            state=previous.state if previous else None), 503
         if previous is not None and previous.state == State.FAILED and mark_failure_shown(previous):
             return render_template("failed.html", instance=previous, **context), 502
-        instance, _ = request_launch(template, owner, host, actor=f"user:{g.user.id}")
+        try:
+            instance, _ = request_launch(template, owner, host, actor=f"user:{g.user.id}")
+        except LaunchRefused as refusal:
+            return _error_page(refusal.status, f"{template.name} was not started", refusal.reason)
     else:
         instance = latest_instance(host)
         if not _is_navigation():

@@ -6,6 +6,7 @@
   var progress = document.getElementById("progress");
   var statusLine = document.getElementById("status-line");
   var stopped = document.getElementById("stopped");
+  var heading = document.getElementById("heading");
   var shown = progress.children.length;
   var delay = 100;
 
@@ -35,6 +36,7 @@
           return;
         }
         if (status.state === "STOPPED" || status.state === null) {
+          heading.textContent = heading.dataset.stoppedText;
           statusLine.textContent = "";
           stopped.hidden = false;
           panel.classList.add("idle");

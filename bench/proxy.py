@@ -1,0 +1,682 @@
+"""Proxied throughput and latency: Berth's auth_request path against plain nginx, in one run.
+
+    python -m bench.proxy [--duration 10] [--rounds 2] [--postgres] [--keep]
+
+Three paths to the same upstream, an nginx serving one static 1 KB file that Berth launched
+as a tool through the normal flow (sign in, first visit, starting page, RUNNING):
+
+  direct       wrk → the tool's port
+  plain nginx  wrk → a separate nginx: proxy_pass to an upstream block with keepalive
+  berth        wrk → Berth's nginx, with the session cookie and the tool's Host:
+               auth_request to the auth service, then proxy_pass to the tool
+
+Each measurement is `wrk -t2 -c32 -d<duration>s --latency`. The paths take turns within
+every round, in a rotated order, so that drift on the machine falls on all of them. Ratios
+are to plain nginx measured in the same run. The RSS of each of Berth's process groups is
+sampled throughout; the peak is reported. Results go to bench/results/latest.json.
+
+Everything listens on 127.0.0.1. Every process the run starts (Berth's nginx, auth, web and
+worker, the tool, the plain nginx, wrk, and PostgreSQL and Redis with --postgres) is
+stopped on success, failure, Ctrl-C or SIGTERM.
+"""
+import argparse
+import http.client
+import json
+import os
+import shlex
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from unittest import mock
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results" / "latest.json"
+DOMAIN = "berth.localhost"
+SLUG = "static"
+BODY = (b"Berth benchmark body. " * 64)[:1023] + b"\n"  # exactly 1 KB
+PATH = "/1k.html"
+PATHS = ("direct", "plain nginx", "berth")
+
+# wrk prints its own report; this adds one machine-readable line (latencies in microseconds).
+WRK_SCRIPT = r"""
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    "BERTH_BENCH {\"requests\": %d, \"duration_us\": %d, \"bytes\": %d, \"non_2xx_3xx\": %d, " ..
+    "\"connect_errors\": %d, \"read_errors\": %d, \"write_errors\": %d, \"timeouts\": %d, " ..
+    "\"p50_us\": %d, \"p90_us\": %d, \"p99_us\": %d, \"max_us\": %d, \"mean_us\": %.1f}\n",
+    summary.requests, summary.duration, summary.bytes, e.status, e.connect, e.read, e.write,
+    e.timeout, latency:percentile(50), latency:percentile(90), latency:percentile(99),
+    latency.max, latency.mean))
+end
+"""
+
+# The upstream: nginx serving one file. Berth starts it as a tool, so its port and home arrive
+# at launch: the tool's command fills @PORT@ and @HOME@ in with sed, then execs nginx.
+UPSTREAM_CONF = """\
+{user}worker_processes 1;
+pid {home}/nginx.pid;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    sendfile on;
+    tcp_nodelay on;
+    default_type text/html;
+    client_body_temp_path {home}/tmp_client_body;
+    proxy_temp_path {home}/tmp_proxy;
+    fastcgi_temp_path {home}/tmp_fastcgi;
+    uwsgi_temp_path {home}/tmp_uwsgi;
+    scgi_temp_path {home}/tmp_scgi;
+    server {{
+        listen 127.0.0.1:@PORT@;
+        root {www};
+    }}
+}}
+"""
+
+# Plain nginx: Berth's proxy settings (nginx/snippets/common.conf.j2) without auth_request,
+# and with keepalive to the upstream, which Berth's raw ip:port proxy_pass cannot have.
+PLAIN_CONF = """\
+{user}worker_processes auto;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    sendfile on;
+    tcp_nodelay on;
+    keepalive_timeout 65s;
+    client_body_temp_path {prefix}/tmp_client_body;
+    proxy_temp_path {prefix}/tmp_proxy;
+    fastcgi_temp_path {prefix}/tmp_fastcgi;
+    uwsgi_temp_path {prefix}/tmp_uwsgi;
+    scgi_temp_path {prefix}/tmp_scgi;
+    upstream tool {{
+        server {upstream};
+        keepalive 64;
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://tool;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $host;
+            client_max_body_size 0;
+            proxy_request_buffering off;
+            proxy_buffering off;
+        }}
+    }}
+}}
+"""
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def nginx_binary():
+    found = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
+    if not found:
+        raise SystemExit("nginx is not installed (apt-get install nginx; `make bench` does it)")
+    return found
+
+
+# -- memory -------------------------------------------------------------------------------------
+def _stat_fields(pid):
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def _rss_kib(pid):
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0  # a zombie has no RSS
+
+
+def group_rss(root):
+    """(KiB, process count) of root and its descendants in root's session.
+
+    Staying in the session keeps the tool out of the worker's group: the process backend starts
+    each tool in a session of its own, as a child of the worker.
+    """
+    try:
+        session = _stat_fields(root)[3]
+    except OSError:
+        return 0, 0
+    total = count = 0
+    pending = [root]
+    while pending:
+        pid = pending.pop()
+        try:
+            if _stat_fields(pid)[3] != session:
+                continue
+            total += _rss_kib(pid)
+            count += 1
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        except OSError:
+            continue
+        pending.extend(int(child) for child in children)
+    return total, count
+
+
+class MemorySampler(threading.Thread):
+    def __init__(self, roots, interval=0.1):
+        super().__init__(daemon=True)
+        self.roots = roots
+        self.interval = interval
+        self.before = {name: group_rss(pid) for name, pid in roots.items()}
+        self.peak = {name: kib for name, (kib, _) in self.before.items()}
+        self._stop_event = threading.Event()
+
+    def run(self):
+        while not self._stop_event.wait(self.interval):
+            for name, pid in self.roots.items():
+                self.peak[name] = max(self.peak[name], group_rss(pid)[0])
+
+    def stop(self):
+        self._stop_event.set()
+        self.join()
+
+
+# -- processes ----------------------------------------------------------------------------------
+def stop_process(process, timeout=10):
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def labelled_pids(deployment):
+    """Processes that carry this run's BERTH_DEPLOYMENT label: the tool and its nginx workers."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            environ = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
+            if _stat_fields(entry)[0] == "Z":
+                continue
+        except OSError:
+            continue
+        if f"BERTH_DEPLOYMENT={deployment}".encode() in environ:
+            found.append(int(entry))
+    return found
+
+
+def kill_labelled(deployment, grace=5.0):
+    """The last line of cleanup: end whatever still carries this run's label.
+
+    Berth's own processes carry it too (it is in their environment), and the tool carries it
+    because the process backend labels tools with it. All run in sessions of their own.
+    """
+    pids = labelled_pids(deployment)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            try:
+                group = os.getpgid(pid)
+                if group != os.getpgrp():  # never this process's own group
+                    os.killpg(group, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and labelled_pids(deployment):
+            time.sleep(0.05)
+        pids = labelled_pids(deployment)
+        if not pids:
+            return []
+    return pids
+
+
+def pids_mentioning(text):
+    """Processes whose command line names text (the work directory), other than this one."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            if text.encode() in Path(f"/proc/{entry}/cmdline").read_bytes() and _stat_fields(entry)[0] != "Z":
+                found.append(int(entry))
+        except OSError:
+            continue
+    return found
+
+
+def kill_mentioning(text, grace=5.0):
+    """End every process whose command line names text: SIGTERM, then SIGKILL. Returns what is left."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids_mentioning(text):
+            try:
+                os.kill(pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and pids_mentioning(text):
+            time.sleep(0.05)
+        if not pids_mentioning(text):
+            return []
+    return pids_mentioning(text)
+
+
+def start_nginx(conf, prefix, log):
+    command = [nginx_binary(), "-p", f"{prefix}/", "-c", str(conf), "-e", f"{prefix}/error.log",
+               "-g", "daemon off;"]
+    checked = subprocess.run(command[:-2] + ["-t", "-q"], capture_output=True, text=True)
+    if checked.returncode:
+        raise RuntimeError(f"nginx rejected {conf}:\n{checked.stderr}")
+    with open(log, "ab") as out:
+        return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+
+
+# -- HTTP ---------------------------------------------------------------------------------------
+def fetch(port, host=None, cookie=None, path=PATH):
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    headers = {}
+    if host:
+        headers["Host"] = host
+    if cookie:
+        headers["Cookie"] = cookie
+    try:
+        connection.request("GET", path, headers=headers)
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+def wait_for(port, what, process=None, timeout=20):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"{what} exited with code {process.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{what} did not listen on 127.0.0.1:{port} within {timeout} s")
+
+
+def _getaddrinfo_loopback(real):
+    def resolve(host, *args, **kwargs):
+        if isinstance(host, str) and (host == "localhost" or host.endswith(".localhost")):
+            host = "127.0.0.1"  # Python's resolver here does not map *.localhost to loopback
+        return real(host, *args, **kwargs)
+    return resolve
+
+
+# -- the run ------------------------------------------------------------------------------------
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.work = Path(tempfile.mkdtemp(prefix="berth-bench-"))
+        self.deployment = f"bench-{os.getpid()}-{os.urandom(2).hex()}"
+        self.cleanup = ExitStack()
+        self.wrk = None
+        self.results = {}
+        self.failed = True
+
+    # setup
+    def start_databases(self):
+        if not self.args.postgres:
+            return None, None
+        from tests.services import Postgres, Redis
+
+        # Their data directories go under the work directory, so that the final sweep
+        # (kill_mentioning) also ends a server whose start failed half-way.
+        self.work.chmod(0o711)  # PostgreSQL runs as the postgres user and must pass through
+        saved, tempfile.tempdir = tempfile.tempdir, str(self.work)
+        try:
+            postgres = Postgres()
+            self.cleanup.callback(postgres.stop)
+            redis = Redis()
+            self.cleanup.callback(redis.stop)
+        finally:
+            tempfile.tempdir = saved
+        return postgres.create_database(f"berth_bench_{os.urandom(3).hex()}"), redis.url(1)
+
+    def write_upstream_files(self):
+        www = self.work / "www"
+        www.mkdir()
+        (www / PATH.lstrip("/")).write_bytes(BODY)
+        user = "user root root;\n" if os.geteuid() == 0 else ""
+        template = self.work / "upstream.conf.in"
+        template.write_text(UPSTREAM_CONF.format(user=user, home="@HOME@", www=www))
+        # A tool command is a list; {port} and {home} are filled in by the process backend.
+        script = (f"sed -e 's|@PORT@|{{port}}|' -e 's|@HOME@|{{home}}|g' {shlex.quote(str(template))} "
+                  f"> {{home}}/nginx.conf && "
+                  f"exec {shlex.quote(nginx_binary())} -p {{home}}/ -c {{home}}/nginx.conf "
+                  f"-e {{home}}/error.log -g 'daemon off;'")
+        catalogue = self.work / "catalogue.yml"
+        catalogue.write_text(json.dumps({"tools": [{
+            "slug": SLUG, "name": "Static 1 KB",
+            "description": "nginx serving one static 1 KB file: the benchmark's upstream.",
+            "command": ["/bin/sh", "-c", script],
+            "health_path": PATH, "spawn_timeout": 30, "idle_timeout": 3600,
+        }]}, indent=2))  # JSON is YAML
+        return catalogue
+
+    def start_berth(self):
+        database_url, redis_url = self.start_databases()
+        catalogue = self.write_upstream_files()
+        low = 24000 + (free_port() % 40) * 100
+        env = {
+            **os.environ,
+            "BERTH_DATA_DIR": str(self.work / "berth"),
+            "BERTH_DOMAIN": DOMAIN,
+            "BERTH_HTTP_PORT": str(free_port()),
+            "BERTH_AUTH_PORT": str(free_port()),
+            "BERTH_WEB_PORT": str(free_port()),
+            "BERTH_DEPLOYMENT": self.deployment,
+            "BERTH_PORT_RANGE": f"{low}-{low + 99}",
+            "BERTH_CATALOGUE": str(catalogue),
+            "BERTH_SCHEME": "http",
+        }
+        for name, value in (("BERTH_DATABASE_URL", database_url), ("BERTH_REDIS_URL", redis_url)):
+            if value:
+                env[name] = value
+            else:
+                env.pop(name, None)
+        os.environ.update(env)  # before webapp is imported: it reads BERTH_* at import and app creation
+        for name in ("BERTH_DATABASE_URL", "BERTH_REDIS_URL"):
+            if name not in env:
+                os.environ.pop(name, None)
+
+        from deploy.local import Stack, prepare_database
+        from webapp import create_app
+
+        self.app = create_app()
+        self.config = self.app.config
+        self.port = int(env["BERTH_HTTP_PORT"])
+        email, password = "bench@example.org", os.urandom(12).hex()
+        with self.app.app_context():
+            prepare_database(self.config, email, password)
+        self.stack = Stack(env, self.work / "berth")
+        self.cleanup.callback(self.stop_berth)
+        self.stack.render_nginx(self.config)
+        for name in ("auth", "web", "worker", "nginx"):
+            self.stack.start(name)
+        self.stack.wait_ready(f"http://127.0.0.1:{self.port}/healthz", host=DOMAIN)
+        self.cookie, self.tool_host = self.launch_tool(email, password)
+        with self.app.app_context():
+            from webapp.extensions import db
+
+            row = db.session.execute(db.text(
+                "SELECT upstream, backend_state FROM tool_instances WHERE host = :host AND state = 'RUNNING'"),
+                {"host": self.tool_host.split(":")[0]}).one()
+            db.session.remove()
+        self.upstream = row.upstream
+        state = row.backend_state if isinstance(row.backend_state, dict) else json.loads(row.backend_state)
+        self.tool_pid = state["pid"]  # the tool's nginx master (sh execs it)
+
+    def launch_tool(self, email, password):
+        """Sign in through nginx and open the tool as a browser does; return (cookie, Host)."""
+        import re
+
+        import requests
+
+        from webapp.hosts import tool_host
+        from webapp.models import User
+        from webapp.extensions import db
+
+        with self.app.app_context():
+            host_key = db.session.execute(db.select(User.host_key).where(User.email == email)).scalar_one()
+            db.session.remove()
+        host = f"{tool_host(SLUG, host_key, DOMAIN)}:{self.port}"
+        base = f"http://{DOMAIN}:{self.port}"
+        with mock.patch("socket.getaddrinfo", _getaddrinfo_loopback(socket.getaddrinfo)), \
+                requests.Session() as browser:
+            browser.headers["Accept"] = "text/html"
+            form = browser.get(f"{base}/auth/login", timeout=10)
+            token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', form.text).group(1)
+            answer = browser.post(f"{base}/auth/login", allow_redirects=False, timeout=10,
+                                  data={"csrf_token": token, "email": email, "password": password,
+                                        "next": "/"})
+            if answer.status_code != 302:
+                raise RuntimeError(f"sign-in failed with {answer.status_code}")
+            first = browser.get(f"http://{host}{PATH}", headers={"Sec-Fetch-Mode": "navigate"}, timeout=10)
+            if first.status_code not in (200, 202):
+                raise RuntimeError(f"first visit to the tool answered {first.status_code}")
+            deadline = time.monotonic() + 30
+            while True:
+                status = browser.get(f"http://{host}/__berth/status", timeout=10,
+                                     headers={"X-Berth-No-Launch": "1", "Accept": "application/json"}).json()
+                if status["state"] == "RUNNING":
+                    break
+                if status["state"] not in ("QUEUED", "SPAWNING") or time.monotonic() > deadline:
+                    raise RuntimeError(f"the tool did not start: {status}")
+                time.sleep(0.05)
+            session = browser.cookies.get(self.config["BERTH_SESSION_COOKIE"])
+        return f"{self.config['BERTH_SESSION_COOKIE']}={session}", host
+
+    def start_plain_nginx(self):
+        prefix = self.work / "plain"
+        prefix.mkdir()
+        self.plain_port = free_port()
+        conf = prefix / "nginx.conf"
+        conf.write_text(PLAIN_CONF.format(user="user root root;\n" if os.geteuid() == 0 else "",
+                                          prefix=prefix, upstream=self.upstream, port=self.plain_port))
+        self.plain = start_nginx(conf, prefix, prefix / "stdout.log")
+        self.cleanup.callback(stop_process, self.plain)
+        wait_for(self.plain_port, "plain nginx", self.plain)
+
+    def stop_berth(self):
+        from deploy.local import stop_local_tools
+        from webapp.extensions import db
+
+        self.stack.stop_all()
+        with self.app.app_context():
+            try:
+                stop_local_tools(self.config)
+            finally:
+                db.session.remove()
+                db.engine.dispose()
+
+    # measuring
+    def targets(self):
+        tool_port = int(self.upstream.rsplit(":", 1)[1])
+        return {
+            "direct": {"port": tool_port},
+            "plain nginx": {"port": self.plain_port},
+            "berth": {"port": self.port, "host": self.tool_host, "cookie": self.cookie},
+        }
+
+    def check_targets(self, targets):
+        for name, target in targets.items():
+            status, body = fetch(**target)
+            if status != 200 or body != BODY:
+                raise RuntimeError(f"{name}: expected 200 and the 1 KB body, got {status}, {body[:200]!r}")
+
+    def run_wrk(self, target, duration):
+        script = self.work / "report.lua"
+        if not script.exists():
+            script.write_text(WRK_SCRIPT)
+        command = ["wrk", f"-t{self.args.threads}", f"-c{self.args.connections}", f"-d{duration}s",
+                   "--latency", "-s", str(script)]
+        if target.get("host"):
+            command += ["-H", f"Host: {target['host']}"]
+        if target.get("cookie"):
+            command += ["-H", f"Cookie: {target['cookie']}"]
+        command.append(f"http://127.0.0.1:{target['port']}{PATH}")
+        self.wrk = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True, text=True)
+        output, _ = self.wrk.communicate(timeout=duration + 60)
+        code, self.wrk = self.wrk.returncode, None
+        line = next((l for l in output.splitlines() if l.startswith("BERTH_BENCH ")), None)
+        if code or line is None:
+            raise RuntimeError(f"wrk failed ({code}):\n{output}")
+        result = json.loads(line.split(" ", 1)[1])
+        result["requests_per_s"] = result["requests"] / (result["duration_us"] / 1e6)
+        if result["non_2xx_3xx"]:
+            raise RuntimeError(f"wrk saw {result['non_2xx_3xx']} answers that were not 2xx/3xx "
+                               f"out of {result['requests']}; the numbers would be meaningless")
+        return result
+
+    def measure(self):
+        targets = self.targets()
+        self.check_targets(targets)
+        self.load_before = os.getloadavg()[0]
+        roots = {name: process.pid for name, process in self.stack.processes.items()}
+        roots["tool (upstream nginx)"] = self.tool_pid
+        roots["plain nginx"] = self.plain.pid
+        sampler = MemorySampler(roots)
+        sampler.start()
+        try:
+            for name in PATHS:  # warm-up, not counted: connections, gunicorn threads, caches
+                self.run_wrk(targets[name], 1)
+            rounds = []
+            for index in range(self.args.rounds):
+                order = PATHS[index % len(PATHS):] + PATHS[:index % len(PATHS)]
+                measured = {}
+                for name in order:
+                    measured[name] = self.run_wrk(targets[name], self.args.duration)
+                    print(f"  round {index + 1}/{self.args.rounds}  {name:<12} "
+                          f"{measured[name]['requests_per_s']:>9.0f} req/s", flush=True)
+                rounds.append({"order": list(order), "paths": measured})
+        finally:
+            sampler.stop()
+        self.check_targets(targets)  # still the same answer after the load
+        self.load_after = os.getloadavg()[0]
+        return rounds, sampler
+
+    # reporting
+    def summarise(self, rounds, sampler):
+        summary = {}
+        for name in PATHS:
+            runs = [r["paths"][name] for r in rounds]
+            summary[name] = {
+                "requests_per_s": statistics.median(r["requests_per_s"] for r in runs),
+                "p50_ms": statistics.median(r["p50_us"] for r in runs) / 1000,
+                "p99_ms": statistics.median(r["p99_us"] for r in runs) / 1000,
+                "socket_errors": sum(r["connect_errors"] + r["read_errors"] + r["write_errors"]
+                                     + r["timeouts"] for r in runs),
+            }
+        plain = summary["plain nginx"]["requests_per_s"]
+        for name in PATHS:
+            summary[name]["ratio_to_plain_nginx"] = summary[name]["requests_per_s"] / plain
+            summary[name]["ratio_per_round"] = [
+                r["paths"][name]["requests_per_s"] / r["paths"]["plain nginx"]["requests_per_s"]
+                for r in rounds]
+        memory = {name: {"processes": sampler.before[name][1],
+                         "before_mib": sampler.before[name][0] / 1024,
+                         "peak_mib": sampler.peak[name] / 1024} for name in sampler.roots}
+        return summary, memory
+
+    def report(self, summary, memory, rounds):
+        args = self.args
+        database = "PostgreSQL + Redis" if args.postgres else "SQLite + Huey on SQLite"
+        print(f"\nwrk -t{args.threads} -c{args.connections} -d{args.duration}s --latency, "
+              f"{args.rounds} round(s), median of rounds; 1 KB static file from nginx (1 worker); "
+              f"Berth on {database}; {os.cpu_count()} CPUs, all on this machine; "
+              f"load average {self.load_before:.1f} before, {self.load_after:.1f} after\n")
+        print(f"{'path':<14}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'× plain nginx':>15}"
+              f"{'per round':>18}{'sock err':>10}")
+        for name in PATHS:
+            row = summary[name]
+            per_round = ", ".join(f"{ratio:.2f}" for ratio in row["ratio_per_round"])
+            print(f"{name:<14}{row['requests_per_s']:>10.0f}{row['p50_ms']:>9.2f}{row['p99_ms']:>9.2f}"
+                  f"{row['ratio_to_plain_nginx']:>15.2f}{per_round:>18}{row['socket_errors']:>10}")
+        print(f"\n{'process group':<24}{'processes':>10}{'RSS before MiB':>16}{'peak MiB':>10}")
+        for name, row in memory.items():
+            print(f"{name:<24}{row['processes']:>10}{row['before_mib']:>16.1f}{row['peak_mib']:>10.1f}")
+        document = {
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "command": " ".join([Path(sys.executable).name, "-m", "bench.proxy"] + sys.argv[1:]),
+            "wrk": {"threads": args.threads, "connections": args.connections,
+                    "duration_s": args.duration, "rounds": args.rounds},
+            "database": "postgres" if args.postgres else "sqlite",
+            "cpus": os.cpu_count(),
+            "load_average_1min": {"before": self.load_before, "after": self.load_after},
+            "body_bytes": len(BODY),
+            "summary": summary,
+            "rss": memory,
+            "rounds": rounds,
+        }
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(json.dumps(document, indent=2) + "\n")
+        print(f"\nWritten to {RESULTS.relative_to(ROOT)}")
+
+    # the whole run
+    def run(self):
+        try:
+            self.start_berth()
+            self.start_plain_nginx()
+            rounds, sampler = self.measure()
+            summary, memory = self.summarise(rounds, sampler)
+            self.report(summary, memory, rounds)
+            self.failed = False
+        except (KeyboardInterrupt, SystemExit):
+            self.failed = False  # stopped on purpose: nothing to look into
+            raise
+        finally:
+            self.close()
+
+    def close(self):
+        # A second Ctrl-C or a SIGTERM must not cut the cleanup short.
+        previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            if self.wrk is not None and self.wrk.poll() is None:
+                self.wrk.kill()
+                self.wrk.wait()
+            try:
+                self.cleanup.close()
+            finally:
+                # Whatever the orderly stops missed: Berth's processes and the tool carry the
+                # run's label; everything else started names the work directory.
+                left = kill_labelled(self.deployment) + kill_mentioning(str(self.work))
+                if left:
+                    print(f"Could not end processes {left}", file=sys.stderr)
+            if self.failed or self.args.keep:
+                print(f"Logs and data kept in {self.work}", file=sys.stderr)
+            else:
+                shutil.rmtree(self.work, ignore_errors=True)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+def _exit_on_signal(signum, frame):
+    raise SystemExit(128 + signum)  # runs every finally block, so cleanup happens
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=int, default=10, help="seconds per wrk measurement (10)")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds; each measures every path (2)")
+    parser.add_argument("--threads", type=int, default=2, help="wrk threads (2)")
+    parser.add_argument("--connections", type=int, default=32, help="wrk connections (32)")
+    parser.add_argument("--postgres", action="store_true",
+                        help="run Berth on PostgreSQL and Redis instead of SQLite")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory and its logs")
+    args = parser.parse_args(argv)
+    if args.duration < 1 or args.rounds < 1:
+        parser.error("--duration and --rounds must be at least 1")
+    if not shutil.which("wrk"):
+        raise SystemExit("wrk is not installed (apt-get install wrk; `make bench` does it)")
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+    signal.signal(signal.SIGHUP, _exit_on_signal)
+    try:
+        Bench(args).run()
+    except KeyboardInterrupt:
+        raise SystemExit("Interrupted; every process the benchmark started has been stopped.")
+    except RuntimeError as error:
+        raise SystemExit(f"Benchmark failed: {error}")
+
+
+if __name__ == "__main__":
+    main()

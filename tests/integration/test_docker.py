@@ -1,0 +1,120 @@
+"""The docker backend against a real Docker engine, through nginx: launch, sizes, failures, reconcile."""
+import time
+
+import websocket
+
+from tests.integration.test_launch import _host, _wait_state
+
+
+def _container(stack, instance_id):
+    with stack.docker() as client:
+        found = client.containers.list(all=True, filters={"label": f"berth.instance={instance_id}"})
+        return [(c.name, c.status, c.attrs["HostConfig"], c.labels) for c in found]
+
+
+def test_busybox_container_is_served_through_nginx(stack, alice):
+    browser = stack.login(alice)
+    page = stack.open_tool(browser, "busybox", alice, "/index.html")
+    assert page.status_code == 200
+    assert "Hello from busybox" in page.text
+    row = stack.instances(_host(stack, "busybox", alice))[-1]
+    [(name, status, _, labels)] = _container(stack, row["id"])
+    assert name == f"berth-{stack.env['BERTH_DEPLOYMENT']}-{row['id']}"
+    assert status == "running"
+    assert labels["berth.template"] == "busybox"
+    assert labels["berth.owner"] == str(alice["id"])
+
+
+def test_chosen_size_becomes_the_container_limits(stack, alice):
+    browser = stack.login(alice)
+    catalogue = browser.get(stack.base_url + "/")
+    assert '<option value="large">' in catalogue.text
+    token = catalogue.text.split('name="csrf_token" type="hidden" value="')[1].split('"')[0]
+    launched = browser.post(f"{stack.base_url}/launch/busybox", data={"csrf_token": token, "size": "large"},
+                            allow_redirects=False)
+    assert launched.status_code == 302
+    assert launched.headers["Location"] == stack.tool_url("busybox", alice)
+    row = _wait_state(stack, _host(stack, "busybox", alice), ("RUNNING",))
+    [(_, _, host_config, _)] = _container(stack, row["id"])
+    assert host_config["NanoCpus"] == 1_000_000_000
+    assert host_config["Memory"] == 128 * 1024 * 1024
+    assert host_config["Init"] is True
+
+
+def test_unknown_size_is_refused_with_a_reason(stack, alice):
+    browser = stack.login(alice)
+    catalogue = browser.get(stack.base_url + "/")
+    token = catalogue.text.split('name="csrf_token" type="hidden" value="')[1].split('"')[0]
+    answer = browser.post(f"{stack.base_url}/launch/busybox", data={"csrf_token": token, "size": "huge"})
+    assert answer.status_code == 400
+    assert "has no size" in answer.text
+    assert stack.instances(_host(stack, "busybox", alice)) == []
+
+
+def test_websocket_and_streaming_reach_a_container(stack, alice):
+    browser = stack.login(alice)
+    stack.open_tool(browser, "echo-docker", alice, "/headers", timeout=40)
+    url = stack.tool_url("echo-docker", alice, "/ws").replace("http://", "ws://")
+    cookie = "; ".join(f"{c.name}={c.value}" for c in browser.cookies)
+    connection = websocket.create_connection(url, cookie=cookie, timeout=10)
+    try:
+        connection.send("through docker")
+        assert connection.recv() == "through docker"
+    finally:
+        connection.close()
+    body = b"x" * (5 * 1024 * 1024)
+    uploaded = browser.post(stack.tool_url("echo-docker", alice, "/upload"), data=body).json()
+    assert uploaded["bytes"] == len(body)
+    downloaded = browser.get(stack.tool_url("echo-docker", alice, "/download?bytes=3000000"))
+    assert len(downloaded.content) == 3_000_000
+
+
+def test_missing_image_fails_with_a_clear_reason_and_never_hangs(stack, alice):
+    browser = stack.login(alice)
+    browser.get(stack.tool_url("ghost", alice), headers={"Sec-Fetch-Mode": "navigate"})
+    failed = _wait_state(stack, _host(stack, "ghost", alice), ("FAILED",), timeout=30)
+    assert "berth-test/does-not-exist:1" in failed["error"]
+    assert "not on this Docker host" in failed["error"]
+    assert _container(stack, failed["id"]) == []
+
+
+def test_stop_removes_the_container(stack, alice):
+    browser = stack.login(alice)
+    stack.open_tool(browser, "busybox", alice, "/index.html")
+    host = _host(stack, "busybox", alice)
+    row = stack.instances(host)[-1]
+    catalogue = browser.get(stack.base_url + "/")
+    token = catalogue.text.split('name="csrf_token" type="hidden" value="')[1].split('"')[0]
+    browser.post(f"{stack.base_url}/instances/{row['id']}/stop", data={"csrf_token": token})
+    _wait_state(stack, host, ("STOPPED",))
+    assert _container(stack, row["id"]) == []
+
+
+def test_reconciler_removes_an_orphan_container_and_fails_an_instance_whose_container_vanished(stack, alice):
+    browser = stack.login(alice)
+    stack.open_tool(browser, "busybox", alice, "/index.html")
+    host = _host(stack, "busybox", alice)
+    row = stack.instances(host)[-1]
+    with stack.docker() as client:
+        client.containers.get(f"berth-{stack.env['BERTH_DEPLOYMENT']}-{row['id']}").remove(force=True)
+        orphan = client.containers.create(
+            "berth-test/busybox:1", ["sleep", "600"], name=f"berth-orphan-{time.monotonic_ns()}",
+            labels={"berth.deployment": stack.env["BERTH_DEPLOYMENT"], "berth.instance": "999999"},
+            network_mode="host", init=True)
+        orphan.start()
+        other_deployment = client.containers.create(
+            "berth-test/busybox:1", ["sleep", "600"], name=f"berth-other-{time.monotonic_ns()}",
+            labels={"berth.deployment": "someone-else", "berth.instance": "999999"}, network_mode="host")
+    result = stack.berth("reconcile")
+    assert result.returncode == 0, result.stderr
+    assert f"failed: instance {row['id']}" in result.stdout
+    assert "orphan-removed: instance 999999" in result.stdout
+    assert stack.instances(host)[-1]["state"] == "FAILED"
+    assert "container is gone" in stack.instances(host)[-1]["error"]
+    with stack.docker() as client:
+        names = [c.name for c in client.containers.list(all=True)]
+        assert orphan.name not in names
+        assert other_deployment.name in names  # another Berth's container is never touched
+        client.containers.get(other_deployment.name).remove(force=True)
+    kinds = [r["kind"] for r in stack.query("SELECT kind FROM events WHERE actor = 'cli' ORDER BY id")]
+    assert "reconcile.gone" in kinds and "reconcile.orphan" in kinds

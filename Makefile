@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 RUN_PACKAGES := nginx
-TEST_PACKAGES := nginx redis-server postgresql chromium fonts-dejavu-core docker.io busybox-static debootstrap
+TEST_PACKAGES := nginx redis-server postgresql chromium fonts-dejavu-core docker.io busybox-static debootstrap docker-compose nodejs curl
 
 .PHONY: run test test-fast bench clean
 

@@ -1,8 +1,9 @@
 """The auth service: nginx asks it, for every request, who the user is and where the request goes.
 
 Request path: nginx → auth_service (GET /auth/check, see check.py) → tool or webapp.
-It also serves /auth/login and /auth/logout for local accounts. It reads users, sessions
-and instances, and writes only sessions and (throttled) last activity.
+It also serves /auth/login and /auth/logout for local accounts, and single sign-on over
+OpenID Connect under /auth/oidc/ (oidc.py). It reads users, sessions, API tokens and
+instances; it writes sessions, users from single sign-on, and (throttled) last use and activity.
 """
 import os
 
@@ -33,10 +34,12 @@ def create_app(test_config=None):
     db.init_app(app)
     csrf.init_app(app)
 
-    from auth_service import check, login
+    from auth_service import check, login, oidc
 
+    oidc.init_app(app)
     app.register_blueprint(check.bp)
     app.register_blueprint(login.bp)
+    app.register_blueprint(oidc.bp)
     csrf.exempt(check.bp)
 
     @app.before_request

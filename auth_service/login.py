@@ -1,10 +1,15 @@
-"""Local accounts: the login form, and logout that revokes the session row at once."""
+"""The sign-in page (local accounts, and the way to single sign-on), and logout.
+
+Logout revokes the session row at once; a session that came from single sign-on also signs
+out at the provider when it offers an end_session_endpoint.
+"""
 from flask import Blueprint, current_app, redirect, render_template, request
 from flask_wtf import FlaskForm
 from sqlalchemy import func, select
 from wtforms import EmailField, PasswordField, StringField
 from wtforms.validators import DataRequired, Length
 
+from auth_service import oidc
 from auth_service.sessions import (
     clear_session_cookie,
     find_session,
@@ -37,6 +42,15 @@ def _session_token():
     return request.cookies.get(current_app.config["BERTH_SESSION_COOKIE"])
 
 
+def _render_login(form, next_url, status=200, error=None):
+    config = current_app.config
+    return render_template(
+        "login.html", form=form, next_url=next_url, error=error,
+        local_login=config["BERTH_LOCAL_LOGIN"], sso=oidc.enabled(),
+        provider_name=config["BERTH_OIDC_PROVIDER_NAME"],
+    ), status
+
+
 @bp.route("/login", methods=["GET", "POST"])
 def login():
     config = current_app.config
@@ -44,9 +58,11 @@ def login():
     next_url = safe_next_url(config, form.next.data or request.args.get("next"))
     if request.method == "GET" and find_session(_session_token()):
         return redirect(next_url)
+    if request.method == "POST" and config["BERTH_LOCAL_LOGIN"] == "off":
+        return _render_login(form, next_url, 403, error="Password sign-in is turned off here. "
+                             f"Sign in with {config['BERTH_OIDC_PROVIDER_NAME']}.")
     if not form.validate_on_submit():
-        status = 400 if request.method == "POST" else 200
-        return render_template("login.html", form=form, next_url=next_url), status
+        return _render_login(form, next_url, 400 if request.method == "POST" else 200)
 
     email = form.email.data.strip().lower()
     user = db.session.execute(select(User).where(func.lower(User.email) == email)).scalar_one_or_none()
@@ -54,8 +70,14 @@ def login():
         record_event("auth.login_failed", f"Failed sign-in for {email}", actor="anonymous",
                      user_id=user.id if user else None, ip=_client_ip())
         db.session.commit()
-        error = "That email and password do not match an active account."
-        return render_template("login.html", form=form, next_url=next_url, error=error), 401
+        return _render_login(form, next_url, 401,
+                             error="That email and password do not match an active account.")
+    if config["BERTH_LOCAL_LOGIN"] == "admins" and not user.is_admin:
+        record_event("auth.login_failed", f"Password sign-in refused for {email}: not an administrator",
+                     actor="anonymous", user_id=user.id, ip=_client_ip())
+        db.session.commit()
+        return _render_login(form, next_url, 403, error="Password sign-in is for administrators only. "
+                             f"Sign in with {config['BERTH_OIDC_PROVIDER_NAME']}.")
 
     revoke_session(_session_token())  # a fresh token at every sign-in: no fixation
     token = start_session(
@@ -81,11 +103,14 @@ def logout():
         if session is None:
             return redirect("/auth/login")
         return render_template("logout.html", form=form, user=session.user)
+    provider_logout = None
     if session is not None:
         revoke_session(_session_token())
         record_event("auth.logout", f"{session.user.email} signed out",
                      actor=f"user:{session.user_id}", user_id=session.user_id, ip=_client_ip())
         db.session.commit()
-    response = redirect("/auth/login?signed_out=1")
+        if session.method == "oidc" and oidc.enabled():
+            provider_logout = oidc.logout_url(config)
+    response = redirect(provider_logout or "/auth/login?signed_out=1")
     clear_session_cookie(response, config)
     return response

@@ -4,38 +4,38 @@ from datetime import timedelta
 
 from sqlalchemy import select, update
 
+from webapp.accounts import live_session_filter
 from webapp.extensions import db
 from webapp.models import Session, User, hash_token, utcnow
 
 
-def start_session(user, *, lifetime_seconds, client_ip="", user_agent=""):
+def start_session(user, *, lifetime_seconds, client_ip="", user_agent="", method="password"):
     """Create a new sign-in and return the token for the cookie. A new token every time."""
     token = secrets.token_urlsafe(32)
+    now = utcnow()
     db.session.add(
         Session(
             token_hash=hash_token(token),
             user_id=user.id,
-            expires_at=utcnow() + timedelta(seconds=lifetime_seconds),
+            created_at=now,
+            last_seen_at=now,
+            expires_at=now + timedelta(seconds=lifetime_seconds),
             client_ip=client_ip[:64],
             user_agent=user_agent[:300],
+            method=method,
         )
     )
     return token
 
 
 def find_session(token):
-    """The live Session for a cookie value, or None."""
+    """The live Session for a cookie value (not revoked, expired or idle too long), or None."""
     if not token or len(token) > 200:
         return None
     return db.session.execute(
         select(Session)
         .join(User)
-        .where(
-            Session.token_hash == hash_token(token),
-            Session.revoked_at.is_(None),
-            Session.expires_at > utcnow(),
-            User.is_active.is_(True),
-        )
+        .where(Session.token_hash == hash_token(token), User.is_active.is_(True), *live_session_filter())
     ).scalar_one_or_none()
 
 

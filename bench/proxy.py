@@ -25,21 +25,26 @@ import json
 import os
 import shlex
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-from contextlib import ExitStack
 from pathlib import Path
-from unittest import mock
 
-ROOT = Path(__file__).resolve().parent.parent
+from bench._stack import (
+    ROOT,
+    BenchRun,
+    Berth,
+    free_port,
+    install_signal_handlers,
+    nginx_binary,
+    stat_fields,
+    stop_process,
+    wait_for,
+)
+
 RESULTS = ROOT / "bench" / "results" / "latest.json"
-DOMAIN = "berth.localhost"
 SLUG = "static"
 BODY = (b"Berth benchmark body. " * 64)[:1023] + b"\n"  # exactly 1 KB
 PATH = "/1k.html"
@@ -119,24 +124,7 @@ http {{
 """
 
 
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def nginx_binary():
-    found = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
-    if not found:
-        raise SystemExit("nginx is not installed (apt-get install nginx; `make bench` does it)")
-    return found
-
-
 # -- memory -------------------------------------------------------------------------------------
-def _stat_fields(pid):
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-
-
 def _rss_kib(pid):
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -151,7 +139,7 @@ def group_rss(root):
     each tool in a session of its own, as a child of the worker.
     """
     try:
-        session = _stat_fields(root)[3]
+        session = stat_fields(root)[3]
     except OSError:
         return 0, 0
     total = count = 0
@@ -159,7 +147,7 @@ def group_rss(root):
     while pending:
         pid = pending.pop()
         try:
-            if _stat_fields(pid)[3] != session:
+            if stat_fields(pid)[3] != session:
                 continue
             total += _rss_kib(pid)
             count += 1
@@ -189,89 +177,6 @@ class MemorySampler(threading.Thread):
         self.join()
 
 
-# -- processes ----------------------------------------------------------------------------------
-def stop_process(process, timeout=10):
-    if process is None or process.poll() is not None:
-        return
-    process.terminate()
-    try:
-        process.wait(timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
-def labelled_pids(deployment):
-    """Processes that carry this run's BERTH_DEPLOYMENT label: the tool and its nginx workers."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            environ = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
-            if _stat_fields(entry)[0] == "Z":
-                continue
-        except OSError:
-            continue
-        if f"BERTH_DEPLOYMENT={deployment}".encode() in environ:
-            found.append(int(entry))
-    return found
-
-
-def kill_labelled(deployment, grace=5.0):
-    """The last line of cleanup: end whatever still carries this run's label.
-
-    Berth's own processes carry it too (it is in their environment), and the tool carries it
-    because the process backend labels tools with it. All run in sessions of their own.
-    """
-    pids = labelled_pids(deployment)
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in pids:
-            try:
-                group = os.getpgid(pid)
-                if group != os.getpgrp():  # never this process's own group
-                    os.killpg(group, sig)
-            except (ProcessLookupError, PermissionError):
-                pass
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline and labelled_pids(deployment):
-            time.sleep(0.05)
-        pids = labelled_pids(deployment)
-        if not pids:
-            return []
-    return pids
-
-
-def pids_mentioning(text):
-    """Processes whose command line names text (the work directory), other than this one."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            if text.encode() in Path(f"/proc/{entry}/cmdline").read_bytes() and _stat_fields(entry)[0] != "Z":
-                found.append(int(entry))
-        except OSError:
-            continue
-    return found
-
-
-def kill_mentioning(text, grace=5.0):
-    """End every process whose command line names text: SIGTERM, then SIGKILL. Returns what is left."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in pids_mentioning(text):
-            try:
-                os.kill(pid, sig)
-            except (ProcessLookupError, PermissionError):
-                pass
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline and pids_mentioning(text):
-            time.sleep(0.05)
-        if not pids_mentioning(text):
-            return []
-    return pids_mentioning(text)
-
-
 def start_nginx(conf, prefix, log):
     command = [nginx_binary(), "-p", f"{prefix}/", "-c", str(conf), "-e", f"{prefix}/error.log",
                "-g", "daemon off;"]
@@ -299,57 +204,18 @@ def fetch(port, host=None, cookie=None, path=PATH):
         connection.close()
 
 
-def wait_for(port, what, process=None, timeout=20):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"{what} exited with code {process.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"{what} did not listen on 127.0.0.1:{port} within {timeout} s")
-
-
-def _getaddrinfo_loopback(real):
-    def resolve(host, *args, **kwargs):
-        if isinstance(host, str) and (host == "localhost" or host.endswith(".localhost")):
-            host = "127.0.0.1"  # Python's resolver here does not map *.localhost to loopback
-        return real(host, *args, **kwargs)
-    return resolve
-
-
 # -- the run ------------------------------------------------------------------------------------
 class Bench:
     def __init__(self, args):
         self.args = args
-        self.work = Path(tempfile.mkdtemp(prefix="berth-bench-"))
-        self.deployment = f"bench-{os.getpid()}-{os.urandom(2).hex()}"
-        self.cleanup = ExitStack()
+        self.run_state = BenchRun(keep=args.keep)
+        self.work = self.run_state.work
+        self.cleanup = self.run_state.cleanup
+        self.berth = Berth(self.run_state, postgres=args.postgres)
         self.wrk = None
         self.results = {}
-        self.failed = True
 
     # setup
-    def start_databases(self):
-        if not self.args.postgres:
-            return None, None
-        from tests.services import Postgres, Redis
-
-        # Their data directories go under the work directory, so that the final sweep
-        # (kill_mentioning) also ends a server whose start failed half-way.
-        self.work.chmod(0o711)  # PostgreSQL runs as the postgres user and must pass through
-        saved, tempfile.tempdir = tempfile.tempdir, str(self.work)
-        try:
-            postgres = Postgres()
-            self.cleanup.callback(postgres.stop)
-            redis = Redis()
-            self.cleanup.callback(redis.stop)
-        finally:
-            tempfile.tempdir = saved
-        return postgres.create_database(f"berth_bench_{os.urandom(3).hex()}"), redis.url(1)
-
     def write_upstream_files(self):
         www = self.work / "www"
         www.mkdir()
@@ -372,97 +238,18 @@ class Bench:
         return catalogue
 
     def start_berth(self):
-        database_url, redis_url = self.start_databases()
-        catalogue = self.write_upstream_files()
-        low = 24000 + (free_port() % 40) * 100
-        env = {
-            **os.environ,
-            "BERTH_DATA_DIR": str(self.work / "berth"),
-            "BERTH_DOMAIN": DOMAIN,
-            "BERTH_HTTP_PORT": str(free_port()),
-            "BERTH_AUTH_PORT": str(free_port()),
-            "BERTH_WEB_PORT": str(free_port()),
-            "BERTH_DEPLOYMENT": self.deployment,
-            "BERTH_PORT_RANGE": f"{low}-{low + 99}",
-            "BERTH_CATALOGUE": str(catalogue),
-            "BERTH_SCHEME": "http",
-        }
-        for name, value in (("BERTH_DATABASE_URL", database_url), ("BERTH_REDIS_URL", redis_url)):
-            if value:
-                env[name] = value
-            else:
-                env.pop(name, None)
-        os.environ.update(env)  # before webapp is imported: it reads BERTH_* at import and app creation
-        for name in ("BERTH_DATABASE_URL", "BERTH_REDIS_URL"):
-            if name not in env:
-                os.environ.pop(name, None)
-
-        from deploy.local import Stack, prepare_database
-        from webapp import create_app
-
-        self.app = create_app()
-        self.config = self.app.config
-        self.port = int(env["BERTH_HTTP_PORT"])
-        email, password = "bench@example.org", os.urandom(12).hex()
-        with self.app.app_context():
-            prepare_database(self.config, email, password)
-        self.stack = Stack(env, self.work / "berth")
-        self.cleanup.callback(self.stop_berth)
-        self.stack.render_nginx(self.config)
-        for name in ("auth", "web", "worker", "nginx"):
-            self.stack.start(name)
-        self.stack.wait_ready(f"http://127.0.0.1:{self.port}/healthz", host=DOMAIN)
-        self.cookie, self.tool_host = self.launch_tool(email, password)
-        with self.app.app_context():
-            from webapp.extensions import db
-
-            row = db.session.execute(db.text(
-                "SELECT upstream, backend_state FROM tool_instances WHERE host = :host AND state = 'RUNNING'"),
-                {"host": self.tool_host.split(":")[0]}).one()
-            db.session.remove()
-        self.upstream = row.upstream
-        state = row.backend_state if isinstance(row.backend_state, dict) else json.loads(row.backend_state)
+        self.berth.start(self.write_upstream_files())
+        self.stack, self.config, self.port = self.berth.stack, self.berth.config, self.berth.port
+        with self.berth.sign_in() as browser:
+            self.tool_host = self.berth.open_tool(browser, SLUG, PATH)
+            self.cookie = self.berth.session_cookie(browser)
+        [row] = self.berth.query(
+            "SELECT upstream, backend_state FROM tool_instances WHERE host = :host AND state = 'RUNNING'",
+            host=self.tool_host.split(":")[0])
+        self.upstream = row["upstream"]
+        state = row["backend_state"]
+        state = state if isinstance(state, dict) else json.loads(state)
         self.tool_pid = state["pid"]  # the tool's nginx master (sh execs it)
-
-    def launch_tool(self, email, password):
-        """Sign in through nginx and open the tool as a browser does; return (cookie, Host)."""
-        import re
-
-        import requests
-
-        from webapp.hosts import tool_host
-        from webapp.models import User
-        from webapp.extensions import db
-
-        with self.app.app_context():
-            host_key = db.session.execute(db.select(User.host_key).where(User.email == email)).scalar_one()
-            db.session.remove()
-        host = f"{tool_host(SLUG, host_key, DOMAIN)}:{self.port}"
-        base = f"http://{DOMAIN}:{self.port}"
-        with mock.patch("socket.getaddrinfo", _getaddrinfo_loopback(socket.getaddrinfo)), \
-                requests.Session() as browser:
-            browser.headers["Accept"] = "text/html"
-            form = browser.get(f"{base}/auth/login", timeout=10)
-            token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', form.text).group(1)
-            answer = browser.post(f"{base}/auth/login", allow_redirects=False, timeout=10,
-                                  data={"csrf_token": token, "email": email, "password": password,
-                                        "next": "/"})
-            if answer.status_code != 302:
-                raise RuntimeError(f"sign-in failed with {answer.status_code}")
-            first = browser.get(f"http://{host}{PATH}", headers={"Sec-Fetch-Mode": "navigate"}, timeout=10)
-            if first.status_code not in (200, 202):
-                raise RuntimeError(f"first visit to the tool answered {first.status_code}")
-            deadline = time.monotonic() + 30
-            while True:
-                status = browser.get(f"http://{host}/__berth/status", timeout=10,
-                                     headers={"X-Berth-No-Launch": "1", "Accept": "application/json"}).json()
-                if status["state"] == "RUNNING":
-                    break
-                if status["state"] not in ("QUEUED", "SPAWNING") or time.monotonic() > deadline:
-                    raise RuntimeError(f"the tool did not start: {status}")
-                time.sleep(0.05)
-            session = browser.cookies.get(self.config["BERTH_SESSION_COOKIE"])
-        return f"{self.config['BERTH_SESSION_COOKIE']}={session}", host
 
     def start_plain_nginx(self):
         prefix = self.work / "plain"
@@ -474,18 +261,6 @@ class Bench:
         self.plain = start_nginx(conf, prefix, prefix / "stdout.log")
         self.cleanup.callback(stop_process, self.plain)
         wait_for(self.plain_port, "plain nginx", self.plain)
-
-    def stop_berth(self):
-        from deploy.local import stop_local_tools
-        from webapp.extensions import db
-
-        self.stack.stop_all()
-        with self.app.app_context():
-            try:
-                stop_local_tools(self.config)
-            finally:
-                db.session.remove()
-                db.engine.dispose()
 
     # measuring
     def targets(self):
@@ -619,39 +394,13 @@ class Bench:
             rounds, sampler = self.measure()
             summary, memory = self.summarise(rounds, sampler)
             self.report(summary, memory, rounds)
-            self.failed = False
+            self.run_state.failed = False
         except (KeyboardInterrupt, SystemExit):
-            self.failed = False  # stopped on purpose: nothing to look into
+            self.run_state.failed = False  # stopped on purpose: nothing to look into
             raise
         finally:
-            self.close()
-
-    def close(self):
-        # A second Ctrl-C or a SIGTERM must not cut the cleanup short.
-        previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            if self.wrk is not None and self.wrk.poll() is None:
-                self.wrk.kill()
-                self.wrk.wait()
-            try:
-                self.cleanup.close()
-            finally:
-                # Whatever the orderly stops missed: Berth's processes and the tool carry the
-                # run's label; everything else started names the work directory.
-                left = kill_labelled(self.deployment) + kill_mentioning(str(self.work))
-                if left:
-                    print(f"Could not end processes {left}", file=sys.stderr)
-            if self.failed or self.args.keep:
-                print(f"Logs and data kept in {self.work}", file=sys.stderr)
-            else:
-                shutil.rmtree(self.work, ignore_errors=True)
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-
-
-def _exit_on_signal(signum, frame):
-    raise SystemExit(128 + signum)  # runs every finally block, so cleanup happens
+            self.run_state.children.append(self.wrk)
+            self.run_state.close()
 
 
 def main(argv=None):
@@ -668,8 +417,7 @@ def main(argv=None):
         parser.error("--duration and --rounds must be at least 1")
     if not shutil.which("wrk"):
         raise SystemExit("wrk is not installed (apt-get install wrk; `make bench` does it)")
-    signal.signal(signal.SIGTERM, _exit_on_signal)
-    signal.signal(signal.SIGHUP, _exit_on_signal)
+    install_signal_handlers()
     try:
         Bench(args).run()
     except KeyboardInterrupt:

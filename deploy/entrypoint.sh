@@ -20,10 +20,17 @@ case "$command" in
     fi ;;
   nginx)
     prefix="${BERTH_NGINX_PREFIX:-/tmp/nginx}"
-    berth nginx-conf --standalone --prefix "$prefix" --listen "${BERTH_NGINX_LISTEN:-8080}" \
-      --auth-server "${BERTH_AUTH_SERVER:-auth:8101}" --web-server "${BERTH_WEB_SERVER:-web:8102}" \
-      --out "$prefix/nginx.conf"
-    exec nginx -p "$prefix" -c "$prefix/nginx.conf" -e "$prefix/logs/error.log" -g "daemon off;" ;;
+    if [ -n "${BERTH_NGINX_TEMPLATE:-}" ]; then
+      # Rendered beforehand (Kubernetes: a ConfigMap), with ${BERTH_PROXY_SECRET} standing for
+      # the secret, which comes from the environment (deploy/kubernetes/README.md).
+      python -m deploy.nginx_template "$BERTH_NGINX_TEMPLATE" "$prefix"
+    else
+      berth nginx-conf --standalone --prefix "$prefix" --listen "${BERTH_NGINX_LISTEN:-8080}" \
+        --auth-server "${BERTH_AUTH_SERVER:-auth:8101}" --web-server "${BERTH_WEB_SERVER:-web:8102}" \
+        --out "$prefix/nginx.conf"
+    fi
+    ln -sf /dev/stderr "$prefix/logs/error.log"  # the container's log, not a file in it
+    exec nginx -p "$prefix" -c "$prefix/nginx.conf" -e stderr -g "daemon off;" ;;
   *)
     exec "$command" "$@" ;;
 esac

@@ -176,7 +176,7 @@ class BerthStack:
         return self.query(f"SELECT * FROM tool_instances {where} ORDER BY id", host=host)
 
 
-def _make_stack(label, database_url, redis_url, tmp_root, docker_url):
+def _make_stack(label, database_url, redis_url, tmp_root, docker_url, extra_env=None):
     data_dir = tempfile.mkdtemp(prefix=f"berth-{label}-", dir=tmp_root)
     low = 21000 + (free_port() % 40) * 100  # a tool port range of its own for each stack
     env = {
@@ -194,6 +194,7 @@ def _make_stack(label, database_url, redis_url, tmp_root, docker_url):
         "BERTH_BACKENDS": "process,docker",
         "BERTH_DOCKER_URL": docker_url,
     }
+    env.update(extra_env or {})
     if database_url:
         env["BERTH_DATABASE_URL"] = database_url
     else:
@@ -205,6 +206,25 @@ def _make_stack(label, database_url, redis_url, tmp_root, docker_url):
     return BerthStack(env, data_dir, label)
 
 
+@pytest.fixture(scope="session")
+def oidc_provider():
+    """A real OpenID provider (tests/oidc/provider.js), installed with npm on first use."""
+    from tests.oidc_provider import OidcProvider
+
+    provider = OidcProvider()
+    yield provider
+    provider.close()
+
+
+def _sso_env(request):
+    """Single sign-on settings for a new stack: its HTTP port, and a client registered for it."""
+    from tests.oidc_provider import provider_env
+
+    port = free_port()
+    return {"BERTH_HTTP_PORT": str(port),
+            **provider_env(request.getfixturevalue("oidc_provider"), f"http://{DOMAIN}:{port}")}
+
+
 @pytest.fixture(scope="session", params=["postgres", "sqlite"])
 def berth_stack(request, tmp_path_factory):
     """A running Berth. On PostgreSQL + Redis, and on SQLite + Huey-on-SQLite."""
@@ -213,9 +233,11 @@ def berth_stack(request, tmp_path_factory):
         server = request.getfixturevalue("postgres")
         redis = request.getfixturevalue("redis_server")
         stack = _make_stack("pg", server.create_database(f"berth_{os.urandom(3).hex()}"),
-                            redis.url(1), tmp_path_factory.mktemp("stacks"), docker_url)
+                            redis.url(1), tmp_path_factory.mktemp("stacks"), docker_url,
+                            extra_env=_sso_env(request))
     else:
-        stack = _make_stack("sqlite", None, None, tmp_path_factory.mktemp("stacks"), docker_url)
+        stack = _make_stack("sqlite", None, None, tmp_path_factory.mktemp("stacks"), docker_url,
+                            extra_env=_sso_env(request))
     stack.start()
     yield stack
     stack.stop()

@@ -133,9 +133,14 @@ def rss_of_tree(pid):
 
 
 class Dockerd:
-    """A Docker engine of our own: throwaway data root, no iptables, no bridge (host networking)."""
+    """A Docker engine of our own: throwaway data root, no iptables, no bridge (host networking).
 
-    def __init__(self):
+    data_root keeps images between runs instead (tests/deploy: a cache only one engine may use at
+    a time). User-defined bridge networks work here too, without iptables: see
+    docs/decisions/0007-compose-on-a-test-engine.md.
+    """
+
+    def __init__(self, data_root=None):
         binary = shutil.which("dockerd")
         if not binary:
             raise RuntimeError("dockerd is not installed (apt-get install docker.io); `make test` installs it")
@@ -143,9 +148,10 @@ class Dockerd:
         self.dir = Path(tempfile.mkdtemp(prefix="bd-", dir="/tmp"))
         self.socket = self.dir / "docker.sock"
         self.url = f"unix://{self.socket}"
+        self.data_root = Path(data_root) if data_root else self.dir / "data"
         log = open(self.dir / "dockerd.log", "wb")
         self.process = subprocess.Popen(
-            [binary, "--data-root", self.dir / "data", "--exec-root", self.dir / "exec",
+            [binary, "--data-root", self.data_root, "--exec-root", self.dir / "exec",
              "--pidfile", self.dir / "dockerd.pid", "-H", self.url, "--storage-driver", "overlay2",
              "--iptables=false", "--ip6tables=false", "--bridge=none"],
             stdout=log, stderr=subprocess.STDOUT,
@@ -177,5 +183,5 @@ class Dockerd:
         _stop(self.process, timeout=30)
         # dockerd leaves its network namespace mounted; unmount it so the folder can go.
         subprocess.run(["umount", self.dir / "exec" / "netns" / "default"], capture_output=True)
-        subprocess.run(["umount", "-R", self.dir / "data"], capture_output=True)
+        subprocess.run(["umount", "-R", self.data_root], capture_output=True)
         shutil.rmtree(self.dir, ignore_errors=True)

@@ -1,4 +1,5 @@
 """The YAML catalogue: every entry is checked before anything is written (webapp/catalogue/loader.py)."""
+import json
 from pathlib import Path
 
 import pytest
@@ -69,7 +70,9 @@ def test_parse_catalogue_accepts_the_demo_catalogue():
 
 def test_parse_catalogue_accepts_the_test_catalogue():
     tools = parse_catalogue(TEST_CATALOGUE.read_text())
-    assert [t["slug"] for t in tools] == ["echo", "broken", "silent", "missing", "busybox", "echo-docker", "ghost"]
+    assert [t["slug"] for t in tools] == ["echo", "broken", "silent", "missing", "busybox", "echo-docker", "ghost",
+                                          "echo-api"]
+    assert [t["slug"] for t in tools if t["allow_api_tokens"]] == ["echo-api"]
     assert tools[2]["spawn_timeout"] == 2
 
 
@@ -78,7 +81,7 @@ def test_parse_catalogue_fills_in_defaults():
     assert tool == {
         "slug": "a", "name": "A", "description": "", "backend": "process", "command": ["x"],
         "image": None, "port": None, "env": {}, "health_path": "/", "spawn_timeout": 60,
-        "idle_timeout": 3600, "enabled": True, "sizes": [],
+        "idle_timeout": 3600, "enabled": True, "sizes": [], "allow_api_tokens": False,
     }
 
 
@@ -244,3 +247,10 @@ def test_load_catalogue_on_an_empty_database_writes_nothing_when_invalid(app):
     db.session.rollback()
     assert count(ToolTemplate) == 0
     assert count(Event) == 0
+
+
+@pytest.mark.parametrize("value", ["yes", 1, None, "true"])
+def test_parse_catalogue_refuses_api_tokens_that_is_not_a_boolean(value):
+    entry = {"slug": "a", "name": "A", "command": ["x"], "api_tokens": value}
+    with pytest.raises(CatalogueError, match=r"entry 1 \(a\): api_tokens must be true or false"):
+        parse_catalogue(json.dumps([entry]))  # JSON is YAML too

@@ -32,11 +32,16 @@ def create_app(test_config=None):
     csrf.init_app(app)
 
     from webapp import identity
+    from webapp.account import views as account
+    from webapp.api import views as api
     from webapp.catalogue import views as catalogue
     from webapp.lifecycle import views as lifecycle
 
     identity.init_app(app)
     app.register_blueprint(catalogue.bp)
+    app.register_blueprint(account.bp)
+    app.register_blueprint(api.bp)
+    api.init_app(app)
     app.register_blueprint(lifecycle.bp)
     lifecycle.init_app(app)
 

@@ -8,6 +8,7 @@ import os
 import secrets
 import tempfile
 from pathlib import Path
+from urllib.parse import urlsplit
 
 
 class SettingError(ValueError):
@@ -142,6 +143,24 @@ def load_settings(environ=os.environ):
         "BERTH_SESSION_COOKIE": parse_string("BERTH_SESSION_COOKIE", "berth_session", environ),
         # Absolute lifetime of a sign-in, in seconds (default 12 hours).
         "BERTH_SESSION_LIFETIME": parse_int("BERTH_SESSION_LIFETIME", 12 * 3600, environ, 60),
+        # A sign-in unused for this long ends (seconds, default 4 hours; 0: no idle limit).
+        "BERTH_SESSION_IDLE_LIFETIME": parse_int("BERTH_SESSION_IDLE_LIFETIME", 4 * 3600, environ, 0),
+        # Password sign-in: "on" for every local account, "admins" for administrators only, "off".
+        "BERTH_LOCAL_LOGIN": parse_string("BERTH_LOCAL_LOGIN", "on", environ,
+                                          choices=("on", "admins", "off")),
+        # Single sign-on over OpenID Connect; unset issuer means local accounts only.
+        "BERTH_OIDC_ISSUER": parse_url("BERTH_OIDC_ISSUER", None, environ),
+        "BERTH_OIDC_CLIENT_ID": parse_string("BERTH_OIDC_CLIENT_ID", None, environ),
+        "BERTH_OIDC_CLIENT_SECRET": parse_string("BERTH_OIDC_CLIENT_SECRET", None, environ),
+        "BERTH_OIDC_SCOPES": parse_string("BERTH_OIDC_SCOPES", "openid email profile", environ),
+        # A claim (ID token or userinfo) listing the user's groups; unset: groups are not synced.
+        "BERTH_OIDC_GROUPS_CLAIM": parse_string("BERTH_OIDC_GROUPS_CLAIM", None, environ),
+        # The name on the sign-in button.
+        "BERTH_OIDC_PROVIDER_NAME": parse_string("BERTH_OIDC_PROVIDER_NAME", "single sign-on", environ),
+        # How long to wait for the provider's discovery, token and userinfo answers (seconds).
+        "BERTH_OIDC_TIMEOUT": parse_int("BERTH_OIDC_TIMEOUT", 10, environ, 1, 120),
+        # The longest lifetime a personal API token may be given, in days.
+        "BERTH_TOKEN_MAX_DAYS": parse_int("BERTH_TOKEN_MAX_DAYS", 365, environ, 1, 3650),
         # Loopback ports handed to tools on the process backend.
         "BERTH_PORT_RANGE": parse_port_range("BERTH_PORT_RANGE", "20000-20999", environ),
         # A tool's last activity is written at most this often (seconds), not on every request.
@@ -153,9 +172,15 @@ def load_settings(environ=os.environ):
         # Names this installation in the labels of what it starts, so that two Berths on one
         # host (or one engine) never adopt or remove each other's tools.
         "BERTH_DEPLOYMENT": parse_string("BERTH_DEPLOYMENT", "berth", environ),
+        # nginx keeps connections to loopback tools alive through one upstream block per port of
+        # BERTH_PORT_RANGE. Turn off to render a smaller configuration.
+        "BERTH_TOOL_KEEPALIVE": parse_boolean("BERTH_TOOL_KEEPALIVE", True, environ),
+        # nginx caches the auth answer for a running tool this many seconds (0: never). This is
+        # also how long a signed-out or revoked session can still reach a running tool.
+        "BERTH_AUTH_CACHE_SECONDS": parse_int("BERTH_AUTH_CACHE_SECONDS", 0, environ, 0, 60),
         # The spawner backends this installation runs; the reconciler watches each of them.
         "BERTH_BACKENDS": parse_list("BERTH_BACKENDS", "process", environ,
-                                     choices=("process", "docker")),
+                                     choices=("process", "docker", "ecs")),
         # Docker Engine API address (default: DOCKER_HOST, or the local socket).
         "BERTH_DOCKER_URL": parse_string("BERTH_DOCKER_URL", None, environ),
         # A named Docker network for tools; unset means host networking on allocated ports.
@@ -163,6 +188,23 @@ def load_settings(environ=os.environ):
         # When to pull a tool's image: never, missing (only if not on the host), always.
         "BERTH_DOCKER_PULL": parse_string("BERTH_DOCKER_PULL", "missing", environ,
                                           choices=("never", "missing", "always")),
+        # ECS (Fargate) backend. The cluster tools run in (name or ARN), and the awsvpc network
+        # every task gets: subnets and security groups (comma-separated ids), and whether the
+        # task's network interface gets a public IP (needed only without a NAT or VPC endpoints
+        # to pull images). nginx reaches a task at its private IPv4 address.
+        "BERTH_ECS_CLUSTER": parse_string("BERTH_ECS_CLUSTER", None, environ),
+        "BERTH_ECS_SUBNETS": parse_list("BERTH_ECS_SUBNETS", "", environ),
+        "BERTH_ECS_SECURITY_GROUPS": parse_list("BERTH_ECS_SECURITY_GROUPS", "", environ),
+        "BERTH_ECS_ASSIGN_PUBLIC_IP": parse_boolean("BERTH_ECS_ASSIGN_PUBLIC_IP", False, environ),
+        # AWS region of the cluster (default: boto3's own lookup, e.g. AWS_REGION).
+        "BERTH_ECS_REGION": parse_string("BERTH_ECS_REGION", None, environ),
+        # Another ECS API endpoint; only for an emulator such as moto in the tests.
+        "BERTH_ECS_ENDPOINT_URL": parse_string("BERTH_ECS_ENDPOINT_URL", None, environ),
+        # Throttling, IAM/ECS eventual-consistency errors and no Fargate capacity are retried
+        # with exponential backoff from this base (milliseconds), at most this many times per
+        # call; then the launch fails with the last answer AWS gave.
+        "BERTH_ECS_API_ATTEMPTS": parse_int("BERTH_ECS_API_ATTEMPTS", 8, environ, 1, 30),
+        "BERTH_ECS_RETRY_BASE_MS": parse_int("BERTH_ECS_RETRY_BASE_MS", 200, environ, 1, 60000),
         # Most live tools one user may have, and in all; 0 means no limit.
         "BERTH_MAX_TOOLS_PER_USER": parse_int("BERTH_MAX_TOOLS_PER_USER", 5, environ, 0),
         "BERTH_MAX_TOOLS_TOTAL": parse_int("BERTH_MAX_TOOLS_TOTAL", 0, environ, 0),
@@ -170,4 +212,32 @@ def load_settings(environ=os.environ):
         "BERTH_TRUSTED_HOPS": parse_int("BERTH_TRUSTED_HOPS", 0, environ, 0, 5),
     }
     settings["SQLALCHEMY_ENGINE_OPTIONS"] = {"pool_pre_ping": True}
+    _check_sign_in(settings)
     return settings
+
+
+def parse_url(name, default, environ=os.environ):
+    value = _raw(name, environ)
+    if value is None:
+        return default
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise SettingError(f"{name}={value!r} is not an http(s) URL without query or fragment")
+    return value.rstrip("/")
+
+
+def _check_sign_in(settings):
+    """Settings that only make sense together: someone must be able to sign in."""
+    if settings["BERTH_OIDC_ISSUER"]:
+        if not settings["BERTH_OIDC_CLIENT_ID"]:
+            raise SettingError("BERTH_OIDC_ISSUER is set, so BERTH_OIDC_CLIENT_ID is required too")
+        if "openid" not in settings["BERTH_OIDC_SCOPES"].split():
+            raise SettingError(f"BERTH_OIDC_SCOPES={settings['BERTH_OIDC_SCOPES']!r} must include openid")
+    elif settings["BERTH_LOCAL_LOGIN"] != "on":
+        raise SettingError(f"BERTH_LOCAL_LOGIN={settings['BERTH_LOCAL_LOGIN']} needs single sign-on: "
+                           "set BERTH_OIDC_ISSUER, or nobody could sign in")
+    idle, interval = settings["BERTH_SESSION_IDLE_LIFETIME"], settings["BERTH_ACTIVITY_INTERVAL"]
+    if idle and idle < 2 * interval:
+        raise SettingError(f"BERTH_SESSION_IDLE_LIFETIME={idle} must be at least twice "
+                           f"BERTH_ACTIVITY_INTERVAL ({interval}): sign-ins are marked as used only "
+                           "that often")

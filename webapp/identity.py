@@ -11,6 +11,7 @@ from flask import Response, abort, current_app, g, request
 from webapp.extensions import db
 from webapp.hosts import is_main_host, public_url
 from webapp.models import User
+from webapp.tokens import bearer_token
 
 OPEN_ENDPOINTS = {"healthz"}
 
@@ -25,6 +26,11 @@ def init_app(app):
         if refused is not None:
             return refused
         user_id = request.headers.get("X-Berth-User-Id", "")
+        # The auth service answered for an API token (not the cookie) when the request has one.
+        g.via_token = bearer_token(request.headers.get("Authorization")) is not None
+        if g.via_token and is_main_host(request.host, current_app.config["BERTH_DOMAIN"]) \
+                and not request.path.startswith("/api/"):
+            return None  # tokens reach only the API; the auth service refused this already
         if user_id.isdigit():
             user = db.session.get(User, int(user_id))
             g.user = user if user is not None and user.is_active else None

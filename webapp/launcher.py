@@ -159,6 +159,7 @@ def _run_step(instance, backend, me):
 _STEP_MESSAGES = {
     "allocate": "Reserved a place to run",
     "start": "Started the tool; waiting for it to answer",
+    "run_task": "AWS is starting the task; waiting for the tool to answer",
 }
 
 
@@ -240,6 +241,8 @@ def reconcile(enqueue_launch, enqueue_stop, actor="reconciler"):
     - a QUEUED or SPAWNING launch whose lease ran out (its worker died, or its queue message
       was lost) is enqueued again, and so is a STOPPING instance;
     - a tool that a backend runs for this deployment with no live instance is stopped.
+
+    Each action is recorded as an event (reconcile.gone, .resume, .stop, .orphan).
     """
     config = current_app.config
     now = utcnow()
@@ -269,6 +272,9 @@ def reconcile(enqueue_launch, enqueue_stop, actor="reconciler"):
                 enqueue_launch(instance.id)
                 actions.append(("resumed", instance.id))
         elif instance.state == State.STOPPING:  # stop is idempotent: finishing it twice is harmless
+            record_event("reconcile.stop", "Finishing the stop", actor=actor, instance_id=instance.id,
+                         user_id=instance.owner_id)
+            db.session.commit()
             enqueue_stop(instance.id)
             actions.append(("stop-again", instance.id))
 
@@ -286,7 +292,11 @@ def reconcile(enqueue_launch, enqueue_stop, actor="reconciler"):
             current = db.session.get(ToolInstance, instance_id)
             if current is not None and current.state in State.LIVE:
                 continue
-            backend.stop_managed(instance_id, description)
+            try:
+                backend.stop_managed(instance_id, description)
+            except LaunchFailed as failure:  # the backend is throttling or down: next run retries
+                log.warning("reconcile: could not remove orphan %s: %s", instance_id, failure.reason)
+                continue
             record_event("reconcile.orphan", f"Removed a {name} tool that had no live instance",
                          actor=actor, instance_id=instance_id if current else None)
             db.session.commit()

@@ -8,7 +8,7 @@ import hashlib
 import secrets
 from datetime import datetime, timezone
 
-from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, String, Text, text
+from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint, func, text
 from sqlalchemy import DateTime as _DateTime
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
@@ -79,6 +79,11 @@ class User(db.Model):
         String(16), unique=True, default=lambda: secrets.token_hex(4)
     )
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # Single sign-on: the provider's issuer and subject name this user from the first sign-in on.
+    oidc_issuer: Mapped[str | None] = mapped_column(String(300))
+    oidc_subject: Mapped[str | None] = mapped_column(String(255))
+
+    __table_args__ = (UniqueConstraint("oidc_issuer", "oidc_subject", name="uq_users_oidc_identity"),)
 
     def set_password(self, password):
         self.password_hash = generate_password_hash(password)
@@ -104,8 +109,58 @@ class Session(db.Model):
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     client_ip: Mapped[str] = mapped_column(String(64), default="")
     user_agent: Mapped[str] = mapped_column(String(300), default="")
+    # For the idle lifetime. The auth check writes it at most once per BERTH_ACTIVITY_INTERVAL.
+    last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow,
+                                                   server_default=func.now())
+    # How the user signed in: "password" or "oidc" (logout then also signs out at the provider).
+    method: Mapped[str] = mapped_column(String(20), default="password", server_default="password")
 
     user: Mapped[User] = relationship()
+
+
+class ApiToken(db.Model):
+    """A personal API token. Shown once at creation; this row holds only its hash."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(100))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    # The token's first characters, so that people can tell their tokens apart.
+    prefix: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    user: Mapped[User] = relationship()
+
+
+class Group(db.Model):
+    """A named set of users. Single sign-on fills groups from the provider's groups claim."""
+
+    __tablename__ = "groups"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Membership(db.Model):
+    """A user in a group. source "oidc" rows follow the groups claim at every sign-in; others stay."""
+
+    __tablename__ = "memberships"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    group_id: Mapped[int] = mapped_column(ForeignKey("groups.id", ondelete="CASCADE"))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    source: Mapped[str] = mapped_column(String(20), default="local", server_default="local")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    group: Mapped[Group] = relationship()
+
+    __table_args__ = (UniqueConstraint("group_id", "user_id", name="uq_memberships_group_user"),)
 
 
 class ToolTemplate(db.Model):
@@ -127,6 +182,8 @@ class ToolTemplate(db.Model):
     idle_timeout: Mapped[int] = mapped_column(Integer, default=3600)
     # Named sizes the user picks from: [{"name": "small", "cpu": 0.5, "memory_mb": 512}, ...].
     sizes: Mapped[list] = mapped_column(JSON, default=list, server_default=text("'[]'"))
+    # Whether API clients may reach the tool with `Authorization: Bearer <Berth API token>`.
+    allow_api_tokens: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow, onupdate=utcnow

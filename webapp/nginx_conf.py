@@ -12,7 +12,7 @@ STATIC_DIR = os.path.join(ROOT, "webapp", "static")
 
 
 def render_nginx(config, *, listen=None, auth_servers=None, web_servers=None, standalone=False,
-                 prefix=None, access_log="off", worker_processes="auto"):
+                 prefix=None, access_log="off", worker_processes="auto", cache_dir=None):
     """The http-level configuration, or with standalone=True a complete nginx.conf under prefix."""
     environment = Environment(loader=FileSystemLoader(TEMPLATES), undefined=StrictUndefined,
                               keep_trailing_newline=True, autoescape=False)
@@ -28,6 +28,10 @@ def render_nginx(config, *, listen=None, auth_servers=None, web_servers=None, st
         "cookie_name": re.escape(config["BERTH_SESSION_COOKIE"]),
         "proxy_secret": config["BERTH_PROXY_SECRET"],
         "static_dir": STATIC_DIR,
+        "tool_ports": range(config["BERTH_PORT_RANGE"][0], config["BERTH_PORT_RANGE"][1] + 1)
+        if config["BERTH_TOOL_KEEPALIVE"] else [],
+        "auth_cache_seconds": config["BERTH_AUTH_CACHE_SECONDS"],
+        "cache_dir": cache_dir or os.path.join(prefix or config["BERTH_DATA_DIR"], "auth-cache"),
     }
 
     def snippet(name):

@@ -4,15 +4,17 @@
       - slug: jupyterlab            # lower case, digits and hyphens; part of the tool's address
         name: JupyterLab
         description: Notebooks in Python
-        backend: process            # process (more backends come with their issues)
+        backend: process            # process, docker or ecs
         command: ["{python}", "-m", "jupyterlab", "--port={port}"]
-        image: null                 # the container image, for container backends
-        port: null                  # the port the tool listens on inside a container
+        image: null                 # docker: the container image; ecs: the task definition
+                                    # (family, family:revision or ARN)
+        port: null                  # the port the tool listens on inside a container or task
         env: {KEY: value}           # {port}, {python} and {home} are filled in
         health_path: /              # Berth waits until this answers below 500
         spawn_timeout: 120          # seconds until a launch that has not answered fails
         idle_timeout: 3600          # seconds without activity before the tool is stopped
         enabled: true
+        api_tokens: false           # true: API clients may reach it with a Berth API token
         sizes:                      # named sizes the user picks from; the first is the default
           - {name: small, cpu: 0.5, memory_mb: 1024}
           - {name: large, cpu: 2, memory_mb: 4096}
@@ -54,7 +56,7 @@ def _validate_entry(entry):
     if not isinstance(entry, dict):
         raise CatalogueError("each entry must be a mapping of fields")
     known = {"slug", "name", "description", "backend", "command", "image", "port", "env",
-             "health_path", "spawn_timeout", "idle_timeout", "enabled", "sizes"}
+             "health_path", "spawn_timeout", "idle_timeout", "enabled", "sizes", "api_tokens"}
     unknown = sorted(set(entry) - known)
     if unknown:
         raise CatalogueError(f"unknown field {unknown[0]!r} (known: {', '.join(sorted(known))})")
@@ -71,6 +73,9 @@ def _validate_entry(entry):
         raise CatalogueError("command is required for the process backend")
     if backend == "docker" and not entry.get("image"):
         raise CatalogueError("image is required for the docker backend")
+    if backend == "ecs" and not entry.get("image"):
+        raise CatalogueError("image is required for the ecs backend: the task definition's family, "
+                             "family:revision or ARN")
     env = entry.get("env") or {}
     if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, (str, int, float))
                                             and not isinstance(v, bool) for k, v in env.items()):
@@ -82,6 +87,9 @@ def _validate_entry(entry):
     enabled = entry.get("enabled", True)
     if not isinstance(enabled, bool):
         raise CatalogueError("enabled must be true or false")
+    api_tokens = entry.get("api_tokens", False)
+    if not isinstance(api_tokens, bool):
+        raise CatalogueError("api_tokens must be true or false")
     return {
         "slug": slug,
         "name": _text(entry.get("name"), "name", required=True, maximum=200),
@@ -95,6 +103,7 @@ def _validate_entry(entry):
         "spawn_timeout": _integer(entry.get("spawn_timeout", 60), "spawn_timeout", 1, 3600),
         "idle_timeout": _integer(entry.get("idle_timeout", 3600), "idle_timeout", 0, 30 * 86400),
         "enabled": enabled,
+        "allow_api_tokens": api_tokens,
         "sizes": _sizes(entry.get("sizes", [])),
     }
 

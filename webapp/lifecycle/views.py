@@ -53,6 +53,8 @@ def _error_page(status, title, message):
 
 
 def _wants_json():
+    if request.path.startswith("/api/") or g.get("via_token"):
+        return True  # API clients get JSON, whatever they accept
     accept = request.accept_mimetypes
     return accept.best_match(["application/json", "text/html"]) == "application/json"
 

@@ -9,7 +9,7 @@ again after a crash, it finds what it made before instead of making a second one
 from webapp.spawners.base import Backend, LaunchFailed
 
 
-BACKEND_NAMES = ("process", "docker")
+BACKEND_NAMES = ("process", "docker", "ecs")
 
 
 def get_backend(name, config):
@@ -22,6 +22,10 @@ def get_backend(name, config):
         from webapp.spawners.docker import DockerBackend
 
         return DockerBackend(config)
+    if name == "ecs":
+        from webapp.spawners.ecs import EcsBackend
+
+        return EcsBackend(config)
     from webapp.spawners.process import ProcessBackend
 
     return ProcessBackend(config)

@@ -9,6 +9,7 @@
   var heading = document.getElementById("heading");
   var shown = progress.children.length;
   var delay = 100;
+  var started = Date.now();
 
   function render(events) {
     for (; shown < events.length; shown++) {
@@ -42,7 +43,8 @@
           panel.classList.add("idle");
           return;
         }
-        delay = Math.min(delay + 25, 400);
+        // Every 100 ms for the first half minute (most tools start within it), then slower.
+        delay = Date.now() - started < 30000 ? 100 : 500;
         window.setTimeout(poll, delay);
       })
       .catch(function () {

@@ -1,0 +1,232 @@
+"""Spawn time: from "start requested" to the first answer from the tool, through nginx.
+
+    python -m bench.spawn [--launches 10] [--warmup 1] [--postgres] [--keep]
+
+Two tools from the tests' catalogue (tests/catalogue.yml), on one Berth started through
+deploy.local.Stack with both backends enabled:
+
+  echo     the process backend: `python -m berth_tools.echo` on an allocated loopback port
+  busybox  the docker backend: busybox httpd in a FROM-scratch image, host networking, on a
+           dockerd of the run's own (tests/services.Dockerd; image built by tests/images.py)
+
+One launch is timed from the first navigation GET of the stopped tool's address (which
+creates the instance and answers with the starting page) to the first 200 that nginx proxies
+from the tool itself. Between the two, the benchmark asks the tool's address every
+--poll-ms (25) without navigation headers, which never launches anything: the web app answers
+503 until the tool runs, then the tool answers. The tool is stopped between launches.
+The tools take turns, so that drift on the machine falls on both.
+
+Besides the end-to-end time, it reports two parts of it from the database: created →
+started (until a worker took the launch from the queue) and started → RUNNING (the backend's
+steps and the health probes, until the worker recorded RUNNING). Medians and p90 (nearest
+rank) over the launches; warm-up launches are not counted. Results also go to
+bench/results/spawn.json.
+
+Everything listens on 127.0.0.1. Every process the run starts (Berth's four, the tools,
+dockerd and its containers, and PostgreSQL and Redis with --postgres) is stopped on success,
+failure, Ctrl-C or SIGTERM.
+"""
+import argparse
+import json
+import math
+import os
+import shutil
+import statistics
+import sys
+import time
+from datetime import datetime, timezone
+
+import yaml
+
+from bench._stack import ROOT, BenchRun, Berth, install_signal_handlers
+
+RESULTS = ROOT / "bench" / "results" / "spawn.json"
+TOOLS = {  # slug: (backend, the path asked for, text the tool's own answer contains)
+    "echo": ("process", "/bench", '"path": "/bench"'),
+    "busybox": ("docker", "/index.html", "Hello from busybox"),
+}
+
+
+def percentile(values, fraction):
+    """Nearest rank: the smallest value that at least this fraction of the values do not exceed."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
+
+
+def _seconds_between(start, end):
+    def aware(value):
+        if isinstance(value, str):
+            value = datetime.fromisoformat(value)
+        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    return (aware(end) - aware(start)).total_seconds()
+
+
+class SpawnBench:
+    def __init__(self, args):
+        self.args = args
+        self.run_state = BenchRun(keep=args.keep, prefix="berth-bench-spawn-")
+        self.berth = Berth(self.run_state, postgres=args.postgres)
+        self.samples = {slug: [] for slug in TOOLS}
+
+    # setup
+    def start_docker(self):
+        from tests import images
+        from tests.services import Dockerd
+
+        engine = Dockerd()
+        self.run_state.cleanup.callback(engine.stop)  # closed last: after Berth and its containers
+        client = engine.client()
+        try:
+            images.build_busybox(client)
+        finally:
+            client.close()
+        return engine.url
+
+    def write_catalogue(self):
+        """The tests' own entries for the two tools, unchanged."""
+        tests = yaml.safe_load((ROOT / "tests" / "catalogue.yml").read_text())
+        tools = [entry for entry in tests["tools"] if entry["slug"] in TOOLS]
+        path = self.run_state.work / "catalogue.yml"
+        path.write_text(json.dumps({"tools": tools}, indent=2))  # JSON is YAML
+        return path
+
+    def start(self):
+        docker_url = self.start_docker()
+        self.berth.start(self.write_catalogue(), extra_env={
+            "BERTH_BACKENDS": "process,docker",
+            "BERTH_DOCKER_URL": docker_url,
+            "BERTH_DOCKER_PULL": "never",  # the image is built locally; nothing is fetched
+        })
+        self.browser = self.berth.sign_in()
+        self.run_state.cleanup.callback(self.browser.close)
+        self.hosts = {slug: self.berth.tool_host(slug) for slug in TOOLS}
+
+    # measuring
+    def launch_once(self, slug):
+        """Time one launch of a stopped tool; stop it again. Returns the sample."""
+        backend, path, expected = TOOLS[slug]
+        url = f"http://{self.hosts[slug]}{path}"
+        deadline = time.monotonic() + 120
+        started = time.perf_counter()
+        first = self.browser.get(url, headers={"Sec-Fetch-Mode": "navigate"}, timeout=30)
+        if first.status_code != 202:
+            raise RuntimeError(f"{slug}: the first visit answered {first.status_code}, not the starting page")
+        polls = 0
+        while True:
+            answer = self.browser.get(url, headers={"Sec-Fetch-Mode": "cors", "Accept": "application/json"},
+                                      timeout=30)
+            polls += 1
+            if answer.status_code == 200:
+                elapsed = time.perf_counter() - started
+                break
+            state = answer.json().get("state") if answer.status_code == 503 else None
+            # RUNNING here: the auth check ran just before the worker recorded it; ask again.
+            if state not in ("QUEUED", "SPAWNING", "RUNNING") or time.monotonic() > deadline:
+                raise RuntimeError(f"{slug}: the tool did not start: {answer.status_code} {answer.text[:300]}")
+            time.sleep(self.args.poll_ms / 1000)
+        if expected not in answer.text:
+            raise RuntimeError(f"{slug}: a 200 that is not the tool's own answer: {answer.text[:300]}")
+        [row] = self.berth.query(
+            "SELECT id, backend, created_at, started_at, running_at FROM tool_instances "
+            "WHERE host = :host AND state = 'RUNNING'", host=self.hosts[slug].split(":")[0])
+        if row["backend"] != backend:
+            raise RuntimeError(f"{slug} ran on the {row['backend']} backend, not {backend}")
+        self.berth.stop_instance(row["id"])
+        return {
+            "instance": row["id"],
+            "seconds": elapsed,
+            "queue_seconds": _seconds_between(row["created_at"], row["started_at"]),
+            "worker_seconds": _seconds_between(row["started_at"], row["running_at"]),
+            "polls": polls,
+        }
+
+    def measure(self):
+        total = self.args.warmup + self.args.launches
+        for number in range(total):
+            counted = number >= self.args.warmup
+            for slug in TOOLS:
+                sample = self.launch_once(slug)
+                if counted:
+                    self.samples[slug].append(sample)
+                label = f"{number - self.args.warmup + 1}/{self.args.launches}" if counted else "warm-up"
+                print(f"  {label:<8} {slug:<8} {sample['seconds'] * 1000:>8.0f} ms", flush=True)
+
+    # reporting
+    def summarise(self):
+        summary = {}
+        for slug, samples in self.samples.items():
+            row = {"backend": TOOLS[slug][0], "launches": len(samples)}
+            for key, name in (("seconds", "ms"), ("queue_seconds", "queue_ms"), ("worker_seconds", "worker_ms")):
+                values = [sample[key] * 1000 for sample in samples]
+                row[f"median_{name}"] = statistics.median(values)
+                row[f"p90_{name}"] = percentile(values, 0.9)
+            row["min_ms"] = min(sample["seconds"] for sample in samples) * 1000
+            row["max_ms"] = max(sample["seconds"] for sample in samples) * 1000
+            summary[slug] = row
+        return summary
+
+    def report(self, summary):
+        args = self.args
+        database = "PostgreSQL + Redis" if args.postgres else "SQLite + Huey on SQLite"
+        print(f"\n{args.launches} launches per tool (after {args.warmup} warm-up), stopped between "
+              f"launches; polled every {args.poll_ms} ms; Berth on {database}; "
+              f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}\n")
+        print(f"{'tool':<9}{'backend':<9}{'n':>3}{'median ms':>11}{'p90 ms':>9}{'min':>7}{'max':>7}"
+              f"{'queue med':>11}{'worker med':>12}{'worker p90':>12}")
+        for slug, row in summary.items():
+            print(f"{slug:<9}{row['backend']:<9}{row['launches']:>3}{row['median_ms']:>11.0f}"
+                  f"{row['p90_ms']:>9.0f}{row['min_ms']:>7.0f}{row['max_ms']:>7.0f}"
+                  f"{row['median_queue_ms']:>11.0f}{row['median_worker_ms']:>12.0f}{row['p90_worker_ms']:>12.0f}")
+        print("\nmedian/p90: first navigation GET → first proxied 200 from the tool (through nginx).\n"
+              "queue: instance created → a worker took it; worker: taken → RUNNING recorded.")
+        document = {
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "command": " ".join([os.path.basename(sys.executable), "-m", "bench.spawn"] + sys.argv[1:]),
+            "launches": args.launches, "warmup": args.warmup, "poll_ms": args.poll_ms,
+            "database": "postgres" if args.postgres else "sqlite",
+            "cpus": os.cpu_count(),
+            "summary": summary,
+            "samples": self.samples,
+        }
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(json.dumps(document, indent=2) + "\n")
+        print(f"\nWritten to {RESULTS.relative_to(ROOT)}")
+
+    def run(self):
+        try:
+            self.start()
+            self.measure()
+            self.report(self.summarise())
+            self.run_state.failed = False
+        except (KeyboardInterrupt, SystemExit):
+            self.run_state.failed = False  # stopped on purpose: nothing to look into
+            raise
+        finally:
+            self.run_state.close()
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--launches", type=int, default=10, help="timed launches per tool (10)")
+    parser.add_argument("--warmup", type=int, default=1, help="launches per tool not counted (1)")
+    parser.add_argument("--poll-ms", type=int, default=25, help="ms between requests while it starts (25)")
+    parser.add_argument("--postgres", action="store_true",
+                        help="run Berth on PostgreSQL and Redis instead of SQLite")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory and its logs")
+    args = parser.parse_args(argv)
+    if args.launches < 1 or args.warmup < 0 or args.poll_ms < 1:
+        parser.error("--launches and --poll-ms must be at least 1, --warmup at least 0")
+    for program in ("nginx", "dockerd", "busybox"):
+        if not shutil.which(program) and not os.path.exists(f"/usr/sbin/{program}"):
+            raise SystemExit(f"{program} is not installed (`make test` installs what this needs)")
+    install_signal_handlers()
+    try:
+        SpawnBench(args).run()
+    except KeyboardInterrupt:
+        raise SystemExit("Interrupted; every process the benchmark started has been stopped.")
+    except RuntimeError as error:
+        raise SystemExit(f"Benchmark failed: {error}")
+
+
+if __name__ == "__main__":
+    main()

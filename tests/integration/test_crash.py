@@ -1,0 +1,143 @@
+"""Crash safety: the worker is SIGKILLed at each launch step in turn, and every launch still ends
+RUNNING exactly once, with exactly one process or container.
+
+The fault injection is a setting that exists only for tests: a worker started with
+BERTH_TEST_CRASH_AT=<before|after>:<step> kills itself with SIGKILL there (launcher._fault_point).
+`before:wait_healthy` is the moment the tool has answered but RUNNING is not yet recorded.
+
+Each case: restart the worker with the setting; navigate to the tool; the worker dies; restart
+it normally; once the lease has run out, `berth reconcile` queues the launch again (the dead
+worker took its queue message with it); the new worker resumes at the recorded step. Then
+one row, RUNNING; one process or container; the tool answers through nginx; and a second
+reconcile (run in the test process, to save a command's start-up time) finds nothing to do.
+
+Only the PostgreSQL + Redis stack runs this matrix, to keep the suite's time down.
+"""
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from tests.integration.test_launch import _host, _wait_state
+from tests.integration.test_lifecycle import (
+    ensure_normal_worker,
+    reconcile_here,
+    restart_worker,
+    stop_now,
+    wait_for_event,
+    wait_until_reconcilable,
+)
+
+STEPS = {"echo": ("allocate", "start"),                # the process backend
+         "busybox": ("allocate", "create", "start")}    # the docker backend
+
+
+def _points(steps):
+    """Every crash point of a backend's steps; after wait_healthy comes RUNNING, so no point."""
+    points = [f"{when}:{step}" for step in steps for when in ("before", "after")]
+    return points + ["before:wait_healthy"]
+
+
+CASES = [(slug, point) for slug, steps in STEPS.items() for point in _points(steps)]
+
+
+def _recorded_step(slug, point):
+    """The step the database holds after a crash at point: the crashed step, or the one after."""
+    when, step = point.split(":")
+    steps = list(STEPS[slug]) + ["wait_healthy"]
+    return step if when == "before" else steps[steps.index(step) + 1]
+
+
+def _tool_processes(stack, instance_id):
+    """Pids labelled with this deployment and instance that lead their session: one per tool.
+
+    The process backend starts each tool in a session of its own; whatever the tool forks stays
+    in that session and is not counted."""
+    labels = {f"BERTH_DEPLOYMENT={stack.env['BERTH_DEPLOYMENT']}".encode(),
+              f"BERTH_INSTANCE_ID={instance_id}".encode()}
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            environ = set(Path(f"/proc/{entry}/environ").read_bytes().split(b"\0"))
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and labels <= environ and int(fields[3]) == int(entry):
+            found.append(int(entry))
+    return found
+
+
+def _containers(stack, instance_id):
+    with stack.docker() as client:
+        return [c.name for c in client.containers.list(
+            all=True, filters={"label": f"berth.instance={instance_id}"})]
+
+
+@pytest.fixture
+def crashing_worker(stack):
+    """crashing_worker(point) restarts the worker with the fault injection; whatever happens,
+    a normal worker runs after the test."""
+    started = []
+
+    def start(point):
+        # The running worker is idle here; killing it saves the second or two a clean stop takes.
+        stack.processes.kill("worker")
+        started.append(stack.processes.start("worker", {"BERTH_TEST_CRASH_AT": point}))
+        return started[-1]
+
+    yield start
+    ensure_normal_worker(stack, abnormal=started)
+
+
+def test_the_matrix_covers_every_step_of_both_backends():
+    from webapp.spawners.docker import DockerBackend
+    from webapp.spawners.process import ProcessBackend
+
+    assert (ProcessBackend.steps, DockerBackend.steps) == (STEPS["echo"], STEPS["busybox"])
+    assert len(CASES) == 5 + 7
+
+
+@pytest.mark.parametrize("berth_stack", ["postgres"], indirect=True)
+@pytest.mark.parametrize("slug, point", CASES, ids=[f"{slug}-{point}" for slug, point in CASES])
+def test_a_worker_killed_at_any_step_leaves_one_running_tool(stack, alice, crashing_worker, slug, point):
+    browser = stack.login(alice)
+    host = _host(stack, slug, alice)
+    worker = crashing_worker(point)
+    first = browser.get(stack.tool_url(slug, alice), headers={"Sec-Fetch-Mode": "navigate"}, timeout=10)
+    assert first.status_code == 202
+    assert worker.wait(timeout=60) == -signal.SIGKILL  # it reached the point and killed itself
+    restart_worker(stack)
+
+    [row] = stack.instances(host)
+    try:
+        assert (row["state"], row["step"]) == ("SPAWNING", _recorded_step(slug, point))
+        wait_until_reconcilable(stack, row)
+        result = stack.berth("reconcile")
+        assert result.returncode == 0, result.stderr
+        _wait_state(stack, host, ("RUNNING", "FAILED"), timeout=60)
+
+        rows = stack.instances(host)
+        assert [(r["id"], r["state"], r["error"]) for r in rows] == [(row["id"], "RUNNING", None)]
+        kinds = [e["kind"] for e in wait_for_event(stack, row["id"], "spawn.running")]
+        assert kinds.count("spawn.running") == 1
+        assert kinds.count("spawn.started") == 1
+        assert "reconcile.resume" in kinds  # by this command, or by the new worker's own run
+        if slug == "busybox":
+            assert _containers(stack, row["id"]) == [f"berth-{stack.env['BERTH_DEPLOYMENT']}-{row['id']}"]
+            page = browser.get(stack.tool_url(slug, alice, "/index.html"), timeout=10)
+            assert page.status_code == 200 and "Hello from busybox" in page.text
+        else:
+            assert len(_tool_processes(stack, row["id"])) == 1
+            page = browser.get(stack.tool_url(slug, alice, "/after-the-crash"), timeout=10)
+            assert page.status_code == 200 and page.json()["path"] == "/after-the-crash"
+
+        # Nothing orphaned, nothing left to do about this launch. (Other tests' instances that
+        # are still stopping may be queued again; that is no business of this test.)
+        actions = reconcile_here(stack)
+        assert [a for a in actions if a[0] == "orphan-removed" or a[1] == row["id"]] == []
+    finally:
+        stop_now(stack, row["id"])
+    assert _containers(stack, row["id"]) == [] and _tool_processes(stack, row["id"]) == []

@@ -1,0 +1,148 @@
+"""Users from single sign-on (webapp/accounts.py): matched on issuer and sub, kept up to date,
+linked to an existing account only when safe, groups from the groups claim. SQLite in memory."""
+import pytest
+from sqlalchemy import select
+
+from webapp import create_app
+from webapp.accounts import SignInRefused, sync_groups, user_from_claims, user_groups
+from webapp.extensions import db
+from webapp.models import Event, Group, Membership, User
+
+ISSUER = "https://id.example.org/realms/berth"
+
+
+@pytest.fixture
+def app():
+    app = create_app({"SQLALCHEMY_DATABASE_URI": "sqlite://", "TESTING": True})
+    with app.app_context():
+        db.create_all()
+        yield app
+        db.session.remove()
+        db.engine.dispose()
+
+
+def _claims(**extra):
+    return {"sub": "abc-123", "email": "Ada@Example.org", "email_verified": True, "name": "Ada", **extra}
+
+
+def _refusal(claims, groups_claim=None):
+    with pytest.raises(SignInRefused) as refused:
+        user_from_claims(ISSUER, claims, groups_claim)
+    db.session.rollback()
+    return refused.value
+
+
+def test_a_first_sign_in_creates_the_user(app):
+    user = user_from_claims(ISSUER, _claims())
+    db.session.commit()
+    assert (user.email, user.name, user.oidc_issuer, user.oidc_subject) == \
+        ("ada@example.org", "Ada", ISSUER, "abc-123")
+    assert user.password_hash is None and user.is_active and not user.is_admin
+    assert db.session.scalar(select(Event.kind).where(Event.user_id == user.id)) == "user.create"
+
+
+def test_the_user_is_matched_on_sub_and_kept_up_to_date(app):
+    first = user_from_claims(ISSUER, _claims())
+    db.session.commit()
+    again = user_from_claims(ISSUER, _claims(email="ada.lovelace@example.org", name="Ada Lovelace"))
+    db.session.commit()
+    assert again.id == first.id
+    assert (again.email, again.name) == ("ada.lovelace@example.org", "Ada Lovelace")
+    # The same sub from another issuer is another person.
+    other = user_from_claims("https://elsewhere.example.org", _claims(email="ada2@example.org"))
+    assert other.id != first.id
+
+
+def test_a_name_falls_back_to_preferred_username_then_the_email(app):
+    assert user_from_claims(ISSUER, {"sub": "1", "email": "x@example.org", "preferred_username": "xy"}).name == "xy"
+    assert user_from_claims(ISSUER, {"sub": "2", "email": "zed@example.org"}).name == "zed"
+
+
+def test_an_email_taken_by_another_account_is_not_taken_over(app):
+    db.session.add(User(email="boss@example.org", name="Boss"))
+    user = user_from_claims(ISSUER, _claims())
+    db.session.commit()
+    same = user_from_claims(ISSUER, _claims(email="boss@example.org"))
+    db.session.commit()
+    assert same.email == "ada@example.org"
+    assert db.session.scalar(select(Event.kind).where(Event.user_id == user.id, Event.kind == "user.email_conflict"))
+
+
+def test_an_existing_account_is_linked_only_with_a_verified_email_and_no_other_identity(app):
+    local = User(email="ada@example.org", name="Local Ada")
+    db.session.add(local)
+    db.session.commit()
+    assert _refusal(_claims(email_verified=False)).kind == "email_taken"
+    assert _refusal(_claims(email_verified="true")).kind == "email_taken"  # a string is no promise
+    linked = user_from_claims(ISSUER, _claims())
+    db.session.commit()
+    assert linked.id == local.id and linked.oidc_subject == "abc-123"
+    # Another identity with the same email cannot take the account over.
+    refusal = _refusal(_claims(sub="someone-else"))
+    assert (refusal.kind, refusal.status) == ("email_taken", 409)
+
+
+@pytest.mark.parametrize("claims, kind, status", [
+    ({"email": "a@example.org"}, "bad_claim", 502),
+    ({"sub": "", "email": "a@example.org"}, "bad_claim", 502),
+    ({"sub": 5, "email": "a@example.org"}, "bad_claim", 502),
+    ({"sub": "x" * 256, "email": "a@example.org"}, "bad_claim", 502),
+    ({"sub": "new"}, "no_email", 403),
+    ({"sub": "new", "email": "not-an-email"}, "no_email", 403),
+    ({"sub": "new", "email": ["a@example.org"]}, "no_email", 403),
+])
+def test_unusable_claims_are_refused_with_a_reason(app, claims, kind, status):
+    refusal = _refusal(claims)
+    assert (refusal.kind, refusal.status) == (kind, status)
+    assert refusal.message
+
+
+def test_a_deactivated_user_is_refused(app):
+    user = user_from_claims(ISSUER, _claims())
+    user.is_active = False
+    db.session.commit()
+    refusal = _refusal(_claims())
+    assert (refusal.kind, refusal.status, refusal.title) == ("deactivated", 403, "Account deactivated")
+
+
+def test_groups_follow_the_claim_and_local_memberships_stay(app):
+    user = user_from_claims(ISSUER, _claims(groups=["staff", "analysts", "staff", " "]), "groups")
+    db.session.commit()
+    assert user_groups(user) == ["analysts", "staff"]
+    local = Group(name="admins-by-hand")
+    db.session.add(local)
+    db.session.flush()
+    db.session.add(Membership(user_id=user.id, group_id=local.id, source="local"))
+    db.session.commit()
+
+    user_from_claims(ISSUER, _claims(groups="analysts"), "groups")  # one string is one group
+    db.session.commit()
+    assert user_groups(user) == ["admins-by-hand", "analysts"]
+    user_from_claims(ISSUER, _claims(), "groups")  # no claim: no provider groups
+    db.session.commit()
+    assert user_groups(user) == ["admins-by-hand"]
+    # Groups are shared: a second user joins the existing one.
+    other = user_from_claims(ISSUER, _claims(sub="2", email="b@example.org", groups=["analysts"]), "groups")
+    db.session.commit()
+    assert db.session.scalars(select(Group.name).order_by(Group.name)).all() == \
+        ["admins-by-hand", "analysts", "staff"]
+    assert user_groups(other) == ["analysts"]
+
+
+def test_groups_are_ignored_unless_a_claim_is_configured(app):
+    user = user_from_claims(ISSUER, _claims(groups=["staff"]))
+    assert user_groups(user) == []
+
+
+@pytest.mark.parametrize("value", [[1, 2], {"a": 1}, 5, ["ok", None], [f"g{n}" for n in range(201)]])
+def test_a_groups_claim_that_is_not_a_list_of_names_is_refused(app, value):
+    refusal = _refusal(_claims(groups=value), "groups")
+    assert (refusal.kind, refusal.status) == ("bad_claim", 502)
+
+
+def test_sync_groups_is_idempotent(app):
+    user = user_from_claims(ISSUER, _claims())
+    sync_groups(user, ["a", "b"])
+    sync_groups(user, ["a", "b"])
+    db.session.commit()
+    assert db.session.scalar(select(db.func.count()).select_from(Membership)) == 2

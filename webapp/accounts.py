@@ -1,0 +1,233 @@
+"""Accounts: the sign-ins a user can see and end, deactivation, and users from single sign-on.
+
+The auth service and the web app both use these rules, so that "a session in force" means the
+same thing on the account page as in the auth check (auth_service/check.py applies the same
+conditions in SQL).
+"""
+from datetime import timedelta
+
+from flask import current_app
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import IntegrityError
+
+from webapp.extensions import db
+from webapp.models import Group, Membership, Session, User, record_event, utcnow
+
+MAX_GROUPS = 200
+
+
+# -- sessions -------------------------------------------------------------------------------
+
+def live_session_filter(now=None):
+    """The conditions a session meets while it is in force: not revoked, expired or idle."""
+    now = now or utcnow()
+    conditions = [Session.revoked_at.is_(None), Session.expires_at > now]
+    idle = current_app.config["BERTH_SESSION_IDLE_LIFETIME"]
+    if idle:
+        conditions.append(Session.last_seen_at > now - timedelta(seconds=idle))
+    return conditions
+
+
+def user_sessions(user):
+    """The user's sessions in force, the most recently used first."""
+    return db.session.execute(
+        select(Session).where(Session.user_id == user.id, *live_session_filter())
+        .order_by(Session.last_seen_at.desc(), Session.id.desc())
+    ).scalars().all()
+
+
+def end_session(user, session_id, actor):
+    """Revoke one of user's sessions; the next request with it is refused. The caller commits."""
+    result = db.session.execute(
+        update(Session)
+        .where(Session.id == session_id, Session.user_id == user.id, Session.revoked_at.is_(None))
+        .values(revoked_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:
+        return False
+    record_event("auth.session_end", f"Session {session_id} ended", actor=actor, user_id=user.id,
+                 session_id=session_id)
+    return True
+
+
+def end_other_sessions(user, keep_session_id, actor):
+    """Revoke every session of user except keep_session_id; returns how many. The caller commits."""
+    result = db.session.execute(
+        update(Session)
+        .where(Session.user_id == user.id, Session.revoked_at.is_(None), Session.id != keep_session_id)
+        .values(revoked_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount:
+        record_event("auth.session_end", f"{result.rowcount} other sessions ended", actor=actor,
+                     user_id=user.id)
+    return result.rowcount
+
+
+def set_user_flags(user, actor, is_active=None, is_admin=None):
+    """Activate or deactivate a user, grant or take administration. The caller commits.
+
+    Deactivation takes effect on the user's next request (the auth check reads users.is_active),
+    and it also revokes the user's sessions, so that reactivating a user revives none of them.
+    """
+    if is_active is not None and is_active != user.is_active:
+        user.is_active = is_active
+        if not is_active:
+            db.session.execute(
+                update(Session).where(Session.user_id == user.id, Session.revoked_at.is_(None))
+                .values(revoked_at=utcnow()).execution_options(synchronize_session=False)
+            )
+        record_event("user.activate" if is_active else "user.deactivate",
+                     f"{user.email} {'activated' if is_active else 'deactivated'}", actor=actor,
+                     user_id=user.id)
+    if is_admin is not None and is_admin != user.is_admin:
+        user.is_admin = is_admin
+        record_event("user.admin", f"{user.email} {'made' if is_admin else 'no longer'} an administrator",
+                     actor=actor, user_id=user.id)
+
+
+# -- users from single sign-on ----------------------------------------------------------------
+
+class SignInRefused(Exception):
+    """A provider's sign-in that Berth cannot accept, with what to tell the person."""
+
+    def __init__(self, title, message, status=403, kind="refused"):
+        super().__init__(message)
+        self.title = title
+        self.message = message
+        self.status = status
+        self.kind = kind
+
+
+def _email(claims):
+    email = claims.get("email")
+    if not isinstance(email, str):
+        return None
+    email = email.strip().lower()
+    return email if "@" in email and len(email) <= 320 else None
+
+
+def _name(claims, email):
+    for key in ("name", "preferred_username"):
+        value = claims.get(key)
+        if isinstance(value, str) and value.strip():
+            return value.strip()[:200]
+    return (email or "").split("@")[0][:200]
+
+
+def _groups(claims, claim):
+    """The group names in claim: a list of strings, or one string. Absent means none."""
+    value = claims.get(claim)
+    if value is None:
+        return []
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise SignInRefused("Sign-in refused",
+                            f"The provider's {claim!r} claim is not a list of group names.",
+                            status=502, kind="bad_claim")
+    names = sorted({item.strip()[:200] for item in value if item.strip()})
+    if len(names) > MAX_GROUPS:
+        raise SignInRefused("Sign-in refused", f"The provider lists more than {MAX_GROUPS} groups.",
+                            status=502, kind="bad_claim")
+    return names
+
+
+def user_from_claims(issuer, claims, groups_claim=None):
+    """Find or create the user the provider vouches for, and bring email, name and groups up to date.
+
+    The user is matched on (issuer, sub). A first sign-in creates the user, or links an existing
+    account with the same email when the provider says that email is verified and the account is
+    linked to no other identity. Raises SignInRefused with what to tell the person. The caller commits.
+    """
+    subject = claims.get("sub")
+    if not isinstance(subject, str) or not subject or len(subject) > 255:
+        raise SignInRefused("Sign-in refused", "The provider's answer names no valid user (sub).",
+                            status=502, kind="bad_claim")
+    email = _email(claims)
+    user = db.session.execute(
+        select(User).where(User.oidc_issuer == issuer, User.oidc_subject == subject)
+    ).scalar_one_or_none()
+    actor = "oidc"
+    if user is None:
+        if email is None:
+            raise SignInRefused("Sign-in refused",
+                                "The provider did not share an email address, which Berth needs for a "
+                                "new account. Ask your administrator to release the email claim.",
+                                status=403, kind="no_email")
+        user = db.session.execute(
+            select(User).where(func.lower(User.email) == email)
+        ).scalar_one_or_none()
+        if user is not None:
+            if user.oidc_subject is not None or claims.get("email_verified") is not True:
+                raise SignInRefused("Sign-in refused",
+                                    f"A Berth account for {email} exists already, and Berth cannot "
+                                    "safely link it to this sign-in. Ask an administrator.",
+                                    status=409, kind="email_taken")
+            user.oidc_issuer, user.oidc_subject = issuer, subject
+            record_event("user.link", f"{email} linked to single sign-on", actor=actor, user_id=user.id)
+        else:
+            user = User(email=email, name=_name(claims, email), oidc_issuer=issuer, oidc_subject=subject)
+            db.session.add(user)
+            db.session.flush()
+            record_event("user.create", f"{email} created at first single sign-on", actor=actor,
+                         user_id=user.id)
+    if not user.is_active:
+        raise SignInRefused("Account deactivated",
+                            "Your Berth account is deactivated. Ask an administrator to activate it.",
+                            status=403, kind="deactivated")
+    _update_profile(user, email, _name(claims, email or user.email))
+    if groups_claim:
+        sync_groups(user, _groups(claims, groups_claim))
+    return user
+
+
+def _update_profile(user, email, name):
+    if email and email != user.email:
+        taken = db.session.execute(
+            select(User.id).where(func.lower(User.email) == email, User.id != user.id)
+        ).first()
+        if taken:
+            record_event("user.email_conflict", f"Kept {user.email}: {email} belongs to another account",
+                         actor="oidc", user_id=user.id)
+        else:
+            record_event("user.update", f"Email changed from {user.email} to {email}", actor="oidc",
+                         user_id=user.id)
+            user.email = email
+    if name and name != user.name:
+        user.name = name
+
+
+def _group(name):
+    """The group called name, created if need be (safe when two sign-ins race to create it)."""
+    group = db.session.execute(select(Group).where(Group.name == name)).scalar_one_or_none()
+    if group is not None:
+        return group
+    try:
+        with db.session.begin_nested():
+            group = Group(name=name)
+            db.session.add(group)
+    except IntegrityError:
+        group = db.session.execute(select(Group).where(Group.name == name)).scalar_one()
+    return group
+
+
+def sync_groups(user, names):
+    """Make the user's provider-given memberships exactly names; other memberships stay."""
+    current = {m.group.name: m for m in db.session.execute(
+        select(Membership).where(Membership.user_id == user.id)).scalars()}
+    wanted = set(names)
+    stale = [m.id for name, m in current.items() if m.source == "oidc" and name not in wanted]
+    if stale:
+        db.session.execute(delete(Membership).where(Membership.id.in_(stale))
+                           .execution_options(synchronize_session=False))
+    for name in sorted(wanted - set(current)):
+        db.session.add(Membership(user_id=user.id, group_id=_group(name).id, source="oidc"))
+    db.session.flush()
+
+
+def user_groups(user):
+    return db.session.execute(
+        select(Group.name).join(Membership).where(Membership.user_id == user.id).order_by(Group.name)
+    ).scalars().all()

@@ -1,0 +1,466 @@
+"""The ecs backend: each tool is an AWS Fargate task, through boto3.
+
+One launch step, then the launcher's wait:
+
+- run_task     RunTask on Fargate with the template's task definition (`image`: a family,
+               family:revision or ARN) and container overrides for command, environment, cpu
+               and memory (from the chosen size). Its clientToken is derived from the
+               deployment, the instance and the attempt, so AWS answers a repeated call (a
+               retry, or the step redone by another worker after a crash) with the task it
+               already started. The step also adopts a task already tagged with this instance.
+- wait_healthy check_ready describes the task until it is RUNNING with a private IPv4 address,
+               then probes the template's health path at <address>:<port>. That address is
+               recorded as the upstream nginx proxies to.
+
+Every task is tagged berth:deployment, berth:instance, berth:template and berth:owner (its
+startedBy names the deployment and the instance too), so the reconciler can list what this
+Berth runs and find orphans both ways. A task that stops by itself is reported with its stoppedReason and the
+exit codes of its containers.
+
+AWS throttles, and IAM and ECS are eventually consistent: a call that is throttled, answered
+with a server error, or refused only because a role created moments ago is not visible yet,
+is tried again with exponential backoff and jitter, at most BERTH_ECS_API_ATTEMPTS times;
+then the launch fails with the last answer. botocore's own retries are off, so that bound is
+the only one. Fargate's "no capacity" answer is retried the same way, with a new clientToken.
+
+AWS's answers are read by the small pure functions below (the task's address, why it stopped,
+RunTask's failures), tested with recorded real responses in tests/fixtures/ecs/: the emulator
+the tests run against (moto) gives tasks addresses that lead nowhere.
+"""
+import hashlib
+import logging
+import os
+import random
+import re
+import signal
+import time
+
+from webapp.models import State
+from webapp.spawners.base import Backend, LaunchFailed, probe_http
+
+log = logging.getLogger(__name__)
+
+TAG_DEPLOYMENT = "berth:deployment"
+TAG_INSTANCE = "berth:instance"
+TAG_TEMPLATE = "berth:template"
+TAG_OWNER = "berth:owner"
+DEFAULT_PORT = 8888
+PROBE_INTERVAL = 0.05  # seconds between health probes within one check_ready
+MAX_BACKOFF = 10.0  # seconds: the longest wait between two attempts of one call
+
+# Answers that only say "not now": AWS is throttling us or had a transient fault.
+_RETRY_CODES = {"ThrottlingException", "Throttling", "TooManyRequestsException", "RequestLimitExceeded",
+                "ServerException", "InternalFailure", "ServiceUnavailable", "ServiceUnavailableException"}
+# Refusals that only mean IAM or ECS has not caught up yet: a task or execution role, or the
+# ECS service-linked role, created moments ago. Other refusals are final.
+_NOT_CAUGHT_UP = ("unable to assume the role", "unable to assume the service linked role",
+                  "please verify that the ecs service role")
+# RunTask failures that a later attempt may not meet: Fargate had no room at that moment.
+_NO_CAPACITY = "capacity is unavailable"
+
+
+class AwsUnavailable(LaunchFailed):
+    """AWS kept throttling or failing a call past the bound; nothing is known about the task."""
+
+
+class AwsRefused(LaunchFailed):
+    """AWS answered a call with a final error; `answer` is its code and message."""
+
+    def __init__(self, reason, answer):
+        super().__init__(reason)
+        self.answer = answer
+
+
+# -- reading AWS's answers (pure; tested with recorded real responses) -------------------------
+def client_token(deployment, instance_id, created_at, attempt):
+    """RunTask's clientToken for one attempt of one launch: at most 64 printable ASCII characters.
+
+    The same launch and attempt give the same token in any worker, so AWS answers a repeated
+    RunTask with the task it started the first time (for 24 hours). created_at keeps a reset
+    database, whose instance ids count from 1 again, from reusing an old launch's token.
+    """
+    digest = hashlib.sha256(f"{deployment}\0{instance_id}\0{created_at.isoformat()}".encode()).hexdigest()
+    return f"berth-{instance_id}-{attempt}-{digest}"[:64]
+
+
+def started_by(deployment, instance_id):
+    """RunTask's startedBy: names the deployment and the instance, so ListTasks finds its task."""
+    return f"berth-{re.sub(r'[^A-Za-z0-9_-]', '-', deployment)[:100]}-{instance_id}"
+
+
+def task_tags(task):
+    return {tag.get("key"): tag.get("value") for tag in task.get("tags") or []}
+
+
+def task_private_ip(task):
+    """The task's private IPv4 address once its network interface is attached, else None.
+
+    An awsvpc (Fargate) task reports it as the `privateIPv4Address` detail of its
+    ElasticNetworkInterface attachment; containers[].networkInterfaces[] repeats it.
+    """
+    for attachment in task.get("attachments") or []:
+        if attachment.get("type") != "ElasticNetworkInterface":
+            continue
+        for detail in attachment.get("details") or []:
+            if detail.get("name") == "privateIPv4Address" and detail.get("value"):
+                return detail["value"]
+    for container in task.get("containers") or []:
+        for interface in container.get("networkInterfaces") or []:
+            if interface.get("privateIpv4Address"):
+                return interface["privateIpv4Address"]
+    return None
+
+
+def is_stopping(task):
+    """True once ECS has decided the task ends (desiredStatus STOPPED), or it has ended."""
+    return task.get("desiredStatus") == "STOPPED" or task.get("lastStatus") == "STOPPED"
+
+
+def stop_summary(task):
+    """(reason, detail) of a task that stopped: its stoppedReason with the containers' exit codes.
+
+    Only containers that have stopped have a meaningful exit code. The detail lists each
+    container's exit code and reason (CannotPullContainerError, OutOfMemoryError, ...).
+    """
+    reason = (task.get("stoppedReason") or "").strip() or "ECS gave no reason"
+    exits, lines = [], []
+    for container in task.get("containers") or []:
+        name = container.get("name") or "container"
+        parts = []
+        if container.get("lastStatus") == "STOPPED" and container.get("exitCode") is not None:
+            exits.append(f"{name} exited with code {container['exitCode']}")
+            parts.append(f"exit code {container['exitCode']}")
+        if container.get("reason"):
+            parts.append(container["reason"])
+        if parts:
+            lines.append(f"{name}: {'; '.join(parts)}")
+    summary = reason + (f" ({', '.join(exits)})" if exits else "")
+    if task.get("stopCode"):
+        lines.insert(0, f"stopCode: {task['stopCode']}")
+    return summary, "\n".join(lines)
+
+
+def run_task_failure(failures):
+    """One sentence for RunTask's failures list (AWS started no task)."""
+    reasons = []
+    for failure in failures or []:
+        text = failure.get("reason") or "no reason given"
+        if failure.get("detail"):
+            text += f" ({failure['detail']})"
+        if text not in reasons:
+            reasons.append(text)
+    return "; ".join(reasons) or "AWS returned neither a task nor a reason"
+
+
+def is_capacity_failure(failures):
+    return any(_NO_CAPACITY in (failure.get("reason") or "").lower() for failure in failures or [])
+
+
+def tool_container(task_definition, port):
+    """The name of the container that serves the tool: the one mapping port, else the first essential one."""
+    containers = task_definition.get("containerDefinitions") or []
+    for container in containers:
+        if any(mapping.get("containerPort") == port for mapping in container.get("portMappings") or []):
+            return container["name"]
+    for container in containers:
+        if container.get("essential", True):
+            return container["name"]
+    raise LaunchFailed(f"The task definition {task_definition.get('taskDefinitionArn')} has no container.")
+
+
+def _worth_retrying(error):
+    """True for an answer that only says "not yet": throttling, a server fault, IAM catching up."""
+    code = error.response.get("Error", {}).get("Code", "")
+    message = (error.response.get("Error", {}).get("Message") or "").lower()
+    status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+    return code in _RETRY_CODES or status >= 500 or any(text in message for text in _NOT_CAUGHT_UP)
+
+
+def _error_text(error):
+    answer = error.response.get("Error", {})
+    return f"{answer.get('Code') or 'error'}: {answer.get('Message') or 'no message'}"
+
+
+# -- test-only hooks, like BERTH_TEST_CRASH_AT in the launcher ---------------------------------
+def _test_crash_point(name):
+    """BERTH_TEST_CRASH_AT=after:RunTask kills the worker after AWS started the task and before
+    the launcher recorded it: the window clientToken and the tags exist for."""
+    if os.environ.get("BERTH_TEST_CRASH_AT") == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _test_address(config):
+    """BERTH_TEST_ECS_ADDRESS=host:port stands in for every task's address. Test-only: the AWS
+    emulator gives tasks addresses that lead nowhere. Honoured only together with
+    BERTH_ECS_ENDPOINT_URL (an emulator), so it can never redirect tools on real AWS."""
+    if config.get("BERTH_ECS_ENDPOINT_URL"):
+        return os.environ.get("BERTH_TEST_ECS_ADDRESS")
+    return None
+
+
+class EcsBackend(Backend):
+    name = "ecs"
+    steps = ("run_task",)
+    # While a task starts, DescribeTasks runs about this often (seconds); health probes go on
+    # in between. ECS rate-limits DescribeTasks per account, so the launcher's 50 ms is too often.
+    describe_interval = 1.0
+
+    def __init__(self, config):
+        super().__init__(config)
+        self._client = None
+
+    # -- the API client ---------------------------------------------------------------------
+    @property
+    def cluster(self):
+        cluster = self.config.get("BERTH_ECS_CLUSTER")
+        if not cluster:
+            raise LaunchFailed("The ecs backend needs BERTH_ECS_CLUSTER: the ECS cluster to run tools in.")
+        return cluster
+
+    @property
+    def deployment(self):
+        return self.config["BERTH_DEPLOYMENT"]
+
+    @property
+    def client(self):
+        if self._client is None:
+            try:
+                import boto3
+                from botocore.config import Config
+                from botocore.exceptions import NoRegionError
+            except ImportError:
+                raise LaunchFailed("The ecs backend needs boto3: pip install 'berth[ecs]'.") from None
+            self.cluster  # noqa: B018 - a missing setting fails here, before any call
+            options = Config(retries={"mode": "standard", "total_max_attempts": 1},  # _call retries
+                             connect_timeout=5, read_timeout=30, user_agent_extra="berth")
+            try:
+                self._client = boto3.session.Session().client(
+                    "ecs", region_name=self.config.get("BERTH_ECS_REGION"),
+                    endpoint_url=self.config.get("BERTH_ECS_ENDPOINT_URL"), config=options)
+            except NoRegionError:
+                raise LaunchFailed("The ecs backend needs a region: set BERTH_ECS_REGION.") from None
+        return self._client
+
+    def _call(self, operation, **params):
+        """One ECS API call, tried again with backoff while AWS throttles or has not caught up."""
+        from botocore.exceptions import ClientError, HTTPClientError
+        from botocore.exceptions import ConnectionError as AwsConnectionError
+
+        attempts = self.config["BERTH_ECS_API_ATTEMPTS"]
+        action = "".join(part.title() for part in operation.split("_"))
+        for attempt in range(1, attempts + 1):
+            try:
+                return getattr(self.client, operation)(**params)
+            except ClientError as error:
+                if not _worth_retrying(error):
+                    raise AwsRefused(f"AWS refused {action}: {_error_text(error)}", _error_text(error)) from None
+                last = _error_text(error)
+            except (AwsConnectionError, HTTPClientError) as error:
+                last = str(error)
+            if attempt < attempts:
+                self._backoff(attempt)
+        raise AwsUnavailable(f"AWS did not accept {action} after {attempts} attempts; its last answer "
+                             f"was {last}. Try again in a minute.")
+
+    def _backoff(self, attempt):
+        delay = min(MAX_BACKOFF, self.config["BERTH_ECS_RETRY_BASE_MS"] / 1000 * 2 ** (attempt - 1))
+        time.sleep(delay / 2 + random.uniform(0, delay / 2))  # "equal jitter"
+
+    # -- launch steps -----------------------------------------------------------------------
+    def run_step(self, step, instance):
+        if step == "run_task":
+            return {"backend_state": self._run_task(instance)}
+        raise LaunchFailed(f"The ecs backend has no step {step!r}.")
+
+    def _run_task(self, instance):
+        found = self._tasks(instance.id).get(instance.id)
+        if found:  # started before a crash, not yet recorded: adopt it
+            return {"task_arn": found[0]}
+        template = instance.template
+        port = template.port or DEFAULT_PORT
+        try:
+            task_definition = self._call("describe_task_definition",
+                                         taskDefinition=template.image)["taskDefinition"]
+        except AwsRefused as refusal:
+            raise LaunchFailed(f"The task definition {template.image!r} (the template's image) cannot "
+                               f"be used: {refusal.answer}") from None
+        if task_definition.get("networkMode") != "awsvpc":
+            raise LaunchFailed(f"The task definition {task_definition['taskDefinitionArn']} uses network "
+                               f"mode {task_definition.get('networkMode') or 'bridge'}; Fargate needs awsvpc.")
+        params = {
+            "cluster": self.cluster,
+            "taskDefinition": template.image,
+            "launchType": "FARGATE",
+            "count": 1,
+            "startedBy": started_by(self.deployment, instance.id),
+            "networkConfiguration": {"awsvpcConfiguration": self._network()},
+            "overrides": self._overrides(instance, tool_container(task_definition, port), port),
+            "tags": [
+                {"key": TAG_DEPLOYMENT, "value": self.deployment},
+                {"key": TAG_INSTANCE, "value": str(instance.id)},
+                {"key": TAG_TEMPLATE, "value": template.slug},
+                {"key": TAG_OWNER, "value": str(instance.owner_id)},
+            ],
+        }
+        attempts = self.config["BERTH_ECS_API_ATTEMPTS"]
+        for attempt in range(1, attempts + 1):
+            token = client_token(self.deployment, instance.id, instance.created_at, attempt)
+            answer = self._call("run_task", clientToken=token, **params)
+            _test_crash_point("after:RunTask")
+            if answer.get("tasks"):
+                task = answer["tasks"][0]
+                return {"task_arn": task["taskArn"], "task_definition": task.get("taskDefinitionArn")}
+            failures = answer.get("failures") or []
+            if not is_capacity_failure(failures):
+                raise LaunchFailed(f"AWS did not start the task: {run_task_failure(failures)}")
+            if attempt < attempts:  # no task was started, so the next attempt takes a new token
+                self._backoff(attempt)
+        raise LaunchFailed(f"AWS Fargate had no capacity for the task in {attempts} attempts: "
+                           f"{run_task_failure(failures).rstrip('.')}. Reload the page to try again later.")
+
+    def _network(self):
+        subnets = list(self.config.get("BERTH_ECS_SUBNETS") or ())
+        if not subnets:
+            raise LaunchFailed("BERTH_ECS_SUBNETS is empty: a Fargate task needs at least one subnet.")
+        network = {"subnets": subnets,
+                   "assignPublicIp": "ENABLED" if self.config.get("BERTH_ECS_ASSIGN_PUBLIC_IP") else "DISABLED"}
+        if self.config.get("BERTH_ECS_SECURITY_GROUPS"):
+            network["securityGroups"] = list(self.config["BERTH_ECS_SECURITY_GROUPS"])
+        return network
+
+    @staticmethod
+    def _overrides(instance, container, port):
+        """Command and environment from the template, cpu and memory from the size.
+
+        Deterministic (sorted environment), because AWS answers a repeated clientToken with the
+        first task only if the parameters are the same.
+        """
+        template = instance.template
+
+        def fill(text):
+            return str(text).replace("{port}", str(port))
+
+        env = {key: fill(value) for key, value in (template.env or {}).items()}
+        env["PORT"] = str(port)
+        container_override = {"name": container,
+                              "environment": [{"name": key, "value": env[key]} for key in sorted(env)]}
+        if template.command:
+            container_override["command"] = [fill(part) for part in template.command]
+        overrides = {"containerOverrides": [container_override]}
+        size = instance.size or {}
+        if size.get("cpu"):
+            units = max(1, round(float(size["cpu"]) * 1024))  # ECS counts 1024 units per vCPU
+            overrides["cpu"], container_override["cpu"] = str(units), units
+        if size.get("memory_mb"):
+            memory = int(size["memory_mb"])
+            overrides["memory"], container_override["memory"] = str(memory), memory
+        return overrides
+
+    # -- health and liveness ----------------------------------------------------------------
+    def _describe(self, task_arn):
+        """The task as DescribeTasks tells it, or None if ECS does not know it (yet, or any more)."""
+        answer = self._call("describe_tasks", cluster=self.cluster, tasks=[task_arn])
+        for task in answer.get("tasks") or []:
+            if task.get("taskArn") == task_arn:
+                return task
+        return None
+
+    @staticmethod
+    def _task_arn(instance):
+        return (instance.backend_state or {}).get("task_arn")
+
+    def check_ready(self, instance):
+        task_arn = self._task_arn(instance)
+        if not task_arn:
+            raise LaunchFailed("No ECS task was recorded for this launch.")
+        task = self._describe(task_arn)  # None right after RunTask: DescribeTasks may lag behind
+        if task is not None and is_stopping(task):
+            reason, detail = stop_summary(task)
+            raise LaunchFailed(f"The ECS task stopped before the tool answered: {reason}", detail)
+        address = None
+        if task is not None and task.get("lastStatus") == "RUNNING":
+            ip = task_private_ip(task)
+            if ip:
+                address = _test_address(self.config) or f"{ip}:{instance.template.port or DEFAULT_PORT}"
+        until = time.monotonic() + self.describe_interval
+        while True:
+            if address and probe_http(address, instance.template.health_path):
+                return address
+            if time.monotonic() >= until:
+                return None
+            time.sleep(PROBE_INTERVAL)
+
+    def is_alive(self, instance):
+        task_arn = self._task_arn(instance)
+        if not task_arn:
+            return False, "No ECS task was recorded for this tool."
+        try:
+            task = self._describe(task_arn)
+        except LaunchFailed as failure:
+            return True, failure.reason  # AWS is unreachable or throttling: do not declare tools dead
+        if task is None:
+            return False, "The ECS task is gone: ECS no longer knows it."
+        if is_stopping(task):
+            return False, f"The ECS task stopped: {stop_summary(task)[0]}"
+        return True, ""
+
+    def failure_detail(self, instance):
+        task_arn = self._task_arn(instance)
+        try:
+            task = self._describe(task_arn) if task_arn else None
+        except LaunchFailed:
+            return ""  # a courtesy on the failed page; never a reason to fail differently
+        return stop_summary(task)[1] if task is not None and is_stopping(task) else ""
+
+    # -- stopping -----------------------------------------------------------------------------
+    def stop(self, instance):
+        why = "stop requested" if instance.state == State.STOPPING else "launch ended"
+        try:
+            task_arns = set(self._tasks(instance.id).get(instance.id, []))
+            if self._task_arn(instance):
+                task_arns.add(self._task_arn(instance))
+            for task_arn in task_arns:
+                self._stop_task(task_arn, f"Berth: {why} (instance {instance.id})")
+        except LaunchFailed as failure:
+            # The reconciler stops a task with no live instance later; nothing is lost.
+            log.warning("could not stop the ECS task of instance %s: %s", instance.id, failure.reason)
+
+    def stop_managed(self, instance_id, description):
+        for task_arn in description:
+            self._stop_task(task_arn, f"Berth: no live instance {instance_id} (reconciler)")
+
+    def _stop_task(self, task_arn, reason):
+        self._call("stop_task", cluster=self.cluster, task=task_arn, reason=reason[:255])
+
+    def list_managed(self):
+        return self._tasks()
+
+    def _tasks(self, instance_id=None):
+        """{instance_id: [task ARN, ...]} of the tasks this deployment runs (and is not stopping):
+        all of them, or those started for one instance."""
+        task_arns, token, filters = [], None, {}
+        if instance_id is not None:  # startedBy must be ListTasks' only filter
+            filters["startedBy"] = started_by(self.deployment, instance_id)
+        else:
+            filters["desiredStatus"] = "RUNNING"
+        while True:
+            page = self._call("list_tasks", cluster=self.cluster, **filters,
+                              **({"nextToken": token} if token else {}))
+            task_arns += page.get("taskArns") or []
+            token = page.get("nextToken")
+            if not token:
+                break
+        managed = {}
+        for start in range(0, len(task_arns), 100):  # DescribeTasks takes at most 100 tasks
+            answer = self._call("describe_tasks", cluster=self.cluster, tasks=task_arns[start:start + 100],
+                                include=["TAGS"])
+            for task in answer.get("tasks") or []:
+                tags = task_tags(task)
+                if tags.get(TAG_DEPLOYMENT) != self.deployment or is_stopping(task):
+                    continue
+                try:
+                    instance_id = int(tags.get(TAG_INSTANCE) or "")
+                except ValueError:
+                    continue
+                managed.setdefault(instance_id, []).append(task["taskArn"])
+        return managed

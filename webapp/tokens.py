@@ -1,0 +1,93 @@
+"""Personal API tokens: `berth_` and 43 random characters, shown once, stored as a SHA-256 hash.
+
+The auth service accepts one in `Authorization: Bearer berth_...` (auth_service/check.py):
+on the main host for the API under /api/, and on tool hosts for tools whose template sets
+`api_tokens: true`. The prefix lets Berth tell its own tokens from a tool's own bearer
+tokens, which pass through to the tool untouched; nginx never forwards a Berth token to a tool.
+"""
+import re
+import secrets
+from datetime import timedelta
+
+from sqlalchemy import select, update
+
+from webapp.extensions import db
+from webapp.models import ApiToken, hash_token, record_event, utcnow
+
+PREFIX = "berth_"
+_BEARER = re.compile(r"^bearer\s+(berth_[A-Za-z0-9_-]{1,200})\s*$", re.IGNORECASE)
+MAX_NAME_LENGTH = 100
+# Printable text with something other than spaces (PostgreSQL stores no NUL in text, either).
+NAME_PATTERN = re.compile(r"^(?=.*\S)[^\u0000-\u001f\u007f]+$")
+
+
+class TokenError(ValueError):
+    """A token request that cannot be granted: field says which input ("name" or "days") is wrong."""
+
+    def __init__(self, message, field):
+        super().__init__(message)
+        self.field = field
+
+
+def bearer_token(authorization):
+    """The Berth API token in an Authorization header value, or None."""
+    if not authorization or len(authorization) > 300:
+        return None
+    match = _BEARER.match(authorization.strip())
+    return match.group(1) if match else None
+
+
+def token_allowed_on_main_host(uri):
+    """Tokens reach only the API. The raw URI is checked strictly, so that no dot segment or
+    percent-encoding can make nginx and the web app see a path outside /api/."""
+    path = (uri or "").split("?", 1)[0]
+    return path.startswith("/api/") and "%" not in path and "/." not in path and "\\" not in path
+
+
+def create_token(user, name, days, max_days, actor):
+    """A new token for user: returns (row, the token itself). The caller commits."""
+    name = (name or "").strip()
+    if not name:
+        raise TokenError("Give the token a name, so that you can tell it apart later.", "name")
+    if len(name) > MAX_NAME_LENGTH:
+        raise TokenError(f"The name is longer than {MAX_NAME_LENGTH} characters.", "name")
+    if not NAME_PATTERN.match(name):
+        raise TokenError("The name may not contain control characters.", "name")
+    if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= max_days:
+        raise TokenError(f"The lifetime must be a whole number of days from 1 to {max_days}.", "days")
+    value = PREFIX + secrets.token_urlsafe(32)
+    now = utcnow()
+    token = ApiToken(user_id=user.id, name=name, token_hash=hash_token(value), prefix=value[:12],
+                     created_at=now, expires_at=now + timedelta(days=days))
+    db.session.add(token)
+    db.session.flush()
+    record_event("token.create", f"API token {name!r} created, valid {days} days", actor=actor,
+                 user_id=user.id, token_id=token.id)
+    return token, value
+
+
+def user_tokens(user):
+    """The user's tokens that are not revoked, newest first (expired ones included, marked)."""
+    return db.session.execute(
+        select(ApiToken).where(ApiToken.user_id == user.id, ApiToken.revoked_at.is_(None))
+        .order_by(ApiToken.created_at.desc(), ApiToken.id.desc())
+    ).scalars().all()
+
+
+def revoke_token(user, token_id, actor):
+    """Revoke one of user's tokens at once. False if there is no such live token. The caller commits."""
+    result = db.session.execute(
+        update(ApiToken)
+        .where(ApiToken.id == token_id, ApiToken.user_id == user.id, ApiToken.revoked_at.is_(None))
+        .values(revoked_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:
+        return False
+    record_event("token.revoke", f"API token {token_id} revoked", actor=actor, user_id=user.id,
+                 token_id=token_id)
+    return True
+
+
+def is_expired(token):
+    return token.expires_at <= utcnow()

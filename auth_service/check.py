@@ -13,24 +13,21 @@ auth_request_set:
   X-Berth-Login-Url  on 401: the percent-encoded login address for browsers
   X-Berth-Reason     on 403: why, for the forbidden page
 """
+import hmac
+import re
+import threading
 from datetime import datetime, timedelta, timezone
 from urllib.parse import quote
 
-from flask import Blueprint, Response, current_app, request
-from sqlalchemy import Boolean, Integer, String, bindparam, text
-
-from webapp.extensions import db
 from webapp.hosts import is_main_host, parse_tool_host, public_url
-from webapp.models import UTCDateTime, hash_token, utcnow
+from webapp.models import hash_token, utcnow
 from webapp.tokens import bearer_token, token_allowed_on_main_host
-
-bp = Blueprint("check", __name__)
 
 WEB_UPSTREAM = "berth_web"  # the name of the web app's upstream block in nginx/berth.conf.j2
 
 # The X-Berth-* headers a request may carry: the secret nginx adds, and the spawning page's
 # no-launch flag. Any other X-Berth-* header was forged by the client, and is refused.
-_ALLOWED_HEADERS = {"x-berth-proxy-secret", "x-berth-no-launch"}
+_ALLOWED_HEADERS = {"HTTP_X_BERTH_PROXY_SECRET", "HTTP_X_BERTH_NO_LAUNCH"}
 
 _ANSWER_SQL = """
     SELECT u.id AS user_id, s.id AS credential_id, s.{seen} AS seen_at,
@@ -50,58 +47,110 @@ _ANSWER_SQL = """
       AND s.expires_at > :now{idle_condition}
       AND u.is_active
     """
-
-
-def _answer_query(credentials, seen, idle_condition=""):
-    """The one query, over sessions (cookie) or api_tokens (bearer): both are indexed by token_hash."""
-    sql = _ANSWER_SQL.format(credentials=credentials, seen=seen, idle_condition=idle_condition)
-    params = [bindparam("now", type_=UTCDateTime())]
-    if ":idle_cutoff" in sql:
-        params.append(bindparam("idle_cutoff", type_=UTCDateTime()))
-    return text(sql).bindparams(*params).columns(
-        user_id=Integer,
-        credential_id=Integer,
-        seen_at=UTCDateTime(),
-        template_id=Integer,
-        template_enabled=Boolean,
-        allow_api_tokens=Boolean,
-        owner_id=Integer,
-        instance_id=Integer,
-        state=String,
-        upstream=String,
-        last_activity_at=UTCDateTime(),
-    )
-
+_COLUMNS = ("user_id", "credential_id", "seen_at", "template_id", "template_enabled",
+            "allow_api_tokens", "owner_id", "instance_id", "state", "upstream", "last_activity_at")
+_TIMESTAMPS = ("seen_at", "last_activity_at")
 
 # A session also ends when it has not been used for BERTH_SESSION_IDLE_LIFETIME.
-_ANSWER = _answer_query("sessions", "last_seen_at", "\n      AND s.last_seen_at > :idle_cutoff")
-_TOKEN_ANSWER = _answer_query("api_tokens", "last_used_at")
+_ANSWER = _ANSWER_SQL.format(credentials="sessions", seen="last_seen_at",
+                             idle_condition="\n      AND s.last_seen_at > :idle_cutoff")
+_TOKEN_ANSWER = _ANSWER_SQL.format(credentials="api_tokens", seen="last_used_at", idle_condition="")
 _NO_IDLE_LIMIT = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 # Marks a session or token as used, at most once per BERTH_ACTIVITY_INTERVAL (like _TOUCH).
 _SEEN = {
-    table: text(
-        f"""
+    table: f"""
         UPDATE {table} SET {column} = :now
         WHERE id = :id AND ({column} IS NULL OR {column} < :cutoff)
         """
-    ).bindparams(bindparam("now", type_=UTCDateTime()), bindparam("cutoff", type_=UTCDateTime()))
     for table, column in (("sessions", "last_seen_at"), ("api_tokens", "last_used_at"))
 }
 
-_TOUCH = text(
-    """
+_TOUCH = """
     UPDATE tool_instances SET last_activity_at = :now
-    WHERE id = :instance_id AND (last_activity_at IS NULL OR last_activity_at < :cutoff)
+    WHERE id = :id AND (last_activity_at IS NULL OR last_activity_at < :cutoff)
     """
-).bindparams(bindparam("now", type_=UTCDateTime()), bindparam("cutoff", type_=UTCDateTime()))
+
+
+class _Row:
+    __slots__ = _COLUMNS
+
+    def __init__(self, values):
+        for name, value in zip(_COLUMNS, values):
+            setattr(self, name, value)
+
+
+class Database:
+    """The auth check's own DBAPI connections, one per thread, kept open.
+
+    SQLAlchemy's result machinery cost more than the query itself on this path, so the check
+    talks to the driver directly: the same SQL, with the driver's parameter style, and (on
+    PostgreSQL) prepared statements.
+    """
+
+    def __init__(self, engine):
+        self.engine = engine
+        self.dialect = engine.dialect.name
+        self.local = threading.local()
+        self.pyformat = engine.dialect.paramstyle == "pyformat"
+
+    def sql(self, text):
+        return re.sub(r":(\w+)", r"%(\1)s", text) if self.pyformat else text
+
+    def _connect(self):
+        cargs, cparams = self.engine.dialect.create_connect_args(self.engine.url)
+        connection = self.engine.dialect.loaded_dbapi.connect(*cargs, **cparams)
+        if self.dialect == "sqlite":
+            connection.isolation_level = None  # autocommit: every statement stands alone
+            connection.execute("PRAGMA busy_timeout = 5000")
+        else:
+            connection.autocommit = True
+            connection.prepare_threshold = 0  # prepare at once: the same few statements, always
+        return connection
+
+    def _value(self, value):
+        if isinstance(value, datetime) and self.dialect == "sqlite":
+            # The format SQLAlchemy's UTCDateTime stores in SQLite, so that comparisons hold.
+            return value.astimezone(timezone.utc).replace(tzinfo=None).isoformat(" ", "microseconds")
+        return value
+
+    def run(self, sql, params, fetch=False):
+        params = {key: self._value(value) for key, value in params.items()}
+        for attempt in (1, 2):
+            connection = getattr(self.local, "connection", None)
+            try:
+                if connection is None:
+                    connection = self.local.connection = self._connect()
+                cursor = connection.cursor()
+                try:
+                    cursor.execute(self.sql(sql), params)
+                    return cursor.fetchone() if fetch else None
+                finally:
+                    cursor.close()
+            except self.engine.dialect.loaded_dbapi.OperationalError:
+                # The server restarted or the connection broke: reconnect once, then give up.
+                self.local.connection = None
+                if attempt == 2:
+                    raise
+
+    def row(self, sql, params):
+        values = self.run(sql, params, fetch=True)
+        if values is None:
+            return None
+        row = _Row(values)
+        for name in _TIMESTAMPS:
+            value = getattr(row, name)
+            if isinstance(value, str):
+                value = datetime.fromisoformat(value)
+            if value is not None and value.tzinfo is None:
+                value = value.replace(tzinfo=timezone.utc)
+            setattr(row, name, value)
+        return row
 
 
 def _answer(status, **headers):
-    response = Response(status=status)
-    for name, value in headers.items():
-        response.headers["X-Berth-" + name.replace("_", "-").title()] = str(value)
-    return response
+    return status, [("X-Berth-" + name.replace("_", "-").title(), str(value))
+                    for name, value in headers.items()]
 
 
 def _unauthorised(config, host, uri):
@@ -124,73 +173,127 @@ def _to_web(user_id, page="", instance_id=""):
     )
 
 
-@bp.get("/auth/check")
-def check():
-    config = current_app.config
-    host = request.headers.get("X-Original-Host", "")
-    uri = request.headers.get("X-Original-URI", "/")
+_STATUS_LINES = {200: "200 OK", 401: "401 Unauthorized", 403: "403 Forbidden",
+                 500: "500 Internal Server Error"}
 
-    forged = [name for name in request.headers.keys() if name.lower().startswith("x-berth-")
-              and name.lower() not in _ALLOWED_HEADERS]
-    if forged:
-        return _forbidden(f"The request carries a reserved header ({forged[0]}).")
 
-    # A Berth API token in Authorization wins over the cookie; any other Authorization (a
-    # tool's own scheme) is left alone for the tool.
-    api_token = bearer_token(request.headers.get("Authorization"))
-    token = api_token or request.cookies.get(config["BERTH_SESSION_COOKIE"])
-    if not token or len(token) > 200:
-        return _unauthorised(config, host, uri)
+class AuthCheck:
+    """WSGI middleware: answers GET /auth/check itself, and passes everything else to Flask.
 
-    main_host = is_main_host(host, config["BERTH_DOMAIN"])
-    if api_token and main_host and not token_allowed_on_main_host(uri):
-        return _forbidden("API tokens are accepted only for the API, under /api/.")
-    tool = None if main_host else parse_tool_host(host, config["BERTH_DOMAIN"])
-    now = utcnow()
-    idle = config["BERTH_SESSION_IDLE_LIFETIME"]
-    with db.engine.connect() as connection:
-        row = connection.execute(
-            _TOKEN_ANSWER if api_token else _ANSWER,
-            {
-                "token_hash": hash_token(token),
-                "now": now,
-                "slug": tool.slug if tool else None,
-                "host_key": tool.host_key if tool else None,
-                "host": host.split(":", 1)[0].lower() if tool else None,
-                **({} if api_token else
-                   {"idle_cutoff": now - timedelta(seconds=idle) if idle else _NO_IDLE_LIMIT}),
-            },
-        ).first()
-        if row is None:
+    No request context, no Flask session, no SQLAlchemy ORM: the hot path is parsing a few
+    headers, one indexed query, and (at most once a minute per session) one small UPDATE.
+    """
+
+    def __init__(self, app):
+        self.flask_app = app.wsgi_app
+        self.config = app.config
+        self.secret = app.config["BERTH_PROXY_SECRET"].encode()
+        self.cookie = re.compile(
+            r"(?:^|;)\s*" + re.escape(app.config["BERTH_SESSION_COOKIE"]) + r"\s*=\s*([^;]*)")
+        from webapp.extensions import db
+
+        with app.app_context():
+            self.database = Database(db.engine)
+
+    def __call__(self, environ, start_response):
+        if environ.get("PATH_INFO") != "/auth/check":
+            return self.flask_app(environ, start_response)
+        sent = environ.get("HTTP_X_BERTH_PROXY_SECRET", "").encode()
+        if not hmac.compare_digest(sent, self.secret):
+            status, headers = 403, [("Content-Type", "text/plain")]
+            body = b"Berth answers only through its nginx.\n"
+        else:
+            status, headers = self.answer(environ)
+            body = b""
+        headers.append(("Content-Length", str(len(body))))
+        start_response(_STATUS_LINES.get(status, str(status)), headers)
+        return [body]
+
+    def answer(self, environ):
+        config = self.config
+        host = environ.get("HTTP_X_ORIGINAL_HOST", "")
+        uri = environ.get("HTTP_X_ORIGINAL_URI", "/")
+
+        forged = [key for key in environ if key.startswith("HTTP_X_BERTH_") and key not in _ALLOWED_HEADERS]
+        if forged:
+            name = "-".join(part.title() for part in forged[0][5:].split("_"))
+            return _forbidden(f"The request carries a reserved header ({name}).")
+
+        # A Berth API token in Authorization wins over the cookie; any other Authorization (a
+        # tool's own scheme) is left alone for the tool.
+        api_token = bearer_token(environ.get("HTTP_AUTHORIZATION"))
+        token = api_token
+        if not token:
+            match = self.cookie.search(environ.get("HTTP_COOKIE", ""))
+            token = match.group(1).strip().strip('"') if match else None  # quoted, as cookies may be
+        if not token or len(token) > 200:
             return _unauthorised(config, host, uri)
-        _record_seen(connection, config, "api_tokens" if api_token else "sessions", row, now)
-        if tool is None:
-            # The main host, or a name under the domain that is no tool address.
-            page = "" if main_host else "notfound"
-            return _to_web(row.user_id, page=page)
-        if row.template_id is None or row.owner_id is None:
-            return _to_web(row.user_id, page="notfound")
-        if row.owner_id != row.user_id:
-            return _forbidden("This tool belongs to another user.", row.user_id)
-        if api_token and not row.allow_api_tokens:
-            return _forbidden("This tool does not accept API tokens.", row.user_id)
-        if row.state == "RUNNING" and row.upstream:
-            _record_activity(connection, config, row, now)
-            return _to_tool(config, row)
+
+        main_host = is_main_host(host, config["BERTH_DOMAIN"])
+        if api_token and main_host and not token_allowed_on_main_host(uri):
+            return _forbidden("API tokens are accepted only for the API, under /api/.")
+        tool = None if main_host else parse_tool_host(host, config["BERTH_DOMAIN"])
+        now = utcnow()
+        idle = config["BERTH_SESSION_IDLE_LIFETIME"]
+        params = {
+            "token_hash": hash_token(token),
+            "now": now,
+            "slug": tool.slug if tool else None,
+            "host_key": tool.host_key if tool else None,
+            "host": host.split(":", 1)[0].lower() if tool else None,
+        }
+        if not api_token:
+            params["idle_cutoff"] = now - timedelta(seconds=idle) if idle else _NO_IDLE_LIMIT
+        try:
+            row = self.database.row(_TOKEN_ANSWER if api_token else _ANSWER, params)
+            if row is None:
+                return _unauthorised(config, host, uri)
+            self._record_seen("api_tokens" if api_token else "sessions", row, now)
+            if tool is None:
+                # The main host, or a name under the domain that is no tool address.
+                page = "" if main_host else "notfound"
+                return _to_web(row.user_id, page=page)
+            if row.template_id is None or row.owner_id is None:
+                return _to_web(row.user_id, page="notfound")
+            if row.owner_id != row.user_id:
+                return _forbidden("This tool belongs to another user.", row.user_id)
+            if api_token and not row.allow_api_tokens:
+                return _forbidden("This tool does not accept API tokens.", row.user_id)
+            if row.state == "RUNNING" and row.upstream:
+                self._record_activity(row, now)
+                return self._to_tool(row)
+        except self.database.engine.dialect.loaded_dbapi.Error:
+            import logging
+
+            logging.getLogger(__name__).exception("auth check: the database failed")
+            return 500, []
         if row.instance_id is not None:
             return _to_web(row.user_id, page="spawning", instance_id=row.instance_id)
         if not row.template_enabled:
             return _to_web(row.user_id, page="notfound")
         return _to_web(row.user_id, page="start")
 
+    def _to_tool(self, row):
+        status, headers = _answer(200, upstream=nginx_upstream(self.config, row.upstream),
+                                  user_id=row.user_id, instance_id=row.instance_id)
+        if self.config["BERTH_AUTH_CACHE_SECONDS"]:
+            # Only answers for running tools are cached: lifecycle pages must follow state at once.
+            headers.append(("X-Accel-Expires", str(self.config["BERTH_AUTH_CACHE_SECONDS"])))
+        return status, headers
 
-def _to_tool(config, row):
-    answer = _answer(200, upstream=nginx_upstream(config, row.upstream), user_id=row.user_id,
-                     instance_id=row.instance_id)
-    if config["BERTH_AUTH_CACHE_SECONDS"]:
-        # Only answers for running tools are cached: lifecycle pages must follow state at once.
-        answer.headers["X-Accel-Expires"] = str(config["BERTH_AUTH_CACHE_SECONDS"])
-    return answer
+    def _record_seen(self, table, row, now):
+        """Mark the session or token as used, at most once per interval (no write per request)."""
+        interval = timedelta(seconds=self.config["BERTH_ACTIVITY_INTERVAL"])
+        if row.seen_at is not None and row.seen_at > now - interval:
+            return
+        self.database.run(_SEEN[table], {"now": now, "cutoff": now - interval, "id": row.credential_id})
+
+    def _record_activity(self, row, now):
+        """Write last activity at most once per interval: a read decides, a conditional UPDATE writes."""
+        interval = timedelta(seconds=self.config["BERTH_ACTIVITY_INTERVAL"])
+        if row.last_activity_at is not None and row.last_activity_at > now - interval:
+            return
+        self.database.run(_TOUCH, {"now": now, "cutoff": now - interval, "id": row.instance_id})
 
 
 def nginx_upstream(config, address):
@@ -201,22 +304,3 @@ def nginx_upstream(config, address):
         if low <= int(port) <= high:
             return f"berth_tool_{port}"
     return address
-
-
-def _record_seen(connection, config, table, row, now):
-    """Mark the session or token as used, at most once per interval (no write per request)."""
-    interval = timedelta(seconds=config["BERTH_ACTIVITY_INTERVAL"])
-    if row.seen_at is not None and row.seen_at > now - interval:
-        return
-    connection.execute(_SEEN[table], {"now": now, "cutoff": now - interval, "id": row.credential_id})
-    connection.commit()
-
-
-def _record_activity(connection, config, row, now):
-    """Write last activity at most once per interval: a read decides, a conditional UPDATE writes."""
-    interval = timedelta(seconds=config["BERTH_ACTIVITY_INTERVAL"])
-    if row.last_activity_at is not None and row.last_activity_at > now - interval:
-        return
-    connection.execute(_TOUCH, {"now": now, "cutoff": now - interval, "instance_id": row.instance_id})
-    connection.commit()
-

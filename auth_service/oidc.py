@@ -82,6 +82,16 @@ def metadata():
     return data
 
 
+def _probe_provider():
+    """The discovery document is read once per process; check the provider still answers, so
+    that a browser is never sent to a provider that is down (it would see a browser error page)."""
+    url = current_app.config["BERTH_OIDC_ISSUER"] + "/.well-known/openid-configuration"
+    try:
+        requests.get(url, timeout=5).close()
+    except requests.RequestException as error:
+        raise ProviderDown(f"the provider does not answer: {error}") from None
+
+
 def _failure(title, message, status, kind, next_url=None, retry=True):
     record_event("auth.sso_failed", f"Single sign-on failed: {kind}: {message}", actor="anonymous",
                  ip=_client_ip(), failure=kind)
@@ -121,6 +131,7 @@ def login():
     client = _client()
     try:
         metadata()
+        _probe_provider()
         authorization = client.create_authorization_url(_redirect_uri())
     except ProviderDown as error:
         return _provider_down(next_url, error)

@@ -8,7 +8,13 @@ case "$command" in
   web)
     exec gunicorn -c deploy/gunicorn.conf.py --bind "0.0.0.0:${BERTH_WEB_PORT:-8102}" "webapp:create_app()" "$@" ;;
   auth)
-    exec gunicorn -c deploy/gunicorn.conf.py --bind "0.0.0.0:${BERTH_AUTH_PORT:-8101}" "auth_service:create_app()" "$@" ;;
+    # granian: a Rust HTTP server that keeps nginx's connections alive (docs/decisions/0008).
+    if [ "${BERTH_AUTH_SERVER:-granian}" = "gunicorn" ]; then
+      exec gunicorn -c deploy/gunicorn.conf.py --bind "0.0.0.0:${BERTH_AUTH_PORT:-8101}" "auth_service:create_app()" "$@"
+    fi
+    exec granian --interface wsgi --host 0.0.0.0 --port "${BERTH_AUTH_PORT:-8101}" \
+      --workers "${BERTH_AUTH_WORKERS:-2}" --blocking-threads "${BERTH_AUTH_THREADS:-4}" \
+      --no-ws --log-level warning --factory auth_service:create_app "$@" ;;
   worker)
     exec huey_consumer webapp.tasks.huey -w "${BERTH_WORKER_THREADS:-4}" -k thread "$@" ;;
   migrate)

@@ -25,6 +25,20 @@ def _nginx_binary():
     return found
 
 
+def auth_server_command(env, host, port):
+    """The auth service's server: granian (Rust HTTP, keepalive, threads) or gunicorn gthread.
+
+    BERTH_AUTH_SERVER picks; see docs/decisions/0006-auth-server.md for the measurements.
+    """
+    if env.get("BERTH_AUTH_SERVER", "granian") == "granian":
+        return [str(BIN / "granian"), "--interface", "wsgi", "--host", host, "--port", str(port),
+                "--workers", env.get("BERTH_AUTH_WORKERS", "2"),
+                "--blocking-threads", env.get("BERTH_AUTH_THREADS", "4"),
+                "--no-ws", "--log-level", "warning", "--factory", "auth_service:create_app"]
+    return [str(BIN / "gunicorn"), "-c", str(ROOT / "deploy" / "gunicorn.conf.py"),
+            "--bind", f"{host}:{port}", "auth_service:create_app()"]
+
+
 class Stack:
     """Berth's processes, each started from the same environment (BERTH_* variables)."""
 
@@ -39,8 +53,7 @@ class Stack:
     def command(self, name):
         gunicorn = [str(BIN / "gunicorn"), "-c", str(ROOT / "deploy" / "gunicorn.conf.py")]
         if name == "auth":
-            return gunicorn + ["--bind", f"127.0.0.1:{self.env['BERTH_AUTH_PORT']}",
-                               "auth_service:create_app()"]
+            return auth_server_command(self.env, "127.0.0.1", self.env["BERTH_AUTH_PORT"])
         if name == "web":
             return gunicorn + ["--bind", f"127.0.0.1:{self.env['BERTH_WEB_PORT']}", "webapp:create_app()"]
         if name == "worker":

@@ -224,6 +224,10 @@ def test_a_provider_that_is_down_gets_a_clear_page(stack, oidc_provider, sso):
             down = browser.get(callback, allow_redirects=False, timeout=30)
             _assert_failure_page(down, 503, "Sign-in provider unavailable")
             assert "could not reach Test Identity Provider" in down.text
+            # With the discovery document already read, a new sign-in is told at once too,
+            # rather than being sent to a provider that cannot answer.
+            cached = browser.get(f"{stack.base_url}/auth/oidc/login", allow_redirects=False, timeout=30)
+            _assert_failure_page(cached, 503, "Sign-in provider unavailable")
             # A fresh auth service has not read the provider's discovery yet, and cannot.
             stack.processes.stop("auth")
             stack.processes.start("auth")

@@ -25,14 +25,10 @@ from contextlib import ExitStack
 from pathlib import Path
 from unittest import mock
 
+from tests.services import free_port, wait_for_port  # the same helpers as the tests
+
 ROOT = Path(__file__).resolve().parent.parent
 DOMAIN = "berth.localhost"
-
-
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def nginx_binary():
@@ -43,16 +39,7 @@ def nginx_binary():
 
 
 def wait_for(port, what, process=None, timeout=20):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"{what} exited with code {process.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"{what} did not listen on 127.0.0.1:{port} within {timeout} s")
+    wait_for_port(port, timeout=timeout, process=process, what=what)
 
 
 def getaddrinfo_loopback(real):

@@ -48,7 +48,8 @@ RESULTS = ROOT / "bench" / "results" / "latest.json"
 SLUG = "static"
 BODY = (b"Berth benchmark body. " * 64)[:1023] + b"\n"  # exactly 1 KB
 PATH = "/1k.html"
-PATHS = ("direct", "plain nginx", "berth")
+PATHS = ("direct", "plain nginx", "berth", "berth cached")
+CACHE_SECONDS = 5  # the auth cache lifetime for the "berth cached" path
 
 # wrk prints its own report; this adds one machine-readable line (latencies in microseconds).
 WRK_SCRIPT = r"""
@@ -238,7 +239,9 @@ class Bench:
         return catalogue
 
     def start_berth(self):
-        self.berth.start(self.write_upstream_files())
+        # The auth service marks answers cacheable; only the second nginx (below) caches them.
+        self.berth.start(self.write_upstream_files(),
+                         extra_env={"BERTH_AUTH_CACHE_SECONDS": str(CACHE_SECONDS)})
         self.stack, self.config, self.port = self.berth.stack, self.berth.config, self.berth.port
         with self.berth.sign_in() as browser:
             self.tool_host = self.berth.open_tool(browser, SLUG, PATH)
@@ -262,13 +265,30 @@ class Bench:
         self.cleanup.callback(stop_process, self.plain)
         wait_for(self.plain_port, "plain nginx", self.plain)
 
+    def start_berth_nginx(self, cache_seconds):
+        """Another nginx with Berth's own rendered configuration, in front of the same auth and web."""
+        from webapp.nginx_conf import prepare_prefix, render_nginx
+
+        prefix = self.work / f"berth-nginx-cache-{cache_seconds}"
+        prepare_prefix(prefix)
+        port = free_port()
+        config = {**self.config, "BERTH_AUTH_CACHE_SECONDS": cache_seconds}
+        text = render_nginx(config, standalone=True, prefix=str(prefix), listen=f"127.0.0.1:{port}")
+        conf = prefix / "nginx.conf"
+        conf.write_text(("user root root;\n" if os.geteuid() == 0 else "") + text)
+        process = start_nginx(conf, prefix, prefix / "stdout.log")
+        self.cleanup.callback(stop_process, process)
+        wait_for(port, "Berth's nginx", process)
+        return port, process
+
     # measuring
     def targets(self):
         tool_port = int(self.upstream.rsplit(":", 1)[1])
         return {
             "direct": {"port": tool_port},
             "plain nginx": {"port": self.plain_port},
-            "berth": {"port": self.port, "host": self.tool_host, "cookie": self.cookie},
+            "berth": {"port": self.uncached_port, "host": self.tool_host, "cookie": self.cookie},
+            "berth cached": {"port": self.port, "host": self.tool_host, "cookie": self.cookie},
         }
 
     def check_targets(self, targets):
@@ -309,6 +329,7 @@ class Bench:
         roots = {name: process.pid for name, process in self.stack.processes.items()}
         roots["tool (upstream nginx)"] = self.tool_pid
         roots["plain nginx"] = self.plain.pid
+        roots["nginx (uncached)"] = self.uncached.pid
         sampler = MemorySampler(roots)
         sampler.start()
         try:
@@ -391,6 +412,7 @@ class Bench:
         try:
             self.start_berth()
             self.start_plain_nginx()
+            self.uncached_port, self.uncached = self.start_berth_nginx(0)
             rounds, sampler = self.measure()
             summary, memory = self.summarise(rounds, sampler)
             self.report(summary, memory, rounds)

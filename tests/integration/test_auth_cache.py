@@ -24,9 +24,13 @@ def cached(postgres, redis_server, dockerd, tmp_path_factory):
     stack.stop()
 
 
-def test_the_cache_is_switched_on_in_nginx(cached):
-    rendered = (cached.data_dir / "nginx" / "nginx.conf").read_text()
-    assert "proxy_cache berth_auth_cache;" in rendered
+def test_answers_for_a_running_tool_are_stored_in_the_cache(cached):
+    alice = cached.create_user()
+    browser = cached.login(alice)
+    cached.open_tool(browser, "echo", alice, "/headers")
+    assert browser.get(cached.tool_url("echo", alice, "/headers")).status_code == 200
+    stored = [path for path in (cached.data_dir / "nginx" / "auth-cache").rglob("*") if path.is_file()]
+    assert stored, "nginx stored no auth answer"
 
 
 def test_a_cached_answer_is_never_served_to_another_user(cached):

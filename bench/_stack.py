@@ -25,7 +25,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from unittest import mock
 
-from tests.services import free_port, wait_for_port  # the same helpers as the tests
+from tests.services import free_port, stop_process, wait_for_port  # the same helpers as the tests
 
 ROOT = Path(__file__).resolve().parent.parent
 DOMAIN = "berth.localhost"
@@ -53,17 +53,6 @@ def getaddrinfo_loopback(real):
 # -- processes ----------------------------------------------------------------------------------
 def stat_fields(pid):
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-
-
-def stop_process(process, timeout=10):
-    if process is None or process.poll() is not None:
-        return
-    process.terminate()
-    try:
-        process.wait(timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 def labelled_pids(deployment):

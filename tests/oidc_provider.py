@@ -17,7 +17,7 @@ from urllib.parse import urljoin
 
 import requests
 
-from tests.services import _stop, free_port
+from tests.services import free_port, stop_process
 
 HERE = Path(__file__).parent / "oidc"
 FORM_ACTION = re.compile(r'<form method="post" action="([^"]+)"')
@@ -77,7 +77,7 @@ class OidcProvider:
 
     def stop(self):
         if self.process is not None:
-            _stop(self.process)
+            stop_process(self.process)
             self.process = None
 
     def close(self):

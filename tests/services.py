@@ -36,14 +36,16 @@ def wait_for_port(port, timeout=20, process=None, what="service"):
     raise RuntimeError(f"{what} did not listen on port {port} within {timeout} s")
 
 
-def _stop(process, timeout=10):
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+def stop_process(process, timeout=10):
+    """SIGTERM, then SIGKILL after the timeout; safe on None or a process that has exited."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 class Postgres:
@@ -85,7 +87,7 @@ class Postgres:
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{name}"
 
     def stop(self):
-        _stop(self.process)
+        stop_process(self.process)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -108,7 +110,7 @@ class Redis:
         return f"redis://127.0.0.1:{self.port}/{db}"
 
     def stop(self):
-        _stop(self.process)
+        stop_process(self.process)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -180,7 +182,7 @@ class Dockerd:
         return docker.DockerClient(base_url=self.url, timeout=120)
 
     def stop(self):
-        _stop(self.process, timeout=30)
+        stop_process(self.process, timeout=30)
         # dockerd leaves its network namespace mounted; unmount it so the folder can go.
         subprocess.run(["umount", self.dir / "exec" / "netns" / "default"], capture_output=True)
         subprocess.run(["umount", "-R", self.data_root], capture_output=True)

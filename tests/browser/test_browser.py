@@ -11,26 +11,14 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from playwright.sync_api import expect
 
+from tests.integration.test_launch import _host, _wait_state
+
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.parametrize("berth_stack", ["postgres"], indirect=True),
 ]
 
 START = 20_000  # ms: a tool on the process backend starts in well under a second; leave room
-
-
-def _host(stack, slug, user):
-    return urlsplit(stack.tool_url(slug, user)).hostname
-
-
-def _wait_state(stack, host, states, timeout=20):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        rows = stack.instances(host)
-        if rows and rows[-1]["state"] in states:
-            return rows[-1]
-        time.sleep(0.05)
-    raise AssertionError(f"{host} never reached {states}: {stack.instances(host)}")
 
 
 class StatusGate:

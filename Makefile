@@ -31,9 +31,10 @@ test: $(VENV)/.installed-test
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests (exit 5): nothing failed"; status=0; fi; \
 	exit $$status
 
-## make bench: proxied throughput and latency, as ratios to plain nginx measured in the same run
+## make bench: proxied throughput and latency, as ratios to plain nginx (and to JupyterHub's
+## configurable-http-proxy) measured in the same run; bench/README.md lists the other benchmarks
 bench: $(VENV)/.installed-test
-	@deploy/install-system-packages.sh nginx wrk
+	@deploy/install-system-packages.sh nginx wrk nodejs npm curl
 	$(BIN)/python -m bench.proxy
 
 clean:

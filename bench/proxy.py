@@ -2,21 +2,25 @@
 
     python -m bench.proxy [--duration 10] [--rounds 2] [--postgres] [--keep]
 
-Three paths to the same upstream, an nginx serving one static 1 KB file that Berth launched
+Five paths to the same upstream, an nginx serving one static 1 KB file that Berth launched
 as a tool through the normal flow (sign in, first visit, starting page, RUNNING):
 
-  direct       wrk → the tool's port
-  plain nginx  wrk → a separate nginx: proxy_pass to an upstream block with keepalive
-  berth        wrk → Berth's nginx, with the session cookie and the tool's Host:
-               auth_request to the auth service, then proxy_pass to the tool
+  direct        wrk → the tool's port
+  plain nginx   wrk → a separate nginx: proxy_pass to an upstream block with keepalive
+  chp           wrk → JupyterHub's configurable-http-proxy (npm, bench/chp), one static route
+                to the tool added through its REST API, as JupyterHub adds routes
+  berth         wrk → a Berth nginx with the auth cache off, with the session cookie and the
+                tool's Host: auth_request to the auth service, then proxy_pass to the tool
+  berth cached  the same through Berth's own nginx, with BERTH_AUTH_CACHE_SECONDS=5
 
 Each measurement is `wrk -t2 -c32 -d<duration>s --latency`. The paths take turns within
 every round, in a rotated order, so that drift on the machine falls on all of them. Ratios
 are to plain nginx measured in the same run. The RSS of each of Berth's process groups is
-sampled throughout; the peak is reported. Results go to bench/results/latest.json.
+sampled throughout; the peak is reported. A "targets" section checks the ratios of issue #6.
+Results go to bench/results/latest.json.
 
 Everything listens on 127.0.0.1. Every process the run starts (Berth's nginx, auth, web and
-worker, the tool, the plain nginx, wrk, and PostgreSQL and Redis with --postgres) is
+worker, the tool, the plain nginx, configurable-http-proxy, wrk, and PostgreSQL and Redis with --postgres) is
 stopped on success, failure, Ctrl-C or SIGTERM.
 """
 import argparse
@@ -26,9 +30,7 @@ import os
 import shlex
 import shutil
 import statistics
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -36,10 +38,19 @@ from bench._stack import (
     ROOT,
     BenchRun,
     Berth,
+    Chp,
+    MemorySampler,
+    check_target,
+    chp_command,
+    chp_version,
     free_port,
-    install_signal_handlers,
+    mb,
     nginx_binary,
-    stat_fields,
+    nginx_user_line,
+    print_targets,
+    run_benchmark,
+    run_wrk,
+    start_nginx,
     stop_process,
     wait_for,
 )
@@ -48,22 +59,9 @@ RESULTS = ROOT / "bench" / "results" / "latest.json"
 SLUG = "static"
 BODY = (b"Berth benchmark body. " * 64)[:1023] + b"\n"  # exactly 1 KB
 PATH = "/1k.html"
-PATHS = ("direct", "plain nginx", "berth", "berth cached")
+PATHS = ("direct", "plain nginx", "chp", "berth", "berth cached")
+CONTROL_PLANE = ("auth", "web", "worker")  # Berth's processes other than nginx
 CACHE_SECONDS = 5  # the auth cache lifetime for the "berth cached" path
-
-# wrk prints its own report; this adds one machine-readable line (latencies in microseconds).
-WRK_SCRIPT = r"""
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    "BERTH_BENCH {\"requests\": %d, \"duration_us\": %d, \"bytes\": %d, \"non_2xx_3xx\": %d, " ..
-    "\"connect_errors\": %d, \"read_errors\": %d, \"write_errors\": %d, \"timeouts\": %d, " ..
-    "\"p50_us\": %d, \"p90_us\": %d, \"p99_us\": %d, \"max_us\": %d, \"mean_us\": %.1f}\n",
-    summary.requests, summary.duration, summary.bytes, e.status, e.connect, e.read, e.write,
-    e.timeout, latency:percentile(50), latency:percentile(90), latency:percentile(99),
-    latency.max, latency.mean))
-end
-"""
 
 # The upstream: nginx serving one file. Berth starts it as a tool, so its port and home arrive
 # at launch: the tool's command fills @PORT@ and @HOME@ in with sed, then execs nginx.
@@ -125,70 +123,6 @@ http {{
 """
 
 
-# -- memory -------------------------------------------------------------------------------------
-def _rss_kib(pid):
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0  # a zombie has no RSS
-
-
-def group_rss(root):
-    """(KiB, process count) of root and its descendants in root's session.
-
-    Staying in the session keeps the tool out of the worker's group: the process backend starts
-    each tool in a session of its own, as a child of the worker.
-    """
-    try:
-        session = stat_fields(root)[3]
-    except OSError:
-        return 0, 0
-    total = count = 0
-    pending = [root]
-    while pending:
-        pid = pending.pop()
-        try:
-            if stat_fields(pid)[3] != session:
-                continue
-            total += _rss_kib(pid)
-            count += 1
-            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-        except OSError:
-            continue
-        pending.extend(int(child) for child in children)
-    return total, count
-
-
-class MemorySampler(threading.Thread):
-    def __init__(self, roots, interval=0.1):
-        super().__init__(daemon=True)
-        self.roots = roots
-        self.interval = interval
-        self.before = {name: group_rss(pid) for name, pid in roots.items()}
-        self.peak = {name: kib for name, (kib, _) in self.before.items()}
-        self._stop_event = threading.Event()
-
-    def run(self):
-        while not self._stop_event.wait(self.interval):
-            for name, pid in self.roots.items():
-                self.peak[name] = max(self.peak[name], group_rss(pid)[0])
-
-    def stop(self):
-        self._stop_event.set()
-        self.join()
-
-
-def start_nginx(conf, prefix, log):
-    command = [nginx_binary(), "-p", f"{prefix}/", "-c", str(conf), "-e", f"{prefix}/error.log",
-               "-g", "daemon off;"]
-    checked = subprocess.run(command[:-2] + ["-t", "-q"], capture_output=True, text=True)
-    if checked.returncode:
-        raise RuntimeError(f"nginx rejected {conf}:\n{checked.stderr}")
-    with open(log, "ab") as out:
-        return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
-
-
 # -- HTTP ---------------------------------------------------------------------------------------
 def fetch(port, host=None, cookie=None, path=PATH):
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
@@ -205,6 +139,71 @@ def fetch(port, host=None, cookie=None, path=PATH):
         connection.close()
 
 
+# -- pieces the transfer benchmark shares --------------------------------------------------------
+def static_tool(work, files, slug=SLUG, name="Static 1 KB", health_path=PATH):
+    """A catalogue entry whose command runs nginx (1 worker) serving files {name: bytes or size}.
+
+    An int size makes a sparse file of that many bytes (zeros, no disk used). The process
+    backend fills {port} and {home} into the command; sed puts them into the configuration,
+    and `exec` keeps the pid that Berth watches.
+    """
+    www = work / f"www-{slug}"
+    www.mkdir()
+    for filename, content in files.items():
+        if isinstance(content, int):
+            with open(www / filename, "wb") as out:
+                out.truncate(content)
+        else:
+            (www / filename).write_bytes(content)
+    template = work / f"upstream-{slug}.conf.in"
+    template.write_text(UPSTREAM_CONF.format(user=nginx_user_line(), home="@HOME@", www=www))
+    script = (f"sed -e 's|@PORT@|{{port}}|' -e 's|@HOME@|{{home}}|g' {shlex.quote(str(template))} "
+              f"> {{home}}/nginx.conf && "
+              f"exec {shlex.quote(nginx_binary())} -p {{home}}/ -c {{home}}/nginx.conf "
+              f"-e {{home}}/error.log -g 'daemon off;'")
+    return {"slug": slug, "name": name,
+            "description": "nginx serving static files: a benchmark upstream.",
+            "command": ["/bin/sh", "-c", script],
+            "health_path": health_path, "spawn_timeout": 30, "idle_timeout": 3600}
+
+
+def write_catalogue(work, tools):
+    catalogue = work / "catalogue.yml"
+    catalogue.write_text(json.dumps({"tools": tools}, indent=2))  # JSON is YAML
+    return catalogue
+
+
+def running_instance(berth, host):
+    """(upstream address, backend pid) of the RUNNING instance behind a tool host."""
+    [row] = berth.query(
+        "SELECT upstream, backend_state FROM tool_instances WHERE host = :host AND state = 'RUNNING'",
+        host=host.split(":")[0])
+    state = row["backend_state"]
+    state = state if isinstance(state, dict) else json.loads(state)
+    return row["upstream"], state["pid"]
+
+
+def start_berth_nginx(run, config, cache_seconds):
+    """Another nginx with Berth's own rendered configuration, in front of the same auth and web."""
+    from webapp.nginx_conf import prepare_prefix, render_nginx
+
+    prefix = run.work / f"berth-nginx-cache-{cache_seconds}"
+    prepare_prefix(prefix)
+    port = free_port()
+    config = {**config, "BERTH_AUTH_CACHE_SECONDS": cache_seconds}
+    text = render_nginx(config, standalone=True, prefix=str(prefix), listen=f"127.0.0.1:{port}")
+    conf = prefix / "nginx.conf"
+    conf.write_text(nginx_user_line() + text)
+    process = start_nginx(conf, prefix, prefix / "stdout.log")
+    run.cleanup.callback(stop_process, process)
+    wait_for(port, "Berth's nginx", process)
+    return port, process
+
+
+def control_plane_mb(kib_by_group):
+    return mb(sum(kib_by_group[name] for name in CONTROL_PLANE))
+
+
 # -- the run ------------------------------------------------------------------------------------
 class Bench:
     def __init__(self, args):
@@ -213,73 +212,32 @@ class Bench:
         self.work = self.run_state.work
         self.cleanup = self.run_state.cleanup
         self.berth = Berth(self.run_state, postgres=args.postgres)
-        self.wrk = None
-        self.results = {}
 
     # setup
-    def write_upstream_files(self):
-        www = self.work / "www"
-        www.mkdir()
-        (www / PATH.lstrip("/")).write_bytes(BODY)
-        user = "user root root;\n" if os.geteuid() == 0 else ""
-        template = self.work / "upstream.conf.in"
-        template.write_text(UPSTREAM_CONF.format(user=user, home="@HOME@", www=www))
-        # A tool command is a list; {port} and {home} are filled in by the process backend.
-        script = (f"sed -e 's|@PORT@|{{port}}|' -e 's|@HOME@|{{home}}|g' {shlex.quote(str(template))} "
-                  f"> {{home}}/nginx.conf && "
-                  f"exec {shlex.quote(nginx_binary())} -p {{home}}/ -c {{home}}/nginx.conf "
-                  f"-e {{home}}/error.log -g 'daemon off;'")
-        catalogue = self.work / "catalogue.yml"
-        catalogue.write_text(json.dumps({"tools": [{
-            "slug": SLUG, "name": "Static 1 KB",
-            "description": "nginx serving one static 1 KB file: the benchmark's upstream.",
-            "command": ["/bin/sh", "-c", script],
-            "health_path": PATH, "spawn_timeout": 30, "idle_timeout": 3600,
-        }]}, indent=2))  # JSON is YAML
-        return catalogue
-
     def start_berth(self):
-        # The auth service marks answers cacheable; only the second nginx (below) caches them.
-        self.berth.start(self.write_upstream_files(),
-                         extra_env={"BERTH_AUTH_CACHE_SECONDS": str(CACHE_SECONDS)})
+        catalogue = write_catalogue(self.work, [static_tool(self.work, {PATH.lstrip("/"): BODY})])
+        # The auth service marks answers cacheable; only Berth's own nginx caches them.
+        self.berth.start(catalogue, extra_env={"BERTH_AUTH_CACHE_SECONDS": str(CACHE_SECONDS)})
         self.stack, self.config, self.port = self.berth.stack, self.berth.config, self.berth.port
         with self.berth.sign_in() as browser:
             self.tool_host = self.berth.open_tool(browser, SLUG, PATH)
             self.cookie = self.berth.session_cookie(browser)
-        [row] = self.berth.query(
-            "SELECT upstream, backend_state FROM tool_instances WHERE host = :host AND state = 'RUNNING'",
-            host=self.tool_host.split(":")[0])
-        self.upstream = row["upstream"]
-        state = row["backend_state"]
-        state = state if isinstance(state, dict) else json.loads(state)
-        self.tool_pid = state["pid"]  # the tool's nginx master (sh execs it)
+        self.upstream, self.tool_pid = running_instance(self.berth, self.tool_host)  # sh execs nginx
 
     def start_plain_nginx(self):
         prefix = self.work / "plain"
         prefix.mkdir()
         self.plain_port = free_port()
         conf = prefix / "nginx.conf"
-        conf.write_text(PLAIN_CONF.format(user="user root root;\n" if os.geteuid() == 0 else "",
-                                          prefix=prefix, upstream=self.upstream, port=self.plain_port))
+        conf.write_text(PLAIN_CONF.format(user=nginx_user_line(), prefix=prefix, upstream=self.upstream,
+                                          port=self.plain_port))
         self.plain = start_nginx(conf, prefix, prefix / "stdout.log")
         self.cleanup.callback(stop_process, self.plain)
         wait_for(self.plain_port, "plain nginx", self.plain)
 
-    def start_berth_nginx(self, cache_seconds):
-        """Another nginx with Berth's own rendered configuration, in front of the same auth and web."""
-        from webapp.nginx_conf import prepare_prefix, render_nginx
-
-        prefix = self.work / f"berth-nginx-cache-{cache_seconds}"
-        prepare_prefix(prefix)
-        port = free_port()
-        config = {**self.config, "BERTH_AUTH_CACHE_SECONDS": cache_seconds}
-        text = render_nginx(config, standalone=True, prefix=str(prefix), listen=f"127.0.0.1:{port}")
-        conf = prefix / "nginx.conf"
-        conf.write_text(("user root root;\n" if os.geteuid() == 0 else "") + text)
-        process = start_nginx(conf, prefix, prefix / "stdout.log")
-        self.cleanup.callback(stop_process, process)
-        wait_for(port, "Berth's nginx", process)
-        return port, process
+    def start_chp(self):
+        self.chp = Chp(self.run_state).start()
+        self.chp.add_route("/", f"http://{self.upstream}")
 
     # measuring
     def targets(self):
@@ -287,6 +245,7 @@ class Bench:
         return {
             "direct": {"port": tool_port},
             "plain nginx": {"port": self.plain_port},
+            "chp": {"port": self.chp.port},
             "berth": {"port": self.uncached_port, "host": self.tool_host, "cookie": self.cookie},
             "berth cached": {"port": self.port, "host": self.tool_host, "cookie": self.cookie},
         }
@@ -298,29 +257,13 @@ class Bench:
                 raise RuntimeError(f"{name}: expected 200 and the 1 KB body, got {status}, {body[:200]!r}")
 
     def run_wrk(self, target, duration):
-        script = self.work / "report.lua"
-        if not script.exists():
-            script.write_text(WRK_SCRIPT)
-        command = ["wrk", f"-t{self.args.threads}", f"-c{self.args.connections}", f"-d{duration}s",
-                   "--latency", "-s", str(script)]
+        headers = {}
         if target.get("host"):
-            command += ["-H", f"Host: {target['host']}"]
+            headers["Host"] = target["host"]
         if target.get("cookie"):
-            command += ["-H", f"Cookie: {target['cookie']}"]
-        command.append(f"http://127.0.0.1:{target['port']}{PATH}")
-        self.wrk = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True, text=True)
-        output, _ = self.wrk.communicate(timeout=duration + 60)
-        code, self.wrk = self.wrk.returncode, None
-        line = next((l for l in output.splitlines() if l.startswith("BERTH_BENCH ")), None)
-        if code or line is None:
-            raise RuntimeError(f"wrk failed ({code}):\n{output}")
-        result = json.loads(line.split(" ", 1)[1])
-        result["requests_per_s"] = result["requests"] / (result["duration_us"] / 1e6)
-        if result["non_2xx_3xx"]:
-            raise RuntimeError(f"wrk saw {result['non_2xx_3xx']} answers that were not 2xx/3xx "
-                               f"out of {result['requests']}; the numbers would be meaningless")
-        return result
+            headers["Cookie"] = target["cookie"]
+        return run_wrk(self.run_state, f"http://127.0.0.1:{target['port']}{PATH}", duration,
+                       threads=self.args.threads, connections=self.args.connections, headers=headers)
 
     def measure(self):
         targets = self.targets()
@@ -330,6 +273,7 @@ class Bench:
         roots["tool (upstream nginx)"] = self.tool_pid
         roots["plain nginx"] = self.plain.pid
         roots["nginx (uncached)"] = self.uncached.pid
+        roots["chp"] = self.chp.process.pid
         sampler = MemorySampler(roots)
         sampler.start()
         try:
@@ -371,36 +315,66 @@ class Bench:
         memory = {name: {"processes": sampler.before[name][1],
                          "before_mib": sampler.before[name][0] / 1024,
                          "peak_mib": sampler.peak[name] / 1024} for name in sampler.roots}
-        return summary, memory
+        for name in PATHS:
+            summary[name]["ratio_to_chp"] = summary[name]["requests_per_s"] / summary["chp"]["requests_per_s"]
+        idle_control_plane = control_plane_mb({name: kib for name, (kib, _) in sampler.before.items()})
+        self.idle_pss = control_plane_mb(sampler.before_pss)
+        return summary, memory, self.check_goals(summary, idle_control_plane)
 
-    def report(self, summary, memory, rounds):
+    def check_goals(self, summary, idle_control_plane):
+        """Issue #6's targets for this benchmark, from this run's numbers."""
+        ratio = {name: row["ratio_to_plain_nginx"] for name, row in summary.items()}
+        chp = summary["chp"]
+        over_chp = summary["berth"]["requests_per_s"] / chp["requests_per_s"]
+        c = self.args.connections
+        return [
+            check_target("Berth uncached req/s ÷ plain nginx", ratio["berth"], 0.25, unit="×"),
+            check_target("Berth uncached req/s ÷ chp", over_chp, 2.0, unit="×"),
+            check_target("Berth cached req/s ÷ plain nginx", ratio["berth cached"], 0.7, unit="×"),
+            check_target(f"Berth uncached p99 at {c} connections (ms)", summary["berth"]["p99_ms"],
+                         chp["p99_ms"], higher_is_better=False, note="goal: chp's p99"),
+            check_target(f"Berth cached p99 at {c} connections (ms)", summary["berth cached"]["p99_ms"],
+                         chp["p99_ms"], higher_is_better=False, note="goal: chp's p99"),
+            check_target("control plane RSS at idle, MB (auth+web+worker)", idle_control_plane, 250.0,
+                         higher_is_better=False, note="before the load"),
+        ]
+
+    def report(self, summary, memory, goals, rounds):
         args = self.args
         database = "PostgreSQL + Redis" if args.postgres else "SQLite + Huey on SQLite"
         print(f"\nwrk -t{args.threads} -c{args.connections} -d{args.duration}s --latency, "
               f"{args.rounds} round(s), median of rounds; 1 KB static file from nginx (1 worker); "
-              f"Berth on {database}; {os.cpu_count()} CPUs, all on this machine; "
+              f"Berth on {database}; configurable-http-proxy {chp_version()}; "
+              f"{os.cpu_count()} CPUs, all on this machine; "
               f"load average {self.load_before:.1f} before, {self.load_after:.1f} after\n")
         print(f"{'path':<14}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'× plain nginx':>15}"
-              f"{'per round':>18}{'sock err':>10}")
+              f"{'per round':>18}{'× chp':>8}{'sock err':>10}")
         for name in PATHS:
             row = summary[name]
             per_round = ", ".join(f"{ratio:.2f}" for ratio in row["ratio_per_round"])
             print(f"{name:<14}{row['requests_per_s']:>10.0f}{row['p50_ms']:>9.2f}{row['p99_ms']:>9.2f}"
-                  f"{row['ratio_to_plain_nginx']:>15.2f}{per_round:>18}{row['socket_errors']:>10}")
+                  f"{row['ratio_to_plain_nginx']:>15.2f}{per_round:>18}{row['ratio_to_chp']:>8.2f}"
+                  f"{row['socket_errors']:>10}")
         print(f"\n{'process group':<24}{'processes':>10}{'RSS before MiB':>16}{'peak MiB':>10}")
         for name, row in memory.items():
             print(f"{name:<24}{row['processes']:>10}{row['before_mib']:>16.1f}{row['peak_mib']:>10.1f}")
+        print(f"control plane (auth+web+worker) at idle: PSS {self.idle_pss:.0f} MB (shared pages "
+              f"counted once), RSS as below")
+        print_targets(goals)
         document = {
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "command": " ".join([Path(sys.executable).name, "-m", "bench.proxy"] + sys.argv[1:]),
             "wrk": {"threads": args.threads, "connections": args.connections,
                     "duration_s": args.duration, "rounds": args.rounds},
             "database": "postgres" if args.postgres else "sqlite",
+            "chp_version": chp_version(),
             "cpus": os.cpu_count(),
             "load_average_1min": {"before": self.load_before, "after": self.load_after},
             "body_bytes": len(BODY),
             "summary": summary,
             "rss": memory,
+            "control_plane_idle_pss_mb": self.idle_pss,
+            "targets": goals,
             "rounds": rounds,
         }
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
@@ -408,21 +382,14 @@ class Bench:
         print(f"\nWritten to {RESULTS.relative_to(ROOT)}")
 
     # the whole run
-    def run(self):
-        try:
-            self.start_berth()
-            self.start_plain_nginx()
-            self.uncached_port, self.uncached = self.start_berth_nginx(0)
-            rounds, sampler = self.measure()
-            summary, memory = self.summarise(rounds, sampler)
-            self.report(summary, memory, rounds)
-            self.run_state.failed = False
-        except (KeyboardInterrupt, SystemExit):
-            self.run_state.failed = False  # stopped on purpose: nothing to look into
-            raise
-        finally:
-            self.run_state.children.append(self.wrk)
-            self.run_state.close()
+    def execute(self):
+        self.start_berth()
+        self.start_plain_nginx()
+        self.start_chp()
+        self.uncached_port, self.uncached = start_berth_nginx(self.run_state, self.config, 0)
+        rounds, sampler = self.measure()
+        summary, memory, goals = self.summarise(rounds, sampler)
+        self.report(summary, memory, goals, rounds)
 
 
 def main(argv=None):
@@ -439,13 +406,8 @@ def main(argv=None):
         parser.error("--duration and --rounds must be at least 1")
     if not shutil.which("wrk"):
         raise SystemExit("wrk is not installed (apt-get install wrk; `make bench` does it)")
-    install_signal_handlers()
-    try:
-        Bench(args).run()
-    except KeyboardInterrupt:
-        raise SystemExit("Interrupted; every process the benchmark started has been stopped.")
-    except RuntimeError as error:
-        raise SystemExit(f"Benchmark failed: {error}")
+    chp_command()  # installs configurable-http-proxy (npm ci) before anything starts
+    run_benchmark(Bench(args))
 
 
 if __name__ == "__main__":

@@ -22,9 +22,19 @@ steps and the health probes, until the worker recorded RUNNING). Medians and p90
 rank) over the launches; warm-up launches are not counted. Results also go to
 bench/results/spawn.json.
 
+The peer, JupyterHub (unless --no-jupyterhub): a hub of the pinned version
+(bench/jupyterhub-requirements.txt, installed on first use into bench/.jupyterhub-venv) with its
+LocalProcessSpawner and configurable-http-proxy, starting the same echo tool with the same
+Python. A JupyterHub launch is timed from the start request (POST /hub/api/users/<name>/server
+with a service's API token, sent from a thread) to the first 200 that chp proxies from the tool
+at /user/<name>/bench, polled every --poll-ms from the moment of the request, as for Berth. The
+tool alone (its own start-up: the process started, polled directly every --poll-ms until its
+first 200) is measured too, and subtracted from both to give each system's overhead. Berth's
+echo, busybox, JupyterHub's echo and the tool alone take turns in every round.
+
 Everything listens on 127.0.0.1. Every process the run starts (Berth's four, the tools,
-dockerd and its containers, and PostgreSQL and Redis with --postgres) is stopped on success,
-failure, Ctrl-C or SIGTERM.
+dockerd and its containers, JupyterHub and its proxy, and PostgreSQL and Redis with --postgres)
+is stopped on success, failure, Ctrl-C or SIGTERM.
 """
 import argparse
 import json
@@ -32,19 +42,23 @@ import math
 import os
 import shutil
 import statistics
+import subprocess
 import sys
+import threading
 import time
 from datetime import datetime, timezone
 
 import yaml
 
-from bench._stack import ROOT, BenchRun, Berth, install_signal_handlers
+from bench._jupyterhub import JupyterHub, jupyterhub_version
+from bench._stack import ROOT, BenchRun, Berth, free_port, run_benchmark, stop_process
 
 RESULTS = ROOT / "bench" / "results" / "spawn.json"
 TOOLS = {  # slug: (backend, the path asked for, text the tool's own answer contains)
     "echo": ("process", "/bench", '"path": "/bench"'),
     "busybox": ("docker", "/index.html", "Hello from busybox"),
 }
+PEERS = ("jupyterhub", "alone")  # JupyterHub's LocalProcessSpawner, and the echo tool started directly
 
 
 def percentile(values, fraction):
@@ -67,6 +81,8 @@ class SpawnBench:
         self.run_state = BenchRun(keep=args.keep, prefix="berth-bench-spawn-")
         self.berth = Berth(self.run_state, postgres=args.postgres)
         self.samples = {slug: [] for slug in TOOLS}
+        self.peer_samples = {peer: [] for peer in PEERS if peer != "jupyterhub" or args.jupyterhub}
+        self.hub = None
 
     # setup
     def start_docker(self):
@@ -100,6 +116,10 @@ class SpawnBench:
         self.browser = self.berth.sign_in()
         self.run_state.cleanup.callback(self.browser.close)
         self.hosts = {slug: self.berth.tool_host(slug) for slug in TOOLS}
+        if self.args.jupyterhub:
+            # The same command as tests/catalogue.yml's echo, with the Python the worker fills in
+            # for {python}; the spawner adds --port.
+            self.hub = JupyterHub(self.run_state, [sys.executable, "-m", "berth_tools.echo"]).start()
 
     # measuring
     def launch_once(self, slug):
@@ -140,16 +160,91 @@ class SpawnBench:
             "polls": polls,
         }
 
+    def poll_until_200(self, session, url, expected, started, what):
+        """Ask url every --poll-ms until it answers 200 with the tool's own body; seconds since started."""
+        import requests
+
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                answer = session.get(url, allow_redirects=False, timeout=30)
+            except requests.ConnectionError:
+                answer = None  # the tool alone: not listening yet
+            if answer is not None and answer.status_code == 200:
+                elapsed = time.perf_counter() - started
+                if expected not in answer.text:
+                    raise RuntimeError(f"{what}: a 200 that is not the tool's own answer: {answer.text[:300]}")
+                return elapsed
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{what}: no answer from the tool within 120 s")
+            time.sleep(self.args.poll_ms / 1000)
+
+    def launch_jupyterhub(self):
+        """Start request to JupyterHub's API, in a thread (the API answers only once the server is
+        up); meanwhile, poll the tool's address through chp, as Berth's launch is polled."""
+        import requests
+
+        result = {}
+
+        def request_start():
+            try:
+                result["status"] = self.hub.request_start()
+            except Exception as error:  # reported below, from the main thread
+                result["error"] = error
+
+        with requests.Session() as session:
+            started = time.perf_counter()
+            thread = threading.Thread(target=request_start, daemon=True)
+            thread.start()
+            try:
+                elapsed = self.poll_until_200(session, self.hub.tool_url("/bench"),
+                                              f'"path": "/user/{self.hub.user}/bench"', started, "jupyterhub")
+            except RuntimeError:
+                thread.join(5)
+                if "error" in result:
+                    raise RuntimeError(f"jupyterhub: {result['error']}") from None
+                raise
+            thread.join(120)
+        if "error" in result:
+            raise RuntimeError(f"jupyterhub: {result['error']}")
+        self.hub.stop_server()
+        return {"seconds": elapsed, "api_status": result.get("status")}
+
+    def launch_alone(self):
+        """The tool's own start-up: the process started directly, polled until its first 200."""
+        import requests
+
+        port = free_port()
+        env = {**os.environ, "BERTH_DEPLOYMENT": self.run_state.deployment}  # for the final sweep
+        with requests.Session() as session:
+            started = time.perf_counter()
+            process = subprocess.Popen([sys.executable, "-m", "berth_tools.echo", "--port", str(port)],
+                                       env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                       stderr=subprocess.DEVNULL, start_new_session=True)
+            try:
+                elapsed = self.poll_until_200(session, f"http://127.0.0.1:{port}/bench", '"path": "/bench"',
+                                              started, "the tool alone")
+            finally:
+                stop_process(process)
+        return {"seconds": elapsed}
+
     def measure(self):
         total = self.args.warmup + self.args.launches
         for number in range(total):
             counted = number >= self.args.warmup
-            for slug in TOOLS:
-                sample = self.launch_once(slug)
+            label = f"{number - self.args.warmup + 1}/{self.args.launches}" if counted else "warm-up"
+            # Rotate the order each round, so that drift on the machine falls on every system.
+            turns = [("berth", slug) for slug in TOOLS] + [(peer, "echo") for peer in self.peer_samples]
+            for system, slug in turns[number % len(turns):] + turns[:number % len(turns)]:
+                if system == "berth":
+                    sample = self.launch_once(slug)
+                    target = self.samples[slug]
+                else:
+                    sample = self.launch_jupyterhub() if system == "jupyterhub" else self.launch_alone()
+                    target = self.peer_samples[system]
                 if counted:
-                    self.samples[slug].append(sample)
-                label = f"{number - self.args.warmup + 1}/{self.args.launches}" if counted else "warm-up"
-                print(f"  {label:<8} {slug:<8} {sample['seconds'] * 1000:>8.0f} ms", flush=True)
+                    target.append(sample)
+                print(f"  {label:<8} {system:<10} {slug:<8} {sample['seconds'] * 1000:>8.0f} ms", flush=True)
 
     # reporting
     def summarise(self):
@@ -165,12 +260,59 @@ class SpawnBench:
             summary[slug] = row
         return summary
 
+    def compare(self):
+        """Berth's echo against JupyterHub's, and both less the tool's own start-up (overhead)."""
+        rows = {"berth": [sample["seconds"] * 1000 for sample in self.samples["echo"]]}
+        rows.update({peer: [sample["seconds"] * 1000 for sample in samples]
+                     for peer, samples in self.peer_samples.items()})
+        stats = {name: {"launches": len(values), "median_ms": statistics.median(values),
+                        "p90_ms": percentile(values, 0.9), "min_ms": min(values), "max_ms": max(values)}
+                 for name, values in rows.items()}
+        alone = stats["alone"]
+        for name in ("berth", "jupyterhub"):
+            if name in stats:
+                stats[name]["overhead_median_ms"] = stats[name]["median_ms"] - alone["median_ms"]
+                stats[name]["overhead_p90_ms"] = stats[name]["p90_ms"] - alone["p90_ms"]
+        if "jupyterhub" in stats:
+            berth, hub = stats["berth"], stats["jupyterhub"]
+            stats["ratios"] = {key: berth[key] / hub[key] if hub[key] > 0 else None
+                               for key in ("median_ms", "p90_ms", "overhead_median_ms", "overhead_p90_ms")}
+        return stats
+
+    def report_comparison(self, stats):
+        names = {"berth": "Berth (process backend)", "jupyterhub": f"JupyterHub {self.hub_version}",
+                 "alone": "the tool alone"}
+        print(f"\necho (python -m berth_tools.echo), first request → first proxied 200:\n")
+        print(f"{'system':<30}{'n':>3}{'median ms':>11}{'p90 ms':>9}{'min':>7}{'max':>7}"
+              f"{'overhead med':>14}{'overhead p90':>14}")
+        for name in ("berth", "jupyterhub", "alone"):
+            if name not in stats:
+                continue
+            row = stats[name]
+            overhead = (f"{row['overhead_median_ms']:>14.0f}{row['overhead_p90_ms']:>14.0f}"
+                        if "overhead_median_ms" in row else f"{'–':>14}{'–':>14}")
+            print(f"{names[name]:<30}{row['launches']:>3}{row['median_ms']:>11.0f}{row['p90_ms']:>9.0f}"
+                  f"{row['min_ms']:>7.0f}{row['max_ms']:>7.0f}{overhead}")
+        if "ratios" in stats:
+            ratios = stats["ratios"]
+            shown = {key: "–" if value is None else f"{value:.2f}" for key, value in ratios.items()}
+            print(f"{'Berth / JupyterHub':<30}{'':>3}{shown['median_ms']:>11}{shown['p90_ms']:>9}{'':>14}"
+                  f"{shown['overhead_median_ms']:>14}{shown['overhead_p90_ms']:>14}")
+            goal = stats["berth"]["overhead_median_ms"] <= stats["jupyterhub"]["overhead_median_ms"]
+            print(f"\ntarget (issue #6): Berth's overhead no greater than JupyterHub's: "
+                  f"{stats['berth']['overhead_median_ms']:.0f} ms against "
+                  f"{stats['jupyterhub']['overhead_median_ms']:.0f} ms (medians): "
+                  + ("met" if goal else "missed by "
+                     f"{stats['berth']['overhead_median_ms'] - stats['jupyterhub']['overhead_median_ms']:.0f} ms"))
+        print("overhead: the system's time less the tool's own start-up (medians, and p90s, subtracted).")
+
     def report(self, summary):
         args = self.args
         database = "PostgreSQL + Redis" if args.postgres else "SQLite + Huey on SQLite"
         print(f"\n{args.launches} launches per tool (after {args.warmup} warm-up), stopped between "
               f"launches; polled every {args.poll_ms} ms; Berth on {database}; "
-              f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}\n")
+              f"{os.cpu_count()} CPUs, load average {self.load_before:.1f} before, "
+              f"{os.getloadavg()[0]:.1f} after\n")
         print(f"{'tool':<9}{'backend':<9}{'n':>3}{'median ms':>11}{'p90 ms':>9}{'min':>7}{'max':>7}"
               f"{'queue med':>11}{'worker med':>12}{'worker p90':>12}")
         for slug, row in summary.items():
@@ -179,30 +321,30 @@ class SpawnBench:
                   f"{row['median_queue_ms']:>11.0f}{row['median_worker_ms']:>12.0f}{row['p90_worker_ms']:>12.0f}")
         print("\nmedian/p90: first navigation GET → first proxied 200 from the tool (through nginx).\n"
               "queue: instance created → a worker took it; worker: taken → RUNNING recorded.")
+        comparison = self.compare()
+        self.report_comparison(comparison)
         document = {
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "command": " ".join([os.path.basename(sys.executable), "-m", "bench.spawn"] + sys.argv[1:]),
             "launches": args.launches, "warmup": args.warmup, "poll_ms": args.poll_ms,
             "database": "postgres" if args.postgres else "sqlite",
             "cpus": os.cpu_count(),
+            "load_average_before": self.load_before, "load_average_after": os.getloadavg()[0],
             "summary": summary,
             "samples": self.samples,
+            "comparison": comparison, "jupyterhub_version": self.hub_version,
+            "peer_samples": self.peer_samples,
         }
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(json.dumps(document, indent=2) + "\n")
         print(f"\nWritten to {RESULTS.relative_to(ROOT)}")
 
-    def run(self):
-        try:
-            self.start()
-            self.measure()
-            self.report(self.summarise())
-            self.run_state.failed = False
-        except (KeyboardInterrupt, SystemExit):
-            self.run_state.failed = False  # stopped on purpose: nothing to look into
-            raise
-        finally:
-            self.run_state.close()
+    def execute(self):
+        self.start()
+        self.hub_version = jupyterhub_version() if self.hub else None
+        self.load_before = os.getloadavg()[0]
+        self.measure()
+        self.report(self.summarise())
 
 
 def main(argv=None):
@@ -213,19 +355,15 @@ def main(argv=None):
     parser.add_argument("--postgres", action="store_true",
                         help="run Berth on PostgreSQL and Redis instead of SQLite")
     parser.add_argument("--keep", action="store_true", help="keep the work directory and its logs")
+    parser.add_argument("--no-jupyterhub", dest="jupyterhub", action="store_false",
+                        help="measure Berth and the tool alone only, without the JupyterHub peer")
     args = parser.parse_args(argv)
     if args.launches < 1 or args.warmup < 0 or args.poll_ms < 1:
         parser.error("--launches and --poll-ms must be at least 1, --warmup at least 0")
     for program in ("nginx", "dockerd", "busybox"):
         if not shutil.which(program) and not os.path.exists(f"/usr/sbin/{program}"):
             raise SystemExit(f"{program} is not installed (`make test` installs what this needs)")
-    install_signal_handlers()
-    try:
-        SpawnBench(args).run()
-    except KeyboardInterrupt:
-        raise SystemExit("Interrupted; every process the benchmark started has been stopped.")
-    except RuntimeError as error:
-        raise SystemExit(f"Benchmark failed: {error}")
+    run_benchmark(SpawnBench(args))
 
 
 if __name__ == "__main__":

@@ -37,10 +37,13 @@ COPY . /app
 # Last, and small: a change to the code rebuilds only these two layers.
 RUN /opt/berth/bin/pip install --no-cache-dir -q --no-deps --no-build-isolation -e /app
 WORKDIR /app
+# Metrics files go to /tmp, the one writable place (also for `berth` run with docker exec).
 ENV PATH=/opt/berth/bin:$PATH BERTH_DATA_DIR=/home/berth/data PYTHONUNBUFFERED=1 \
-    PYTHONDONTWRITEBYTECODE=1
+    PYTHONDONTWRITEBYTECODE=1 BERTH_METRICS_DIR=/tmp/berth-metrics
 # A numeric user, so that Kubernetes' runAsNonRoot can check it.
 USER 10001:10001
-EXPOSE 8080 8101 8102
+# 8101 and 8102 also answer GET /metrics; 9102 is the worker's, when BERTH_WORKER_METRICS_PORT
+# is set to it (as the deploy files do).
+EXPOSE 8080 8101 8102 9102
 ENTRYPOINT ["/app/deploy/entrypoint.sh"]
 CMD ["web"]

@@ -34,16 +34,22 @@ def create_app(test_config=None):
     db.init_app(app)
     csrf.init_app(app)
 
-    from auth_service import check, login, oidc
+    from auth_service import check, login
 
-    oidc.init_app(app)
     app.register_blueprint(login.bp)
-    app.register_blueprint(oidc.bp)
+    if app.config["BERTH_OIDC_ISSUER"]:
+        # authlib and requests cost about 16 MB in every auth process: loaded only with single
+        # sign-on. Without it, /auth/oidc/* is not found (404), as oidc.py's views answer then.
+        from auth_service import oidc
+
+        oidc.init_app(app)
+        app.register_blueprint(oidc.bp)
 
     @app.before_request
     def only_through_nginx():
-        # The liveness probe of an orchestrator reaches the service directly.
-        if request.endpoint == "healthz":
+        # The liveness probe of an orchestrator reaches the service directly, and so does a
+        # scraper of /metrics, which checks its own token or networks (webapp/metrics.py).
+        if request.endpoint in ("healthz", "metrics"):
             return None
         return require_proxy_secret(app.config)
 
@@ -51,6 +57,11 @@ def create_app(test_config=None):
     def healthz():
         return {"status": "ok"}
 
-    # GET /auth/check, the hot path, is answered in front of Flask (see check.py).
-    app.wsgi_app = check.AuthCheck(app)
+    # GET /auth/check, the hot path, is answered in front of Flask (see check.py), and timed
+    # and counted for /metrics around that (webapp/metrics.py). GET /metrics on the service's
+    # own port reports this container's counters; the web app reports the database gauges.
+    from webapp import metrics
+
+    metrics.init_app(app, database=False)
+    app.wsgi_app = metrics.TimedAuthCheck(check.AuthCheck(app), web_upstream=check.WEB_UPSTREAM)
     return app

@@ -12,13 +12,23 @@ auth_request_set:
   X-Berth-User-Id    the user, for the web app only (never sent to a tool)
   X-Berth-Login-Url  on 401: the percent-encoded login address for browsers
   X-Berth-Reason     on 403: why, for the forbidden page
+  X-Berth-User-Email, -Name, -Groups
+                     for a tool whose template asks for identity headers: who is using it,
+                     percent-encoded UTF-8 (groups comma-separated)
+
+Who may open what (webapp/access.py states the rules) is decided by the same query: the
+template's groups, the owner, and the grants on the host. Templates with an IP allowlist are
+checked against the client address (webapp/addresses.py).
 """
 import hmac
+import json
+import logging
 import re
 import threading
 from datetime import datetime, timedelta, timezone
 from urllib.parse import quote
 
+from webapp.addresses import allowed, client_address, parse_networks
 from webapp.hosts import is_main_host, parse_tool_host, public_url
 from webapp.models import hash_token, utcnow
 from webapp.tokens import bearer_token, token_allowed_on_main_host
@@ -29,11 +39,25 @@ WEB_UPSTREAM = "berth_web"  # the name of the web app's upstream block in nginx/
 # no-launch flag. Any other X-Berth-* header was forged by the client, and is refused.
 _ALLOWED_HEADERS = {"HTTP_X_BERTH_PROXY_SECRET", "HTTP_X_BERTH_NO_LAUNCH"}
 
+log = logging.getLogger(__name__)
+
 _ANSWER_SQL = """
     SELECT u.id AS user_id, s.id AS credential_id, s.{seen} AS seen_at,
-           t.id AS template_id, t.enabled AS template_enabled,
-           t.allow_api_tokens AS allow_api_tokens,
+           u.email AS email, u.name AS name,
+           t.id AS template_id, t.name AS template_name, t.enabled AS template_enabled,
+           t.shared AS shared, t.allow_api_tokens AS allow_api_tokens,
+           t.identity_headers AS identity_headers, t.ip_allowlist AS ip_allowlist,
+           (u.is_admin
+            OR NOT EXISTS (SELECT 1 FROM template_groups tg WHERE tg.template_id = t.id)
+            OR EXISTS (SELECT 1 FROM template_groups tg
+                       JOIN memberships m ON m.group_id = tg.group_id AND m.user_id = u.id
+                       WHERE tg.template_id = t.id)) AS may_use,
            o.id AS owner_id,
+           EXISTS (SELECT 1 FROM tool_grants g
+                   WHERE g.host = :host
+                     AND (g.user_id = u.id
+                          OR g.group_id IN (SELECT m.group_id FROM memberships m
+                                            WHERE m.user_id = u.id))) AS granted,
            i.id AS instance_id, i.state AS state, i.upstream AS upstream,
            i.last_activity_at AS last_activity_at
     FROM {credentials} s
@@ -47,8 +71,9 @@ _ANSWER_SQL = """
       AND s.expires_at > :now{idle_condition}
       AND u.is_active
     """
-_COLUMNS = ("user_id", "credential_id", "seen_at", "template_id", "template_enabled",
-            "allow_api_tokens", "owner_id", "instance_id", "state", "upstream", "last_activity_at")
+_COLUMNS = ("user_id", "credential_id", "seen_at", "email", "name", "template_id", "template_name",
+            "template_enabled", "shared", "allow_api_tokens", "identity_headers", "ip_allowlist",
+            "may_use", "owner_id", "granted", "instance_id", "state", "upstream", "last_activity_at")
 _TIMESTAMPS = ("seen_at", "last_activity_at")
 
 # A session also ends when it has not been used for BERTH_SESSION_IDLE_LIFETIME.
@@ -65,6 +90,11 @@ _SEEN = {
         """
     for table, column in (("sessions", "last_seen_at"), ("api_tokens", "last_used_at"))
 }
+
+_GROUP_NAMES = """
+    SELECT g.name FROM memberships m JOIN groups g ON g.id = m.group_id
+    WHERE m.user_id = :user_id ORDER BY g.name
+    """
 
 _TOUCH = """
     UPDATE tool_instances SET last_activity_at = :now
@@ -114,7 +144,7 @@ class Database:
             return value.astimezone(timezone.utc).replace(tzinfo=None).isoformat(" ", "microseconds")
         return value
 
-    def run(self, sql, params, fetch=False):
+    def run(self, sql, params, fetch=None):
         params = {key: self._value(value) for key, value in params.items()}
         for attempt in (1, 2):
             connection = getattr(self.local, "connection", None)
@@ -124,7 +154,9 @@ class Database:
                 cursor = connection.cursor()
                 try:
                     cursor.execute(self.sql(sql), params)
-                    return cursor.fetchone() if fetch else None
+                    if fetch == "one":
+                        return cursor.fetchone()
+                    return cursor.fetchall() if fetch == "all" else None
                 finally:
                     cursor.close()
             except self.engine.dialect.loaded_dbapi.OperationalError:
@@ -134,7 +166,7 @@ class Database:
                     raise
 
     def row(self, sql, params):
-        values = self.run(sql, params, fetch=True)
+        values = self.run(sql, params, fetch="one")
         if values is None:
             return None
         row = _Row(values)
@@ -194,6 +226,7 @@ class AuthCheck:
 
         with app.app_context():
             self.database = Database(db.engine)
+        self._allowlists = {}
 
     def __call__(self, environ, start_response):
         if environ.get("PATH_INFO") != "/auth/check":
@@ -253,29 +286,70 @@ class AuthCheck:
                 # The main host, or a name under the domain that is no tool address.
                 page = "" if main_host else "notfound"
                 return _to_web(row.user_id, page=page)
-            if row.template_id is None or row.owner_id is None:
-                return _to_web(row.user_id, page="notfound")
-            if row.owner_id != row.user_id:
-                return _forbidden("This tool belongs to another user.", row.user_id)
-            if api_token and not row.allow_api_tokens:
-                return _forbidden("This tool does not accept API tokens.", row.user_id)
+            refusal = self._refusal(row, tool, environ, api_token)
+            if refusal is not None:
+                return refusal
             if row.state == "RUNNING" and row.upstream:
                 self._record_activity(row, now)
                 return self._to_tool(row)
         except self.database.engine.dialect.loaded_dbapi.Error:
-            import logging
-
-            logging.getLogger(__name__).exception("auth check: the database failed")
+            log.exception("auth check: the database failed")
             return 500, []
         if row.instance_id is not None:
             return _to_web(row.user_id, page="spawning", instance_id=row.instance_id)
         if not row.template_enabled:
             return _to_web(row.user_id, page="notfound")
+        if not tool.shared and row.owner_id != row.user_id:
+            return _to_web(row.user_id, page="unavailable")  # a grantee: only the owner starts it
         return _to_web(row.user_id, page="start")
+
+    def _refusal(self, row, tool, environ, api_token):
+        """The answer when this user may not open this tool (a page or a 403), else None."""
+        if row.template_id is None or bool(row.shared) != tool.shared:
+            return _to_web(row.user_id, page="notfound")
+        if not tool.shared and row.owner_id is None:
+            return _to_web(row.user_id, page="notfound")
+        if row.ip_allowlist and row.ip_allowlist != "[]":
+            address = client_address(environ.get("HTTP_X_REAL_IP", ""),
+                                     environ.get("HTTP_X_FORWARDED_FOR", ""),
+                                     self.config["BERTH_TRUSTED_HOPS"], self.config["BERTH_TRUSTED_PROXIES"])
+            if not allowed(address, self._networks(row.ip_allowlist)):
+                seen = address or "an unreadable address"
+                return _forbidden(f"{row.template_name} cannot be reached from your address, {seen}.",
+                                  row.user_id)
+        if not row.may_use:
+            return _forbidden(f"You are not in a group that may use {row.template_name}.", row.user_id)
+        if not tool.shared and row.owner_id != row.user_id and not row.granted:
+            return _forbidden(f"This {row.template_name} belongs to another user, who has not shared it "
+                              "with you.", row.user_id)
+        if api_token and not row.allow_api_tokens:
+            return _forbidden("This tool does not accept API tokens.", row.user_id)
+        return None
+
+    def _networks(self, allowlist):
+        """Parsed allowlists, kept by their stored text: templates change rarely."""
+        key = allowlist if isinstance(allowlist, str) else json.dumps(allowlist)
+        networks = self._allowlists.get(key)
+        if networks is None:
+            values = json.loads(allowlist) if isinstance(allowlist, str) else allowlist
+            try:
+                networks = parse_networks(values)
+            except ValueError:  # the loader and admin form validate; never let a bad one open up
+                log.error("auth check: a template's ip_allowlist is invalid (%r); refusing all", allowlist)
+                networks = []
+            if len(self._allowlists) > 1000:
+                self._allowlists.clear()
+            self._allowlists[key] = networks
+        return networks
 
     def _to_tool(self, row):
         status, headers = _answer(200, upstream=nginx_upstream(self.config, row.upstream),
                                   user_id=row.user_id, instance_id=row.instance_id)
+        if row.identity_headers:
+            groups = self.database.run(_GROUP_NAMES, {"user_id": row.user_id}, fetch="all")
+            headers += [("X-Berth-User-Email", _encoded(row.email)),
+                        ("X-Berth-User-Name", _encoded(row.name or "")),
+                        ("X-Berth-User-Groups", ",".join(_encoded(name) for (name,) in groups))]
         if self.config["BERTH_AUTH_CACHE_SECONDS"]:
             # Only answers for running tools are cached: lifecycle pages must follow state at once.
             headers.append(("X-Accel-Expires", str(self.config["BERTH_AUTH_CACHE_SECONDS"])))
@@ -294,6 +368,11 @@ class AuthCheck:
         if row.last_activity_at is not None and row.last_activity_at > now - interval:
             return
         self.database.run(_TOUCH, {"now": now, "cutoff": now - interval, "id": row.instance_id})
+
+
+def _encoded(value):
+    """Header-safe: UTF-8, percent-encoded (urllib.parse.unquote reads it back)."""
+    return quote(value, safe="@._-+")
 
 
 def nginx_upstream(config, address):

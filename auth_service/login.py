@@ -9,7 +9,6 @@ from sqlalchemy import func, select
 from wtforms import EmailField, PasswordField, StringField
 from wtforms.validators import DataRequired, Length
 
-from auth_service import oidc
 from auth_service.sessions import (
     clear_session_cookie,
     find_session,
@@ -46,7 +45,7 @@ def _render_login(form, next_url, status=200, error=None):
     config = current_app.config
     return render_template(
         "login.html", form=form, next_url=next_url, error=error,
-        local_login=config["BERTH_LOCAL_LOGIN"], sso=oidc.enabled(),
+        local_login=config["BERTH_LOCAL_LOGIN"], sso=bool(config["BERTH_OIDC_ISSUER"]),
         provider_name=config["BERTH_OIDC_PROVIDER_NAME"],
     ), status
 
@@ -109,7 +108,9 @@ def logout():
         record_event("auth.logout", f"{session.user.email} signed out",
                      actor=f"user:{session.user_id}", user_id=session.user_id, ip=_client_ip())
         db.session.commit()
-        if session.method == "oidc" and oidc.enabled():
+        if session.method == "oidc" and config["BERTH_OIDC_ISSUER"]:
+            from auth_service import oidc  # only imported with single sign-on (authlib: ~16 MB a process)
+
             provider_logout = oidc.logout_url(config)
     response = redirect(provider_logout or "/auth/login?signed_out=1")
     clear_session_cookie(response, config)

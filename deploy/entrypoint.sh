@@ -4,6 +4,12 @@
 set -eu
 command="${1:-web}"
 [ $# -gt 0 ] && shift
+# Every Berth process (the berth command too) writes its metrics here, and the container's own
+# /metrics sums them (webapp/metrics.py: web and auth on their port, the worker on
+# BERTH_WORKER_METRICS_PORT): one folder per container, in /tmp since the root is read-only.
+# Emptied at start: files from a previous run of the container would be summed too.
+export BERTH_METRICS_DIR="${BERTH_METRICS_DIR:-/tmp/berth-metrics}"
+rm -rf "$BERTH_METRICS_DIR" && mkdir -p "$BERTH_METRICS_DIR"
 case "$command" in
   web)
     exec gunicorn -c deploy/gunicorn.conf.py --bind "0.0.0.0:${BERTH_WEB_PORT:-8102}" "webapp:create_app()" "$@" ;;

@@ -17,3 +17,12 @@ errorlog = "-"
 loglevel = os.environ.get("BERTH_LOG_LEVEL", "info")
 # gunicorn's control socket lives at one fixed path per user; auth and web would share it.
 control_socket_disable = True
+
+
+def child_exit(server, worker):
+    """A worker process ended: drop its live-gauge files from BERTH_METRICS_DIR (webapp/metrics.py).
+
+    Its counters and histograms stay there, so /metrics keeps counting what it did."""
+    from webapp.metrics import mark_process_dead
+
+    mark_process_dead(worker.pid)

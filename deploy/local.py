@@ -1,7 +1,7 @@
 """Run the whole of Berth on this machine: nginx, auth, web and worker as child processes.
 
 `berth run` (and so `make run`) uses run_local. The tests and benchmarks use Stack directly,
-to start, kill and restart single components.
+to start, kill and restart single components, or several replicas of one (`web-1`, `web-2`).
 """
 import os
 import secrets
@@ -23,6 +23,17 @@ def _nginx_binary():
         raise SystemExit("nginx is not installed. On Debian: sudo apt-get install nginx "
                          "(`make run` does this for you when run as root).")
     return found
+
+
+ROLES = ("auth", "web", "worker", "nginx")
+
+
+def role_of(name):
+    """The role of a component: "web" for "web" and for its replicas "web-1", "web-2"."""
+    role = name.split("-", 1)[0]
+    if role not in ROLES:
+        raise ValueError(name)
+    return role
 
 
 def auth_server_command(env, host, port):
@@ -48,18 +59,23 @@ class Stack:
         self.log_dir = Path(log_dir or self.data_dir / "logs")
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.processes = {}
+        reset_metrics_dir(self.env)
+        self.ports = {}  # name → port, for replicas of auth and web started on ports of their own
 
     # -- the components ---------------------------------------------------------------------
     def command(self, name):
         gunicorn = [str(BIN / "gunicorn"), "-c", str(ROOT / "deploy" / "gunicorn.conf.py")]
-        if name == "auth":
-            return auth_server_command(self.env, "127.0.0.1", self.env["BERTH_AUTH_PORT"])
-        if name == "web":
-            return gunicorn + ["--bind", f"127.0.0.1:{self.env['BERTH_WEB_PORT']}", "webapp:create_app()"]
-        if name == "worker":
+        role = role_of(name)
+        if role == "auth":
+            return auth_server_command(self.env, "127.0.0.1",
+                                       self.ports.get(name, self.env["BERTH_AUTH_PORT"]))
+        if role == "web":
+            port = self.ports.get(name, self.env["BERTH_WEB_PORT"])
+            return gunicorn + ["--bind", f"127.0.0.1:{port}", "webapp:create_app()"]
+        if role == "worker":
             return [str(BIN / "huey_consumer"), "webapp.tasks.huey", "-w", "4", "-k", "thread",
                     "-d", "0.05", "-m", "0.1", "-b", "1.1"]
-        if name == "nginx":
+        if role == "nginx":
             prefix = self.data_dir / "nginx"
             command = [_nginx_binary(), "-p", str(prefix), "-c", str(prefix / "nginx.conf"),
                        "-e", str(prefix / "logs" / "error.log"), "-g", "daemon off;"]
@@ -82,7 +98,11 @@ class Stack:
         if result.returncode != 0:
             raise SystemExit(f"nginx rejected the rendered configuration:\n{result.stderr}")
 
-    def start(self, name, extra_env=None):
+    def start(self, name, extra_env=None, port=None):
+        """Start a component, or a replica named <role>-<n> (auth and web replicas need a port of
+        their own; a restart of the replica reuses it)."""
+        if port is not None:
+            self.ports[name] = port
         env = {**self.env, **(extra_env or {})}
         log = open(self.log_dir / f"{name}.log", "ab")
         self.processes[name] = subprocess.Popen(
@@ -97,7 +117,7 @@ class Stack:
         if process is None or process.poll() is not None:
             return
         # huey_consumer finishes its tasks on SIGINT; the others stop cleanly on SIGTERM.
-        process.send_signal(signal.SIGINT if name == "worker" and sig == signal.SIGTERM else sig)
+        process.send_signal(signal.SIGINT if role_of(name) == "worker" and sig == signal.SIGTERM else sig)
         try:
             process.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -105,10 +125,23 @@ class Stack:
             process.wait()
 
     def kill(self, name):
-        self.stop(name, sig=signal.SIGKILL)
+        """SIGKILL the component's whole process group, as a container runtime kills a container.
+
+        gunicorn's and granian's worker processes would otherwise outlive their SIGKILLed parent,
+        still serving on its port. The process backend starts tools in sessions of their own, so
+        killing a worker leaves its tools running."""
+        process = self.processes.pop(name, None)
+        if process is None:
+            return
+        try:
+            os.killpg(process.pid, signal.SIGKILL)  # start() made it the leader of its own group
+        except ProcessLookupError:
+            pass
+        process.wait()
 
     def stop_all(self):
-        for name in ("nginx", "worker", "web", "auth"):
+        order = ("nginx", "worker", "web", "auth")
+        for name in sorted(self.processes, key=lambda name: order.index(role_of(name))):
             self.stop(name)
 
     def wait_ready(self, url, host=None, timeout=30):
@@ -127,6 +160,15 @@ class Stack:
                 pass
             time.sleep(0.1)
         raise RuntimeError(f"Berth did not answer at {url} within {timeout} s")
+
+
+def reset_metrics_dir(env):
+    """Empty BERTH_METRICS_DIR before the stack starts: a previous run's files would be summed too."""
+    from webapp.config import metrics_dir
+
+    path = Path(metrics_dir(env))
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True, exist_ok=True)
 
 
 def prepare_database(config, admin_email=None, admin_password=None):

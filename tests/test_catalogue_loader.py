@@ -71,7 +71,7 @@ def test_parse_catalogue_accepts_the_demo_catalogue():
 def test_parse_catalogue_accepts_the_test_catalogue():
     tools = parse_catalogue(TEST_CATALOGUE.read_text())
     assert [t["slug"] for t in tools] == ["echo", "broken", "silent", "missing", "busybox", "echo-docker", "ghost",
-                                          "echo-api"]
+                                          "echo-api", "echo-team", "board", "fenced"]
     assert [t["slug"] for t in tools if t["allow_api_tokens"]] == ["echo-api"]
     assert tools[2]["spawn_timeout"] == 2
 
@@ -82,7 +82,29 @@ def test_parse_catalogue_fills_in_defaults():
         "slug": "a", "name": "A", "description": "", "backend": "process", "command": ["x"],
         "image": None, "port": None, "env": {}, "health_path": "/", "spawn_timeout": 60,
         "idle_timeout": 3600, "enabled": True, "sizes": [], "allow_api_tokens": False,
+        "shared": False, "identity_headers": False, "ip_allowlist": [], "groups": [],
     }
+
+
+def test_parse_catalogue_reads_access_fields():
+    [tool] = parse_catalogue("- {slug: a, name: A, command: [x], shared: true, identity_headers: true,\n"
+                             "   groups: [finance, analysts, finance], ip_allowlist: [10.0.0.0/8, '::1']}\n")
+    assert tool["shared"] and tool["identity_headers"]
+    assert tool["groups"] == ["analysts", "finance"]
+    assert tool["ip_allowlist"] == ["10.0.0.0/8", "::1/128"]
+
+
+@pytest.mark.parametrize("entry, message", [
+    ("{slug: a, name: A, command: [x], shared: yes-please}", "shared must be true or false"),
+    ("{slug: a, name: A, command: [x], groups: finance}", "groups must be a list"),
+    ("{slug: a, name: A, command: [x], ip_allowlist: [10.0.0.1/8]}", "did you mean 10.0.0.0/8"),
+    ("{slug: a, name: A, command: [x], ip_allowlist: [nowhere]}", "ip_allowlist[1] 'nowhere'"),
+    ("{slug: team-0a1b2c3d, name: A, command: [x]}", "8 hexadecimal"),
+])
+def test_parse_catalogue_refuses_bad_access_fields(entry, message):
+    with pytest.raises(CatalogueError) as caught:
+        parse_catalogue(f"- {entry}\n")
+    assert message in str(caught.value)
 
 
 def test_parse_catalogue_turns_env_numbers_into_strings():
@@ -254,3 +276,13 @@ def test_parse_catalogue_refuses_api_tokens_that_is_not_a_boolean(value):
     entry = {"slug": "a", "name": "A", "command": ["x"], "api_tokens": value}
     with pytest.raises(CatalogueError, match=r"entry 1 \(a\): api_tokens must be true or false"):
         parse_catalogue(json.dumps([entry]))  # JSON is YAML too
+
+
+@pytest.mark.parametrize("fields, field", [
+    ({"slug": "Bad"}, "slug"), ({"port": "x"}, "port"), ({"sizes": [{"name": "s", "cpu": 0, "memory_mb": 64}]}, "sizes"),
+    ({"ip_allowlist": ["nowhere"]}, "ip_allowlist"), ({"command": []}, "command"), ({"comand": ["x"]}, "comand"),
+])
+def test_an_error_names_its_field_for_the_admin_form(fields, field):
+    with pytest.raises(CatalogueError) as error:
+        parse_catalogue(entry(**fields))
+    assert error.value.field == field

@@ -244,3 +244,42 @@ def test_persistent_secret_refuses_an_empty_file(tmp_path):
     (tmp_path / "proxy_secret").write_text("\n")
     with pytest.raises(SettingError, match="proxy_secret is empty"):
         load_settings({"BERTH_DATA_DIR": str(tmp_path)})
+
+
+# -- metrics ----------------------------------------------------------------------------
+
+def test_metrics_settings_default_to_off_and_a_folder_in_the_data_directory(tmp_path):
+    settings = load_settings({"BERTH_DATA_DIR": str(tmp_path)})
+    assert settings["BERTH_METRICS_TOKEN"] is None
+    assert settings["BERTH_METRICS_NETWORKS"] == ()
+    assert settings["BERTH_METRICS_DIR"] == str(tmp_path / "metrics")
+
+
+def test_metrics_settings_read_token_networks_and_folder(tmp_path):
+    settings = load_settings({"BERTH_DATA_DIR": str(tmp_path), "BERTH_METRICS_TOKEN": "t" * 32,
+                              "BERTH_METRICS_NETWORKS": "10.0.0.0/8, 192.0.2.1",
+                              "BERTH_METRICS_DIR": str(tmp_path / "m")})
+    assert settings["BERTH_METRICS_TOKEN"] == "t" * 32
+    assert [str(net) for net in settings["BERTH_METRICS_NETWORKS"]] == ["10.0.0.0/8", "192.0.2.1/32"]
+    assert settings["BERTH_METRICS_DIR"] == str(tmp_path / "m")
+
+
+def test_the_worker_serves_metrics_only_on_a_port_it_is_given(tmp_path):
+    settings = load_settings({"BERTH_DATA_DIR": str(tmp_path)})
+    assert settings["BERTH_WORKER_METRICS_PORT"] is None
+    assert settings["BERTH_WORKER_METRICS_HOST"] == "127.0.0.1"
+    settings = load_settings({"BERTH_DATA_DIR": str(tmp_path), "BERTH_WORKER_METRICS_PORT": "9102",
+                              "BERTH_WORKER_METRICS_HOST": "0.0.0.0"})
+    assert settings["BERTH_WORKER_METRICS_PORT"] == 9102
+    assert settings["BERTH_WORKER_METRICS_HOST"] == "0.0.0.0"
+
+
+@pytest.mark.parametrize("name, raw, message", [
+    ("BERTH_WORKER_METRICS_PORT", "metrics", "BERTH_WORKER_METRICS_PORT='metrics' is not a whole number"),
+    ("BERTH_WORKER_METRICS_PORT", "70000", "BERTH_WORKER_METRICS_PORT=70000 is above the maximum"),
+    ("BERTH_METRICS_TOKEN", "short", "BERTH_METRICS_TOKEN must have at least 16 characters"),
+    ("BERTH_METRICS_NETWORKS", "10.0.0.1/8", "BERTH_METRICS_NETWORKS[1] '10.0.0.1/8' is not a CIDR"),
+])
+def test_metrics_settings_refuse_a_weak_token_or_a_bad_network(tmp_path, name, raw, message):
+    with pytest.raises(SettingError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        load_settings({"BERTH_DATA_DIR": str(tmp_path), name: raw})

@@ -1,7 +1,8 @@
 """Tool addresses and the post-login redirect: webapp/hosts.py, with no services running."""
 import pytest
 
-from webapp.hosts import ToolHost, is_main_host, parse_tool_host, public_url, safe_next_url, tool_host
+from webapp.hosts import (ToolHost, is_main_host, parse_tool_host, public_url, safe_next_url, slug_problem,
+                          tool_host)
 
 DOMAIN = "berth.localhost"
 HOME = "http://berth.localhost:8080/"
@@ -51,15 +52,36 @@ def test_parse_tool_host_refuses_bad_slugs(host):
 
 
 @pytest.mark.parametrize("host", [
-    "echo.berth.localhost",                # no host key: a shared tool, not a personal one
     "echo-.berth.localhost",               # empty host key
-    "echo-0a1b2c3.berth.localhost",        # 7 characters
-    "echo-0a1b2c3d4.berth.localhost",      # 9 characters
-    "echo-0a1b2c3g.berth.localhost",       # not hexadecimal
     "echo-0a1b 2c3.berth.localhost",       # space
 ])
 def test_parse_tool_host_refuses_bad_host_keys(host):
     assert parse_tool_host(host, DOMAIN) is None
+
+
+@pytest.mark.parametrize("host, slug", [
+    ("echo.berth.localhost", "echo"),                       # no host key: the shared tool
+    ("team-dashboard.berth.localhost:8080", "team-dashboard"),
+    ("echo-0a1b2c3.berth.localhost", "echo-0a1b2c3"),       # 7 characters: no host key
+    ("echo-0a1b2c3d4.berth.localhost", "echo-0a1b2c3d4"),   # 9 characters
+    ("echo-0a1b2c3g.berth.localhost", "echo-0a1b2c3g"),     # not hexadecimal
+])
+def test_parse_tool_host_reads_shared_tool_addresses(host, slug):
+    parsed = parse_tool_host(host, DOMAIN)
+    assert parsed == ToolHost(slug=slug, host_key=None) and parsed.shared
+
+
+@pytest.mark.parametrize("slug, problem", [
+    ("echo", None),
+    ("team-dashboard", None),
+    ("echo-0a1b2c3", None),
+    ("echo-0a1b2c3d", "8 hexadecimal"),     # would read as a personal address
+    ("Echo", "a-z"),
+    ("echo--x", "single hyphens"),
+])
+def test_slug_problem(slug, problem):
+    found = slug_problem(slug)
+    assert found is None if problem is None else problem in found
 
 
 @pytest.mark.parametrize("host", ["berth.localhost", "berth.localhost:8080", "BERTH.LOCALHOST"])
@@ -141,6 +163,7 @@ def test_safe_next_url_allows_the_main_host(value):
 
 @pytest.mark.parametrize("value", [
     "http://echo-0a1b2c3d.berth.localhost:8080/",
+    "http://echo.berth.localhost:8080/",           # a shared tool
     "http://jupyterlab-deadbeef.berth.localhost:8080/lab/tree/x.ipynb?reset",
 ])
 def test_safe_next_url_allows_tool_hosts(value):
@@ -169,7 +192,7 @@ def test_safe_next_url_sends_an_empty_value_home(value):
     "http://berth.localhost.evil.com:8080/",
     "http://echo-0a1b2c3d.berth.localhost.evil.com:8080/",
     "http://a.echo-0a1b2c3d.berth.localhost:8080/",
-    "http://echo.berth.localhost:8080/",
+    "http://echo_x.berth.localhost:8080/",
     "http://localhost:8080/",
     "http://127.0.0.1:8080/",
     "http://evil.com#@berth.localhost:8080/",

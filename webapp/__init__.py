@@ -31,15 +31,20 @@ def create_app(test_config=None):
     migrate.init_app(app, db, directory=_migrations_dir())
     csrf.init_app(app)
 
-    from webapp import identity
+    from webapp import identity, metrics
     from webapp.account import views as account
+    from webapp.admin import views as admin
     from webapp.api import views as api
     from webapp.catalogue import views as catalogue
     from webapp.lifecycle import views as lifecycle
+    from webapp.sharing import views as sharing
 
     identity.init_app(app)
+    metrics.init_app(app)
     app.register_blueprint(catalogue.bp)
     app.register_blueprint(account.bp)
+    app.register_blueprint(admin.bp)
+    app.register_blueprint(sharing.bp)
     app.register_blueprint(api.bp)
     api.init_app(app)
     app.register_blueprint(lifecycle.bp)

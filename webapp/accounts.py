@@ -80,11 +80,11 @@ def set_user_flags(user, actor, is_active=None, is_admin=None):
             )
         record_event("user.activate" if is_active else "user.deactivate",
                      f"{user.email} {'activated' if is_active else 'deactivated'}", actor=actor,
-                     user_id=user.id)
+                     user_id=user.id, before={"is_active": not is_active}, after={"is_active": is_active})
     if is_admin is not None and is_admin != user.is_admin:
         user.is_admin = is_admin
         record_event("user.admin", f"{user.email} {'made' if is_admin else 'no longer'} an administrator",
-                     actor=actor, user_id=user.id)
+                     actor=actor, user_id=user.id, before={"is_admin": not is_admin}, after={"is_admin": is_admin})
 
 
 # -- users from single sign-on ----------------------------------------------------------------

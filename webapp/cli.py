@@ -15,7 +15,7 @@ from flask.cli import FlaskGroup, with_appcontext
 from sqlalchemy import func, select
 
 from webapp import create_app
-from webapp.extensions import db
+from webapp.extensions import db, migrate
 from webapp.models import User, record_event
 
 
@@ -23,12 +23,14 @@ def _create_app(*_args, **_kwargs):
     from webapp.config import SettingError
 
     try:
-        return create_app()
+        app = create_app()
     except SettingError as error:
         # A bad BERTH_* value: say which and stop, without a traceback, whichever path asked
         # for the app (Flask prints other exceptions in `berth --help` as tracebacks).
         click.echo(f"Error: {error}", err=True)
         raise SystemExit(1) from None
+    migrate.bind(app)  # `berth db …`: Flask-Migrate is imported only for the CLI (webapp/extensions.py)
+    return app
 
 
 @click.group(cls=FlaskGroup, create_app=_create_app, add_default_commands=False,
@@ -144,8 +146,9 @@ def reconcile():
     from webapp import tasks
     from webapp.launcher import reconcile as run_reconcile
 
+    # The audit log names what acted, the reconciler, whoever ran it and however.
     actions = run_reconcile(enqueue_launch=tasks.enqueue_launch, enqueue_stop=tasks.enqueue_stop,
-                            actor="cli")
+                            actor="reconciler")
     click.echo("\n".join(f"{action}: instance {instance_id}" for action, instance_id in actions)
                or "Nothing to do.")
 
@@ -157,7 +160,7 @@ def cull():
     from webapp import tasks
     from webapp.launcher import cull_idle
 
-    stopped = cull_idle(enqueue_stop=tasks.enqueue_stop, actor="cli")
+    stopped = cull_idle(enqueue_stop=tasks.enqueue_stop, actor="culler")
     click.echo(f"Stopping idle instances: {', '.join(map(str, stopped))}" if stopped else "No idle tools.")
 
 

@@ -210,10 +210,52 @@ def load_settings(environ=os.environ):
         "BERTH_MAX_TOOLS_TOTAL": parse_int("BERTH_MAX_TOOLS_TOTAL", 0, environ, 0),
         # Number of trusted proxies in front of nginx (for X-Forwarded-For and -Proto).
         "BERTH_TRUSTED_HOPS": parse_int("BERTH_TRUSTED_HOPS", 0, environ, 0, 5),
+        # Where those proxies are (comma-separated CIDRs). When set, a hop counts as trusted
+        # only from these addresses, so that a client reaching nginx directly cannot pose as
+        # a proxy. Used to find the client address that IP allowlists check.
+        "BERTH_TRUSTED_PROXIES": parse_networks("BERTH_TRUSTED_PROXIES", environ),
+        # GET /metrics (Prometheus) answers a scraper that sends `Authorization: Bearer <this>`,
+        # or one whose address lies in BERTH_METRICS_NETWORKS (comma-separated CIDRs). With
+        # neither set, /metrics answers 404.
+        "BERTH_METRICS_TOKEN": parse_secret("BERTH_METRICS_TOKEN", environ),
+        "BERTH_METRICS_NETWORKS": parse_networks("BERTH_METRICS_NETWORKS", environ),
+        # Where each process writes its counters, for /metrics to sum (prometheus_client's
+        # multiprocess mode). Shared by the processes of one machine or container; emptied when
+        # the stack starts.
+        "BERTH_METRICS_DIR": metrics_dir(environ),
+        # The worker (huey_consumer) serves its own GET /metrics on this port, behind the same
+        # token or networks; unset: it serves none. Set it in containers, where the worker's
+        # counters are in a folder no other process reads (e.g. 9102, host 0.0.0.0).
+        "BERTH_WORKER_METRICS_PORT": parse_int("BERTH_WORKER_METRICS_PORT", None, environ, 1, 65535),
+        "BERTH_WORKER_METRICS_HOST": parse_string("BERTH_WORKER_METRICS_HOST", "127.0.0.1", environ),
     }
     settings["SQLALCHEMY_ENGINE_OPTIONS"] = {"pool_pre_ping": True}
     _check_sign_in(settings)
     return settings
+
+
+def parse_networks(name, environ=os.environ):
+    from webapp.addresses import AddressError, parse_networks as networks
+
+    try:
+        return tuple(networks(list(parse_list(name, "", environ)), field=name))
+    except AddressError as error:
+        raise SettingError(str(error)) from None
+
+
+def parse_secret(name, environ=os.environ, minimum=16):
+    """An optional shared secret: unset is fine, a short one is refused."""
+    value = _raw(name, environ)
+    if value is not None and len(value) < minimum:
+        raise SettingError(f"{name} must have at least {minimum} characters "
+                           "(try: openssl rand -hex 32)")
+    return value
+
+
+def metrics_dir(environ=os.environ):
+    """BERTH_METRICS_DIR, or <BERTH_DATA_DIR>/metrics. Read before prometheus_client is imported."""
+    data_dir = os.path.abspath(parse_string("BERTH_DATA_DIR", "var", environ))
+    return os.path.abspath(parse_string("BERTH_METRICS_DIR", os.path.join(data_dir, "metrics"), environ))
 
 
 def parse_url(name, default, environ=os.environ):

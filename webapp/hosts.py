@@ -1,4 +1,4 @@
-"""Tool addresses: <slug>-<host_key>.<domain> for a personal tool.
+"""Tool addresses: <slug>-<host_key>.<domain> for a personal tool, <slug>.<domain> for a shared one.
 
 The auth service and the web app both read a tool host with the same function, so that
 they always agree on which tool and which owner a request is for.
@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 SLUG_PATTERN = re.compile(r"^[a-z][a-z0-9]*(?:-[a-z0-9]+)*$")
 _HOST_KEY = re.compile(r"^[0-9a-f]{8}$")
+_PERSONAL_SUFFIX = re.compile(r"-[0-9a-f]{8}$")
 # Longer "next" values are refused (see safe_next_url).
 MAX_NEXT_URL_LENGTH = 2000
 
@@ -16,7 +17,21 @@ MAX_NEXT_URL_LENGTH = 2000
 @dataclass(frozen=True)
 class ToolHost:
     slug: str
-    host_key: str
+    host_key: str | None  # None: the shared tool of that template
+
+    @property
+    def shared(self):
+        return self.host_key is None
+
+
+def slug_problem(slug):
+    """Why slug cannot name a template, or None. Shared in the catalogue loader and admin form."""
+    if not SLUG_PATTERN.match(slug):
+        return "must start with a letter and hold only a-z, 0-9 and single hyphens"
+    if _PERSONAL_SUFFIX.search(slug):
+        # <slug>.<domain> would then read as someone's personal tool address.
+        return "must not end with a hyphen and 8 hexadecimal characters"
+    return None
 
 
 def strip_port(host):
@@ -31,22 +46,27 @@ def is_main_host(host, domain):
 
 
 def parse_tool_host(host, domain):
-    """Return the ToolHost for a tool address, or None if the host is not one."""
+    """Return the ToolHost for a tool address, or None if the host is not one.
+
+    A label ending in -<8 hex digits> is a personal address; any other slug-shaped label is a
+    shared tool's (slugs may not end that way, see slug_problem).
+    """
     name = strip_port(host)
     suffix = "." + domain
     if not name.endswith(suffix):
         return None
     label = name[: -len(suffix)]
-    if "." in label or "-" not in label:
+    if "." in label:
         return None
-    slug, host_key = label.rsplit("-", 1)
-    if not SLUG_PATTERN.match(slug) or not _HOST_KEY.match(host_key):
-        return None
-    return ToolHost(slug=slug, host_key=host_key)
+    if _PERSONAL_SUFFIX.search(label):
+        slug, host_key = label.rsplit("-", 1)
+        return ToolHost(slug=slug, host_key=host_key) if SLUG_PATTERN.match(slug) else None
+    return ToolHost(slug=label, host_key=None) if SLUG_PATTERN.match(label) else None
 
 
 def tool_host(slug, host_key, domain):
-    return f"{slug}-{host_key}.{domain}"
+    """The address of a tool: personal with the owner's host_key, shared with None."""
+    return f"{slug}.{domain}" if host_key is None else f"{slug}-{host_key}.{domain}"
 
 
 def public_url(config, host, path="/"):

@@ -13,7 +13,10 @@ from webapp.hosts import is_main_host, public_url
 from webapp.models import User
 from webapp.tokens import bearer_token
 
-OPEN_ENDPOINTS = {"healthz"}
+# Answered without the proxy secret: the orchestrator's probe, and /metrics, which a scraper
+# may reach directly at the pod's port and which checks its own token or networks
+# (webapp/metrics.py access_refused).
+OPEN_ENDPOINTS = {"healthz", "metrics"}
 
 
 def init_app(app):

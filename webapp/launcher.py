@@ -22,6 +22,7 @@ from flask import current_app
 from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 
+from webapp import metrics
 from webapp.extensions import db
 from webapp.models import State, ToolInstance, record_event, utcnow
 from webapp.spawners import LaunchFailed, get_backend
@@ -196,6 +197,7 @@ def _wait_healthy(instance, backend, me):
     record_event("spawn.running", f"Running; answered after {seconds:.1f} s", actor="worker",
                  instance_id=instance.id, user_id=instance.owner_id, seconds=round(seconds, 3))
     db.session.commit()
+    metrics.record_launch(instance.backend, "running", seconds)
     return "running"
 
 
@@ -213,6 +215,7 @@ def _fail(instance, failure, me, backend=None):
     record_event("spawn.failed", failure.reason, actor="worker", instance_id=instance.id,
                  user_id=instance.owner_id)
     db.session.commit()
+    metrics.record_launch(instance.backend, "failed")
     log.info("instance %s failed: %s", instance.id, failure.reason)
     return "failed"
 
@@ -301,6 +304,7 @@ def reconcile(enqueue_launch, enqueue_stop, actor="reconciler"):
                          actor=actor, instance_id=instance_id if current else None)
             db.session.commit()
             actions.append(("orphan-removed", instance_id))
+    metrics.record_reconcile(actions)
     return actions
 
 
@@ -332,4 +336,5 @@ def cull_idle(enqueue_stop, actor="culler"):
             stopped.append(instance.id)
         else:
             db.session.rollback()
+    metrics.record_culled(len(stopped))
     return stopped

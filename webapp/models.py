@@ -8,7 +8,8 @@ import hashlib
 import secrets
 from datetime import datetime, timezone
 
-from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint, func, text
+from sqlalchemy import (JSON, Boolean, CheckConstraint, Column, ForeignKey, Index, Integer, String, Table, Text,
+                        UniqueConstraint, func, text)
 from sqlalchemy import DateTime as _DateTime
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
@@ -163,8 +164,17 @@ class Membership(db.Model):
     __table_args__ = (UniqueConstraint("group_id", "user_id", name="uq_memberships_group_user"),)
 
 
+# The groups whose members may launch a template. A template with none is open to everyone.
+template_groups = Table(
+    "template_groups",
+    db.metadata,
+    Column("template_id", ForeignKey("tool_templates.id", ondelete="CASCADE"), primary_key=True),
+    Column("group_id", ForeignKey("groups.id", ondelete="CASCADE"), primary_key=True),
+)
+
+
 class ToolTemplate(db.Model):
-    """What a tool is: how to run it and how to tell that it is up."""
+    """What a tool is: how to run it and how to tell that it is up, and who may open it."""
 
     __tablename__ = "tool_templates"
 
@@ -185,9 +195,17 @@ class ToolTemplate(db.Model):
     # Whether API clients may reach the tool with `Authorization: Bearer <Berth API token>`.
     allow_api_tokens: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    # One instance for everyone with access, at <slug>.<domain>, instead of one per user.
+    shared: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
+    # Whether the tool receives X-Berth-User-Email, -Name and -Groups from the auth answer.
+    identity_headers: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
+    # CIDRs a client must come from to reach the tool at all; empty means anywhere.
+    ip_allowlist: Mapped[list] = mapped_column(JSON, default=list, server_default=text("'[]'"))
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow, onupdate=utcnow
     )
+
+    groups: Mapped[list[Group]] = relationship(secondary=template_groups, order_by=Group.name)
 
 
 class ToolInstance(db.Model):
@@ -252,17 +270,51 @@ class ToolInstance(db.Model):
         return self.state in State.LIVE
 
 
+class Grant(db.Model):
+    """The owner of a personal tool lets another user, or a group, open it at its address.
+
+    Keyed on the tool's host, so that a grant outlives one run of the tool and holds for the
+    next, until the owner revokes it.
+    """
+
+    __tablename__ = "tool_grants"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    host: Mapped[str] = mapped_column(String(255), index=True)
+    template_id: Mapped[int] = mapped_column(ForeignKey("tool_templates.id", ondelete="CASCADE"))
+    owner_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    group_id: Mapped[int | None] = mapped_column(ForeignKey("groups.id", ondelete="CASCADE"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    template: Mapped[ToolTemplate] = relationship()
+    owner: Mapped[User] = relationship(foreign_keys=[owner_id])
+    user: Mapped[User | None] = relationship(foreign_keys=[user_id])
+    group: Mapped[Group | None] = relationship()
+
+    __table_args__ = (
+        CheckConstraint("(user_id IS NULL) <> (group_id IS NULL)", name="ck_tool_grants_one_grantee"),
+        UniqueConstraint("host", "user_id", name="uq_tool_grants_host_user"),
+        UniqueConstraint("host", "group_id", name="uq_tool_grants_host_group"),
+    )
+
+    @property
+    def grantee(self):
+        return self.user.email if self.user is not None else f"group {self.group.name}"
+
+
 class Event(db.Model):
-    """The audit log and spawn progress. Rows are only ever added."""
+    """The audit log and spawn progress. Rows are only ever added (the database enforces it)."""
 
     __tablename__ = "events"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
     kind: Mapped[str] = mapped_column(String(60), index=True)
-    # Who or what caused it: "user:<id>", "worker", "reconciler", "cli".
-    actor: Mapped[str] = mapped_column(String(100), default="")
-    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    # Who or what caused it: "user:<id>", "admin:<id>", "anonymous", "worker", "reconciler", "culler",
+    # "oidc", "cli" (a command an operator ran).
+    actor: Mapped[str] = mapped_column(String(100), default="", index=True)
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), index=True)
     instance_id: Mapped[int | None] = mapped_column(
         ForeignKey("tool_instances.id", ondelete="CASCADE"), index=True
     )

@@ -27,6 +27,16 @@ def _make_huey():
 
 huey = _make_huey()
 
+
+@huey.on_startup()
+def serve_metrics():
+    """GET /metrics on BERTH_WORKER_METRICS_PORT, when set. Huey calls this in every worker
+    thread of huey_consumer (never in the web app, which imports this module to enqueue); the
+    server starts once per process."""
+    from webapp import metrics
+
+    metrics.serve_worker_metrics(load_settings())
+
 _app = None
 _app_lock = threading.Lock()
 

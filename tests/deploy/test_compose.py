@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 PROJECT = "berth-deploy-test"
 DOMAIN = "berth.localhost"
 ADMIN = {"email": "admin@berth.localhost", "password": "a long test password"}
+METRICS_TOKEN = "scrape-" + os.urandom(16).hex()
 CONTROL_PLANE = ("auth", "web", "worker", "nginx")
 STORE_LIMIT = 6 * 1024**3  # bytes of image layers the cached engine keeps at most
 
@@ -107,6 +108,7 @@ class Deployment:
             "BERTH_ADMIN_PASSWORD": ADMIN["password"],
             "BERTH_DOCKER_SOCKET": str(engine.socket),
             "BERTH_DOCKER_GID": str(engine.socket.stat().st_gid),
+            "BERTH_METRICS_TOKEN": METRICS_TOKEN,
         }
 
     def run(self, *args, timeout=600):
@@ -226,6 +228,40 @@ def test_control_plane_runs_unprivileged_on_a_read_only_root(deployment):
         assert container["HostConfig"]["ReadonlyRootfs"] is True, service
         sockets = [mount for mount in container["Mounts"] if mount["Destination"] == "/var/run/docker.sock"]
         assert bool(sockets) == (service == "worker"), service
+
+
+def _get_inside(deployment, service, url, token=""):
+    """(status, body) of a GET from inside a container of the project, on its networks, as a
+    Prometheus on the control network would send it."""
+    script = ("import sys, urllib.error, urllib.request\n"
+              "request = urllib.request.Request(sys.argv[1])\n"
+              "if sys.argv[2]: request.add_header('Authorization', 'Bearer ' + sys.argv[2])\n"
+              "try:\n    answer = urllib.request.urlopen(request, timeout=5)\n"
+              "except urllib.error.HTTPError as error:\n    answer = error\n"
+              "print(answer.status); print(answer.read().decode())\n")
+    with closing(deployment.engine.client()) as client:
+        container = client.containers.get(deployment.container(service)["Id"])
+        code, output = container.exec_run(["python", "-c", script, url, token])
+    assert code == 0, output.decode()
+    status, _, body = output.decode().partition("\n")
+    return int(status), body
+
+
+def test_each_container_serves_its_own_metrics_on_the_control_network(deployment):
+    browser = _sign_in(deployment)
+    assert browser.get(f"{deployment.base_url}/", timeout=10).status_code == 200  # an auth check
+    bodies = {}
+    for service, port in (("auth", 8101), ("web", 8102), ("worker", 9102)):
+        url = f"http://{service}:{port}/metrics"
+        status, reason = _get_inside(deployment, "nginx", url)
+        assert status == 403 and "scrape token" in reason, (service, status, reason)
+        status, bodies[service] = _get_inside(deployment, "nginx", url, METRICS_TOKEN)
+        assert status == 200, (service, bodies[service])
+    assert re.search(r'^berth_auth_checks_total\{status="200",target="web"\} [1-9]', bodies["auth"], re.M)
+    assert "berth_auth_checks_total" not in bodies["worker"]  # each reports its own container only
+    assert "berth_reconciler_actions_total" in bodies["worker"]
+    assert "berth_instances" in bodies["web"]
+    assert "berth_instances" not in bodies["auth"] and "berth_instances" not in bodies["worker"]
 
 
 def test_kubernetes_nginx_runs_its_rendered_configmap_in_the_image(deployment, tmp_path):

@@ -123,3 +123,18 @@ def test_the_readme_documents_every_file_and_placeholder():
         assert f"`{path.name}`" in readme, path.name
     for placeholder in SAMPLE:
         assert f"${{{placeholder}}}" in readme, placeholder
+
+
+def test_auth_web_and_worker_are_labelled_for_scraping_their_own_metrics(definitions):
+    for process, port in (("auth", 8101), ("web", 8102), ("worker", 9102)):
+        container = _container(definitions[process])
+        labels = container["dockerLabels"]
+        assert labels["ECS_PROMETHEUS_EXPORTER_PORT"] == str(port), process
+        assert labels["ECS_PROMETHEUS_METRICS_PATH"] == "/metrics", process
+        assert port in [mapping["containerPort"] for mapping in container["portMappings"]], process
+        assert "BERTH_METRICS_TOKEN" in {entry["name"] for entry in container["secrets"]}, process
+    worker = _container(definitions["worker"])
+    env = {entry["name"]: entry["value"] for entry in worker["environment"]}
+    assert env["BERTH_WORKER_METRICS_PORT"] == "9102"
+    assert env["BERTH_WORKER_METRICS_HOST"] == "0.0.0.0"
+    assert [mapping["name"] for mapping in worker["portMappings"]] == ["metrics"]

@@ -207,3 +207,21 @@ def test_the_filled_nginx_conf_is_valid_for_nginx(manifests, tmp_path):
 def test_filling_the_template_refuses_what_would_break_or_leak(text, secret, message):
     with pytest.raises(TemplateError, match=message):
         fill(text, secret, "/tmp/nginx")
+
+
+def test_auth_web_and_worker_pods_are_annotated_for_scraping_their_own_metrics(manifests):
+    pods = {item["metadata"]["name"]: item["spec"]["template"] for item in _all(manifests, "Deployment")}
+    for name in ("berth-auth", "berth-web", "berth-worker"):
+        annotations = pods[name]["metadata"]["annotations"]
+        assert annotations["prometheus.io/scrape"] == "true", name
+        assert annotations["prometheus.io/path"] == "/metrics", name
+        [container] = pods[name]["spec"]["containers"]
+        assert int(annotations["prometheus.io/port"]) in [port["containerPort"] for port in container["ports"]]
+        [token] = [entry for entry in container["env"] if entry["name"] == "BERTH_METRICS_TOKEN"]
+        assert token["valueFrom"]["secretKeyRef"]["optional"] is True, name  # metrics stay optional
+    [worker] = pods["berth-worker"]["spec"]["containers"]
+    env = {entry["name"]: entry.get("value") for entry in worker["env"]}
+    [metrics] = [port for port in worker["ports"] if port["name"] == "metrics"]
+    assert env["BERTH_WORKER_METRICS_PORT"] == str(metrics["containerPort"])
+    assert env["BERTH_WORKER_METRICS_HOST"] == "0.0.0.0"  # reachable from the scraper, not loopback
+    assert "prometheus.io/scrape" not in pods["berth-nginx"]["metadata"].get("annotations", {})

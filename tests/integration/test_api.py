@@ -234,7 +234,8 @@ def test_the_openapi_document_describes_the_api(stack, alice, api):
     assert document["servers"] == [{"url": f"{stack.base_url}/api"}]
     routes = {(rule.rule, method) for rule in stack.app.url_map.iter_rules() if rule.rule.startswith("/api/")
               for method in rule.methods - {"HEAD", "OPTIONS"}}
-    documented = {("/api" + path.replace("{", "<int:").replace("}", ">"), method.upper())
+    documented = {("/api" + path.replace("{slug}", "<slug>").replace("{", "<int:").replace("}", ">"),
+                   method.upper())
                   for path, operations in document["paths"].items() for method in operations}
     assert documented == routes - {("/api/openapi.json", "GET")}
 

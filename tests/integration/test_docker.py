@@ -116,5 +116,5 @@ def test_reconciler_removes_an_orphan_container_and_fails_an_instance_whose_cont
         assert orphan.name not in names
         assert other_deployment.name in names  # another Berth's container is never touched
         client.containers.get(other_deployment.name).remove(force=True)
-    kinds = [r["kind"] for r in stack.query("SELECT kind FROM events WHERE actor = 'cli' ORDER BY id")]
+    kinds = [r["kind"] for r in stack.query("SELECT kind FROM events WHERE actor = 'reconciler' ORDER BY id")]
     assert "reconcile.gone" in kinds and "reconcile.orphan" in kinds

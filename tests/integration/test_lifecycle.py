@@ -150,7 +150,7 @@ def test_a_launch_whose_queue_message_was_lost_is_taken_up_again(stack, alice, w
     assert browser.get(stack.tool_url("echo", alice, "/headers")).status_code == 200
     events = wait_for_event(stack, row["id"], "spawn.running")
     assert events[0]["kind"] == "instance.launch"
-    assert (events[1]["kind"], events[1]["actor"]) == ("reconcile.resume", "cli")
+    assert (events[1]["kind"], events[1]["actor"]) == ("reconcile.resume", "reconciler")
     assert events[1]["message"] == "Resuming the launch at step queued"
     # A worker also reconciles as it starts; it may queue the launch once more, which is harmless.
     assert [e["kind"] for e in events if e["kind"] not in ("spawn.step", "reconcile.resume")] == [
@@ -179,7 +179,7 @@ def test_a_stop_whose_queue_message_was_lost_is_finished(stack, alice, normal_wo
     _wait_state(stack, host, ("STOPPED",))
     _wait_gone(_backend_state(row)["pid"])
     kinds = [(e["kind"], e["actor"]) for e in wait_for_event(stack, row["id"], "instance.stopped")]
-    assert ("reconcile.stop", "cli") in kinds
+    assert ("reconcile.stop", "reconciler") in kinds
     assert kinds.count(("instance.stopped", "worker")) == 1
 
 

@@ -169,7 +169,7 @@ def test_tools_take_tokens_only_when_their_template_allows_it_and_never_see_them
         bobs = make_token(stack, browser)
     other = requests.get(stack.tool_url("echo-api", alice, "/headers"), allow_redirects=False, timeout=10,
                          headers={"Authorization": f"Bearer {bobs}"})
-    assert _assert_json_error(other, 403) == "This tool belongs to another user."
+    assert "belongs to another user" in _assert_json_error(other, 403)
 
 
 def test_using_a_token_marks_it_used_without_a_write_per_request(stack, alice):

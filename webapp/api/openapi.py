@@ -4,7 +4,7 @@ The request and response schemas come from schemas.py, which the views also vali
 the tests run schemathesis against this document and the running API.
 """
 from webapp.api.schemas import MAX_ID, components
-from webapp.hosts import public_url
+from webapp.hosts import SLUG_PATTERN, public_url
 
 
 def _ref(name):
@@ -37,6 +37,10 @@ def _id(name, what):
             "schema": {"type": "integer", "minimum": 1, "maximum": MAX_ID}}
 
 
+_SLUG = {"name": "slug", "in": "path", "required": True, "description": "The tool's slug.",
+         "schema": {"type": "string", "pattern": SLUG_PATTERN.pattern, "maxLength": 40}}
+_TOOL_NOT_FOUND = {"404": _error("No such tool in your catalogue.")}
+
 _LIMIT = {"name": "limit", "in": "query", "required": False, "description": "At most this many, newest first.",
           "schema": {"type": "integer", "minimum": 1, "maximum": 200, "default": 50}}
 _STATE = {"name": "state", "in": "query", "required": False,
@@ -68,7 +72,7 @@ def document(config):
         },
         "servers": [{"url": base}],
         "security": [{"bearerToken": []}],
-        "tags": [{"name": "me"}, {"name": "tools"}, {"name": "instances"}, {"name": "tokens"},
+        "tags": [{"name": "me"}, {"name": "tools"}, {"name": "sharing"}, {"name": "instances"}, {"name": "tokens"},
                  {"name": "admin"}],
         "paths": {
             "/me": {"get": _operation("Who the token belongs to", {"200": _json(_ref("User"), "You.")},
@@ -76,6 +80,23 @@ def document(config):
             "/tools": {"get": _operation(
                 "The catalogue", {"200": _json(_list_of("tools", "Tool"), "The tools you may launch.")},
                 ["tools"], operation_id="listTools")},
+            "/tools/{slug}/grants": {
+                "get": _operation("Who else may open your tool", {
+                    "200": _json(_list_of("grants", "Grant"), "Oldest first."), **_TOOL_NOT_FOUND,
+                    "409": _error("A shared tool: it has no grants."),
+                }, ["sharing"], [_SLUG], operation_id="listGrants"),
+                "post": _operation("Share your tool with a user or a group", {
+                    "201": _json(_ref("Grant"), "They may open it from their next request."),
+                    **_BAD, "404": _error("No such tool, user or group."),
+                    "409": _error("They have access already, or the tool is shared with everyone."),
+                }, ["sharing"], [_SLUG], body="GrantRequest", operation_id="createGrant"),
+            },
+            "/tools/{slug}/grants/{grant_id}": {"delete": _operation("Stop sharing your tool with them", {
+                "204": {"description": "Revoked: refused from their next request, including a new "
+                                       "WebSocket handshake."},
+                "404": _error("No such tool or grant."),
+                "409": _error("A shared tool: it has no grants."),
+            }, ["sharing"], [_SLUG, _id("grant_id", "grant")], operation_id="revokeGrant")},
             "/instances": {
                 "get": _operation("Your instances", {
                     "200": _json(_list_of("instances", "Instance"), "Newest first."), **_BAD,

@@ -42,8 +42,21 @@ COMPONENTS = {
             "sizes": {"type": "array", "items": {"$ref": "#/components/schemas/Size"}},
             "api_tokens": {"type": "boolean", "description": "Whether the tool's own address accepts "
                                                              "API tokens."},
+            "shared": {"type": "boolean", "description": "One instance for everyone with access, at one "
+                                                         "address, rather than one per person."},
         },
-        "required": ["slug", "name", "description", "url", "sizes", "api_tokens"],
+        "required": ["slug", "name", "description", "url", "sizes", "api_tokens", "shared"],
+    },
+    "Grant": {
+        "type": "object",
+        "description": "Access to your tool for one user or one group (the other field is null).",
+        "properties": {
+            "id": {"type": "integer"},
+            "user": {"type": ["string", "null"], "description": "The user's email."},
+            "group": {"type": ["string", "null"], "description": "The group's name."},
+            "created_at": _TIME,
+        },
+        "required": ["id", "user", "group", "created_at"],
     },
     "Instance": {
         "type": "object",
@@ -135,6 +148,18 @@ COMPONENTS = {
                      "description": "One of the tool's sizes; its first size by default."},
         },
         "required": ["tool"],
+        "additionalProperties": False,
+    },
+    "GrantRequest": {
+        "type": "object",
+        "description": "Exactly one of user (an email) and group (a name).",
+        "properties": {
+            "user": {"type": "string", "minLength": 3, "maxLength": 320, "pattern": NAME_PATTERN.pattern,
+                     "description": "The user's email."},
+            "group": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": NAME_PATTERN.pattern,
+                      "description": "The group's name."},
+        },
+        "oneOf": [{"required": ["user"]}, {"required": ["group"]}],
         "additionalProperties": False,
     },
     "TokenRequest": {

@@ -5,13 +5,14 @@ from flask import Blueprint, current_app, g, jsonify, request
 from sqlalchemy import select
 from werkzeug.exceptions import BadRequest, HTTPException
 
+from webapp.access import AccessRefused, add_grant, grants_on, launchable_templates, may_launch, revoke_grant
 from webapp.accounts import set_user_flags, user_groups
 from webapp.api.openapi import document
 from webapp.api.schemas import MAX_ID, body_errors
 from webapp.extensions import csrf, db
 from webapp.hosts import public_url, tool_host
 from webapp.lifecycle.launches import LaunchRefused, instance_events, request_launch, request_stop
-from webapp.models import Group, Membership, State, ToolInstance, ToolTemplate, User
+from webapp.models import Grant, Group, Membership, State, ToolInstance, ToolTemplate, User
 from webapp.tokens import TokenError, create_token, is_expired, revoke_token, user_tokens
 
 bp = Blueprint("api", __name__, url_prefix="/api")
@@ -138,15 +139,30 @@ def _time(value):
     return value.isoformat() if value is not None else None
 
 
+def _host_for(template, user):
+    """The address of user's tool of this template: their own, or the shared one."""
+    return tool_host(template.slug, None if template.shared else user.host_key,
+                     current_app.config["BERTH_DOMAIN"])
+
+
 def _tool_json(template, user):
-    config = current_app.config
     return {
         "slug": template.slug,
         "name": template.name,
         "description": template.description,
-        "url": public_url(config, tool_host(template.slug, user.host_key, config["BERTH_DOMAIN"])),
+        "url": public_url(current_app.config, _host_for(template, user)),
         "sizes": template.sizes or [],
         "api_tokens": template.allow_api_tokens,
+        "shared": template.shared,
+    }
+
+
+def _grant_json(grant):
+    return {
+        "id": grant.id,
+        "user": grant.user.email if grant.user is not None else None,
+        "group": grant.group.name if grant.group is not None else None,
+        "created_at": _time(grant.created_at),
     }
 
 
@@ -203,8 +219,8 @@ def _instances(query):
     return jsonify(instances=[_instance_json(instance) for instance in rows])
 
 
-def _stop(instance):
-    if not request_stop(instance, actor=f"user:{g.user.id}"):
+def _stop(instance, actor):
+    if not request_stop(instance, actor=actor):
         raise ApiError(409, f"Instance {instance.id} is {instance.state.lower()}, not running: "
                             "there is nothing to stop.")
     db.session.refresh(instance)
@@ -227,10 +243,7 @@ def me():
 
 @bp.get("/tools")
 def tools():
-    templates = db.session.execute(
-        select(ToolTemplate).where(ToolTemplate.enabled.is_(True)).order_by(ToolTemplate.name)
-    ).scalars().all()
-    return jsonify(tools=[_tool_json(template, g.user) for template in templates])
+    return jsonify(tools=[_tool_json(template, g.user) for template in launchable_templates(g.user)])
 
 
 @bp.get("/instances")
@@ -246,11 +259,13 @@ def launch():
     ).scalar_one_or_none()
     if template is None:
         raise ApiError(404, f"There is no tool {body['tool']!r} in the catalogue.")
+    if not may_launch(g.user, template):
+        raise ApiError(403, f"You are not in a group that may use {template.name}.")
     size = body.get("size")
     if size is not None and size not in [choice["name"] for choice in template.sizes or []]:
         names = ", ".join(choice["name"] for choice in template.sizes or []) or "none"
         raise ApiError(404, f"{template.name} has no size {size!r} (sizes: {names}).")
-    host = tool_host(template.slug, g.user.host_key, current_app.config["BERTH_DOMAIN"])
+    host = _host_for(template, g.user)
     try:
         instance, created = request_launch(template, g.user, host, actor=f"user:{g.user.id}",
                                            size_name=size)
@@ -271,7 +286,48 @@ def instance_status(instance_id):
 
 @bp.post("/instances/<int:instance_id>/stop")
 def stop_instance(instance_id):
-    return _stop(_own_instance(instance_id))
+    return _stop(_own_instance(instance_id), actor=f"user:{g.user.id}")
+
+
+# -- sharing my tools -----------------------------------------------------------------------
+
+def _own_tool(slug):
+    template = db.session.execute(select(ToolTemplate).where(ToolTemplate.slug == slug)).scalar_one_or_none()
+    if template is None or not may_launch(g.user, template):
+        raise ApiError(404, f"There is no tool {slug!r} in the catalogue.")
+    if template.shared:
+        raise ApiError(409, f"{template.name} is a shared tool: everyone allowed to use it has access.")
+    return template, _host_for(template, g.user)
+
+
+@bp.get("/tools/<slug>/grants")
+def list_grants(slug):
+    template, host = _own_tool(slug)
+    return jsonify(grants=[_grant_json(grant) for grant in grants_on(host)])
+
+
+@bp.post("/tools/<slug>/grants")
+def new_grant(slug):
+    template, host = _own_tool(slug)
+    body = _body("GrantRequest")
+    try:
+        grant = add_grant(g.user, template, host, actor=f"user:{g.user.id}",
+                          email=body.get("user"), group_name=body.get("group"))
+    except AccessRefused as refusal:
+        db.session.rollback()
+        raise ApiError(refusal.status, refusal.reason) from None
+    db.session.commit()
+    return jsonify(_grant_json(grant)), 201
+
+
+@bp.delete("/tools/<slug>/grants/<int:grant_id>")
+def delete_grant(slug, grant_id):
+    template, host = _own_tool(slug)
+    grant = db.session.get(Grant, grant_id) if 1 <= grant_id <= MAX_ID else None
+    if grant is None or grant.host != host or not revoke_grant(grant, actor=f"user:{g.user.id}"):
+        raise ApiError(404, f"Your {template.name} has no grant {grant_id}.")
+    db.session.commit()
+    return "", 204
 
 
 # -- my tokens ------------------------------------------------------------------------------
@@ -331,7 +387,7 @@ def admin_change_user(user_id):
     user = _get(User, user_id, "user")
     if user.id == g.user.id and False in (body.get("is_active"), body.get("is_admin")):
         raise ApiError(409, "You cannot deactivate your own account or give up your own administration.")
-    set_user_flags(user, actor=f"user:{g.user.id}", is_active=body.get("is_active"),
+    set_user_flags(user, actor=f"admin:{g.user.id}", is_active=body.get("is_active"),
                    is_admin=body.get("is_admin"))
     db.session.commit()
     return jsonify(_user_json(user))
@@ -346,4 +402,4 @@ def admin_instances():
 @bp.post("/admin/instances/<int:instance_id>/stop")
 @admin_required
 def admin_stop(instance_id):
-    return _stop(_get(ToolInstance, instance_id, "instance"))
+    return _stop(_get(ToolInstance, instance_id, "instance"), actor=f"admin:{g.user.id}")

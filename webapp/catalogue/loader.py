@@ -15,81 +15,113 @@
         idle_timeout: 3600          # seconds without activity before the tool is stopped
         enabled: true
         api_tokens: false           # true: API clients may reach it with a Berth API token
+        shared: false               # true: one instance for everyone, at <slug>.<domain>
+        groups: [analysts]          # who may launch or open it; empty or absent: everyone
+        identity_headers: false     # true: the tool gets X-Berth-User-Email, -Name and -Groups
+        ip_allowlist: [10.0.0.0/8]  # CIDRs clients must come from; empty or absent: anywhere
         sizes:                      # named sizes the user picks from; the first is the default
           - {name: small, cpu: 0.5, memory_mb: 1024}
           - {name: large, cpu: 2, memory_mb: 4096}
 
 Every entry is checked before anything is written. An error names the entry and the field.
 """
+import re
+
 import yaml
 from sqlalchemy import select
 
 from webapp.extensions import db
-from webapp.hosts import SLUG_PATTERN
-from webapp.models import ToolTemplate, record_event
+from webapp.addresses import AddressError, parse_networks
+from webapp.hosts import slug_problem
+from webapp.models import Group, ToolTemplate, record_event
 from webapp.spawners import BACKEND_NAMES
 
 
 class CatalogueError(ValueError):
-    pass
+    """What is wrong, and (field) which entry field it is about, so a form can show it in place."""
+
+    def __init__(self, message, field=None):
+        super().__init__(message)
+        self.field = field
+
+
+def _top(field):
+    """The entry field a sub-field's name belongs to: sizes[2].cpu is about sizes."""
+    return re.split(r"[\[.]", field, maxsplit=1)[0]
 
 
 def _text(value, field, required=False, maximum=300):
     if value is None and not required:
         return None
     if not isinstance(value, str) or (required and not value.strip()):
-        raise CatalogueError(f"{field} must be {'a non-empty' if required else 'a'} string")
+        raise CatalogueError(f"{field} must be {'a non-empty' if required else 'a'} string", _top(field))
     if len(value) > maximum:
-        raise CatalogueError(f"{field} is longer than {maximum} characters")
+        raise CatalogueError(f"{field} is longer than {maximum} characters", _top(field))
     return value
 
 
 def _integer(value, field, minimum, maximum):
     if isinstance(value, bool) or not isinstance(value, int):
-        raise CatalogueError(f"{field} must be a whole number")
+        raise CatalogueError(f"{field} must be a whole number", _top(field))
     if not minimum <= value <= maximum:
-        raise CatalogueError(f"{field} must be between {minimum} and {maximum}")
+        raise CatalogueError(f"{field} must be between {minimum} and {maximum}", _top(field))
     return value
 
 
-def _validate_entry(entry):
+def validate_entry(entry):
+    """One catalogue entry (YAML's field names) to template fields; CatalogueError names the field.
+
+    The one validator for the YAML catalogue and the admin pages' template form.
+    """
     if not isinstance(entry, dict):
         raise CatalogueError("each entry must be a mapping of fields")
     known = {"slug", "name", "description", "backend", "command", "image", "port", "env",
-             "health_path", "spawn_timeout", "idle_timeout", "enabled", "sizes", "api_tokens"}
+             "health_path", "spawn_timeout", "idle_timeout", "enabled", "sizes", "api_tokens",
+             "shared", "groups", "identity_headers", "ip_allowlist"}
     unknown = sorted(set(entry) - known)
     if unknown:
-        raise CatalogueError(f"unknown field {unknown[0]!r} (known: {', '.join(sorted(known))})")
+        raise CatalogueError(f"unknown field {unknown[0]!r} (known: {', '.join(sorted(known))})", unknown[0])
     slug = _text(entry.get("slug"), "slug", required=True, maximum=40)
-    if not SLUG_PATTERN.match(slug):
-        raise CatalogueError("slug must start with a letter and hold only a-z, 0-9 and single hyphens")
+    problem = slug_problem(slug)
+    if problem:
+        raise CatalogueError(f"slug {problem}", "slug")
     backend = entry.get("backend", "process")
     if backend not in BACKEND_NAMES:
-        raise CatalogueError(f"backend must be one of: {', '.join(BACKEND_NAMES)}")
+        raise CatalogueError(f"backend must be one of: {', '.join(BACKEND_NAMES)}", "backend")
     command = entry.get("command", [])
     if not isinstance(command, list) or not all(isinstance(part, str) for part in command):
-        raise CatalogueError("command must be a list of strings")
+        raise CatalogueError("command must be a list of strings", "command")
     if backend == "process" and not command:
-        raise CatalogueError("command is required for the process backend")
+        raise CatalogueError("command is required for the process backend", "command")
     if backend == "docker" and not entry.get("image"):
-        raise CatalogueError("image is required for the docker backend")
+        raise CatalogueError("image is required for the docker backend", "image")
     if backend == "ecs" and not entry.get("image"):
         raise CatalogueError("image is required for the ecs backend: the task definition's family, "
-                             "family:revision or ARN")
+                             "family:revision or ARN", "image")
     env = entry.get("env") or {}
     if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, (str, int, float))
                                             and not isinstance(v, bool) for k, v in env.items()):
-        raise CatalogueError("env must map names to strings or numbers")
+        raise CatalogueError("env must map names to strings or numbers", "env")
     health_path = _text(entry.get("health_path", "/"), "health_path", required=True)
     if not health_path.startswith("/"):
-        raise CatalogueError("health_path must start with /")
+        raise CatalogueError("health_path must start with /", "health_path")
     port = entry.get("port")
     enabled = entry.get("enabled", True)
     if not isinstance(enabled, bool):
-        raise CatalogueError("enabled must be true or false")
-    api_tokens = entry.get("api_tokens", False)
-    if not isinstance(api_tokens, bool):
-        raise CatalogueError("api_tokens must be true or false")
+        raise CatalogueError("enabled must be true or false", "enabled")
+    flags = {}
+    for field in ("api_tokens", "shared", "identity_headers"):
+        flags[field] = entry.get(field, False)
+        if not isinstance(flags[field], bool):
+            raise CatalogueError(f"{field} must be true or false", field)
+    groups = entry.get("groups") or []
+    if not isinstance(groups, list) or not all(isinstance(name, str) and name.strip() and len(name) <= 200
+                                               for name in groups):
+        raise CatalogueError("groups must be a list of group names", "groups")
+    try:
+        allowlist = [str(network) for network in parse_networks(entry.get("ip_allowlist") or [])]
+    except AddressError as error:
+        raise CatalogueError(str(error), "ip_allowlist") from None
     return {
         "slug": slug,
         "name": _text(entry.get("name"), "name", required=True, maximum=200),
@@ -103,26 +135,30 @@ def _validate_entry(entry):
         "spawn_timeout": _integer(entry.get("spawn_timeout", 60), "spawn_timeout", 1, 3600),
         "idle_timeout": _integer(entry.get("idle_timeout", 3600), "idle_timeout", 0, 30 * 86400),
         "enabled": enabled,
-        "allow_api_tokens": api_tokens,
+        "allow_api_tokens": flags["api_tokens"],
+        "shared": flags["shared"],
+        "identity_headers": flags["identity_headers"],
+        "ip_allowlist": allowlist,
+        "groups": sorted({name.strip() for name in groups}),
         "sizes": _sizes(entry.get("sizes", [])),
     }
 
 
 def _sizes(value):
     if not isinstance(value, list):
-        raise CatalogueError("sizes must be a list of {name, cpu, memory_mb}")
+        raise CatalogueError("sizes must be a list of {name, cpu, memory_mb}", "sizes")
     sizes, names = [], set()
     for position, size in enumerate(value, start=1):
         field = f"sizes[{position}]"
         if not isinstance(size, dict) or set(size) - {"name", "cpu", "memory_mb"}:
-            raise CatalogueError(f"{field} must be a mapping with name, cpu and memory_mb")
+            raise CatalogueError(f"{field} must be a mapping with name, cpu and memory_mb", "sizes")
         name = _text(size.get("name"), f"{field}.name", required=True, maximum=40)
         if name in names:
-            raise CatalogueError(f"{field}.name {name!r} appears twice")
+            raise CatalogueError(f"{field}.name {name!r} appears twice", "sizes")
         names.add(name)
         cpu = size.get("cpu")
         if isinstance(cpu, bool) or not isinstance(cpu, (int, float)) or not 0 < cpu <= 64:
-            raise CatalogueError(f"{field}.cpu must be a number of cores between 0 and 64")
+            raise CatalogueError(f"{field}.cpu must be a number of cores between 0 and 64", "sizes")
         sizes.append({"name": name, "cpu": cpu,
                       "memory_mb": _integer(size.get("memory_mb"), f"{field}.memory_mb", 16, 1024 * 1024)})
     return sizes
@@ -143,11 +179,11 @@ def parse_catalogue(text):
         if isinstance(entry, dict) and isinstance(entry.get("slug"), str):
             label += f" ({entry['slug']})"
         try:
-            fields = _validate_entry(entry)
+            fields = validate_entry(entry)
         except CatalogueError as error:
-            raise CatalogueError(f"{label}: {error}") from None
+            raise CatalogueError(f"{label}: {error}", error.field) from None
         if fields["slug"] in seen:
-            raise CatalogueError(f"{label}: slug {fields['slug']!r} appears twice")
+            raise CatalogueError(f"{label}: slug {fields['slug']!r} appears twice", "slug")
         seen.add(fields["slug"])
         parsed.append(fields)
     return parsed
@@ -162,13 +198,41 @@ def load_catalogue(text, actor="cli"):
             select(ToolTemplate).where(ToolTemplate.slug == fields["slug"])
         ).scalar_one_or_none()
         if template is None:
-            db.session.add(ToolTemplate(**fields))
+            groups = groups_named(fields.pop("groups"))
+            db.session.add(ToolTemplate(**fields, groups=groups))
             created += 1
         else:
-            changed = {key: value for key, value in fields.items() if getattr(template, key) != value}
-            for key, value in changed.items():
-                setattr(template, key, value)
-            updated += bool(changed)
+            updated += bool(apply_fields(template, fields))
     record_event("catalogue.load", f"Catalogue loaded: {created} new, {updated} changed", actor=actor)
     db.session.commit()
     return created, updated
+
+
+def apply_fields(template, fields):
+    """Set validated fields (groups by name) on template. Returns {field: (before, after)} of what changed."""
+    fields = dict(fields)
+    changes = {}
+    if "groups" in fields:
+        groups = groups_named(fields.pop("groups"))
+        before = [group.name for group in template.groups]
+        if sorted(before) != sorted(group.name for group in groups):
+            changes["groups"] = (before, sorted(group.name for group in groups))
+            template.groups = groups
+    for key, value in fields.items():
+        if getattr(template, key) != value:
+            changes[key] = (getattr(template, key), value)
+            setattr(template, key, value)
+    return changes
+
+
+def groups_named(names):
+    """The groups called names, creating the missing ones (single sign-on may fill them later)."""
+    groups = []
+    for name in names:
+        group = db.session.execute(select(Group).where(Group.name == name)).scalar_one_or_none()
+        if group is None:
+            group = Group(name=name)
+            db.session.add(group)
+            db.session.flush()
+        groups.append(group)
+    return groups

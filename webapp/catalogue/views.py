@@ -4,10 +4,11 @@ from flask_wtf import FlaskForm
 from wtforms import StringField
 from sqlalchemy import select
 
+from webapp.access import grants_to, launchable_templates, may_launch
 from webapp.extensions import db
 from webapp.hosts import public_url, tool_host
 from webapp.identity import login_required
-from webapp.lifecycle.launches import LaunchRefused, request_launch, request_stop
+from webapp.lifecycle.launches import LaunchRefused, live_instance, request_launch, request_stop
 from webapp.models import State, ToolInstance, ToolTemplate
 
 bp = Blueprint("catalogue", __name__)
@@ -24,24 +25,37 @@ class LaunchForm(FlaskForm):
 @bp.get("/")
 @login_required
 def index():
-    templates = db.session.execute(
-        select(ToolTemplate).where(ToolTemplate.enabled.is_(True)).order_by(ToolTemplate.name)
-    ).scalars().all()
+    """The tools this user may launch (shared ones at their common address), and those shared with them."""
+    config = current_app.config
+    domain = config["BERTH_DOMAIN"]
+    templates = launchable_templates(g.user)
+    hosts = {template.id: tool_host(template.slug, None if template.shared else g.user.host_key, domain)
+             for template in templates}
     live = db.session.execute(
-        select(ToolInstance).where(ToolInstance.owner_id == g.user.id,
-                                   ToolInstance.state.in_(State.LIVE))
+        select(ToolInstance).where(ToolInstance.host.in_(hosts.values()), ToolInstance.state.in_(State.LIVE))
     ).scalars().all()
-    live_by_template = {instance.template_id: instance for instance in live}
-    domain = current_app.config["BERTH_DOMAIN"]
+    live_by_host = {instance.host: instance for instance in live}
     tools = [
         {
             "template": template,
-            "instance": live_by_template.get(template.id),
-            "url": public_url(current_app.config, tool_host(template.slug, g.user.host_key, domain)),
+            "instance": live_by_host.get(hosts[template.id]),
+            "url": public_url(config, hosts[template.id]),
+            # Only the person who owns a personal tool stops it here; shared ones are stopped by
+            # the idle culler or an administrator.
+            "may_stop": not template.shared,
         }
         for template in templates
     ]
-    return render_template("catalogue.html", tools=tools, stop_form=StopForm(), launch_form=LaunchForm())
+    first_grant_by_host = {}  # a user may hold several grants to one tool (directly and by group)
+    for grant in grants_to(g.user):
+        first_grant_by_host.setdefault(grant.host, grant)
+    shared_with_me = [
+        {"template": grant.template, "owner": grant.owner, "url": public_url(config, host),
+         "instance": live_instance(host)}
+        for host, grant in first_grant_by_host.items()
+    ]
+    return render_template("catalogue.html", tools=tools, shared_with_me=shared_with_me,
+                           stop_form=StopForm(), launch_form=LaunchForm())
 
 
 @bp.post("/launch/<slug>")
@@ -56,8 +70,11 @@ def launch(slug):
     ).scalar_one_or_none()
     if template is None:
         abort(404)
+    if not may_launch(g.user, template):
+        return render_template("message.html", title=f"{template.name} was not started",
+                               message=f"You are not in a group that may use {template.name}."), 403
     domain = current_app.config["BERTH_DOMAIN"]
-    host = tool_host(template.slug, g.user.host_key, domain)
+    host = tool_host(template.slug, None if template.shared else g.user.host_key, domain)
     try:
         request_launch(template, g.user, host, actor=f"user:{g.user.id}", size_name=form.size.data or None)
     except LaunchRefused as refusal:
@@ -73,7 +90,7 @@ def stop(instance_id):
     if not form.validate_on_submit():
         abort(400, "The form expired. Reload the page and try again.")
     instance = db.session.get(ToolInstance, instance_id)
-    if instance is None or instance.owner_id != g.user.id:
+    if instance is None or instance.owner_id != g.user.id or instance.template.shared:
         abort(404)
     if request_stop(instance, actor=f"user:{g.user.id}"):
         flash(f"Stopping {instance.template.name}.")

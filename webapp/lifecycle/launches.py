@@ -5,7 +5,7 @@ from sqlalchemy.exc import IntegrityError
 
 from webapp import tasks
 from webapp.extensions import db
-from webapp.models import Event, State, ToolInstance, User, record_event
+from webapp.models import Event, State, ToolInstance, ToolTemplate, User, record_event
 
 
 def live_instance(host):
@@ -48,8 +48,10 @@ def choose_size(template, name=None):
     raise LaunchRefused(f"{template.name} has no size {name!r}; choose one of: {names}.", status=400)
 
 
-def _check_limits(owner):
+def _check_limits(owner, template):
     """Refuse a launch over the per-user or the global limit of live tools.
+
+    Shared tools count towards the global limit only: they belong to everyone with access.
 
     The owner's row is locked (FOR UPDATE on PostgreSQL; SQLite serialises writers anyway), so
     two racing launches by one user cannot both squeeze under the limit.
@@ -58,8 +60,9 @@ def _check_limits(owner):
     db.session.execute(select(User.id).where(User.id == owner.id).with_for_update())
     per_user, total = config["BERTH_MAX_TOOLS_PER_USER"], config["BERTH_MAX_TOOLS_TOTAL"]
     live = ToolInstance.state.in_(State.LIVE)
-    if per_user:
-        mine = db.session.scalar(select(func.count()).where(live, ToolInstance.owner_id == owner.id))
+    if per_user and not template.shared:
+        personal = ToolInstance.template_id.in_(select(ToolTemplate.id).where(ToolTemplate.shared.is_(False)))
+        mine = db.session.scalar(select(func.count()).where(live, personal, ToolInstance.owner_id == owner.id))
         if mine >= per_user:
             raise LaunchRefused(f"You already have {mine} tools running, the most allowed per person "
                                 f"is {per_user}. Stop one of them, then try again.")
@@ -80,7 +83,7 @@ def request_launch(template, owner, host, actor, size_name=None):
     if existing is not None:
         return existing, False
     size = choose_size(template, size_name)
-    _check_limits(owner)
+    _check_limits(owner, template)
     instance = ToolInstance(template=template, owner=owner, host=host, backend=template.backend,
                             state=State.QUEUED, size=size)
     db.session.add(instance)

@@ -1,7 +1,8 @@
 """Tool-host pages, on any path of a tool host that is not running, and /__berth/ endpoints."""
-from flask import Blueprint, abort, current_app, g, jsonify, render_template, request
+from flask import Blueprint, abort, current_app, g, jsonify, make_response, render_template, request
 from sqlalchemy import select
 
+from webapp.access import AccessRefused, check_open
 from webapp.extensions import db
 from webapp.hosts import is_main_host, parse_tool_host, strip_port
 from webapp.lifecycle.launches import (
@@ -60,7 +61,11 @@ def _wants_json():
 
 
 def _tool_of_request():
-    """The template and owner named by the request's tool host, or 404."""
+    """The template, owner (None for a shared tool) and host named by the request's tool host.
+
+    404 when there is no such tool; 403 when the user may not open it. The auth service already
+    refused those; never trust one layer alone.
+    """
     config = current_app.config
     parsed = parse_tool_host(request.host, config["BERTH_DOMAIN"])
     if parsed is None:
@@ -68,12 +73,19 @@ def _tool_of_request():
     template = db.session.execute(
         select(ToolTemplate).where(ToolTemplate.slug == parsed.slug)
     ).scalar_one_or_none()
-    owner = db.session.execute(select(User).where(User.host_key == parsed.host_key)).scalar_one_or_none()
-    if template is None or owner is None:
+    if template is None or template.shared != parsed.shared:
         abort(404)
-    if owner.id != g.user.id:  # the auth service already refused this; never trust one layer alone
-        abort(403)
-    return template, owner, strip_port(request.host)
+    owner = None
+    if not parsed.shared:
+        owner = db.session.execute(select(User).where(User.host_key == parsed.host_key)).scalar_one_or_none()
+        if owner is None:
+            abort(404)
+    host = strip_port(request.host)
+    try:
+        check_open(g.user, template, owner, host)
+    except AccessRefused as refusal:
+        abort(make_response(_error_page(403, "No access", refusal.reason)))
+    return template, owner, host
 
 
 def _is_navigation():
@@ -87,11 +99,17 @@ def _is_navigation():
 
 
 def _lifecycle_page(page):
-    if page == "notfound" or page not in ("start", "spawning"):
+    if page not in ("start", "spawning", "unavailable"):
         return _error_page(404, "No such tool", f"There is no tool at {strip_port(request.host)}.")
     template, owner, host = _tool_of_request()
     context = {"template": template}
 
+    if page == "start" and owner is not None and owner.id != g.user.id:
+        page = "unavailable"  # the auth service says so too: only the owner starts a personal tool
+    if page == "unavailable":
+        return _error_page(503, f"{template.name} is not running",
+                           f"{owner.display_name} has shared this {template.name} with you, but it is not "
+                           "running now. Only its owner can start it.")
     if page == "start":
         previous = latest_instance(host)
         if not _is_navigation():
@@ -100,7 +118,8 @@ def _lifecycle_page(page):
         if previous is not None and previous.state == State.FAILED and mark_failure_shown(previous):
             return render_template("failed.html", instance=previous, **context), 502
         try:
-            instance, _ = request_launch(template, owner, host, actor=f"user:{g.user.id}")
+            # A shared tool is started by whoever opens it first, and keeps running for everyone.
+            instance, _ = request_launch(template, owner or g.user, host, actor=f"user:{g.user.id}")
         except LaunchRefused as refusal:
             return _error_page(refusal.status, f"{template.name} was not started", refusal.reason)
     else:

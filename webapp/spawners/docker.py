@@ -214,12 +214,15 @@ class DockerBackend(Backend):
             pass
 
     def list_managed(self):
+        # sparse: the labels come with the list; inspecting each container would race with a
+        # stop that removes one in between (NotFound), which the reconciler must not trip over.
         containers = self.client.containers.list(
-            all=True, filters={"label": f"{LABEL}={self.config['BERTH_DEPLOYMENT']}"})
+            all=True, sparse=True, filters={"label": f"{LABEL}={self.config['BERTH_DEPLOYMENT']}"})
         managed = {}
         for container in containers:
             try:
-                managed[int(container.labels.get("berth.instance", ""))] = container.id
+                labels = container.attrs.get("Labels") or {}  # a sparse listing's own field
+                managed[int(labels.get("berth.instance", ""))] = container.id
             except ValueError:
                 continue
         return managed

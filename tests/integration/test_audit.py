@@ -1,0 +1,83 @@
+"""The audit log: each action leaves one event naming who or what caused it, and the log cannot
+be rewritten. (Grants are checked in test_access.py, administrators' changes in test_admin.py.)"""
+import json
+import os
+import re
+import signal
+from datetime import datetime, timedelta, timezone
+
+import pytest
+import requests
+
+from tests.integration.test_launch import _host, _wait_state
+
+
+def _events(stack, kind, **where):
+    clauses = "".join(f" AND {column} = :{column}" for column in where)
+    return stack.query(f"SELECT * FROM events WHERE kind = :kind{clauses} ORDER BY id", kind=kind, **where)
+
+
+def test_sign_in_failed_sign_in_and_sign_out_are_recorded(stack, alice):
+    browser = requests.Session()
+    form = browser.get(f"{stack.base_url}/auth/login", timeout=10).text
+    token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', form).group(1)
+    browser.post(f"{stack.base_url}/auth/login", timeout=10, allow_redirects=False,
+                 data={"csrf_token": token, "email": alice["email"], "password": "wrong", "next": "/"})
+    [failed] = [e for e in _events(stack, "auth.login_failed") if alice["email"] in e["message"]]
+    assert failed["actor"] == "anonymous"
+
+    signed_in = stack.login(alice)
+    [login] = _events(stack, "auth.login", user_id=alice["id"])
+    assert login["actor"] == f"user:{alice['id']}"
+
+    page = signed_in.get(f"{stack.base_url}/auth/logout", timeout=10).text
+    token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page).group(1)
+    signed_in.post(f"{stack.base_url}/auth/logout", data={"csrf_token": token}, timeout=10)
+    [logout] = _events(stack, "auth.logout", user_id=alice["id"])
+    assert logout["actor"] == f"user:{alice['id']}"
+
+
+def test_launch_and_stop_name_the_user_the_culler_and_the_reconciler(stack, alice):
+    browser = stack.login(alice)
+    host = _host(stack, "echo", alice)
+
+    # The user launches and stops.
+    stack.open_tool(browser, "echo", alice)
+    [first] = stack.instances(host)
+    [launch] = _events(stack, "instance.launch", instance_id=first["id"])
+    assert launch["actor"] == f"user:{alice['id']}" and launch["user_id"] == alice["id"]
+    page = browser.get(stack.base_url + "/", timeout=10).text
+    token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page).group(1)
+    browser.post(f"{stack.base_url}/instances/{first['id']}/stop", data={"csrf_token": token}, timeout=10)
+    _wait_state(stack, host, ("STOPPED",))
+    [stop] = _events(stack, "instance.stop", instance_id=first["id"])
+    assert stop["actor"] == f"user:{alice['id']}"
+
+    # The idle culler stops it.
+    stack.open_tool(browser, "echo", alice)
+    second = stack.instances(host)[-1]
+    stack.query("UPDATE tool_instances SET last_activity_at = :at WHERE id = :id",
+                at=datetime.now(timezone.utc) - timedelta(days=2), id=second["id"])
+    assert stack.berth("cull").returncode == 0
+    _wait_state(stack, host, ("STOPPED",))
+    [stop] = _events(stack, "instance.stop", instance_id=second["id"])
+    assert stop["actor"] == "culler"
+
+    # The reconciler finds it gone.
+    stack.open_tool(browser, "echo", alice)
+    third = stack.instances(host)[-1]
+    state = third["backend_state"] if isinstance(third["backend_state"], dict) else json.loads(third["backend_state"])
+    os.killpg(state["pid"], signal.SIGKILL)
+    assert stack.berth("reconcile").returncode == 0
+    _wait_state(stack, host, ("FAILED",))
+    [gone] = _events(stack, "reconcile.gone", instance_id=third["id"])
+    assert gone["actor"] == "reconciler"
+
+
+def test_the_events_table_refuses_updates_and_deletes(stack, alice):
+    stack.login(alice)
+    [login] = _events(stack, "auth.login", user_id=alice["id"])
+    for statement in ("UPDATE events SET message = 'rewritten' WHERE id = :id", "DELETE FROM events WHERE id = :id"):
+        with pytest.raises(Exception, match="append-only"):
+            stack.query(statement, id=login["id"])
+    assert _events(stack, "auth.login", user_id=alice["id"])[0]["message"] == login["message"]

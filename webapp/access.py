@@ -1,0 +1,127 @@
+"""Who may launch and open what. The rules, for the web app and the API.
+
+The auth service applies the same rules in one SQL query on every request (auth_service/check.py);
+the web app checks again with these functions before it acts, so that neither layer is trusted
+alone. tests/integration/test_access.py holds both to the same permission matrix.
+
+- A template with no groups is open to every active user; otherwise to members of its groups.
+  Administrators may launch any template.
+- A personal tool (<slug>-<host_key>.<domain>) is opened by its owner, and by the users and
+  groups the owner granted it to. A grant never widens the template's groups: a grantee must
+  also be allowed the template. Only the owner starts it; administrators get no other access.
+- A shared tool (<slug>.<domain>) is opened, and started, by anyone allowed the template.
+"""
+from sqlalchemy import delete, or_, select
+from sqlalchemy.exc import IntegrityError
+
+from webapp.extensions import db
+from webapp.models import Grant, Group, Membership, ToolTemplate, User, record_event, template_groups
+
+
+class AccessRefused(Exception):
+    """What the user may not do, and why, for a 403 page or API error."""
+
+    def __init__(self, reason, status=403):
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+
+
+def group_ids(user):
+    return set(db.session.scalars(select(Membership.group_id).where(Membership.user_id == user.id)))
+
+
+def may_launch(user, template):
+    if user.is_admin:
+        return True
+    allowed = set(db.session.scalars(
+        select(template_groups.c.group_id).where(template_groups.c.template_id == template.id)))
+    return not allowed or bool(allowed & group_ids(user))
+
+
+def is_granted(user, host):
+    return db.session.scalar(
+        select(Grant.id).where(Grant.host == host, or_(
+            Grant.user_id == user.id,
+            Grant.group_id.in_(select(Membership.group_id).where(Membership.user_id == user.id)),
+        )).limit(1)
+    ) is not None
+
+
+def check_open(user, template, owner, host):
+    """Raise AccessRefused unless user may open the tool at host (owner None: a shared tool)."""
+    if not may_launch(user, template):
+        raise AccessRefused(f"You are not in a group that may use {template.name}.")
+    if owner is None or owner.id == user.id:
+        return
+    if not is_granted(user, host):
+        raise AccessRefused(f"This {template.name} belongs to {owner.display_name}, "
+                            "who has not shared it with you.")
+
+
+def launchable_templates(user):
+    """The enabled templates user may launch, by name: what the catalogue shows."""
+    templates = db.session.execute(
+        select(ToolTemplate).where(ToolTemplate.enabled.is_(True)).order_by(ToolTemplate.name)
+    ).scalars().all()
+    return [template for template in templates if may_launch(user, template)]
+
+
+# -- grants -----------------------------------------------------------------------------------
+
+def grants_on(host):
+    return db.session.execute(select(Grant).where(Grant.host == host).order_by(Grant.id)).scalars().all()
+
+
+def grants_to(user):
+    """Grants that let user open someone else's tool, directly or through a group."""
+    return db.session.execute(
+        select(Grant).where(or_(
+            Grant.user_id == user.id,
+            Grant.group_id.in_(select(Membership.group_id).where(Membership.user_id == user.id)),
+        ), Grant.owner_id != user.id).order_by(Grant.host)
+    ).scalars().all()
+
+
+def add_grant(owner, template, host, actor, *, email=None, group_name=None):
+    """Let a user (by email) or a group (by name) open owner's tool at host. The caller commits."""
+    if template.shared:
+        raise AccessRefused(f"{template.name} is shared with everyone allowed to use it already.", 400)
+    if bool(email) == bool(group_name):
+        raise AccessRefused("Name either one user, by email, or one group.", 400)
+    if any(ord(character) < 32 or ord(character) == 127 for character in email or group_name):
+        raise AccessRefused("Names and emails cannot hold control characters.", 400)
+    if email:
+        grantee = db.session.execute(
+            select(User).where(User.email == email.strip().lower())).scalar_one_or_none()
+        if grantee is None or not grantee.is_active:
+            raise AccessRefused(f"There is no active user with the email {email.strip()!r}.", 404)
+        if grantee.id == owner.id:
+            raise AccessRefused("You have access to your own tool already.", 400)
+        grant = Grant(host=host, template=template, owner=owner, user=grantee)
+    else:
+        group = db.session.execute(
+            select(Group).where(Group.name == group_name.strip())).scalar_one_or_none()
+        if group is None:
+            raise AccessRefused(f"There is no group called {group_name.strip()!r}.", 404)
+        grant = Grant(host=host, template=template, owner=owner, group=group)
+    try:
+        with db.session.begin_nested():
+            db.session.add(grant)
+    except IntegrityError:
+        raise AccessRefused(f"{grant.grantee} has access already.", 409) from None
+    record_event("grant.add", f"{owner.email} shared {host} with {grant.grantee}", actor=actor,
+                 user_id=owner.id, host=host, grant_id=grant.id, grantee_user_id=grant.user_id,
+                 grantee_group_id=grant.group_id)
+    return grant
+
+
+def revoke_grant(grant, actor):
+    """End a grant; the grantee's next request (or WebSocket handshake) is refused. Caller commits."""
+    description = f"{grant.owner.email} stopped sharing {grant.host} with {grant.grantee}"
+    result = db.session.execute(delete(Grant).where(Grant.id == grant.id)
+                                .execution_options(synchronize_session=False))
+    if result.rowcount:
+        record_event("grant.revoke", description, actor=actor, user_id=grant.owner_id, host=grant.host,
+                     grant_id=grant.id, grantee_user_id=grant.user_id, grantee_group_id=grant.group_id)
+    return bool(result.rowcount)

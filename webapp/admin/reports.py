@@ -1,0 +1,193 @@
+"""Reading for administrators: the usage report, the audit log, the instance list, and CSV export."""
+import csv
+import io
+from datetime import date, datetime, time, timedelta, timezone
+
+from flask import Response, stream_with_context
+from sqlalchemy import func, or_, select
+
+from webapp.extensions import db
+from webapp.models import Event, State, ToolInstance, ToolTemplate, User, utcnow
+
+PER_PAGE = 50
+DEFAULT_DAYS = 30
+
+
+class DateRange:
+    """From the start of `first` to the end of `last` (whole UTC days), read from a query string."""
+
+    def __init__(self, args):
+        self.errors = {}
+        today = utcnow().date()
+        self.last = self._date(args, "end", today)
+        self.first = self._date(args, "start", self.last - timedelta(days=DEFAULT_DAYS - 1))
+        if self.first > self.last:
+            self.errors["start"] = "The start date is after the end date."
+            self.first = self.last
+        self.start = datetime.combine(self.first, time.min, tzinfo=timezone.utc)
+        self.end = datetime.combine(self.last + timedelta(days=1), time.min, tzinfo=timezone.utc)
+
+    def _date(self, args, name, default):
+        text = (args.get(name) or "").strip()
+        if not text:
+            return default
+        try:
+            return date.fromisoformat(text)
+        except ValueError:
+            self.errors[name] = f"{text!r} is not a date such as {default.isoformat()}."
+            return default
+
+    @property
+    def query(self):
+        return {"start": self.first.isoformat(), "end": self.last.isoformat()}
+
+
+def page_of(statement, page):
+    """One page of a select, and whether another page follows."""
+    rows = db.session.execute(statement.limit(PER_PAGE + 1).offset((page - 1) * PER_PAGE)).scalars().all()
+    return rows[:PER_PAGE], len(rows) > PER_PAGE
+
+
+# -- usage ------------------------------------------------------------------------------------
+
+def usage(period, now=None):
+    """Launches and run time in period, per user and per template.
+
+    A launch counts in the period it was created in. Run time is the time from running_at to
+    ended_at (or now, for a tool still running), clipped to the period.
+    """
+    now = now or utcnow()
+    rows = db.session.execute(
+        select(ToolInstance.created_at, ToolInstance.running_at, ToolInstance.ended_at,
+               User.id, User.email, ToolTemplate.id, ToolTemplate.slug, ToolTemplate.name)
+        .join(User, ToolInstance.owner_id == User.id)
+        .join(ToolTemplate, ToolInstance.template_id == ToolTemplate.id)
+        .where(ToolInstance.created_at < period.end,
+               or_(ToolInstance.ended_at.is_(None), ToolInstance.ended_at >= period.start))
+    ).all()
+    by_user, by_template = {}, {}
+    for created, running, ended, user_id, email, template_id, slug, name in rows:
+        launched = period.start <= created < period.end
+        seconds = 0
+        if running is not None:
+            begin, finish = max(running, period.start), min(ended or now, period.end, now)
+            seconds = max(0, int((finish - begin).total_seconds()))
+        if not launched and not seconds:
+            continue
+        for table, key, label in ((by_user, user_id, email), (by_template, template_id, f"{name} ({slug})")):
+            row = table.setdefault(key, {"id": key, "label": label, "launches": 0, "run_seconds": 0})
+            row["launches"] += launched
+            row["run_seconds"] += seconds
+    order = lambda row: (-row["run_seconds"], -row["launches"], row["label"])  # noqa: E731
+    return sorted(by_user.values(), key=order), sorted(by_template.values(), key=order)
+
+
+# -- audit log --------------------------------------------------------------------------------
+
+def audit_filters(args, period):
+    """The audit log's conditions from a query string, and the problems with it."""
+    conditions = [Event.created_at >= period.start, Event.created_at < period.end]
+    errors = {}
+    kind = (args.get("kind") or "").strip()
+    if kind:
+        # "instance" matches instance.stop and instance.start; "instance.stop" only itself.
+        conditions.append(or_(Event.kind == kind, Event.kind.startswith(kind.rstrip(".") + ".", autoescape=True)))
+    actor = (args.get("actor") or "").strip()
+    if actor:
+        conditions.append(Event.actor == actor)
+    user = (args.get("user") or "").strip()
+    if user:
+        user_id = user if user.isdigit() else db.session.scalar(
+            select(User.id).where(func.lower(User.email) == user.lower()))
+        if user_id is None:
+            errors["user"] = f"There is no user {user!r}."
+            user_id = -1
+        conditions.append(Event.user_id == int(user_id))
+    return conditions, errors
+
+
+def audit_events(conditions):
+    return select(Event).where(*conditions).order_by(Event.id.desc())
+
+
+def event_kinds():
+    return db.session.execute(select(Event.kind).distinct().order_by(Event.kind)).scalars().all()
+
+
+def user_emails(ids):
+    return dict(db.session.execute(select(User.id, User.email).where(User.id.in_(set(ids) - {None}))).all())
+
+
+# -- instances ----------------------------------------------------------------------------------
+
+def instance_filters(args):
+    conditions, errors = [], {}
+    state = (args.get("state") or "").strip().upper()
+    if state == "LIVE":
+        conditions.append(ToolInstance.state.in_(State.LIVE))
+    elif state in State.LIVE + State.ENDED:
+        conditions.append(ToolInstance.state == state)
+    elif state:
+        errors["state"] = f"There is no state {state!r}."
+    user = (args.get("user") or "").strip()
+    if user:
+        conditions.append(ToolInstance.owner_id.in_(
+            select(User.id).where(func.lower(User.email).contains(user.lower(), autoescape=True))))
+    slug = (args.get("template") or "").strip()
+    if slug:
+        conditions.append(ToolInstance.template_id.in_(select(ToolTemplate.id).where(ToolTemplate.slug == slug)))
+    return conditions, errors
+
+
+# -- CSV --------------------------------------------------------------------------------------
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value):
+    """A cell a spreadsheet shows as text: one starting like a formula gets a leading quote."""
+    if value is None:
+        return ""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
+
+
+def csv_response(filename, header, rows):
+    """Stream rows (an iterable, read as the response is sent) as a CSV download."""
+    def generate():
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(header)
+        for number, row in enumerate(rows, start=1):
+            writer.writerow([csv_cell(cell) for cell in row])
+            if number % 200 == 0:
+                yield buffer.getvalue()
+                buffer.seek(0)
+                buffer.truncate()
+        yield buffer.getvalue()
+
+    return Response(stream_with_context(generate()), mimetype="text/csv",
+                    headers={"Content-Disposition": f'attachment; filename="{filename}"'})
+
+
+def audit_rows(conditions):
+    """The audit log as CSV rows, read from the database in batches as they are sent."""
+    import json
+
+    statement = (select(Event, User.email).outerjoin(User, Event.user_id == User.id).where(*conditions)
+                 .order_by(Event.id.desc()).execution_options(yield_per=500))
+    for event, email in db.session.execute(statement):
+        data = event.data or {}
+        rest = {key: value for key, value in data.items() if key not in ("before", "after")}
+        yield [event.id, event.created_at, event.kind, event.actor, event.user_id,
+               email, event.instance_id, event.message,
+               json.dumps(data["before"], sort_keys=True) if "before" in data else "",
+               json.dumps(data["after"], sort_keys=True) if "after" in data else "",
+               json.dumps(rest, sort_keys=True) if rest else ""]
+
+
+AUDIT_HEADER = ["id", "time", "kind", "actor", "user_id", "user_email", "instance_id", "message",
+                "before", "after", "data"]

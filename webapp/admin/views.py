@@ -1,0 +1,394 @@
+"""The admin pages: /admin/users, groups, templates, instances, usage and audit. Administrators only."""
+import json
+from functools import wraps
+
+from flask import Blueprint, abort, flash, g, redirect, render_template, request, url_for
+from sqlalchemy import func, or_, select
+
+from webapp.accounts import set_user_flags, user_sessions
+from webapp.admin import reports
+from webapp.api.schemas import MAX_ID
+from webapp.admin.changes import (ChangeRefused, add_member, create_group, create_template, delete_group,
+                                  group_counts, remove_member, set_local_groups, set_template_enabled,
+                                  templates_using, update_template)
+from webapp.admin.forms import ActionForm, GroupForm, MemberForm, TemplateForm
+from webapp.extensions import db
+from webapp.lifecycle.launches import instance_events, request_stop
+from webapp.models import Group, Membership, State, ToolInstance, ToolTemplate, User
+
+bp = Blueprint("admin", __name__, url_prefix="/admin")
+
+
+def admin_required(view):
+    """401 for no one signed in (nginx sends browsers to sign in); a 403 page for non-administrators."""
+    @wraps(view)
+    def wrapped(*args, **kwargs):
+        if g.user is None:
+            abort(401)
+        if not g.user.is_admin:
+            return render_template("message.html", title="No access",
+                                   message="These pages are for Berth's administrators."), 403
+        return view(*args, **kwargs)
+
+    return wrapped
+
+
+def _actor():
+    return f"admin:{g.user.id}"
+
+
+def _check_form(form_class=ActionForm):
+    form = form_class()
+    if not form.validate_on_submit():
+        abort(400, "The form expired. Reload the page and try again.")
+    return form
+
+
+def _page_number():
+    page = request.args.get("page", "1")
+    return max(1, min(int(page), 100_000)) if page.isdigit() else 1
+
+
+def _get(model, object_id):
+    if not 1 <= object_id <= MAX_ID:  # beyond a 32-bit id, PostgreSQL would refuse the query
+        abort(404)
+    return db.session.get(model, object_id) or abort(404)
+
+
+@bp.app_template_global()
+def page_url(page):
+    """This list's address at another page, keeping its filters."""
+    return url_for(request.endpoint, **{**request.view_args, **request.args.to_dict(), "page": page})
+
+
+@bp.app_template_filter("duration")
+def duration(seconds):
+    hours, rest = divmod(int(seconds), 3600)
+    if hours:
+        return f"{hours} h {rest // 60:02d} min"
+    return f"{rest // 60} min {rest % 60:02d} s" if rest >= 60 else f"{rest} s"
+
+
+@bp.app_template_filter("shown")
+def shown(value):
+    """An audit value as text: strings as they are, anything else as JSON, nothing as a dash."""
+    if value is None:
+        return "—"
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, sort_keys=True)
+
+
+@bp.get("/")
+@admin_required
+def index():
+    return redirect(url_for("admin.users"))
+
+
+# -- users ------------------------------------------------------------------------------------
+
+@bp.get("/users")
+@admin_required
+def users():
+    search = (request.args.get("q") or "").strip()
+    statement = select(User).order_by(User.email)
+    if search:
+        statement = statement.where(or_(func.lower(User.email).contains(search.lower(), autoescape=True),
+                                        func.lower(User.name).contains(search.lower(), autoescape=True)))
+    rows, more = reports.page_of(statement, _page_number())
+    groups = {}
+    for user_id, name in db.session.execute(
+        select(Membership.user_id, Group.name).join(Group)
+        .where(Membership.user_id.in_([user.id for user in rows])).order_by(Group.name)
+    ).all():
+        groups.setdefault(user_id, []).append(name)
+    return render_template("admin/users.html", section="users", users=rows, more=more, page=_page_number(),
+                           search=search, groups=groups)
+
+
+@bp.get("/users/<int:user_id>")
+@admin_required
+def user(user_id):
+    person = _get(User, user_id)
+    memberships = dict(db.session.execute(
+        select(Membership.group_id, Membership.source).where(Membership.user_id == person.id)).all())
+    all_groups = db.session.execute(select(Group).order_by(Group.name)).scalars().all()
+    instances = db.session.execute(
+        select(ToolInstance).where(ToolInstance.owner_id == person.id).order_by(ToolInstance.id.desc()).limit(10)
+    ).scalars().all()
+    return render_template("admin/user.html", section="users", person=person, memberships=memberships,
+                           all_groups=all_groups, instances=instances, sessions=len(user_sessions(person)),
+                           action_form=ActionForm())
+
+
+@bp.post("/users/<int:user_id>/flags")
+@admin_required
+def user_flags(user_id):
+    _check_form()
+    person = _get(User, user_id)
+    is_active = {"1": True, "0": False}.get(request.form.get("is_active", ""))
+    is_admin = {"1": True, "0": False}.get(request.form.get("is_admin", ""))
+    if person.id == g.user.id and False in (is_active, is_admin):
+        flash("You cannot deactivate your own account or give up your own administration.")
+        return redirect(url_for("admin.user", user_id=person.id), code=303)
+    set_user_flags(person, actor=_actor(), is_active=is_active, is_admin=is_admin)
+    db.session.commit()
+    flash(f"{person.email} is {'active' if person.is_active else 'deactivated (and signed out everywhere)'}"
+          f"{' and an administrator' if person.is_admin else ''}.")
+    return redirect(url_for("admin.user", user_id=person.id), code=303)
+
+
+@bp.post("/users/<int:user_id>/groups")
+@admin_required
+def user_groups(user_id):
+    _check_form()
+    person = _get(User, user_id)
+    ids = [int(value) for value in request.form.getlist("group") if value.isdigit()]
+    changed = set_local_groups(person, ids, actor=_actor())
+    db.session.commit()
+    flash(f"Groups of {person.email} saved." if changed else "The groups were unchanged.")
+    return redirect(url_for("admin.user", user_id=person.id) + "#groups", code=303)
+
+
+# -- groups -----------------------------------------------------------------------------------
+
+@bp.route("/groups", methods=["GET", "POST"])
+@admin_required
+def groups():
+    form = GroupForm()
+    status = 200
+    if request.method == "POST":
+        form = _check_form(GroupForm)
+        try:
+            group = create_group(form.name.data, actor=_actor())
+        except ChangeRefused as refusal:
+            form.name.errors.append(str(refusal))
+            status = 400
+        else:
+            db.session.commit()
+            flash(f"Group {group.name} created.")
+            return redirect(url_for("admin.group", group_id=group.id), code=303)
+    rows, more = reports.page_of(select(Group).order_by(Group.name), _page_number())
+    return render_template("admin/groups.html", section="groups", groups=rows, more=more, page=_page_number(),
+                           counts=group_counts(), form=form), status
+
+
+@bp.get("/groups/<int:group_id>")
+@admin_required
+def group(group_id, member_form=None, status=200):
+    team = _get(Group, group_id)
+    members = db.session.execute(
+        select(User, Membership.source).join(Membership, Membership.user_id == User.id)
+        .where(Membership.group_id == team.id).order_by(User.email)
+    ).all()
+    return render_template("admin/group.html", section="groups", group=team, members=members,
+                           templates=templates_using(team), member_form=member_form or MemberForm(),
+                           action_form=ActionForm()), status
+
+
+@bp.post("/groups/<int:group_id>/members")
+@admin_required
+def group_add(group_id):
+    form = _check_form(MemberForm)
+    team = _get(Group, group_id)
+    email = (form.email.data or "").strip().lower()
+    person = db.session.execute(select(User).where(func.lower(User.email) == email)).scalar_one_or_none()
+    try:
+        if person is None:
+            raise ChangeRefused(f"There is no user with the email {email!r}.")
+        add_member(team, person, actor=_actor())
+    except ChangeRefused as refusal:
+        form.email.errors.append(str(refusal))
+        return group(group_id, member_form=form, status=400)
+    db.session.commit()
+    flash(f"{person.email} added to {team.name}.")
+    return redirect(url_for("admin.group", group_id=team.id), code=303)
+
+
+@bp.post("/groups/<int:group_id>/members/<int:user_id>/remove")
+@admin_required
+def group_remove(group_id, user_id):
+    _check_form()
+    team, person = _get(Group, group_id), _get(User, user_id)
+    try:
+        remove_member(team, person, actor=_actor())
+    except ChangeRefused as refusal:
+        flash(str(refusal))
+    else:
+        db.session.commit()
+        flash(f"{person.email} removed from {team.name}.")
+    return redirect(url_for("admin.group", group_id=team.id), code=303)
+
+
+@bp.post("/groups/<int:group_id>/delete")
+@admin_required
+def group_delete(group_id):
+    _check_form()
+    team = _get(Group, group_id)
+    try:
+        delete_group(team, actor=_actor())
+    except ChangeRefused as refusal:
+        flash(str(refusal))
+        return redirect(url_for("admin.group", group_id=team.id), code=303)
+    db.session.commit()
+    flash(f"Group {team.name} deleted.")
+    return redirect(url_for("admin.groups"), code=303)
+
+
+# -- templates --------------------------------------------------------------------------------
+
+def _group_names():
+    return db.session.execute(select(Group.name).order_by(Group.name)).scalars().all()
+
+
+@bp.get("/templates")
+@admin_required
+def templates():
+    rows, more = reports.page_of(select(ToolTemplate).order_by(ToolTemplate.name), _page_number())
+    return render_template("admin/templates.html", section="templates", templates=rows, more=more,
+                           page=_page_number(), action_form=ActionForm())
+
+
+@bp.route("/templates/new", methods=["GET", "POST"])
+@admin_required
+def template_new():
+    form = TemplateForm()
+    if request.method == "POST":
+        form = _check_form(TemplateForm)
+        fields = form.template_fields()
+        if fields is not None:
+            try:
+                template = create_template(fields, actor=_actor())
+            except ChangeRefused as refusal:
+                form.slug.errors.append(str(refusal))
+            else:
+                db.session.commit()
+                flash(f"Template {template.name} created.")
+                return redirect(url_for("admin.templates"), code=303)
+    return _template_page(form, None)
+
+
+@bp.route("/templates/<int:template_id>", methods=["GET", "POST"])
+@admin_required
+def template_edit(template_id):
+    template = _get(ToolTemplate, template_id)
+    form = TemplateForm()
+    if request.method == "GET":
+        form.fill_from(template)
+    else:
+        form = _check_form(TemplateForm)
+        fields = form.template_fields(slug=template.slug)
+        if fields is not None:
+            changed = update_template(template, fields, actor=_actor())
+            db.session.commit()
+            flash(f"Template {template.name} saved: {', '.join(changed)} changed." if changed else
+                  f"Template {template.name} was unchanged.")
+            return redirect(url_for("admin.templates"), code=303)
+        form.slug.data = template.slug
+    return _template_page(form, template)
+
+
+def _template_page(form, template):
+    invalid = any(field.errors for field in form)
+    return render_template("admin/template_form.html", section="templates", form=form, template=template,
+                           group_names=_group_names()), 400 if invalid else 200
+
+
+@bp.post("/templates/<int:template_id>/enabled")
+@admin_required
+def template_enabled(template_id):
+    _check_form()
+    template = _get(ToolTemplate, template_id)
+    enabled = request.form.get("enabled") == "1"
+    set_template_enabled(template, enabled, actor=_actor())
+    db.session.commit()
+    flash(f"{template.name} is enabled: it is in the catalogue." if enabled else
+          f"{template.name} is disabled: it has left the catalogue.")
+    return redirect(url_for("admin.templates"), code=303)
+
+
+# -- instances --------------------------------------------------------------------------------
+
+@bp.get("/instances")
+@admin_required
+def instances():
+    conditions, errors = reports.instance_filters(request.args)
+    rows, more = reports.page_of(select(ToolInstance).where(*conditions).order_by(ToolInstance.id.desc()),
+                                 _page_number())
+    slugs = db.session.execute(select(ToolTemplate.slug).order_by(ToolTemplate.slug)).scalars().all()
+    return render_template("admin/instances.html", section="instances", instances=rows, more=more,
+                           page=_page_number(), errors=errors, slugs=slugs,
+                           states=("LIVE",) + State.LIVE + State.ENDED, action_form=ActionForm())
+
+
+@bp.get("/instances/<int:instance_id>")
+@admin_required
+def instance(instance_id):
+    found = _get(ToolInstance, instance_id)
+    return render_template("admin/instance.html", section="instances", instance=found,
+                           events=instance_events(found, limit=500), action_form=ActionForm())
+
+
+@bp.post("/instances/<int:instance_id>/stop")
+@admin_required
+def instance_stop(instance_id):
+    _check_form()
+    found = _get(ToolInstance, instance_id)
+    if request_stop(found, actor=_actor()):
+        flash(f"Stopping {found.template.name} of {found.owner.email}.")
+    else:
+        flash(f"{found.template.name} of {found.owner.email} was not running.")
+    if request.form.get("back") == "instance":
+        return redirect(url_for("admin.instance", instance_id=found.id), code=303)
+    return redirect(url_for("admin.instances"), code=303)
+
+
+# -- usage and audit --------------------------------------------------------------------------
+
+@bp.get("/usage")
+@admin_required
+def usage():
+    period = reports.DateRange(request.args)
+    by_user, by_template = reports.usage(period)
+    return render_template("admin/usage.html", section="usage", period=period, by_user=by_user,
+                           by_template=by_template), 400 if period.errors else 200
+
+
+@bp.get("/usage.csv")
+@admin_required
+def usage_csv():
+    period = reports.DateRange(request.args)
+    if period.errors:
+        abort(400, " ".join(period.errors.values()))
+    by = request.args.get("by", "user")
+    if by not in ("user", "template"):
+        abort(400, "by must be user or template.")
+    rows = reports.usage(period)[0 if by == "user" else 1]
+    return reports.csv_response(
+        f"berth-usage-by-{by}-{period.first}-{period.last}.csv",
+        [by, "launches", "run_seconds", "run_hours"],
+        ([row["label"], row["launches"], row["run_seconds"], f"{row['run_seconds'] / 3600:.2f}"] for row in rows))
+
+
+@bp.get("/audit")
+@admin_required
+def audit():
+    period = reports.DateRange(request.args)
+    conditions, errors = reports.audit_filters(request.args, period)
+    errors.update(period.errors)
+    rows, more = reports.page_of(reports.audit_events(conditions), _page_number())
+    return render_template("admin/audit.html", section="audit", events=rows, more=more, page=_page_number(),
+                           period=period, errors=errors, kinds=reports.event_kinds(),
+                           emails=reports.user_emails(event.user_id for event in rows),
+                           csv_query={key: value for key, value in request.args.items() if key != "page"}
+                           ), 400 if errors else 200
+
+
+@bp.get("/audit.csv")
+@admin_required
+def audit_csv():
+    period = reports.DateRange(request.args)
+    conditions, errors = reports.audit_filters(request.args, period)
+    errors.update(period.errors)
+    if errors:
+        abort(400, " ".join(errors.values()))
+    return reports.csv_response(f"berth-audit-{period.first}-{period.last}.csv", reports.AUDIT_HEADER,
+                                reports.audit_rows(conditions))

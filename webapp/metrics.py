@@ -1,0 +1,354 @@
+"""Prometheus metrics: what Berth counts, and the GET /metrics that report it.
+
+Who serves /metrics: the web app (on the main host through nginx, and on its own port), the
+auth service (on its own port), and the worker (on BERTH_WORKER_METRICS_PORT, when set). Each
+sums the files in its own BERTH_METRICS_DIR: on one machine that is every process's, in
+containers only that container's, which Prometheus then scrapes one by one.
+
+Where each number comes from (README, Operations, "Metrics"):
+
+- Counters and histograms are written by the process that saw the event: the auth service
+  (auth checks), the worker (launches, spawn durations, reconciler and culler actions), and
+  `berth reconcile` / `berth cull`. prometheus_client's multiprocess mode keeps each process's
+  values in files of its own under BERTH_METRICS_DIR; /metrics sums the files of every process
+  that wrote there, including processes that have exited, so gunicorn's and granian's worker
+  processes, and restarts, add up.
+- Gauges of state (live instances by template and state) are read from the database when
+  Prometheus scrapes, so they are right whichever replica answers.
+
+This module points prometheus_client at BERTH_METRICS_DIR itself, before importing it, so no
+process can start counting in memory only (docs/decisions/0009-metrics.md).
+"""
+import hmac
+import logging
+import os
+import socket
+import sys
+import threading
+from socketserver import ThreadingMixIn
+from time import perf_counter
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from webapp.config import SettingError, metrics_dir
+
+log = logging.getLogger(__name__)
+
+METRICS_DIR = metrics_dir()
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = METRICS_DIR
+try:
+    os.makedirs(METRICS_DIR, exist_ok=True)
+except OSError as error:
+    raise SettingError(f"BERTH_METRICS_DIR={METRICS_DIR}: cannot create it ({error.strerror})") from None
+
+_imported_before = "prometheus_client" in sys.modules
+from prometheus_client import CollectorRegistry, Counter, Histogram, multiprocess, values  # noqa: E402
+from prometheus_client.core import GaugeMetricFamily  # noqa: E402
+from prometheus_client.exposition import choose_encoder  # noqa: E402
+
+if _imported_before:  # someone imported it before the variable was set: switch it over anyway
+    values.ValueClass = values.MultiProcessValue()
+
+# -- what is counted ------------------------------------------------------------------------
+
+LAUNCHES = Counter(
+    "berth_launches", "Launches that finished starting, by backend and outcome (running or failed).",
+    ["backend", "outcome"])
+SPAWN_SECONDS = Histogram(
+    "berth_spawn_duration_seconds",
+    "Time from a launch's first step to the tool answering its health check, by backend.",
+    ["backend"], buckets=(0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600))
+RECONCILER_ACTIONS = Counter(
+    "berth_reconciler_actions",
+    "What the reconciler did: failed (a running tool was gone), resumed (a launch), "
+    "stop-again (a stop), orphan-removed (a tool with no live instance).", ["action"])
+CULLED = Counter("berth_culled_instances", "Running tools the culler stopped for being idle.")
+AUTH_CHECKS = Counter(
+    "berth_auth_checks",
+    "Auth check answers (nginx's auth_request), by status and, for 200, where the request "
+    "goes: tool or web (Berth's own pages).", ["status", "target"])
+AUTH_CHECK_SECONDS = Histogram(
+    "berth_auth_check_duration_seconds",
+    "Time the auth service took to answer an auth check, by status.", ["status"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1))
+
+for _action in ("failed", "resumed", "stop-again", "orphan-removed"):
+    RECONCILER_ACTIONS.labels(_action)  # every action is reported, at 0 until it happens
+
+
+def record_launch(backend, outcome, seconds=None):
+    """A launch ended RUNNING (with its spawn time) or FAILED. Called by the launcher."""
+    LAUNCHES.labels(backend, outcome).inc()
+    if seconds is not None:
+        SPAWN_SECONDS.labels(backend).observe(seconds)
+
+
+def record_reconcile(actions):
+    for action, _instance_id in actions:
+        RECONCILER_ACTIONS.labels(action).inc()
+
+
+def record_culled(count):
+    if count:
+        CULLED.inc(count)
+
+
+# -- the auth check -------------------------------------------------------------------------
+
+_AUTH_CHECK_PATH = "/auth/check"
+_COMMON_ANSWERS = [("200 OK", "tool"), ("200 OK", "web"), ("401 Unauthorized", "none"),
+                   ("403 Forbidden", "none"), ("500 Internal Server Error", "none")]
+
+
+class TimedAuthCheck:
+    """WSGI wrapper around auth_service.check.AuthCheck: times GET /auth/check, counts its status.
+
+    The hot path: one perf_counter pair, a status captured from start_response, and the
+    pre-bound counter and histogram of that answer. Anything else passes straight through.
+    """
+
+    def __init__(self, app, web_upstream="berth_web"):
+        self.app = app
+        self.web_upstream = web_upstream
+        self.bound = {}
+        for status_line, target in _COMMON_ANSWERS:
+            self._children(status_line, target)
+
+    def _children(self, status_line, target):
+        pair = self.bound.get((status_line, target))
+        if pair is None:
+            status = status_line.split(" ", 1)[0]
+            pair = self.bound[(status_line, target)] = (AUTH_CHECKS.labels(status, target),
+                                                        AUTH_CHECK_SECONDS.labels(status))
+        return pair
+
+    def __call__(self, environ, start_response):
+        if environ.get("PATH_INFO") != _AUTH_CHECK_PATH:
+            return self.app(environ, start_response)
+        answer = []
+
+        def capture(status, headers, exc_info=None):
+            answer.append(status)
+            answer.append(headers)
+            return start_response(status, headers) if exc_info is None \
+                else start_response(status, headers, exc_info)
+
+        started = perf_counter()
+        try:
+            return self.app(environ, capture)
+        finally:
+            elapsed = perf_counter() - started
+            if answer:
+                status_line, target = answer[0], "none"
+                if status_line[:3] == "200":
+                    target = "tool"
+                    for name, value in answer[1]:
+                        if name == "X-Berth-Upstream":
+                            if value == self.web_upstream:
+                                target = "web"
+                            break
+            else:  # the check raised: the server answers 500
+                status_line, target = "500 Internal Server Error", "none"
+            counter, histogram = self.bound.get((status_line, target)) or self._children(status_line, target)
+            counter.inc()
+            histogram.observe(elapsed)
+
+
+# -- GET /metrics ---------------------------------------------------------------------------
+
+class _InstancesCollector:
+    """berth_instances{template, state}: live instances, counted in the database at scrape time."""
+
+    _STATES = ("QUEUED", "SPAWNING", "RUNNING", "STOPPING")
+
+    def _family(self):
+        return GaugeMetricFamily(
+            "berth_instances", "Live tool instances by template and state, read from the database "
+            "when scraped (the same on every replica).", labels=["template", "state"])
+
+    def describe(self):
+        return [self._family()]  # so that registering does not query the database
+
+    def collect(self):
+        from sqlalchemy import func, select
+
+        from webapp.extensions import db
+        from webapp.models import ToolInstance, ToolTemplate
+
+        counts = {(slug, state): number for slug, state, number in db.session.execute(
+            select(ToolTemplate.slug, ToolInstance.state, func.count())
+            .join(ToolInstance, ToolInstance.template_id == ToolTemplate.id)
+            .where(ToolInstance.state.in_(self._STATES))
+            .group_by(ToolTemplate.slug, ToolInstance.state))}
+        family = self._family()
+        for slug in db.session.execute(select(ToolTemplate.slug).order_by(ToolTemplate.slug)).scalars():
+            for state in self._STATES:  # zeros too, so that a series does not vanish
+                family.add_metric([slug, state], counts.get((slug, state), 0))
+        yield family
+
+
+def exposition(accept="", database=True):
+    """(body, content type): the counters of every process that writes into this process's
+    BERTH_METRICS_DIR, summed, plus the database gauges when `database` (the web app only, so
+    that per-process scraping does not report them several times), in the format the scraper
+    asks for in Accept (Prometheus text 0.0.4 by default, or OpenMetrics)."""
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=METRICS_DIR)
+    if database:
+        registry.register(_InstancesCollector())
+    encode, content_type = choose_encoder(accept)
+    return encode(registry), content_type
+
+
+def metrics_response(accept="", database=True):
+    from flask import Response
+
+    body, content_type = exposition(accept, database)
+    return Response(body, content_type=content_type)
+
+
+def tcp_peer(environ):
+    """The address that opened the connection to this server. The web app's ProxyFix replaces
+    REMOTE_ADDR with an X-Forwarded-For entry; the original is what the peer really is."""
+    original = environ.get("werkzeug.proxy_fix.orig") or environ
+    return original.get("REMOTE_ADDR") or ""
+
+
+def _through_nginx(config, headers):
+    """True when the request carries the proxy secret, which only nginx sends."""
+    secret = config.get("BERTH_PROXY_SECRET")
+    sent = headers.get("X-Berth-Proxy-Secret", "")
+    return bool(secret) and hmac.compare_digest(sent.encode(), secret.encode())
+
+
+def access_refused(config, headers, peer=""):
+    """None if this request may read /metrics, else (status, reason).
+
+    Allowed: `Authorization: Bearer <BERTH_METRICS_TOKEN>`, or a client address in
+    BERTH_METRICS_NETWORKS. Which address is the client's depends on how the request came:
+
+    - through nginx (it carries the proxy secret): the address nginx saw, found by
+      webapp.addresses over X-Real-IP and X-Forwarded-For behind BERTH_TRUSTED_HOPS proxies;
+    - directly (a scraper at the pod's or container's port; no proxy secret): `peer`, the TCP
+      peer (tcp_peer). X-Real-IP and X-Forwarded-For are then written by the client itself, so
+      they are ignored: no proxy of Berth's stands between it and this server.
+    """
+    from webapp.addresses import allowed, client_address
+
+    token, networks = config.get("BERTH_METRICS_TOKEN"), config.get("BERTH_METRICS_NETWORKS")
+    if not token and not networks:
+        return 404, "Metrics are off: set BERTH_METRICS_TOKEN or BERTH_METRICS_NETWORKS to serve them."
+    if token:
+        scheme, _, sent = headers.get("Authorization", "").strip().partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(sent.strip().encode(), token.encode()):
+            return None
+    if networks:
+        if _through_nginx(config, headers):
+            real_ip = headers.get("X-Real-IP", "")
+            # nginx appends the address it saw (X-Real-IP) to X-Forwarded-For: what is left is
+            # what the request arrived with, which client_address reads past the trusted hops.
+            forwarded = [entry for entry in headers.get("X-Forwarded-For", "").split(",") if entry.strip()]
+            if forwarded and forwarded[-1].strip() == real_ip:
+                forwarded.pop()
+            address = client_address(real_ip, ",".join(forwarded), config["BERTH_TRUSTED_HOPS"],
+                                     config.get("BERTH_TRUSTED_PROXIES", ()))
+        else:
+            address = client_address(peer, "", 0)
+        if allowed(address, networks):
+            return None
+    if token and networks:
+        return 403, "Metrics need the scrape token or an address in BERTH_METRICS_NETWORKS."
+    if token:
+        return 403, "Metrics need the scrape token: Authorization: Bearer <BERTH_METRICS_TOKEN>."
+    return 403, "Metrics are served only to addresses in BERTH_METRICS_NETWORKS."
+
+
+def init_app(app, database=True):
+    """GET /metrics on this Flask app, behind access_refused and nothing else: the app's
+    proxy-secret check leaves the endpoint "metrics" to it (a scraper may come directly).
+    The web app's also reports the database gauges; the auth service's does not."""
+    from flask import Response, request
+
+    def metrics_view():
+        refused = access_refused(app.config, request.headers, tcp_peer(request.environ))
+        if refused is not None:
+            status, reason = refused
+            return Response(reason + "\n", status=status, mimetype="text/plain")
+        return metrics_response(request.headers.get("Accept", ""), database)
+
+    app.add_url_rule("/metrics", "metrics", metrics_view, methods=["GET"])
+
+
+def mark_process_dead(pid):
+    """gunicorn's child_exit: drop the exited worker's live-gauge files (its counts stay)."""
+    multiprocess.mark_process_dead(pid, METRICS_DIR)
+
+
+# -- the worker's own GET /metrics -----------------------------------------------------------
+
+def worker_metrics_app(config):
+    """The WSGI app of the worker's metrics port: GET /metrics behind access_refused, the
+    worker container's counters only. Nothing proxies to it, so the address that counts is
+    always the TCP peer (the proxy secret is not looked at)."""
+    from werkzeug.wrappers import Request, Response
+
+    gate = {**config, "BERTH_PROXY_SECRET": None}
+
+    def app(environ, start_response):
+        request = Request(environ)
+        if request.path != "/metrics" or request.method not in ("GET", "HEAD"):
+            answer = Response("The worker serves only GET /metrics here.\n", status=404,
+                              mimetype="text/plain")
+        else:
+            refused = access_refused(gate, request.headers, tcp_peer(environ))
+            if refused is not None:
+                answer = Response(refused[1] + "\n", status=refused[0], mimetype="text/plain")
+            else:
+                body, content_type = exposition(request.headers.get("Accept", ""), database=False)
+                answer = Response(body, content_type=content_type)
+        return answer(environ, start_response)
+
+    return app
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True  # a slow scraper never holds the worker's exit
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, *args):  # a scrape every few seconds is not worth a log line
+        pass
+
+
+_server_lock = threading.Lock()
+_server_pid = None  # the process that has started (or tried to start) its server
+
+
+def serve_worker_metrics(config):
+    """Serve worker_metrics_app on BERTH_WORKER_METRICS_HOST:BERTH_WORKER_METRICS_PORT, in a
+    daemon thread, once per process (Huey calls its startup hooks once per worker thread).
+    Unset port: nothing. A port already taken (a second consumer process, or replica on the
+    same machine) is logged and skipped: the one that has it sums the same folder."""
+    global _server_pid
+    port = config.get("BERTH_WORKER_METRICS_PORT")
+    if not port:
+        return None
+    host = config.get("BERTH_WORKER_METRICS_HOST") or "127.0.0.1"
+    with _server_lock:
+        if _server_pid == os.getpid():
+            return None
+        _server_pid = os.getpid()
+        try:
+            server = make_server(host, port, worker_metrics_app(config),
+                                 server_class=_Server6 if ":" in host else _Server,
+                                 handler_class=_QuietHandler)
+        except OSError as error:
+            log.warning("worker metrics: cannot listen on %s:%s (%s); this process serves none",
+                        host, port, error.strerror or error)
+            return None
+    threading.Thread(target=server.serve_forever, name="berth-worker-metrics", daemon=True).start()
+    log.info("worker metrics: GET /metrics on %s:%s", host, port)
+    return server

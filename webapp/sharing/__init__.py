@@ -1,0 +1,1 @@
+"""Sharing a personal tool: its owner grants users or groups access to its address."""

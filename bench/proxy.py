@@ -30,6 +30,7 @@ import os
 import shlex
 import shutil
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -59,7 +60,7 @@ RESULTS = ROOT / "bench" / "results" / "latest.json"
 SLUG = "static"
 BODY = (b"Berth benchmark body. " * 64)[:1023] + b"\n"  # exactly 1 KB
 PATH = "/1k.html"
-PATHS = ("direct", "plain nginx", "chp", "berth", "berth cached")
+PATHS = ("direct", "plain nginx", "chp", "no-op auth", "berth", "berth cached")
 CONTROL_PLANE = ("auth", "web", "worker")  # Berth's processes other than nginx
 CACHE_SECONDS = 5  # the auth cache lifetime for the "berth cached" path
 
@@ -183,15 +184,17 @@ def running_instance(berth, host):
     return row["upstream"], state["pid"]
 
 
-def start_berth_nginx(run, config, cache_seconds):
-    """Another nginx with Berth's own rendered configuration, in front of the same auth and web."""
+def start_berth_nginx(run, config, cache_seconds, auth_server=None, name=None):
+    """Another nginx with Berth's own rendered configuration, in front of the same auth and web
+    (or of another auth server, host:port)."""
     from webapp.nginx_conf import prepare_prefix, render_nginx
 
-    prefix = run.work / f"berth-nginx-cache-{cache_seconds}"
+    prefix = run.work / (name or f"berth-nginx-cache-{cache_seconds}")
     prepare_prefix(prefix)
     port = free_port()
     config = {**config, "BERTH_AUTH_CACHE_SECONDS": cache_seconds}
-    text = render_nginx(config, standalone=True, prefix=str(prefix), listen=f"127.0.0.1:{port}")
+    text = render_nginx(config, standalone=True, prefix=str(prefix), listen=f"127.0.0.1:{port}",
+                        auth_servers=[auth_server] if auth_server else None)
     conf = prefix / "nginx.conf"
     conf.write_text(nginx_user_line() + text)
     process = start_nginx(conf, prefix, prefix / "stdout.log")
@@ -235,6 +238,24 @@ class Bench:
         self.cleanup.callback(stop_process, self.plain)
         wait_for(self.plain_port, "plain nginx", self.plain)
 
+    def start_noop_auth(self):
+        """The no-op auth service, and a Berth nginx in front of it (the "no-op auth" path)."""
+        from auth_service.check import nginx_upstream
+        from deploy.local import auth_server_command
+
+        port = free_port()
+        env = {**self.stack.env, "BENCH_UPSTREAM": nginx_upstream(self.config, self.upstream)}
+        with open(self.work / "noop-auth.log", "ab") as log:
+            self.noop_auth = subprocess.Popen(
+                auth_server_command(env, "127.0.0.1", port, app="bench._noop_auth:create_app"),
+                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True)
+        self.cleanup.callback(stop_process, self.noop_auth)
+        wait_for(port, "the no-op auth service", self.noop_auth)
+        self.noop_port, self.noop_nginx = start_berth_nginx(self.run_state, self.config, 0,
+                                                            auth_server=f"127.0.0.1:{port}",
+                                                            name="berth-nginx-noop-auth")
+
     def start_chp(self):
         self.chp = Chp(self.run_state).start()
         self.chp.add_route("/", f"http://{self.upstream}")
@@ -246,6 +267,7 @@ class Bench:
             "direct": {"port": tool_port},
             "plain nginx": {"port": self.plain_port},
             "chp": {"port": self.chp.port},
+            "no-op auth": {"port": self.noop_port, "host": self.tool_host, "cookie": self.cookie},
             "berth": {"port": self.uncached_port, "host": self.tool_host, "cookie": self.cookie},
             "berth cached": {"port": self.port, "host": self.tool_host, "cookie": self.cookie},
         }
@@ -274,6 +296,7 @@ class Bench:
         roots["plain nginx"] = self.plain.pid
         roots["nginx (uncached)"] = self.uncached.pid
         roots["chp"] = self.chp.process.pid
+        roots["no-op auth"] = self.noop_auth.pid
         sampler = MemorySampler(roots)
         sampler.start()
         try:
@@ -355,6 +378,9 @@ class Bench:
             print(f"{name:<14}{row['requests_per_s']:>10.0f}{row['p50_ms']:>9.2f}{row['p99_ms']:>9.2f}"
                   f"{row['ratio_to_plain_nginx']:>15.2f}{per_round:>18}{row['ratio_to_chp']:>8.2f}"
                   f"{row['socket_errors']:>10}")
+        share = summary["berth"]["requests_per_s"] / summary["no-op auth"]["requests_per_s"]
+        print(f"\nno-op auth: Berth's nginx with an auth service that answers at once (the hop alone). "
+              f"Uncached Berth reaches {share:.2f}× of it.")
         print(f"\n{'process group':<24}{'processes':>10}{'RSS before MiB':>16}{'peak MiB':>10}")
         for name, row in memory.items():
             print(f"{name:<24}{row['processes']:>10}{row['before_mib']:>16.1f}{row['peak_mib']:>10.1f}")
@@ -386,6 +412,7 @@ class Bench:
         self.start_berth()
         self.start_plain_nginx()
         self.start_chp()
+        self.start_noop_auth()
         self.uncached_port, self.uncached = start_berth_nginx(self.run_state, self.config, 0)
         rounds, sampler = self.measure()
         summary, memory, goals = self.summarise(rounds, sampler)

@@ -36,16 +36,17 @@ def role_of(name):
     return role
 
 
-def auth_server_command(env, host, port):
+def auth_server_command(env, host, port, app="auth_service:create_app"):
     """The auth service's server: granian (Rust HTTP, keepalive, threads) or gunicorn gthread.
 
-    BERTH_AUTH_SERVER picks; see docs/decisions/0006-auth-server.md for the measurements.
+    BERTH_AUTH_SERVER picks; see docs/decisions/0008-auth-server.md for the measurements. app is
+    the WSGI factory granian serves (the benchmarks give it a no-op one, to measure the hop alone).
     """
     if env.get("BERTH_AUTH_SERVER", "granian") == "granian":
         return [str(BIN / "granian"), "--interface", "wsgi", "--host", host, "--port", str(port),
                 "--workers", env.get("BERTH_AUTH_WORKERS", "2"),
                 "--blocking-threads", env.get("BERTH_AUTH_THREADS", "4"),
-                "--no-ws", "--log-level", "warning", "--factory", "auth_service:create_app"]
+                "--no-ws", "--log-level", "warning", "--factory", app]
     return [str(BIN / "gunicorn"), "-c", str(ROOT / "deploy" / "gunicorn.conf.py"),
             "--bind", f"{host}:{port}", "auth_service:create_app()"]
 

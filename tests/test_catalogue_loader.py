@@ -59,8 +59,9 @@ DROP = object()
 
 def test_parse_catalogue_accepts_the_demo_catalogue():
     tools = parse_catalogue(DEMO_CATALOGUE.read_text())
-    assert [t["slug"] for t in tools] == ["echo", "jupyterlab", "broken"]
-    jupyter = tools[1]
+    assert [t["slug"] for t in tools] == ["echo", "team-echo", "jupyterlab", "broken"]
+    assert tools[1]["shared"] and tools[1]["identity_headers"]
+    jupyter = tools[2]
     assert jupyter["backend"] == "process"
     assert jupyter["health_path"] == "/api/status"
     assert jupyter["spawn_timeout"] == 120
@@ -204,9 +205,9 @@ def test_parse_catalogue_refuses_a_document_that_is_not_a_list(document):
 # -- load_catalogue ---------------------------------------------------------------------
 
 def test_load_catalogue_creates_templates(app):
-    assert load_catalogue(DEMO_CATALOGUE.read_text()) == (3, 0)
+    assert load_catalogue(DEMO_CATALOGUE.read_text()) == (4, 0)
     loaded = templates()
-    assert sorted(loaded) == ["broken", "echo", "jupyterlab"]
+    assert sorted(loaded) == ["broken", "echo", "jupyterlab", "team-echo"]
     assert loaded["echo"].name == "Echo"
     assert loaded["echo"].command == ["{python}", "-m", "berth_tools.echo", "--port", "{port}"]
     assert loaded["echo"].health_path == "/headers"
@@ -216,7 +217,7 @@ def test_load_catalogue_twice_changes_nothing(app):
     load_catalogue(DEMO_CATALOGUE.read_text())
     before = {slug: t.updated_at for slug, t in templates().items()}
     assert load_catalogue(DEMO_CATALOGUE.read_text()) == (0, 0)
-    assert count(ToolTemplate) == 3
+    assert count(ToolTemplate) == 4
     db.session.expire_all()
     assert {slug: t.updated_at for slug, t in templates().items()} == before
 

@@ -157,9 +157,9 @@ def test_create_admin_needs_a_password(berth):
 def test_catalogue_load_reports_what_it_loaded(berth, data_dir):
     result = berth("catalogue", "load", str(DEMO_CATALOGUE))
     assert result.exit_code == 0, result.output
-    assert result.output == f"Catalogue loaded from {DEMO_CATALOGUE}: 3 new, 0 changed.\n"
+    assert result.output == f"Catalogue loaded from {DEMO_CATALOGUE}: 4 new, 0 changed.\n"
     assert query(data_dir, "SELECT slug FROM tool_templates ORDER BY slug") == [
-        ("broken",), ("echo",), ("jupyterlab",)]
+        ("broken",), ("echo",), ("jupyterlab",), ("team-echo",)]
 
 
 def test_catalogue_load_twice_changes_nothing(berth):
@@ -194,9 +194,9 @@ def test_catalogue_load_keeps_the_previous_catalogue_when_the_new_one_is_invalid
     path = write(data_dir / "tools.yml", text + "  - slug: Bad Slug\n    name: x\n    command: [x]\n")
     result = berth("catalogue", "load", path)
     assert result.exit_code != 0
-    assert "entry 4 (Bad Slug): slug must start with a letter" in result.output
+    assert "entry 5 (Bad Slug): slug must start with a letter" in result.output
     assert query(data_dir, "SELECT name FROM tool_templates WHERE slug = 'echo'") == [("Echo",)]
-    assert query(data_dir, "SELECT count(*) FROM tool_templates") == [(3,)]
+    assert query(data_dir, "SELECT count(*) FROM tool_templates") == [(4,)]
 
 
 def test_catalogue_load_refuses_text_that_is_not_yaml(berth, data_dir):

@@ -349,7 +349,7 @@ class AuthCheck:
             groups = self.database.run(_GROUP_NAMES, {"user_id": row.user_id}, fetch="all")
             headers += [("X-Berth-User-Email", _encoded(row.email)),
                         ("X-Berth-User-Name", _encoded(row.name or "")),
-                        ("X-Berth-User-Groups", ",".join(_encoded(name) for (name,) in groups))]
+                        ("X-Berth-User-Groups", _group_list(groups))]
         if self.config["BERTH_AUTH_CACHE_SECONDS"]:
             # Only answers for running tools are cached: lifecycle pages must follow state at once.
             headers.append(("X-Accel-Expires", str(self.config["BERTH_AUTH_CACHE_SECONDS"])))
@@ -368,6 +368,20 @@ class AuthCheck:
         if row.last_activity_at is not None and row.last_activity_at > now - interval:
             return
         self.database.run(_TOUCH, {"now": now, "cutoff": now - interval, "id": row.instance_id})
+
+
+# Room for a user in a couple of hundred groups: nginx reads the answer's headers into 16 KiB
+# (proxy_buffer_size in nginx/snippets/auth_locations.conf.j2), and tools have limits of their own.
+MAX_GROUPS_HEADER = 8 * 1024
+
+
+def _group_list(rows):
+    """The user's groups for X-Berth-User-Groups: comma-separated, cut at a whole group."""
+    text = ",".join(_encoded(name) for (name,) in rows)
+    if len(text) > MAX_GROUPS_HEADER:
+        text = text[:MAX_GROUPS_HEADER + 1].rsplit(",", 1)[0]
+        log.warning("auth check: X-Berth-User-Groups cut to %d bytes", len(text))
+    return text
 
 
 def _encoded(value):

@@ -333,3 +333,20 @@ def test_the_allowed_address_through_the_trusted_proxy_reaches_the_tool(behind_a
     # The same session from anywhere else is refused, even while the tool runs.
     browser.headers["X-Forwarded-For"] = "1.2.3.5"
     assert browser.get(stack.tool_url("fenced", user, "/headers"), timeout=10).status_code == 403
+
+
+def test_identity_headers_of_a_user_in_hundreds_of_groups(stack):
+    """A user in many groups (single sign-on can bring hundreds) still reaches the tool."""
+    member = stack.create_user()
+    if not stack.query("SELECT id FROM groups WHERE name = 'team-a'"):
+        _group(stack, "team-a")
+    _join(stack, "team-a", member)
+    prefix = f"department-of-very-long-group-names-{os.urandom(3).hex()}-"
+    for number in range(300):  # about 15 KB of names: more than the header carries
+        _group(stack, f"{prefix}{number:03d}", member)
+    browser = stack.login(member)
+    seen = stack.open_tool(browser, "echo-team", member, "/headers")
+    assert seen.status_code == 200
+    groups = seen.json()["headers"]["X-Berth-User-Groups"].split(",")
+    assert len(groups) > 150 and all(name.startswith(prefix) or name == "team-a" for name in groups)
+    assert len(",".join(groups)) <= 8 * 1024

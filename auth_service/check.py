@@ -29,7 +29,7 @@ from datetime import datetime, timedelta, timezone
 from urllib.parse import quote
 
 from webapp.addresses import allowed, client_address, parse_networks
-from webapp.hosts import is_main_host, parse_tool_host, public_url
+from webapp.hosts import MAX_NEXT_URL_LENGTH, is_main_host, parse_tool_host, public_url
 from webapp.models import hash_token, utcnow
 from webapp.tokens import bearer_token, token_allowed_on_main_host
 
@@ -187,6 +187,10 @@ def _answer(status, **headers):
 
 def _unauthorised(config, host, uri):
     original = public_url(config, host, uri or "/")
+    if len(original) > MAX_NEXT_URL_LENGTH:
+        # The login page would refuse so long a "next" anyway (safe_next_url), and encoded it
+        # could outgrow the header buffer nginx reads this answer into: sign in, then go home.
+        return _answer(401, login_url=public_url(config, config["BERTH_DOMAIN"], "/auth/login"))
     login = public_url(config, config["BERTH_DOMAIN"], "/auth/login?next=" + quote(original, safe=""))
     return _answer(401, login_url=login)
 

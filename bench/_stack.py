@@ -143,6 +143,14 @@ def install_signal_handlers():
     signal.signal(signal.SIGHUP, exit_on_signal)
 
 
+def add_run_arguments(parser, postgres=True):
+    """The options every benchmark takes: the database (where it has a choice) and --keep."""
+    if postgres:
+        parser.add_argument("--postgres", action="store_true",
+                            help="run Berth on PostgreSQL and Redis instead of SQLite")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory and its logs")
+
+
 def run_benchmark(bench):
     """Run bench.execute(), always undoing its run_state; interruptions and failures exit clearly."""
     install_signal_handlers()

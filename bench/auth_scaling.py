@@ -38,6 +38,7 @@ from bench._stack import (
     ROOT,
     BenchRun,
     Berth,
+    add_run_arguments,
     check_target,
     free_port,
     print_targets,
@@ -307,7 +308,7 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=3, help="rounds; each measures every level (3)")
     parser.add_argument("--threads", type=int, default=2, help="wrk threads for the loaded run (2)")
     parser.add_argument("--connections", type=int, default=16, help="wrk connections for the loaded run (16)")
-    parser.add_argument("--keep", action="store_true", help="keep the work directory and its logs")
+    add_run_arguments(parser, postgres=False)  # always PostgreSQL: it measures tables of that size
     args = parser.parse_args(argv)
     try:
         args.levels = sorted({int(level) for level in args.levels.split(",")})

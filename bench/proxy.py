@@ -41,6 +41,7 @@ from bench._stack import (
     Berth,
     Chp,
     MemorySampler,
+    add_run_arguments,
     check_target,
     chp_command,
     chp_version,
@@ -425,9 +426,7 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=2, help="rounds; each measures every path (2)")
     parser.add_argument("--threads", type=int, default=2, help="wrk threads (2)")
     parser.add_argument("--connections", type=int, default=32, help="wrk connections (32)")
-    parser.add_argument("--postgres", action="store_true",
-                        help="run Berth on PostgreSQL and Redis instead of SQLite")
-    parser.add_argument("--keep", action="store_true", help="keep the work directory and its logs")
+    add_run_arguments(parser)
     args = parser.parse_args(argv)
     if args.duration < 1 or args.rounds < 1:
         parser.error("--duration and --rounds must be at least 1")

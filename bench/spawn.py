@@ -51,7 +51,7 @@ from datetime import datetime, timezone
 import yaml
 
 from bench._jupyterhub import JupyterHub, jupyterhub_version
-from bench._stack import ROOT, BenchRun, Berth, free_port, run_benchmark, stop_process
+from bench._stack import ROOT, BenchRun, Berth, add_run_arguments, free_port, run_benchmark, stop_process
 
 RESULTS = ROOT / "bench" / "results" / "spawn.json"
 TOOLS = {  # slug: (backend, the path asked for, text the tool's own answer contains)
@@ -352,9 +352,7 @@ def main(argv=None):
     parser.add_argument("--launches", type=int, default=10, help="timed launches per tool (10)")
     parser.add_argument("--warmup", type=int, default=1, help="launches per tool not counted (1)")
     parser.add_argument("--poll-ms", type=int, default=25, help="ms between requests while it starts (25)")
-    parser.add_argument("--postgres", action="store_true",
-                        help="run Berth on PostgreSQL and Redis instead of SQLite")
-    parser.add_argument("--keep", action="store_true", help="keep the work directory and its logs")
+    add_run_arguments(parser)
     parser.add_argument("--no-jupyterhub", dest="jupyterhub", action="store_false",
                         help="measure Berth and the tool alone only, without the JupyterHub peer")
     args = parser.parse_args(argv)

@@ -45,6 +45,7 @@ from bench._stack import (
     Berth,
     Chp,
     MemorySampler,
+    add_run_arguments,
     check_target,
     chp_command,
     chp_version,
@@ -352,9 +353,7 @@ def main(argv=None):
     parser.add_argument("--ws-duration", type=int, default=5, help="seconds of WebSocket echo per path (5)")
     parser.add_argument("--ws-connections", type=int, default=4, help="WebSockets at once (4)")
     parser.add_argument("--ws-bytes", type=int, default=16384, help="bytes per WebSocket message (16384)")
-    parser.add_argument("--postgres", action="store_true",
-                        help="run Berth on PostgreSQL and Redis instead of SQLite")
-    parser.add_argument("--keep", action="store_true", help="keep the work directory and its logs")
+    add_run_arguments(parser)
     args = parser.parse_args(argv)
     if min(args.rounds, args.ws_duration, args.ws_connections, args.ws_bytes) < 1:
         parser.error("--rounds, --ws-duration, --ws-connections and --ws-bytes must be at least 1")

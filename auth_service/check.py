@@ -16,9 +16,9 @@ auth_request_set:
                      for a tool whose template asks for identity headers: who is using it,
                      percent-encoded UTF-8 (groups comma-separated)
 
-Who may open what (webapp/access.py states the rules) is decided by the same query: the
+Who may open what (berth/access.py states the rules) is decided by the same query: the
 template's groups, the owner, and the grants on the host. Templates with an IP allowlist are
-checked against the client address (webapp/addresses.py).
+checked against the client address (berth/addresses.py).
 """
 import hmac
 import json
@@ -28,10 +28,10 @@ import threading
 from datetime import datetime, timedelta, timezone
 from urllib.parse import quote
 
-from webapp.addresses import allowed, client_address, parse_networks
-from webapp.hosts import MAX_NEXT_URL_LENGTH, is_main_host, parse_tool_host, public_url
-from webapp.models import hash_token, utcnow
-from webapp.tokens import bearer_token, token_allowed_on_main_host
+from berth.addresses import allowed, client_address, parse_networks
+from berth.hosts import MAX_NEXT_URL_LENGTH, is_main_host, parse_tool_host, public_url
+from berth.models import hash_token, utcnow
+from berth.tokens import bearer_token, token_allowed_on_main_host
 
 WEB_UPSTREAM = "berth_web"  # the name of the web app's upstream block in nginx/berth.conf.j2
 
@@ -226,7 +226,7 @@ class AuthCheck:
         self.secret = app.config["BERTH_PROXY_SECRET"].encode()
         self.cookie = re.compile(
             r"(?:^|;)\s*" + re.escape(app.config["BERTH_SESSION_COOKIE"]) + r"\s*=\s*([^;]*)")
-        from webapp.extensions import db
+        from berth.extensions import db
 
         with app.app_context():
             self.database = Database(db.engine)

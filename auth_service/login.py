@@ -16,9 +16,9 @@ from auth_service.sessions import (
     set_session_cookie,
     start_session,
 )
-from webapp.extensions import db
-from webapp.hosts import safe_next_url
-from webapp.models import User, record_event
+from berth.extensions import db
+from berth.hosts import safe_next_url
+from berth.models import User, record_event
 
 bp = Blueprint("login", __name__, url_prefix="/auth")
 

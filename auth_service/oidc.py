@@ -5,7 +5,7 @@ provider and the callback, authlib keeps state, nonce and the PKCE verifier in F
 signed session cookie (berth_csrf, host-only on the main host), never in process memory, so
 any replica can take the callback. The ID token is checked in full: signature against the
 provider's keys, issuer, audience, expiry, issue time and nonce. The user is matched on
-(issuer, sub) and kept up to date (webapp/accounts.py). Every failure gets a page that says
+(issuer, sub) and kept up to date (berth/accounts.py). Every failure gets a page that says
 what happened and offers to try again.
 """
 import logging
@@ -18,10 +18,10 @@ from flask import Blueprint, abort, current_app, redirect, render_template, requ
 from joserfc.errors import ExpiredTokenError, JoseError
 
 from auth_service.sessions import revoke_session, set_session_cookie, start_session
-from webapp.accounts import SignInRefused, user_from_claims
-from webapp.extensions import db
-from webapp.hosts import public_url, safe_next_url
-from webapp.models import record_event
+from berth.accounts import SignInRefused, user_from_claims
+from berth.extensions import db
+from berth.hosts import public_url, safe_next_url
+from berth.models import record_event
 
 log = logging.getLogger(__name__)
 

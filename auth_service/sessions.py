@@ -4,9 +4,9 @@ from datetime import timedelta
 
 from sqlalchemy import select, update
 
-from webapp.accounts import live_session_filter
-from webapp.extensions import db
-from webapp.models import Session, User, hash_token, utcnow
+from berth.accounts import live_session_filter
+from berth.extensions import db
+from berth.models import Session, User, hash_token, utcnow
 
 
 def start_session(user, *, lifetime_seconds, client_ip="", user_agent="", method="password"):

@@ -285,7 +285,7 @@ class Berth:
 
     def stop(self):
         from deploy.local import stop_local_tools
-        from webapp.extensions import db
+        from berth.extensions import db
 
         self.stack.stop_all()
         with self.app.app_context():
@@ -317,9 +317,9 @@ class Berth:
 
     def tool_host(self, slug):
         """The tool's Host header as a browser sends it: <slug>-<key>.berth.localhost:<port>."""
-        from webapp.extensions import db
-        from webapp.hosts import tool_host
-        from webapp.models import User
+        from berth.extensions import db
+        from berth.hosts import tool_host
+        from berth.models import User
 
         with self.app.app_context():
             host_key = db.session.execute(db.select(User.host_key).where(User.email == self.email)).scalar_one()
@@ -344,7 +344,7 @@ class Berth:
 
     # -- the database -------------------------------------------------------------------------
     def query(self, sql, **params):
-        from webapp.extensions import db
+        from berth.extensions import db
 
         with self.app.app_context():
             try:
@@ -354,14 +354,13 @@ class Berth:
 
     def stop_instance(self, instance_id):
         """Stop one tool now, from this process (as `berth run` does on Ctrl-C)."""
-        from webapp.extensions import db
-        from webapp.launcher import stop_instance
-        from webapp.lifecycle.launches import request_stop
-        from webapp.models import ToolInstance
+        from berth.extensions import db
+        from berth.launch.state_machine import begin_stop, stop_instance
+        from berth.models import ToolInstance
 
         with self.app.app_context():
             try:
-                request_stop(db.session.get(ToolInstance, instance_id), actor="bench", enqueue=False)
+                begin_stop(db.session.get(ToolInstance, instance_id), actor="bench")
                 stop_instance(instance_id)
             finally:
                 db.session.remove()

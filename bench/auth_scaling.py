@@ -111,7 +111,7 @@ class AuthScaling:
 
     # setup
     def start(self):
-        from webapp.extensions import db
+        from berth.extensions import db
 
         work = self.run_state.work
         catalogue = write_catalogue(work, [static_tool(work, {PATH.lstrip("/"): BODY})])

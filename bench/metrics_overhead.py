@@ -1,4 +1,4 @@
-"""What the /metrics wrapper (webapp.metrics.TimedAuthCheck) adds to each auth check, in-process.
+"""What the /metrics wrapper (berth.metrics.TimedAuthCheck) adds to each auth check, in-process.
 
     .venv/bin/python -m bench.metrics_overhead [--calls 10000] [--rounds 5]
 
@@ -26,9 +26,9 @@ def main():
 
     from auth_service import create_app
     from auth_service.sessions import start_session
-    from webapp.extensions import db
-    from webapp.metrics import TimedAuthCheck
-    from webapp.models import User
+    from berth.extensions import db
+    from berth.metrics import TimedAuthCheck
+    from berth.models import User
 
     from webapp import create_app as create_web_app
 

@@ -188,7 +188,7 @@ def running_instance(berth, host):
 def start_berth_nginx(run, config, cache_seconds, auth_server=None, name=None):
     """Another nginx with Berth's own rendered configuration, in front of the same auth and web
     (or of another auth server, host:port)."""
-    from webapp.nginx_conf import prepare_prefix, render_nginx
+    from berth.nginx_conf import prepare_prefix, render_nginx
 
     prefix = run.work / (name or f"berth-nginx-cache-{cache_seconds}")
     prepare_prefix(prefix)

@@ -5,7 +5,7 @@ set -eu
 command="${1:-web}"
 [ $# -gt 0 ] && shift
 # Every Berth process (the berth command too) writes its metrics here, and the container's own
-# /metrics sums them (webapp/metrics.py: web and auth on their port, the worker on
+# /metrics sums them (berth/metrics.py: web and auth on their port, the worker on
 # BERTH_WORKER_METRICS_PORT): one folder per container, in /tmp since the root is read-only.
 # Emptied at start: files from a previous run of the container would be summed too.
 export BERTH_METRICS_DIR="${BERTH_METRICS_DIR:-/tmp/berth-metrics}"
@@ -22,7 +22,7 @@ case "$command" in
       --workers "${BERTH_AUTH_WORKERS:-2}" --blocking-threads "${BERTH_AUTH_THREADS:-4}" \
       --no-ws --log-level warning --factory auth_service:create_app "$@" ;;
   worker)
-    exec huey_consumer webapp.tasks.huey -w "${BERTH_WORKER_THREADS:-4}" -k thread "$@" ;;
+    exec huey_consumer berth.launch.tasks.huey -w "${BERTH_WORKER_THREADS:-4}" -k thread "$@" ;;
   migrate)
     # Run once per release, as its own job: never at the start of each replica.
     berth db upgrade

@@ -20,9 +20,9 @@ control_socket_disable = True
 
 
 def child_exit(server, worker):
-    """A worker process ended: drop its live-gauge files from BERTH_METRICS_DIR (webapp/metrics.py).
+    """A worker process ended: drop its live-gauge files from BERTH_METRICS_DIR (berth/metrics.py).
 
     Its counters and histograms stay there, so /metrics keeps counting what it did."""
-    from webapp.metrics import mark_process_dead
+    from berth.metrics import mark_process_dead
 
     mark_process_dead(worker.pid)

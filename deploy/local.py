@@ -74,7 +74,7 @@ class Stack:
             port = self.ports.get(name, self.env["BERTH_WEB_PORT"])
             return gunicorn + ["--bind", f"127.0.0.1:{port}", "webapp:create_app()"]
         if role == "worker":
-            return [str(BIN / "huey_consumer"), "webapp.tasks.huey", "-w", "4", "-k", "thread",
+            return [str(BIN / "huey_consumer"), "berth.launch.tasks.huey", "-w", "4", "-k", "thread",
                     "-d", "0.05", "-m", "0.1", "-b", "1.1"]
         if role == "nginx":
             prefix = self.data_dir / "nginx"
@@ -86,7 +86,7 @@ class Stack:
         raise ValueError(name)
 
     def render_nginx(self, config, **options):
-        from webapp.nginx_conf import prepare_prefix, render_nginx
+        from berth.nginx_conf import prepare_prefix, render_nginx
 
         prefix = self.data_dir / "nginx"
         prepare_prefix(prefix)
@@ -165,7 +165,7 @@ class Stack:
 
 def reset_metrics_dir(env):
     """Empty BERTH_METRICS_DIR before the stack starts: a previous run's files would be summed too."""
-    from webapp.config import metrics_dir
+    from berth.settings import metrics_dir
 
     path = Path(metrics_dir(env))
     shutil.rmtree(path, ignore_errors=True)
@@ -177,9 +177,9 @@ def prepare_database(config, admin_email=None, admin_password=None):
     from flask_migrate import upgrade
     from sqlalchemy import func, select
 
-    from webapp.catalogue.loader import CatalogueError, load_catalogue
-    from webapp.extensions import db
-    from webapp.models import User
+    from berth.catalogue import CatalogueError, load_catalogue
+    from berth.extensions import db
+    from berth.models import User
 
     upgrade(directory=str(ROOT / "migrations"))
     if admin_email:
@@ -200,7 +200,7 @@ def prepare_database(config, admin_email=None, admin_password=None):
 
 
 def run_local(config):
-    from webapp.hosts import public_url
+    from berth.hosts import public_url
 
     data_dir = Path(config["BERTH_DATA_DIR"])
     admin_email = os.environ.get("BERTH_ADMIN_EMAIL", "admin@berth.localhost")
@@ -256,15 +256,14 @@ def _remembered_password(data_dir):
 
 def stop_local_tools(config, backends=("process",)):
     """On Ctrl-C, end the process-backend tools too: on one machine, "stop" means everything."""
-    from webapp.launcher import stop_instance
-    from webapp.lifecycle.launches import request_stop
-    from webapp.models import State, ToolInstance
-    from webapp.extensions import db
+    from berth.launch.state_machine import begin_stop, stop_instance
+    from berth.models import State, ToolInstance
+    from berth.extensions import db
 
     live = db.session.execute(
         db.select(ToolInstance).where(ToolInstance.state.in_(State.LIVE),
                                       ToolInstance.backend.in_(backends))
     ).scalars().all()
     for instance in live:
-        request_stop(instance, actor="cli", enqueue=False)
+        begin_stop(instance, actor="cli")
         stop_instance(instance.id)

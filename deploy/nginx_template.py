@@ -35,7 +35,7 @@ def fill(text, secret, prefix):
 
 
 def main(argv):
-    from webapp.nginx_conf import prepare_prefix
+    from berth.nginx_conf import prepare_prefix
 
     template, prefix = argv
     prefix = prefix.rstrip("/")

@@ -21,9 +21,9 @@ os.environ.setdefault("BERTH_DATA_DIR", tempfile.mkdtemp(prefix="berth-test-proc
 
 from deploy.local import Stack  # noqa: E402
 from webapp import create_app  # noqa: E402
-from webapp.extensions import db  # noqa: E402
-from webapp.hosts import tool_host  # noqa: E402
-from webapp.models import User  # noqa: E402
+from berth.extensions import db  # noqa: E402
+from berth.hosts import tool_host  # noqa: E402
+from berth.models import User  # noqa: E402
 
 DOMAIN = "berth.localhost"
 TEST_CATALOGUE = Path(__file__).parent / "catalogue.yml"

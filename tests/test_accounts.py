@@ -1,12 +1,12 @@
-"""Users from single sign-on (webapp/accounts.py): matched on issuer and sub, kept up to date,
+"""Users from single sign-on (berth/accounts.py): matched on issuer and sub, kept up to date,
 linked to an existing account only when safe, groups from the groups claim. SQLite in memory."""
 import pytest
 from sqlalchemy import select
 
 from webapp import create_app
-from webapp.accounts import SignInRefused, sync_groups, user_from_claims, user_groups
-from webapp.extensions import db
-from webapp.models import Event, Group, Membership, User
+from berth.accounts import SignInRefused, sync_groups, user_from_claims, user_groups
+from berth.extensions import db
+from berth.models import Event, Group, Membership, User
 
 ISSUER = "https://id.example.org/realms/berth"
 

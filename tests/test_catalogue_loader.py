@@ -1,4 +1,4 @@
-"""The YAML catalogue: every entry is checked before anything is written (webapp/catalogue/loader.py)."""
+"""The YAML catalogue: every entry is checked before anything is written (berth/catalogue.py)."""
 import json
 from pathlib import Path
 
@@ -6,9 +6,9 @@ import pytest
 from sqlalchemy import func, select
 
 from webapp import create_app
-from webapp.catalogue.loader import CatalogueError, load_catalogue, parse_catalogue
-from webapp.extensions import db
-from webapp.models import Event, ToolTemplate
+from berth.catalogue import CatalogueError, load_catalogue, parse_catalogue
+from berth.extensions import db
+from berth.models import Event, ToolTemplate
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_CATALOGUE = ROOT / "deploy" / "demo-catalogue.yml"

@@ -1,4 +1,4 @@
-"""The operator's `berth` command line (webapp/cli.py): what an operator sees, and what it writes."""
+"""The operator's `berth` command line (deploy/cli.py): what an operator sees, and what it writes."""
 import logging
 import os
 import shutil
@@ -12,7 +12,7 @@ import pytest
 from alembic.script import ScriptDirectory
 from click.testing import CliRunner
 
-from webapp.cli import cli
+from deploy.cli import cli
 
 # The newest migration: what `berth db upgrade` must leave the database at.
 HEAD_REVISION = ScriptDirectory(str(Path(__file__).resolve().parent.parent / "migrations")).get_current_head()

@@ -1,11 +1,11 @@
-"""Settings from BERTH_* variables: webapp/config.py fails loudly, naming the variable."""
+"""Settings from BERTH_* variables: berth/settings.py fails loudly, naming the variable."""
 import os
 import stat
 import threading
 
 import pytest
 
-from webapp.config import (
+from berth.settings import (
     SettingError,
     _persistent_secret,
     load_settings,

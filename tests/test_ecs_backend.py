@@ -1,4 +1,4 @@
-"""The ecs backend (webapp/spawners/ecs.py) and the launcher on it, against an AWS API emulation.
+"""The ecs backend (berth/backends/ecs.py) and the launcher on it, against an AWS API emulation.
 
 moto runs in server mode on loopback (ThreadedMotoServer), and Berth's boto3 client reaches it
 through BERTH_ECS_ENDPOINT_URL and a small fault proxy (tests/aws_proxy.py) that injects
@@ -32,15 +32,15 @@ from sqlalchemy import update
 
 from tests.aws_proxy import AwsProxy
 from webapp import create_app
-from webapp.catalogue.loader import CatalogueError, parse_catalogue
-from webapp.config import load_settings
-from webapp.extensions import db
-from webapp.hosts import tool_host
-from webapp.launcher import advance_launch, reconcile, stop_instance
-from webapp.lifecycle.launches import request_stop
-from webapp.models import Event, State, ToolInstance, ToolTemplate, User, utcnow
-from webapp.spawners import get_backend
-from webapp.spawners.ecs import (
+from berth.catalogue import CatalogueError, parse_catalogue
+from berth.settings import load_settings
+from berth.extensions import db
+from berth.hosts import tool_host
+from berth.launch.state_machine import advance_launch, begin_stop, stop_instance
+from berth.launch.upkeep import reconcile
+from berth.models import Event, State, ToolInstance, ToolTemplate, User, utcnow
+from berth.backends import get_backend
+from berth.backends.ecs import (
     _test_address,
     client_token,
     is_capacity_failure,
@@ -61,7 +61,7 @@ AWS_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "
 WORKER = """
 import sys
 from webapp import create_app
-from webapp.launcher import advance_launch
+from berth.launch.state_machine import advance_launch
 with create_app().app_context():
     print(advance_launch(int(sys.argv[1])))
 """
@@ -322,7 +322,7 @@ def test_launch_runs_one_tagged_task_records_its_address_and_stop_ends_it_with_a
     messages = [e.message for e in db.session.query(Event).filter_by(instance_id=instance_id)]
     assert "AWS is starting the task; waiting for the tool to answer" in messages
 
-    assert request_stop(instance, actor="test", enqueue=False)
+    assert begin_stop(instance, actor="test")
     assert stop_instance(instance_id) == "stopped"
 
     assert _instance(instance_id).state == State.STOPPED

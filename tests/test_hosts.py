@@ -1,7 +1,7 @@
-"""Tool addresses and the post-login redirect: webapp/hosts.py, with no services running."""
+"""Tool addresses and the post-login redirect: berth/hosts.py, with no services running."""
 import pytest
 
-from webapp.hosts import (ToolHost, is_main_host, parse_tool_host, public_url, safe_next_url, slug_problem,
+from berth.hosts import (ToolHost, is_main_host, parse_tool_host, public_url, safe_next_url, slug_problem,
                           tool_host)
 
 DOMAIN = "berth.localhost"

@@ -1,4 +1,4 @@
-"""webapp/metrics.py in-process: who may read /metrics (through nginx, or directly at a process's
+"""berth/metrics.py in-process: who may read /metrics (through nginx, or directly at a process's
 own port), what the auth-check wrapper counts, and the worker's metrics server.
 
 The integration tests (tests/integration/test_metrics.py, test_metrics_per_process.py) check the
@@ -13,7 +13,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.services import free_port
-from webapp.metrics import (METRICS_DIR, TimedAuthCheck, access_refused, serve_worker_metrics, tcp_peer,
+from berth.metrics import (METRICS_DIR, TimedAuthCheck, access_refused, serve_worker_metrics, tcp_peer,
                             worker_metrics_app)
 
 TOKEN = "a-scrape-token-of-32-characters!"
@@ -187,7 +187,7 @@ SCRAPER_SETTINGS = {"BERTH_METRICS_TOKEN": TOKEN, "BERTH_METRICS_NETWORKS": OFFI
 @pytest.fixture
 def web_app(tmp_path):
     from webapp import create_app
-    from webapp.extensions import db
+    from berth.extensions import db
 
     app = create_app({**SCRAPER_SETTINGS, "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path}/berth.db"})
     with app.app_context():
@@ -266,9 +266,9 @@ def test_the_worker_app_serves_metrics_behind_the_gate_and_nothing_else():
 @pytest.fixture
 def fresh_process(monkeypatch):
     """As if this process had not started its worker metrics server yet."""
-    import webapp.metrics
+    import berth.metrics
 
-    monkeypatch.setattr(webapp.metrics, "_server_pid", None)
+    monkeypatch.setattr(berth.metrics, "_server_pid", None)
 
 
 def test_the_worker_metrics_server_starts_once_per_process_on_its_port(fresh_process):

@@ -1,4 +1,4 @@
-"""The guarantees the schema itself gives (webapp/models.py, migrations/), on SQLite.
+"""The guarantees the schema itself gives (berth/models.py, migrations/), on SQLite.
 
 Each test runs twice: on the schema the migrations build (what production runs) and on the
 one the models declare, so the two cannot drift apart unnoticed.
@@ -14,8 +14,8 @@ from sqlalchemy import select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from webapp import create_app
-from webapp.extensions import db
-from webapp.models import Event, State, ToolInstance, ToolTemplate, User
+from berth.extensions import db
+from berth.models import Event, State, ToolInstance, ToolTemplate, User
 
 BERTH = os.path.join(os.path.dirname(sys.executable), "berth")
 

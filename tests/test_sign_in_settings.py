@@ -5,10 +5,10 @@ import re
 import pytest
 
 import auth_service
-from webapp.config import SettingError, load_settings
-from webapp.extensions import db
-from webapp.models import User
-from webapp.tokens import bearer_token, token_allowed_on_main_host
+from berth.settings import SettingError, load_settings
+from berth.extensions import db
+from berth.models import User
+from berth.tokens import bearer_token, token_allowed_on_main_host
 
 SSO = {"BERTH_OIDC_ISSUER": "http://127.0.0.1:9/", "BERTH_OIDC_CLIENT_ID": "berth",
        "BERTH_OIDC_PROVIDER_NAME": "Example ID"}

@@ -1,37 +1,28 @@
-"""The web app: catalogue, the starting and error pages of tools, and (later) sharing and admin.
+"""The web app, the front door for people: catalogue, the starting and error pages of tools,
+sharing, account, admin pages and the JSON API.
 
 Request path: nginx → auth_service answers → webapp, with the user named in headers that
-nginx sets from the auth answer. Launch path: webapp (lifecycle) → tasks → launcher →
-spawners → database. The web app owns the schema (models.py, migrations/).
+nginx sets from the auth answer. Launch path: webapp (lifecycle, catalogue, api) →
+berth.launch.requests → berth.launch.tasks → berth.backends → database. The domain itself
+(models, settings, access rules, the launch state machine) is the core package, berth/.
 """
-from flask import Flask
-from jinja2 import ChoiceLoader, FileSystemLoader
+import os
+
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from webapp.config import load_settings
-from webapp.extensions import csrf, db, migrate
+from berth.extensions import db
+from berth.web import create_base_app
 
 
 def create_app(test_config=None):
-    app = Flask(__name__, static_folder=None)
-    app.config.update(load_settings())
-    app.config.update(
-        SESSION_COOKIE_NAME="berth_csrf",  # Flask's cookie only carries the CSRF token
-        SESSION_COOKIE_SAMESITE="Lax",
-        WTF_CSRF_TIME_LIMIT=None,
-    )
-    if test_config:
-        app.config.update(test_config)
-    app.config["SESSION_COOKIE_SECURE"] = app.config["BERTH_SCHEME"] == "https"
+    app = create_base_app(__name__, test_config,
+                          template_dirs=[os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates")])
     # nginx is in front (plus BERTH_TRUSTED_HOPS proxies before it): trust exactly that many.
     hops = 1 + app.config["BERTH_TRUSTED_HOPS"]
     app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=0)
 
-    db.init_app(app)
-    migrate.init_app(app, db, directory=_migrations_dir())
-    csrf.init_app(app)
-
-    from webapp import identity, metrics
+    from berth import metrics
+    from webapp import identity
     from webapp.account import views as account
     from webapp.admin import views as admin
     from webapp.api import views as api
@@ -56,17 +47,3 @@ def create_app(test_config=None):
         return {"status": "ok"}
 
     return app
-
-
-def _migrations_dir():
-    import os
-
-    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "migrations")
-
-
-def template_loader(*extra_dirs):
-    """Jinja loader for the web app's templates, with extra folders searched first."""
-    import os
-
-    here = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates")
-    return ChoiceLoader([FileSystemLoader(d) for d in extra_dirs] + [FileSystemLoader(here)])

@@ -3,19 +3,19 @@
 nginx sets X-Berth-User-Id from the auth service's answer and overwrites any copy a client
 sent. It also sends the proxy secret, so a request that bypassed nginx is refused.
 """
-import hmac
 from functools import wraps
 
-from flask import Response, abort, current_app, g, request
+from flask import abort, current_app, g, request
 
-from webapp.extensions import db
-from webapp.hosts import is_main_host, public_url
-from webapp.models import User
-from webapp.tokens import bearer_token
+from berth.extensions import db
+from berth.hosts import is_main_host, public_url
+from berth.models import User
+from berth.tokens import bearer_token
+from berth.web import require_proxy_secret
 
 # Answered without the proxy secret: the orchestrator's probe, and /metrics, which a scraper
 # may reach directly at the pod's port and which checks its own token or networks
-# (webapp/metrics.py access_refused).
+# (berth/metrics.py access_refused).
 OPEN_ENDPOINTS = {"healthz", "metrics"}
 
 
@@ -59,11 +59,3 @@ def login_required(view):
         return view(*args, **kwargs)
 
     return wrapped
-
-
-def require_proxy_secret(config):
-    """Refuse anything that did not come through nginx (which adds the shared secret)."""
-    sent = request.headers.get("X-Berth-Proxy-Secret", "")
-    if not hmac.compare_digest(sent.encode(), config["BERTH_PROXY_SECRET"].encode()):
-        return Response("Berth answers only through its nginx.\n", status=403, mimetype="text/plain")
-    return None

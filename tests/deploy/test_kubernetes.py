@@ -189,7 +189,7 @@ def test_the_filled_nginx_conf_is_valid_for_nginx(manifests, tmp_path):
     # nginx -t resolves upstream names and writes under its prefix: use loopback and tmp_path.
     text = (text.replace("berth-auth:8101", "127.0.0.1:8101").replace("berth-web:8102", "127.0.0.1:8102")
             .replace("/tmp/nginx", str(tmp_path)))
-    from webapp.nginx_conf import prepare_prefix
+    from berth.nginx_conf import prepare_prefix
 
     prepare_prefix(tmp_path)
     (tmp_path / "nginx.conf").write_text(text)

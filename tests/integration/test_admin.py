@@ -287,8 +287,8 @@ def test_an_administrator_stops_another_users_tool_and_sees_its_timeline(stack, 
 
 def _add_instance(stack, template_slug, owner, created, running, ended, state="STOPPED"):
     with stack.app.app_context():
-        from webapp.extensions import db
-        from webapp.models import ToolInstance, ToolTemplate
+        from berth.extensions import db
+        from berth.models import ToolInstance, ToolTemplate
 
         template = db.session.execute(db.select(ToolTemplate).where(ToolTemplate.slug == template_slug)).scalar_one()
         db.session.add(ToolInstance(template_id=template.id, owner_id=owner["id"], host=f"usage-{owner['id']}",

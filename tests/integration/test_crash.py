@@ -93,8 +93,8 @@ def crashing_worker(stack):
 
 
 def test_the_matrix_covers_every_step_of_both_backends():
-    from webapp.spawners.docker import DockerBackend
-    from webapp.spawners.process import ProcessBackend
+    from berth.backends.docker import DockerBackend
+    from berth.backends.process import ProcessBackend
 
     assert (ProcessBackend.steps, DockerBackend.steps) == (STEPS["echo"], STEPS["busybox"])
     assert len(CASES) == 5 + 7

@@ -159,7 +159,7 @@ def test_reconciler_marks_a_dead_tool_failed(stack, alice):
     os.killpg(state["pid"], signal.SIGKILL)
     _wait_gone(state["pid"])
     with stack.app.app_context():
-        from webapp.launcher import reconcile
+        from berth.launch.upkeep import reconcile
 
         actions = reconcile(enqueue_launch=lambda _id: None, enqueue_stop=lambda _id: None)
     after = stack.instances(host)[-1]

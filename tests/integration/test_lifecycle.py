@@ -58,13 +58,12 @@ def wait_for_event(stack, instance_id, kind, timeout=20):
 def stop_now(stack, instance_id):
     """Stop an instance from the test process, as `berth run` does on Ctrl-C (no queue involved)."""
     with stack.app.app_context():
-        from webapp.extensions import db
-        from webapp.launcher import stop_instance
-        from webapp.lifecycle.launches import request_stop
-        from webapp.models import ToolInstance
+        from berth.extensions import db
+        from berth.launch.state_machine import begin_stop, stop_instance
+        from berth.models import ToolInstance
 
         instance = db.session.get(ToolInstance, instance_id)
-        request_stop(instance, actor="test", enqueue=False)
+        begin_stop(instance, actor="test")
         stop_instance(instance_id)
         db.session.remove()
 
@@ -75,8 +74,8 @@ def reconcile_here(stack):
     It decides and acts as `berth reconcile` does, without a command's start-up time, except
     that it queues nothing (this process's queue is not the stack's). Returns its actions."""
     with stack.app.app_context():
-        from webapp.extensions import db
-        from webapp.launcher import reconcile
+        from berth.extensions import db
+        from berth.launch.upkeep import reconcile
 
         actions = reconcile(enqueue_launch=lambda _id: None, enqueue_stop=lambda _id: None, actor="test")
         db.session.remove()

@@ -30,8 +30,8 @@ def _status(stack, browser, url):
 def _shift(stack, browser, column, delta):
     """Move a session's timestamp back in the database (as time passing would)."""
     with stack.app.app_context():
-        from webapp.extensions import db
-        from webapp.models import Session
+        from berth.extensions import db
+        from berth.models import Session
 
         session = db.session.execute(db.select(Session).where(Session.token_hash == _hash(_token(browser)))
                                      ).scalar_one()

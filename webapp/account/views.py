@@ -7,11 +7,11 @@ from flask_wtf import FlaskForm
 from wtforms import IntegerField, StringField
 from wtforms.validators import DataRequired, InputRequired, Length, NumberRange
 
-from webapp.accounts import end_other_sessions, end_session, user_sessions
-from webapp.extensions import db
+from berth.accounts import end_other_sessions, end_session, user_sessions
+from berth.extensions import db
 from webapp.identity import login_required
-from webapp.models import hash_token, utcnow
-from webapp.tokens import MAX_NAME_LENGTH, TokenError, create_token, revoke_token, user_tokens
+from berth.models import hash_token, utcnow
+from berth.tokens import MAX_NAME_LENGTH, TokenError, create_token, revoke_token, user_tokens
 
 bp = Blueprint("account", __name__, url_prefix="/account")
 

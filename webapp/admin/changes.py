@@ -2,14 +2,14 @@
 
 Every function adds to the current transaction and records an event whose actor is the
 administrator ("admin:<id>"); the caller commits. Users' flags go through
-webapp.accounts.set_user_flags, stops through webapp.lifecycle.launches.request_stop.
+berth.accounts.set_user_flags, stops through berth.launch.requests.request_stop.
 """
 from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 
-from webapp.catalogue.loader import apply_fields, groups_named
-from webapp.extensions import db
-from webapp.models import Grant, Group, Membership, ToolTemplate, User, record_event, template_groups
+from berth.catalogue import apply_fields, groups_named
+from berth.extensions import db
+from berth.models import Grant, Group, Membership, ToolTemplate, User, record_event, template_groups
 
 MAX_GROUP_NAME = 200
 
@@ -140,7 +140,7 @@ def _audit_value(value):
 
 
 def create_template(fields, actor):
-    """Add a template from validated fields (webapp.catalogue.loader.validate_entry)."""
+    """Add a template from validated fields (berth.catalogue.validate_entry)."""
     fields = dict(fields)
     if db.session.scalar(select(ToolTemplate.id).where(ToolTemplate.slug == fields["slug"])) is not None:
         raise ChangeRefused(f"slug {fields['slug']!r} names another template already")

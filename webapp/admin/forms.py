@@ -1,13 +1,13 @@
 """The admin pages' forms. The template form's text areas become a catalogue entry, which the
-catalogue's one validator (webapp.catalogue.loader.validate_entry) checks, field by field."""
+catalogue's one validator (berth.catalogue.validate_entry) checks, field by field."""
 import json
 import re
 
 from flask_wtf import FlaskForm
 from wtforms import BooleanField, SelectField, StringField, TextAreaField
 
-from webapp.catalogue.loader import CatalogueError, validate_entry
-from webapp.spawners import BACKEND_NAMES
+from berth.catalogue import CatalogueError, validate_entry
+from berth.backends import BACKEND_NAMES
 
 
 class ActionForm(FlaskForm):

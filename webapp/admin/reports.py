@@ -6,8 +6,8 @@ from datetime import date, datetime, time, timedelta, timezone
 from flask import Response, stream_with_context
 from sqlalchemy import func, or_, select
 
-from webapp.extensions import db
-from webapp.models import Event, State, ToolInstance, ToolTemplate, User, utcnow
+from berth.extensions import db
+from berth.models import Event, State, ToolInstance, ToolTemplate, User, utcnow
 
 PER_PAGE = 50
 DEFAULT_DAYS = 30

@@ -5,16 +5,16 @@ from functools import wraps
 from flask import Blueprint, abort, flash, g, redirect, render_template, request, url_for
 from sqlalchemy import func, or_, select
 
-from webapp.accounts import set_user_flags, user_sessions
+from berth.accounts import set_user_flags, user_sessions
 from webapp.admin import reports
 from webapp.api.schemas import MAX_ID
 from webapp.admin.changes import (ChangeRefused, add_member, create_group, create_template, delete_group,
                                   group_counts, remove_member, set_local_groups, set_template_enabled,
                                   templates_using, update_template)
 from webapp.admin.forms import ActionForm, GroupForm, MemberForm, TemplateForm
-from webapp.extensions import db
-from webapp.lifecycle.launches import instance_events, request_stop
-from webapp.models import Group, Membership, State, ToolInstance, ToolTemplate, User
+from berth.extensions import db
+from berth.launch.requests import instance_events, request_stop
+from berth.models import Group, Membership, State, ToolInstance, ToolTemplate, User
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 

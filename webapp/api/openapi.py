@@ -4,7 +4,7 @@ The request and response schemas come from schemas.py, which the views also vali
 the tests run schemathesis against this document and the running API.
 """
 from webapp.api.schemas import MAX_ID, components
-from webapp.hosts import SLUG_PATTERN, public_url
+from berth.hosts import SLUG_PATTERN, public_url
 
 
 def _ref(name):

@@ -7,8 +7,8 @@ import functools
 
 from jsonschema import Draft202012Validator
 
-from webapp.hosts import SLUG_PATTERN
-from webapp.tokens import MAX_NAME_LENGTH, NAME_PATTERN
+from berth.hosts import SLUG_PATTERN
+from berth.tokens import MAX_NAME_LENGTH, NAME_PATTERN
 
 MAX_ID = 2**31 - 1  # ids are 32-bit integers in the database
 

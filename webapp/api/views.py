@@ -5,15 +5,15 @@ from flask import Blueprint, current_app, g, jsonify, request
 from sqlalchemy import select
 from werkzeug.exceptions import BadRequest, HTTPException
 
-from webapp.access import AccessRefused, add_grant, grants_on, launchable_templates, may_launch, revoke_grant
-from webapp.accounts import set_user_flags, user_groups
+from berth.access import AccessRefused, add_grant, grants_on, launchable_templates, may_launch, revoke_grant
+from berth.accounts import set_user_flags, user_groups
 from webapp.api.openapi import document
 from webapp.api.schemas import MAX_ID, body_errors
-from webapp.extensions import csrf, db
-from webapp.hosts import public_url, tool_host
-from webapp.lifecycle.launches import LaunchRefused, instance_events, request_launch, request_stop
-from webapp.models import Grant, Group, Membership, State, ToolInstance, ToolTemplate, User
-from webapp.tokens import TokenError, create_token, is_expired, revoke_token, user_tokens
+from berth.extensions import csrf, db
+from berth.hosts import public_url, tool_host
+from berth.launch.requests import LaunchRefused, instance_events, request_launch, request_stop
+from berth.models import Grant, Group, Membership, State, ToolInstance, ToolTemplate, User
+from berth.tokens import TokenError, create_token, is_expired, revoke_token, user_tokens
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 csrf.exempt(bp)  # token clients carry no CSRF token; cookie clients are checked in authenticate()

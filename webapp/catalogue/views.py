@@ -4,12 +4,12 @@ from flask_wtf import FlaskForm
 from wtforms import StringField
 from sqlalchemy import select
 
-from webapp.access import grants_to, launchable_templates, may_launch
-from webapp.extensions import db
-from webapp.hosts import public_url, tool_host
+from berth.access import grants_to, launchable_templates, may_launch
+from berth.extensions import db
+from berth.hosts import public_url, tool_host
 from webapp.identity import login_required
-from webapp.lifecycle.launches import LaunchRefused, live_instance, request_launch, request_stop
-from webapp.models import State, ToolInstance, ToolTemplate
+from berth.launch.requests import LaunchRefused, live_instance, request_launch, request_stop
+from berth.models import State, ToolInstance, ToolTemplate
 
 bp = Blueprint("catalogue", __name__)
 

@@ -2,17 +2,17 @@
 from flask import Blueprint, abort, current_app, g, jsonify, make_response, render_template, request
 from sqlalchemy import select
 
-from webapp.access import AccessRefused, check_open
-from webapp.extensions import db
-from webapp.hosts import is_main_host, parse_tool_host, strip_port
-from webapp.lifecycle.launches import (
+from berth.access import AccessRefused, check_open
+from berth.extensions import db
+from berth.hosts import is_main_host, parse_tool_host, strip_port
+from berth.launch.requests import (
     LaunchRefused,
     instance_events,
     latest_instance,
     mark_failure_shown,
     request_launch,
 )
-from webapp.models import State, ToolTemplate, User
+from berth.models import State, ToolTemplate, User
 
 bp = Blueprint("lifecycle", __name__, url_prefix="/__berth")
 
@@ -21,7 +21,7 @@ NO_LAUNCH_HEADER = "X-Berth-No-Launch"
 
 
 def init_app(app):
-    from webapp.extensions import csrf
+    from berth.extensions import csrf
 
     csrf.exempt(forbidden)  # it only renders nginx's 403, for whatever method was refused
 

@@ -4,13 +4,13 @@ from flask_wtf import FlaskForm
 from sqlalchemy import select
 from wtforms import SelectField, StringField
 
-from webapp.access import AccessRefused, add_grant, grants_on, may_launch, revoke_grant
+from berth.access import AccessRefused, add_grant, grants_on, may_launch, revoke_grant
 from webapp.api.schemas import MAX_ID
-from webapp.extensions import db
-from webapp.hosts import public_url, tool_host
+from berth.extensions import db
+from berth.hosts import public_url, tool_host
 from webapp.identity import login_required
-from webapp.lifecycle.launches import live_instance
-from webapp.models import Grant, Group, ToolTemplate
+from berth.launch.requests import live_instance
+from berth.models import Grant, Group, ToolTemplate
 
 bp = Blueprint("sharing", __name__, url_prefix="/sharing")
 

@@ -29,7 +29,7 @@ from socketserver import ThreadingMixIn
 from time import perf_counter
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from webapp.config import SettingError, metrics_dir
+from berth.settings import SettingError, metrics_dir
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ for _action in ("failed", "resumed", "stop-again", "orphan-removed"):
 
 
 def record_launch(backend, outcome, seconds=None):
-    """A launch ended RUNNING (with its spawn time) or FAILED. Called by the launcher."""
+    """A launch ended RUNNING (with its spawn time) or FAILED. Called by the state machine."""
     LAUNCHES.labels(backend, outcome).inc()
     if seconds is not None:
         SPAWN_SECONDS.labels(backend).observe(seconds)
@@ -171,8 +171,8 @@ class _InstancesCollector:
     def collect(self):
         from sqlalchemy import func, select
 
-        from webapp.extensions import db
-        from webapp.models import ToolInstance, ToolTemplate
+        from berth.extensions import db
+        from berth.models import ToolInstance, ToolTemplate
 
         counts = {(slug, state): number for slug, state, number in db.session.execute(
             select(ToolTemplate.slug, ToolInstance.state, func.count())
@@ -227,12 +227,12 @@ def access_refused(config, headers, peer=""):
     BERTH_METRICS_NETWORKS. Which address is the client's depends on how the request came:
 
     - through nginx (it carries the proxy secret): the address nginx saw, found by
-      webapp.addresses over X-Real-IP and X-Forwarded-For behind BERTH_TRUSTED_HOPS proxies;
+      berth.addresses over X-Real-IP and X-Forwarded-For behind BERTH_TRUSTED_HOPS proxies;
     - directly (a scraper at the pod's or container's port; no proxy secret): `peer`, the TCP
       peer (tcp_peer). X-Real-IP and X-Forwarded-For are then written by the client itself, so
       they are ignored: no proxy of Berth's stands between it and this server.
     """
-    from webapp.addresses import allowed, client_address
+    from berth.addresses import allowed, client_address
 
     token, networks = config.get("BERTH_METRICS_TOKEN"), config.get("BERTH_METRICS_NETWORKS")
     if not token and not networks:

@@ -1,12 +1,12 @@
 """Spawner backends: where a tool actually runs.
 
-Launch path: webapp (start page) → tasks.launch → launcher (the state machine) → a backend
+Launch path: webapp (start page) → launch.tasks → launch.state_machine → a backend
 here → the database records each result before the next step.
 
 Every backend has the same small interface (see base.Backend). Each step is idempotent: run
 again after a crash, it finds what it made before instead of making a second one.
 """
-from webapp.spawners.base import Backend, LaunchFailed
+from berth.backends.base import Backend, LaunchFailed
 
 
 BACKEND_NAMES = ("process", "docker", "ecs")
@@ -19,14 +19,14 @@ def get_backend(name, config):
     if name not in config["BERTH_BACKENDS"]:
         raise LaunchFailed(f"The {name} backend is not enabled here (BERTH_BACKENDS).")
     if name == "docker":
-        from webapp.spawners.docker import DockerBackend
+        from berth.backends.docker import DockerBackend
 
         return DockerBackend(config)
     if name == "ecs":
-        from webapp.spawners.ecs import EcsBackend
+        from berth.backends.ecs import EcsBackend
 
         return EcsBackend(config)
-    from webapp.spawners.process import ProcessBackend
+    from berth.backends.process import ProcessBackend
 
     return ProcessBackend(config)
 

@@ -4,7 +4,7 @@ import re
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-from webapp.config import SettingError
+from berth.settings import SettingError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEMPLATES = os.path.join(ROOT, "nginx")

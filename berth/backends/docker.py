@@ -9,7 +9,7 @@ every container this deployment runs. Two network modes:
 - a named network (BERTH_DOCKER_NETWORK=berth): the tool listens on the template's port and
   nginx reaches it at the container's own address on that network (the compose deployment).
 """
-from webapp.spawners.base import Backend, LaunchFailed, allocate_port, probe_http
+from berth.backends.base import Backend, LaunchFailed, allocate_port, probe_http
 
 LABEL = "berth.deployment"
 

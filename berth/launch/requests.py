@@ -3,9 +3,10 @@ from flask import current_app
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
-from webapp import tasks
-from webapp.extensions import db
-from webapp.models import Event, State, ToolInstance, ToolTemplate, User, record_event
+from berth.launch import tasks
+from berth.launch.state_machine import begin_stop
+from berth.extensions import db
+from berth.models import Event, State, ToolInstance, ToolTemplate, User, record_event
 
 
 def live_instance(host):
@@ -100,23 +101,11 @@ def request_launch(template, owner, host, actor, size_name=None):
     return instance, True
 
 
-def request_stop(instance, actor, enqueue=True):
+def request_stop(instance, actor):
     """Move a live instance to STOPPING and queue the stop. False if it was not live."""
-    result = db.session.execute(
-        update(ToolInstance)
-        .where(ToolInstance.id == instance.id,
-               ToolInstance.state.in_((State.QUEUED, State.SPAWNING, State.RUNNING)))
-        .values(state=State.STOPPING)
-        .execution_options(synchronize_session=False)
-    )
-    if result.rowcount != 1:
-        db.session.rollback()
+    if not begin_stop(instance, actor):
         return False
-    record_event("instance.stop", "Stop requested", actor=actor, user_id=instance.owner_id,
-                 instance_id=instance.id)
-    db.session.commit()
-    if enqueue:
-        tasks.enqueue_stop(instance.id)
+    tasks.enqueue_stop(instance.id)
     return True
 
 

@@ -11,8 +11,8 @@ from datetime import timedelta
 
 from sqlalchemy import select, update
 
-from webapp.extensions import db
-from webapp.models import ApiToken, hash_token, record_event, utcnow
+from berth.extensions import db
+from berth.models import ApiToken, hash_token, record_event, utcnow
 
 PREFIX = "berth_"
 _BEARER = re.compile(r"^bearer\s+(berth_[A-Za-z0-9_-]{1,200})\s*$", re.IGNORECASE)

@@ -14,8 +14,8 @@ alone. tests/integration/test_access.py holds both to the same permission matrix
 from sqlalchemy import delete, or_, select
 from sqlalchemy.exc import IntegrityError
 
-from webapp.extensions import db
-from webapp.models import Grant, Group, Membership, ToolTemplate, User, record_event, template_groups
+from berth.extensions import db
+from berth.models import Grant, Group, Membership, ToolTemplate, User, record_event, template_groups
 
 
 class AccessRefused(Exception):

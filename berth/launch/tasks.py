@@ -2,7 +2,7 @@
 
 Tasks take ids, never ORM objects, and run inside an app context. The queue only carries
 messages: if one is lost, the periodic reconcile finds the instance in the database and
-enqueues it again. Run the worker with `huey_consumer webapp.tasks.huey -w 4 -k thread`.
+enqueues it again. Run the worker with `huey_consumer berth.launch.tasks.huey -w 4 -k thread`.
 """
 import logging
 import os
@@ -12,7 +12,7 @@ from contextlib import nullcontext
 from flask import has_app_context
 from huey import RedisHuey, SqliteHuey, crontab
 
-from webapp.config import load_settings
+from berth.settings import load_settings
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ def serve_metrics():
     """GET /metrics on BERTH_WORKER_METRICS_PORT, when set. Huey calls this in every worker
     thread of huey_consumer (never in the web app, which imports this module to enqueue); the
     server starts once per process."""
-    from webapp import metrics
+    from berth import metrics
 
     metrics.serve_worker_metrics(load_settings())
 
@@ -48,15 +48,15 @@ def _app_context():
         return nullcontext()
     with _app_lock:
         if _app is None:
-            from webapp import create_app
+            from berth.web import create_base_app
 
-            _app = create_app()
+            _app = create_base_app("berth.worker")
     return _app.app_context()
 
 
 @huey.task()
 def launch(instance_id):
-    from webapp.launcher import advance_launch
+    from berth.launch.state_machine import advance_launch
 
     with _app_context():
         return advance_launch(instance_id)
@@ -64,7 +64,7 @@ def launch(instance_id):
 
 @huey.task()
 def stop(instance_id):
-    from webapp.launcher import stop_instance
+    from berth.launch.state_machine import stop_instance
 
     with _app_context():
         return stop_instance(instance_id)
@@ -72,7 +72,7 @@ def stop(instance_id):
 
 @huey.periodic_task(crontab(minute="*"))
 def reconcile():
-    from webapp.launcher import reconcile as run_reconcile
+    from berth.launch.upkeep import reconcile as run_reconcile
 
     with _app_context():
         actions = run_reconcile(enqueue_launch=enqueue_launch, enqueue_stop=enqueue_stop)
@@ -83,7 +83,7 @@ def reconcile():
 
 @huey.periodic_task(crontab(minute="*"))
 def cull_idle():
-    from webapp.launcher import cull_idle as run_cull
+    from berth.launch.upkeep import cull_idle as run_cull
 
     with _app_context():
         stopped = run_cull(enqueue_stop=enqueue_stop)

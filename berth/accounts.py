@@ -10,8 +10,8 @@ from flask import current_app
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 
-from webapp.extensions import db
-from webapp.models import Group, Membership, Session, User, record_event, utcnow
+from berth.extensions import db
+from berth.models import Group, Membership, Session, User, record_event, utcnow
 
 MAX_GROUPS = 200
 

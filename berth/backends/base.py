@@ -98,8 +98,8 @@ def allocate_port(config):
     """
     from sqlalchemy import select
 
-    from webapp.extensions import db
-    from webapp.models import State, ToolInstance
+    from berth.extensions import db
+    from berth.models import State, ToolInstance
 
     low, high = config["BERTH_PORT_RANGE"]
     taken = set(db.session.execute(

@@ -30,11 +30,11 @@ import re
 import yaml
 from sqlalchemy import select
 
-from webapp.extensions import db
-from webapp.addresses import AddressError, parse_networks
-from webapp.hosts import slug_problem
-from webapp.models import Group, ToolTemplate, record_event
-from webapp.spawners import BACKEND_NAMES
+from berth.extensions import db
+from berth.addresses import AddressError, parse_networks
+from berth.hosts import slug_problem
+from berth.models import Group, ToolTemplate, record_event
+from berth.backends import BACKEND_NAMES
 
 
 class CatalogueError(ValueError):

@@ -14,22 +14,22 @@ from flask import current_app
 from flask.cli import FlaskGroup, with_appcontext
 from sqlalchemy import func, select
 
-from webapp import create_app
-from webapp.extensions import db, migrate
-from webapp.models import User, record_event
+from berth.extensions import db, migrate
+from berth.web import create_base_app
+from berth.models import User, record_event
 
 
 def _create_app(*_args, **_kwargs):
-    from webapp.config import SettingError
+    from berth.settings import SettingError
 
     try:
-        app = create_app()
+        app = create_base_app("berth.cli")
     except SettingError as error:
         # A bad BERTH_* value: say which and stop, without a traceback, whichever path asked
         # for the app (Flask prints other exceptions in `berth --help` as tracebacks).
         click.echo(f"Error: {error}", err=True)
         raise SystemExit(1) from None
-    migrate.bind(app)  # `berth db …`: Flask-Migrate is imported only for the CLI (webapp/extensions.py)
+    migrate.bind(app)  # `berth db …`: Flask-Migrate is imported only for the CLI (berth/extensions.py)
     return app
 
 
@@ -49,7 +49,7 @@ def catalogue():
 @with_appcontext
 def catalogue_load(path):
     """Upsert the tool templates in PATH (YAML). Nothing is written if any entry is invalid."""
-    from webapp.catalogue.loader import CatalogueError, load_catalogue
+    from berth.catalogue import CatalogueError, load_catalogue
 
     try:
         with open(path, encoding="utf-8") as handle:
@@ -114,8 +114,8 @@ def create_user(email, password):
 @with_appcontext
 def nginx_conf(standalone, prefix, listen, auth_servers, web_servers, out):
     """Render nginx's configuration for this domain and these ports."""
-    from webapp.config import SettingError
-    from webapp.nginx_conf import prepare_prefix, render_nginx
+    from berth.settings import SettingError
+    from berth.nginx_conf import prepare_prefix, render_nginx
 
     if standalone and not prefix:
         raise click.ClickException("--standalone needs --prefix.")
@@ -143,8 +143,8 @@ def nginx_conf(standalone, prefix, listen, auth_servers, web_servers, out):
 @with_appcontext
 def reconcile():
     """Make the database and the backends agree now (the worker also does this every minute)."""
-    from webapp import tasks
-    from webapp.launcher import reconcile as run_reconcile
+    from berth.launch import tasks
+    from berth.launch.upkeep import reconcile as run_reconcile
 
     # The audit log names what acted, the reconciler, whoever ran it and however.
     actions = run_reconcile(enqueue_launch=tasks.enqueue_launch, enqueue_stop=tasks.enqueue_stop,
@@ -157,8 +157,8 @@ def reconcile():
 @with_appcontext
 def cull():
     """Stop idle tools now (the worker also does this every minute)."""
-    from webapp import tasks
-    from webapp.launcher import cull_idle
+    from berth.launch import tasks
+    from berth.launch.upkeep import cull_idle
 
     stopped = cull_idle(enqueue_stop=tasks.enqueue_stop, actor="culler")
     click.echo(f"Stopping idle instances: {', '.join(map(str, stopped))}" if stopped else "No idle tools.")

@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from webapp.spawners.base import Backend, LaunchFailed, allocate_port, probe_http, tail_of_file
+from berth.backends.base import Backend, LaunchFailed, allocate_port, probe_http, tail_of_file
 
 # Only these of the worker's variables reach a tool: never its secrets or database URL.
 _INHERITED_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "TMPDIR")

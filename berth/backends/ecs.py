@@ -35,8 +35,8 @@ import re
 import signal
 import time
 
-from webapp.models import State
-from webapp.spawners.base import Backend, LaunchFailed, probe_http
+from berth.models import State
+from berth.backends.base import Backend, LaunchFailed, probe_http
 
 log = logging.getLogger(__name__)
 

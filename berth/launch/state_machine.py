@@ -1,4 +1,4 @@
-"""The launch state machine, stop and reconcile, run by the worker (see tasks.py).
+"""The launch state machine and the stop, run by the worker (see tasks.py).
 
 A launch moves QUEUED → SPAWNING → RUNNING, one recorded step at a time:
 
@@ -22,10 +22,10 @@ from flask import current_app
 from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from webapp import metrics
-from webapp.extensions import db
-from webapp.models import State, ToolInstance, record_event, utcnow
-from webapp.spawners import LaunchFailed, get_backend
+from berth import metrics
+from berth.extensions import db
+from berth.models import State, ToolInstance, record_event, utcnow
+from berth.backends import LaunchFailed, get_backend
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ def _lease_seconds():
     return current_app.config["BERTH_LEASE_SECONDS"]
 
 
-def _update(instance_id, *conditions, **values):
+def update_instance(instance_id, *conditions, commit=True, **values):
     """A conditional UPDATE of one instance; True if it applied."""
     result = db.session.execute(
         update(ToolInstance)
@@ -49,13 +49,14 @@ def _update(instance_id, *conditions, **values):
         .values(**values)
         .execution_options(synchronize_session=False)
     )
-    db.session.commit()
+    if commit:
+        db.session.commit()
     return result.rowcount == 1
 
 
 def _claim(instance_id, me):
     now = utcnow()
-    return _update(
+    return update_instance(
         instance_id,
         ToolInstance.state.in_((State.QUEUED, State.SPAWNING)),
         or_(
@@ -105,7 +106,7 @@ def _advance(instance_id, backend, me):
     instance = _fresh(instance_id)
     if instance.state == State.QUEUED:
         first_step = backend.steps[0] if backend.steps else WAIT_STEP
-        if not _update(instance_id, ToolInstance.state == State.QUEUED, ToolInstance.lease_owner == me,
+        if not update_instance(instance_id, ToolInstance.state == State.QUEUED, ToolInstance.lease_owner == me,
                        state=State.SPAWNING, step=first_step, started_at=utcnow()):
             return "lost"
         record_event("spawn.started", f"Starting on the {instance.backend} backend",
@@ -136,7 +137,7 @@ def _run_step(instance, backend, me):
             if key in changes:
                 values[key] = changes[key]
         try:
-            applied = _update(instance.id, ToolInstance.state == State.SPAWNING,
+            applied = update_instance(instance.id, ToolInstance.state == State.SPAWNING,
                               ToolInstance.lease_owner == me, ToolInstance.step == step, **values)
         except IntegrityError:  # another launch took the same port between our check and write
             db.session.rollback()
@@ -180,7 +181,7 @@ def _wait_healthy(instance, backend, me):
         time.sleep(PROBE_INTERVAL)
         if time.monotonic() >= renew_at:
             renew_at = time.monotonic() + lease / 3
-            if not _update(instance.id, ToolInstance.state == State.SPAWNING,
+            if not update_instance(instance.id, ToolInstance.state == State.SPAWNING,
                            ToolInstance.lease_owner == me,
                            lease_expires_at=utcnow() + timedelta(seconds=lease)):
                 return "stopped-elsewhere"
@@ -189,7 +190,7 @@ def _wait_healthy(instance, backend, me):
 
     _fault_point("before", WAIT_STEP)
     now = utcnow()
-    if not _update(instance.id, ToolInstance.state == State.SPAWNING, ToolInstance.lease_owner == me,
+    if not update_instance(instance.id, ToolInstance.state == State.SPAWNING, ToolInstance.lease_owner == me,
                    state=State.RUNNING, step="", upstream=address, running_at=now,
                    last_activity_at=now, lease_owner=None, lease_expires_at=None):
         return "stopped-elsewhere"
@@ -207,7 +208,7 @@ def _fail(instance, failure, me, backend=None):
     if backend is not None:
         detail = detail or backend.failure_detail(instance)
         backend.stop(instance)
-    if not _update(instance.id, ToolInstance.state.in_((State.QUEUED, State.SPAWNING)),
+    if not update_instance(instance.id, ToolInstance.state.in_((State.QUEUED, State.SPAWNING)),
                    ToolInstance.lease_owner == me, state=State.FAILED, error=failure.reason,
                    error_detail=detail[-8000:] if detail else None, ended_at=utcnow(),
                    lease_owner=None, lease_expires_at=None):
@@ -220,8 +221,23 @@ def _fail(instance, failure, me, backend=None):
     return "failed"
 
 
+def begin_stop(instance, actor):
+    """Move a live instance to STOPPING, recording who asked. False if it was not live.
+
+    The caller queues the stop itself (berth.launch.requests.request_stop, or the culler).
+    """
+    if not update_instance(instance.id, ToolInstance.state.in_((State.QUEUED, State.SPAWNING, State.RUNNING)),
+                           commit=False, state=State.STOPPING):
+        db.session.rollback()
+        return False
+    record_event("instance.stop", "Stop requested", actor=actor, user_id=instance.owner_id,
+                 instance_id=instance.id)
+    db.session.commit()
+    return True
+
+
 def stop_instance(instance_id):
-    """Finish a stop that request_stop began: end the tool, then mark it STOPPED. Idempotent."""
+    """Finish a stop that begin_stop began: end the tool, then mark it STOPPED. Idempotent."""
     instance = _fresh(instance_id)
     if instance is None or instance.state != State.STOPPING:
         return "not-stopping"
@@ -229,112 +245,9 @@ def stop_instance(instance_id):
         get_backend(instance.backend, current_app.config).stop(instance)
     except LaunchFailed:
         pass  # an unknown backend has nothing of ours to stop
-    if _update(instance_id, ToolInstance.state == State.STOPPING, state=State.STOPPED,
+    if update_instance(instance_id, ToolInstance.state == State.STOPPING, state=State.STOPPED,
                step="", ended_at=utcnow(), lease_owner=None, lease_expires_at=None):
         record_event("instance.stopped", "Stopped", actor="worker", instance_id=instance_id,
                      user_id=instance.owner_id)
         db.session.commit()
     return "stopped"
-
-
-def reconcile(enqueue_launch, enqueue_stop, actor="reconciler"):
-    """Make the database and the backends agree. Returns a list of what it did.
-
-    - a RUNNING instance whose tool is gone becomes FAILED, with the reason;
-    - a QUEUED or SPAWNING launch whose lease ran out (its worker died, or its queue message
-      was lost) is enqueued again, and so is a STOPPING instance;
-    - a tool that a backend runs for this deployment with no live instance is stopped.
-
-    Each action is recorded as an event (reconcile.gone, .resume, .stop, .orphan).
-    """
-    config = current_app.config
-    now = utcnow()
-    actions = []
-    grace = now - timedelta(seconds=5)  # give a fresh queue message time to be picked up
-    live = db.session.execute(select(ToolInstance).where(ToolInstance.state.in_(State.LIVE))).scalars()
-    live_ids_by_backend = {}
-    for instance in live:
-        live_ids_by_backend.setdefault(instance.backend, set()).add(instance.id)
-        if instance.state == State.RUNNING:
-            try:
-                alive, reason = get_backend(instance.backend, config).is_alive(instance)
-            except LaunchFailed as failure:
-                alive, reason = False, failure.reason
-            if not alive and _update(instance.id, ToolInstance.state == State.RUNNING,
-                                     state=State.FAILED, error=reason, ended_at=utcnow()):
-                record_event("reconcile.gone", f"The tool was no longer running: {reason}",
-                             actor=actor, instance_id=instance.id, user_id=instance.owner_id)
-                db.session.commit()
-                actions.append(("failed", instance.id))
-        elif instance.state in (State.QUEUED, State.SPAWNING):
-            lease_over = instance.lease_expires_at is None or instance.lease_expires_at < now
-            if lease_over and instance.created_at < grace:
-                record_event("reconcile.resume", f"Resuming the launch at step {instance.step or 'queued'}",
-                             actor=actor, instance_id=instance.id, user_id=instance.owner_id)
-                db.session.commit()
-                enqueue_launch(instance.id)
-                actions.append(("resumed", instance.id))
-        elif instance.state == State.STOPPING:  # stop is idempotent: finishing it twice is harmless
-            record_event("reconcile.stop", "Finishing the stop", actor=actor, instance_id=instance.id,
-                         user_id=instance.owner_id)
-            db.session.commit()
-            enqueue_stop(instance.id)
-            actions.append(("stop-again", instance.id))
-
-    for name in config["BERTH_BACKENDS"]:
-        backend = get_backend(name, config)
-        try:
-            managed = backend.list_managed()
-        except LaunchFailed as failure:
-            log.warning("reconcile: cannot list the %s backend: %s", name, failure.reason)
-            continue
-        for instance_id, description in managed.items():
-            if instance_id in live_ids_by_backend.get(name, set()):
-                continue
-            # Still live under the database's current view? Re-check: it may have started since.
-            current = db.session.get(ToolInstance, instance_id)
-            if current is not None and current.state in State.LIVE:
-                continue
-            try:
-                backend.stop_managed(instance_id, description)
-            except LaunchFailed as failure:  # the backend is throttling or down: next run retries
-                log.warning("reconcile: could not remove orphan %s: %s", instance_id, failure.reason)
-                continue
-            record_event("reconcile.orphan", f"Removed a {name} tool that had no live instance",
-                         actor=actor, instance_id=instance_id if current else None)
-            db.session.commit()
-            actions.append(("orphan-removed", instance_id))
-    metrics.record_reconcile(actions)
-    return actions
-
-
-def cull_idle(enqueue_stop, actor="culler"):
-    """Stop RUNNING tools idle for longer than their template's idle_timeout (0 = never).
-
-    Activity is what the auth service records: authenticated requests through nginx to the
-    tool, including WebSocket handshakes, written at most once per BERTH_ACTIVITY_INTERVAL.
-    Traffic on a WebSocket that is already open is not seen, nor is work the tool does alone.
-    """
-    from webapp.lifecycle.launches import request_stop
-
-    now = utcnow()
-    stopped = []
-    running = db.session.execute(
-        select(ToolInstance).where(ToolInstance.state == State.RUNNING)
-    ).scalars().all()
-    for instance in running:
-        limit = instance.template.idle_timeout
-        last = instance.last_activity_at or instance.running_at or instance.created_at
-        if not limit or last > now - timedelta(seconds=limit):
-            continue
-        idle = int((now - last).total_seconds())
-        record_event("cull.idle", f"Idle for {idle} s, more than its limit of {limit} s",
-                     actor=actor, instance_id=instance.id, user_id=instance.owner_id,
-                     idle_seconds=idle, limit_seconds=limit)
-        if request_stop(instance, actor=actor, enqueue=False):
-            enqueue_stop(instance.id)
-            stopped.append(instance.id)
-        else:
-            db.session.rollback()
-    metrics.record_culled(len(stopped))
-    return stopped

@@ -235,7 +235,7 @@ def load_settings(environ=os.environ):
 
 
 def parse_networks(name, environ=os.environ):
-    from webapp.addresses import AddressError, parse_networks as networks
+    from berth.addresses import AddressError, parse_networks as networks
 
     try:
         return tuple(networks(list(parse_list(name, "", environ)), field=name))

@@ -1,0 +1,120 @@
+"""Upkeep that the worker runs every minute: the reconciler and the idle culler.
+
+Both read the database and the backends, then move instances through the state machine
+(state_machine.py) and queue what is left to do through the functions they are given, so
+that this module does not depend on the queue.
+"""
+import logging
+from datetime import timedelta
+
+from flask import current_app
+from sqlalchemy import select
+
+from berth import metrics
+from berth.backends import LaunchFailed, get_backend
+from berth.extensions import db
+from berth.launch.state_machine import begin_stop, update_instance
+from berth.models import State, ToolInstance, record_event, utcnow
+
+log = logging.getLogger(__name__)
+
+
+def reconcile(enqueue_launch, enqueue_stop, actor="reconciler"):
+    """Make the database and the backends agree. Returns a list of what it did.
+
+    - a RUNNING instance whose tool is gone becomes FAILED, with the reason;
+    - a QUEUED or SPAWNING launch whose lease ran out (its worker died, or its queue message
+      was lost) is enqueued again, and so is a STOPPING instance;
+    - a tool that a backend runs for this deployment with no live instance is stopped.
+
+    Each action is recorded as an event (reconcile.gone, .resume, .stop, .orphan).
+    """
+    config = current_app.config
+    now = utcnow()
+    actions = []
+    grace = now - timedelta(seconds=5)  # give a fresh queue message time to be picked up
+    live = db.session.execute(select(ToolInstance).where(ToolInstance.state.in_(State.LIVE))).scalars()
+    live_ids_by_backend = {}
+    for instance in live:
+        live_ids_by_backend.setdefault(instance.backend, set()).add(instance.id)
+        if instance.state == State.RUNNING:
+            try:
+                alive, reason = get_backend(instance.backend, config).is_alive(instance)
+            except LaunchFailed as failure:
+                alive, reason = False, failure.reason
+            if not alive and update_instance(instance.id, ToolInstance.state == State.RUNNING,
+                                     state=State.FAILED, error=reason, ended_at=utcnow()):
+                record_event("reconcile.gone", f"The tool was no longer running: {reason}",
+                             actor=actor, instance_id=instance.id, user_id=instance.owner_id)
+                db.session.commit()
+                actions.append(("failed", instance.id))
+        elif instance.state in (State.QUEUED, State.SPAWNING):
+            lease_over = instance.lease_expires_at is None or instance.lease_expires_at < now
+            if lease_over and instance.created_at < grace:
+                record_event("reconcile.resume", f"Resuming the launch at step {instance.step or 'queued'}",
+                             actor=actor, instance_id=instance.id, user_id=instance.owner_id)
+                db.session.commit()
+                enqueue_launch(instance.id)
+                actions.append(("resumed", instance.id))
+        elif instance.state == State.STOPPING:  # stop is idempotent: finishing it twice is harmless
+            record_event("reconcile.stop", "Finishing the stop", actor=actor, instance_id=instance.id,
+                         user_id=instance.owner_id)
+            db.session.commit()
+            enqueue_stop(instance.id)
+            actions.append(("stop-again", instance.id))
+
+    for name in config["BERTH_BACKENDS"]:
+        backend = get_backend(name, config)
+        try:
+            managed = backend.list_managed()
+        except LaunchFailed as failure:
+            log.warning("reconcile: cannot list the %s backend: %s", name, failure.reason)
+            continue
+        for instance_id, description in managed.items():
+            if instance_id in live_ids_by_backend.get(name, set()):
+                continue
+            # Still live under the database's current view? Re-check: it may have started since.
+            current = db.session.get(ToolInstance, instance_id)
+            if current is not None and current.state in State.LIVE:
+                continue
+            try:
+                backend.stop_managed(instance_id, description)
+            except LaunchFailed as failure:  # the backend is throttling or down: next run retries
+                log.warning("reconcile: could not remove orphan %s: %s", instance_id, failure.reason)
+                continue
+            record_event("reconcile.orphan", f"Removed a {name} tool that had no live instance",
+                         actor=actor, instance_id=instance_id if current else None)
+            db.session.commit()
+            actions.append(("orphan-removed", instance_id))
+    metrics.record_reconcile(actions)
+    return actions
+
+
+def cull_idle(enqueue_stop, actor="culler"):
+    """Stop RUNNING tools idle for longer than their template's idle_timeout (0 = never).
+
+    Activity is what the auth service records: authenticated requests through nginx to the
+    tool, including WebSocket handshakes, written at most once per BERTH_ACTIVITY_INTERVAL.
+    Traffic on a WebSocket that is already open is not seen, nor is work the tool does alone.
+    """
+    now = utcnow()
+    stopped = []
+    running = db.session.execute(
+        select(ToolInstance).where(ToolInstance.state == State.RUNNING)
+    ).scalars().all()
+    for instance in running:
+        limit = instance.template.idle_timeout
+        last = instance.last_activity_at or instance.running_at or instance.created_at
+        if not limit or last > now - timedelta(seconds=limit):
+            continue
+        idle = int((now - last).total_seconds())
+        record_event("cull.idle", f"Idle for {idle} s, more than its limit of {limit} s",
+                     actor=actor, instance_id=instance.id, user_id=instance.owner_id,
+                     idle_seconds=idle, limit_seconds=limit)
+        if begin_stop(instance, actor=actor):
+            enqueue_stop(instance.id)
+            stopped.append(instance.id)
+        else:
+            db.session.rollback()
+    metrics.record_culled(len(stopped))
+    return stopped

@@ -16,80 +16,116 @@ Where each number comes from (README, Operations, "Metrics"):
 - Gauges of state (live instances by template and state) are read from the database when
   Prometheus scrapes, so they are right whichever replica answers.
 
-This module points prometheus_client at BERTH_METRICS_DIR itself, before importing it, so no
-process can start counting in memory only (docs/decisions/0009-metrics.md).
+Importing this module sets, creates and counts nothing. A process starts counting with start(),
+once: it points prometheus_client at BERTH_METRICS_DIR, then creates Berth's metrics. The app
+factories call it (init_app), so does the worker's startup hook (serve_worker_metrics), and any
+other process that counts (`berth reconcile`) starts on its first count, so that no process
+counts in memory only (docs/decisions/0009-metrics.md).
 """
 import hmac
 import logging
 import os
 import socket
-import sys
 import threading
 from socketserver import ThreadingMixIn
 from time import perf_counter
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
+from prometheus_client import CollectorRegistry, Counter, Histogram, multiprocess, values
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import choose_encoder
+
 from berth.settings import SettingError, metrics_dir
 
 log = logging.getLogger(__name__)
 
-METRICS_DIR = metrics_dir()
-os.environ["PROMETHEUS_MULTIPROC_DIR"] = METRICS_DIR
-try:
-    os.makedirs(METRICS_DIR, exist_ok=True)
-except OSError as error:
-    raise SettingError(f"BERTH_METRICS_DIR={METRICS_DIR}: cannot create it ({error.strerror})") from None
-
-_imported_before = "prometheus_client" in sys.modules
-from prometheus_client import CollectorRegistry, Counter, Histogram, multiprocess, values  # noqa: E402
-from prometheus_client.core import GaugeMetricFamily  # noqa: E402
-from prometheus_client.exposition import choose_encoder  # noqa: E402
-
-if _imported_before:  # someone imported it before the variable was set: switch it over anyway
-    values.ValueClass = values.MultiProcessValue()
-
 # -- what is counted ------------------------------------------------------------------------
 
-LAUNCHES = Counter(
-    "berth_launches", "Launches that finished starting, by backend and outcome (running or failed).",
-    ["backend", "outcome"])
-SPAWN_SECONDS = Histogram(
-    "berth_spawn_duration_seconds",
-    "Time from a launch's first step to the tool answering its health check, by backend.",
-    ["backend"], buckets=(0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600))
-RECONCILER_ACTIONS = Counter(
-    "berth_reconciler_actions",
-    "What the reconciler did: failed (a running tool was gone), resumed (a launch), "
-    "stop-again (a stop), orphan-removed (a tool with no live instance).", ["action"])
-CULLED = Counter("berth_culled_instances", "Running tools the culler stopped for being idle.")
-AUTH_CHECKS = Counter(
-    "berth_auth_checks",
-    "Auth check answers (nginx's auth_request), by status and, for 200, where the request "
-    "goes: tool or web (Berth's own pages).", ["status", "target"])
-AUTH_CHECK_SECONDS = Histogram(
-    "berth_auth_check_duration_seconds",
-    "Time the auth service took to answer an auth check, by status.", ["status"],
-    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1))
+_RECONCILER_ACTIONS = ("failed", "resumed", "stop-again", "orphan-removed")
 
-for _action in ("failed", "resumed", "stop-again", "orphan-removed"):
-    RECONCILER_ACTIONS.labels(_action)  # every action is reported, at 0 until it happens
+
+class Metrics:
+    """Berth's counters and histograms in this process, writing into `directory`.
+
+    Their values live in the folder's files, which exposition() sums with a registry of its own
+    at every scrape. They are also in prometheus_client's default registry, as any metric is by
+    default; nothing reads that one."""
+
+    def __init__(self, directory):
+        self.directory = directory
+        self.launches = Counter(
+            "berth_launches", "Launches that finished starting, by backend and outcome (running or failed).",
+            ["backend", "outcome"])
+        self.spawn_seconds = Histogram(
+            "berth_spawn_duration_seconds",
+            "Time from a launch's first step to the tool answering its health check, by backend.",
+            ["backend"], buckets=(0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600))
+        self.reconciler_actions = Counter(
+            "berth_reconciler_actions",
+            "What the reconciler did: failed (a running tool was gone), resumed (a launch), "
+            "stop-again (a stop), orphan-removed (a tool with no live instance).", ["action"])
+        self.culled = Counter("berth_culled_instances", "Running tools the culler stopped for being idle.")
+        self.auth_checks = Counter(
+            "berth_auth_checks",
+            "Auth check answers (nginx's auth_request), by status and, for 200, where the request "
+            "goes: tool or web (Berth's own pages).", ["status", "target"])
+        self.auth_check_seconds = Histogram(
+            "berth_auth_check_duration_seconds",
+            "Time the auth service took to answer an auth check, by status.", ["status"],
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1))
+        for action in _RECONCILER_ACTIONS:
+            self.reconciler_actions.labels(action)  # every action is reported, at 0 until it happens
+
+
+_metrics = None  # this process's Metrics, once start() has run
+_start_lock = threading.Lock()
+
+
+def start(directory=None):
+    """This process's Metrics, created by the first call, in `directory` (BERTH_METRICS_DIR;
+    by default read from the environment). Later calls return the same."""
+    global _metrics
+    if _metrics is not None:
+        if directory and directory != _metrics.directory:
+            log.warning("metrics: this process already counts in %s, not in %s",
+                        _metrics.directory, directory)
+        return _metrics
+    with _start_lock:
+        if _metrics is None:
+            directory = directory or metrics_dir()
+            try:
+                os.makedirs(directory, exist_ok=True)
+            except OSError as error:
+                raise SettingError(f"BERTH_METRICS_DIR={directory}: cannot create it "
+                                   f"({error.strerror})") from None
+            # prometheus_client writes a metric into the files of PROMETHEUS_MULTIPROC_DIR only if
+            # the variable is set when the metric is created, and reopens its files from it after
+            # a fork: set for the life of the process, over any inherited value (the folder
+            # follows this process's settings). Its value class was chosen from the variable at
+            # import, perhaps before it was set: switch it over.
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+            values.ValueClass = values.MultiProcessValue()
+            _metrics = Metrics(directory)
+    return _metrics
 
 
 def record_launch(backend, outcome, seconds=None):
     """A launch ended RUNNING (with its spawn time) or FAILED. Called by the state machine."""
-    LAUNCHES.labels(backend, outcome).inc()
+    metrics = start()
+    metrics.launches.labels(backend, outcome).inc()
     if seconds is not None:
-        SPAWN_SECONDS.labels(backend).observe(seconds)
+        metrics.spawn_seconds.labels(backend).observe(seconds)
 
 
 def record_reconcile(actions):
+    reconciler_actions = start().reconciler_actions
     for action, _instance_id in actions:
-        RECONCILER_ACTIONS.labels(action).inc()
+        reconciler_actions.labels(action).inc()
 
 
 def record_culled(count):
     if count:
-        CULLED.inc(count)
+        start().culled.inc(count)
 
 
 # -- the auth check -------------------------------------------------------------------------
@@ -109,6 +145,7 @@ class TimedAuthCheck:
     def __init__(self, app, web_upstream="berth_web"):
         self.app = app
         self.web_upstream = web_upstream
+        self.metrics = start()
         self.bound = {}
         for status_line, target in _COMMON_ANSWERS:
             self._children(status_line, target)
@@ -117,8 +154,8 @@ class TimedAuthCheck:
         pair = self.bound.get((status_line, target))
         if pair is None:
             status = status_line.split(" ", 1)[0]
-            pair = self.bound[(status_line, target)] = (AUTH_CHECKS.labels(status, target),
-                                                        AUTH_CHECK_SECONDS.labels(status))
+            pair = self.bound[(status_line, target)] = (self.metrics.auth_checks.labels(status, target),
+                                                        self.metrics.auth_check_seconds.labels(status))
         return pair
 
     def __call__(self, environ, start_response):
@@ -192,7 +229,7 @@ def exposition(accept="", database=True):
     that per-process scraping does not report them several times), in the format the scraper
     asks for in Accept (Prometheus text 0.0.4 by default, or OpenMetrics)."""
     registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry, path=METRICS_DIR)
+    multiprocess.MultiProcessCollector(registry, path=start().directory)
     if database:
         registry.register(_InstancesCollector())
     encode, content_type = choose_encoder(accept)
@@ -263,10 +300,13 @@ def access_refused(config, headers, peer=""):
 
 
 def init_app(app, database=True):
-    """GET /metrics on this Flask app, behind access_refused and nothing else: the app's
-    proxy-secret check leaves the endpoint "metrics" to it (a scraper may come directly).
-    The web app's also reports the database gauges; the auth service's does not."""
+    """Start counting in the app's BERTH_METRICS_DIR, and serve GET /metrics on this Flask app,
+    behind access_refused and nothing else: the app's proxy-secret check leaves the endpoint
+    "metrics" to it (a scraper may come directly). The web app's also reports the database
+    gauges; the auth service's does not."""
     from flask import Response, request
+
+    start(app.config["BERTH_METRICS_DIR"])
 
     def metrics_view():
         refused = access_refused(app.config, request.headers, tcp_peer(request.environ))
@@ -279,8 +319,10 @@ def init_app(app, database=True):
 
 
 def mark_process_dead(pid):
-    """gunicorn's child_exit: drop the exited worker's live-gauge files (its counts stay)."""
-    multiprocess.mark_process_dead(pid, METRICS_DIR)
+    """gunicorn's child_exit: drop the exited worker's live-gauge files (its counts stay).
+
+    gunicorn's master process counts nothing, so it does not start(): it only needs the folder."""
+    multiprocess.mark_process_dead(pid, _metrics.directory if _metrics else metrics_dir())
 
 
 # -- the worker's own GET /metrics -----------------------------------------------------------
@@ -328,11 +370,13 @@ _server_pid = None  # the process that has started (or tried to start) its serve
 
 
 def serve_worker_metrics(config):
-    """Serve worker_metrics_app on BERTH_WORKER_METRICS_HOST:BERTH_WORKER_METRICS_PORT, in a
-    daemon thread, once per process (Huey calls its startup hooks once per worker thread).
-    Unset port: nothing. A port already taken (a second consumer process, or replica on the
-    same machine) is logged and skipped: the one that has it sums the same folder."""
+    """Start counting in BERTH_METRICS_DIR, and serve worker_metrics_app on
+    BERTH_WORKER_METRICS_HOST:BERTH_WORKER_METRICS_PORT, in a daemon thread, once per process
+    (Huey calls its startup hooks once per worker thread). Unset port: nothing is served. A port
+    already taken (a second consumer process, or replica on the same machine) is logged and
+    skipped: the one that has it sums the same folder."""
     global _server_pid
+    start(config.get("BERTH_METRICS_DIR"))
     port = config.get("BERTH_WORKER_METRICS_PORT")
     if not port:
         return None

@@ -1,19 +1,25 @@
-"""Settings, read from BERTH_* environment variables through typed helpers.
+"""Settings: every BERTH_* environment variable, defined once in SETTINGS.
 
-Every setting is documented next to its default here and in the README's configuration
-reference. A bad value stops the process with a message naming the variable, rather than
-being guessed at.
+Each Setting names its variable, how it is parsed (the typed parse_* helpers below), its
+default and what it does. load_settings() reads the Flask config from that list, and the
+configuration reference, docs/configuration.md, is generated from it (`berth settings-doc`, or
+`python -m berth.settings`); a test fails when the two differ. A bad value stops the process with
+a message naming the variable and the value, rather than being guessed at.
 """
 import os
 import secrets
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable, Optional
 from urllib.parse import urlsplit
 
 
 class SettingError(ValueError):
     """A BERTH_* variable holds a value that cannot be used."""
 
+
+# -- the typed parsers: (name, default, environ, limits) → value, or SettingError naming name ----
 
 def _raw(name, environ):
     value = environ.get(name)
@@ -60,11 +66,25 @@ def parse_port_range(name, default, environ=os.environ):
 
 def parse_string(name, default, environ=os.environ, choices=None):
     value = _raw(name, environ)
-    if value is None:
-        return default
+    return default if value is None else _choice(name, value, choices)
+
+
+def parse_lowercase(name, default, environ=os.environ, choices=None):
+    """Text in any case, returned in lower case (host names, log levels)."""
+    value = _raw(name, environ)
+    return default if value is None else _choice(name, value.lower(), choices)
+
+
+def _choice(name, value, choices):
     if choices and value not in choices:
         raise SettingError(f"{name}={value!r} must be one of {', '.join(choices)}")
     return value
+
+
+def parse_path(name, default, environ=os.environ):
+    """A folder, made absolute (relative to the working directory the process starts in)."""
+    value = parse_string(name, default, environ)
+    return None if value is None else os.path.abspath(value)
 
 
 def parse_list(name, default, environ=os.environ, choices=None):
@@ -75,6 +95,410 @@ def parse_list(name, default, environ=os.environ, choices=None):
             raise SettingError(f"{name}: {item!r} is not one of {', '.join(choices)}")
     return tuple(items)
 
+
+def parse_networks(name, default="", environ=os.environ):
+    from berth.addresses import AddressError, parse_networks as networks
+
+    try:
+        return tuple(networks(list(parse_list(name, default, environ)), field=name))
+    except AddressError as error:
+        raise SettingError(str(error)) from None
+
+
+def parse_secret(name, default=None, environ=os.environ, minimum=16):
+    """An optional shared secret: unset is fine, a short one is refused."""
+    value = _raw(name, environ)
+    if value is None:
+        return default
+    if len(value) < minimum:
+        raise SettingError(f"{name} must have at least {minimum} characters "
+                           "(try: openssl rand -hex 32)")
+    return value
+
+
+def parse_url(name, default, environ=os.environ):
+    value = _raw(name, environ)
+    if value is None:
+        return default
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise SettingError(f"{name}={value!r} is not an http(s) URL without query or fragment")
+    return value.rstrip("/")
+
+
+# -- the definition --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Setting:
+    """One BERTH_* environment variable: how it is read, its default, and what it does."""
+
+    name: str
+    group: str
+    doc: str  # one paragraph of Markdown, for docs/configuration.md
+    parse: Callable = parse_string
+    # A value the parser takes (for a range or a list: the text), or a function of the other
+    # settings (given a reader: settings["BERTH_DATA_DIR"]), called only when the variable is unset.
+    default: Any = None
+    default_doc: Optional[str] = None  # the default as the reference shows it, when not `default`
+    kind: Optional[str] = None  # the type as the reference shows it, when the parser's is too vague
+    minimum: Optional[int] = None
+    maximum: Optional[int] = None
+    choices: Optional[tuple] = None
+    key: Optional[str] = None  # the Flask config key, when not the variable's name
+    # What reads it, when that is not every Berth process through load_settings(); such a
+    # setting is not in the Flask config.
+    read_by: Optional[str] = None
+
+    @property
+    def config_key(self):
+        return None if self.read_by else self.key or self.name
+
+    def read(self, environ, settings):
+        """The value in environ, or the default; settings reads the others a default derives from."""
+        limits = {limit: getattr(self, limit) for limit in ("minimum", "maximum", "choices")
+                  if getattr(self, limit) is not None}
+        if not callable(self.default):
+            return self.parse(self.name, self.default, environ, **limits)
+        value = self.parse(self.name, None, environ, **limits)
+        return self.default(settings) if value is None else value
+
+
+def _port(name, group, doc, default=None):
+    return Setting(name, group, doc, parse=parse_int, default=default, minimum=1, maximum=65535,
+                   kind="TCP port")
+
+
+ADDRESSES = "Addresses and ports"
+DATA = "Data and secrets"
+SIGN_IN = "Sign-in"
+TOOLS = "Tools"
+BACKENDS = "Backends"
+LIMITS = "Limits"
+NGINX = "nginx"
+METRICS = "Metrics"
+PROCESSES = "Processes"
+COMPOSE = "Docker Compose"
+
+ENTRYPOINT = "`deploy/entrypoint.sh`"
+GUNICORN = "`deploy/gunicorn.conf.py`"
+DOCKER_COMPOSE = "`docker compose`"
+
+SETTINGS = (
+    # -- Addresses and ports
+    Setting("BERTH_DOMAIN", ADDRESSES, parse=parse_lowercase, default="berth.localhost", kind="host name",
+            doc="Parent domain. The main host is this name; tools live at `<slug>-<user>.<domain>` "
+                "(shared ones at `<slug>.<domain>`). Needs wildcard DNS in production; `*.localhost` "
+                "resolves to loopback, so the default needs none."),
+    Setting("BERTH_SCHEME", ADDRESSES, choices=("http", "https"), default="http",
+            doc="Scheme browsers use to reach nginx (`https` behind TLS). With `https` the session "
+                "cookie is `Secure`."),
+    _port("BERTH_HTTP_PORT", ADDRESSES, default=8080,
+          doc="Port browsers use to reach nginx; part of every public address. docker-compose.yml "
+              "also publishes nginx on it."),
+    _port("BERTH_AUTH_PORT", ADDRESSES, default=8101,
+          doc="Port of the auth service behind nginx (loopback with `berth run`; the container's "
+              "port in the image)."),
+    _port("BERTH_WEB_PORT", ADDRESSES, default=8102,
+          doc="Port of the web app behind nginx (loopback with `berth run`; the container's port in "
+              "the image)."),
+    Setting("BERTH_TRUSTED_HOPS", ADDRESSES, parse=parse_int, default=0, minimum=0, maximum=5,
+            doc="Number of proxies in front of nginx whose `X-Forwarded-For` and `X-Forwarded-Proto` "
+                "are trusted. Also decides the client address that IP allowlists check."),
+    Setting("BERTH_TRUSTED_PROXIES", ADDRESSES, parse=parse_networks, default="",
+            doc="Where those proxies are. When set, a hop counts as trusted only from these "
+                "addresses, so that a client reaching nginx directly cannot pose as a proxy."),
+
+    # -- Data and secrets
+    Setting("BERTH_DATA_DIR", DATA, parse=parse_path, default="var", kind="folder",
+            doc="Where the SQLite database, Huey's queue file, generated secrets, tool logs and tool "
+                "working folders live; a relative path is taken from the working directory. The "
+                "image sets `/home/berth/data`."),
+    Setting("BERTH_DATABASE_URL", DATA, key="SQLALCHEMY_DATABASE_URI", kind="SQLAlchemy URL",
+            default=lambda settings: f"sqlite:///{settings['BERTH_DATA_DIR']}/berth.db",
+            default_doc="`sqlite:///<BERTH_DATA_DIR>/berth.db`",
+            doc="The database. SQLite by default; `postgresql+psycopg://user:password@host/db` in "
+                "production."),
+    Setting("BERTH_REDIS_URL", DATA, kind="URL",
+            doc="Huey's queue uses Redis at this URL (`redis://host:6379/0`) when set, and a SQLite "
+                "file in the data folder otherwise."),
+    Setting("BERTH_SECRET_KEY", DATA, key="SECRET_KEY", kind="secret",
+            default=lambda settings: _persistent_secret(settings["BERTH_DATA_DIR"], "secret_key"),
+            default_doc="generated into `<BERTH_DATA_DIR>/secret_key`",
+            doc="Signs Flask's own cookie (the CSRF token). Set it, to the same value on every "
+                "replica, in production."),
+    Setting("BERTH_PROXY_SECRET", DATA, kind="secret",
+            default=lambda settings: _persistent_secret(settings["BERTH_DATA_DIR"], "proxy_secret"),
+            default_doc="generated into `<BERTH_DATA_DIR>/proxy_secret`",
+            doc="nginx sends it on every request to the auth service and the web app; a request "
+                "without it is refused. The same value on every replica and in nginx's rendered "
+                "configuration."),
+    Setting("BERTH_CATALOGUE", DATA, kind="file",
+            doc="A YAML catalogue of tool templates, loaded by `berth run` when it starts and by the "
+                "image's `migrate` command (`make run` sets the demo one)."),
+    Setting("BERTH_ADMIN_EMAIL", DATA, kind="email address", read_by=f"`berth run` and {ENTRYPOINT} (`migrate`)",
+            default_doc="`admin@berth.localhost` with `berth run`; unset in the image",
+            doc="The administrator account that `berth run` creates or resets at start, and the "
+                "image's `migrate` command when `BERTH_ADMIN_PASSWORD` is set too."),
+    Setting("BERTH_ADMIN_PASSWORD", DATA, kind="secret",
+            read_by=f"`berth run` and {ENTRYPOINT} (`migrate`)",
+            default_doc="`berth run`: generated into `<BERTH_DATA_DIR>/admin_password`",
+            doc="That administrator's password. `berth run` prints it when it starts."),
+
+    # -- Sign-in
+    Setting("BERTH_LOCAL_LOGIN", SIGN_IN, choices=("on", "admins", "off"), default="on",
+            doc="Password sign-in: `on` for every local account, `admins` for administrators only "
+                "(everyone else uses single sign-on), `off`. `admins` and `off` need "
+                "`BERTH_OIDC_ISSUER`."),
+    Setting("BERTH_SESSION_COOKIE", SIGN_IN, default="berth_session",
+            doc="Name of the platform session cookie, scoped to the parent domain."),
+    Setting("BERTH_SESSION_LIFETIME", SIGN_IN, parse=parse_int, default=12 * 3600, minimum=60,
+            doc="Absolute lifetime of a sign-in, in seconds (default 12 hours)."),
+    Setting("BERTH_SESSION_IDLE_LIFETIME", SIGN_IN, parse=parse_int, default=4 * 3600, minimum=0,
+            doc="A sign-in unused this long ends (seconds, default 4 hours; `0`: no idle limit). Use "
+                "is recorded at most once per `BERTH_ACTIVITY_INTERVAL`, so this must be at least "
+                "twice that."),
+    Setting("BERTH_OIDC_ISSUER", SIGN_IN, parse=parse_url,
+            doc="Single sign-on over OpenID Connect: the provider's issuer URL; Berth reads "
+                "`<issuer>/.well-known/openid-configuration`. Unset: local accounts only."),
+    Setting("BERTH_OIDC_CLIENT_ID", SIGN_IN,
+            doc="The confidential client registered for Berth at the provider; required with the "
+                "issuer."),
+    Setting("BERTH_OIDC_CLIENT_SECRET", SIGN_IN, kind="secret",
+            doc="That client's secret."),
+    Setting("BERTH_OIDC_SCOPES", SIGN_IN, default="openid email profile", kind="space-separated scopes",
+            doc="Scopes Berth asks for; must include `openid`. Add the provider's groups scope if "
+                "it has one."),
+    Setting("BERTH_OIDC_GROUPS_CLAIM", SIGN_IN,
+            doc="A claim (in the ID token or userinfo) listing the user's groups: at every sign-in "
+                "the user's provider-given group memberships are set to it. Unset: groups are not "
+                "synced."),
+    Setting("BERTH_OIDC_PROVIDER_NAME", SIGN_IN, default="single sign-on",
+            doc="The name on the sign-in button: *Sign in with …*."),
+    Setting("BERTH_OIDC_TIMEOUT", SIGN_IN, parse=parse_int, default=10, minimum=1, maximum=120,
+            doc="Seconds to wait for the provider's discovery, token and userinfo answers."),
+    Setting("BERTH_TOKEN_MAX_DAYS", SIGN_IN, parse=parse_int, default=365, minimum=1, maximum=3650,
+            doc="The longest lifetime a personal API token may be given, in days."),
+
+    # -- Tools
+    Setting("BERTH_PORT_RANGE", TOOLS, parse=parse_port_range, default="20000-20999",
+            doc="Loopback ports handed to tools on the process backend (and on the docker backend "
+                "without `BERTH_DOCKER_NETWORK`)."),
+    Setting("BERTH_ACTIVITY_INTERVAL", TOOLS, parse=parse_int, default=60, minimum=1,
+            doc="A running tool's last activity, and a sign-in's last use, is written at most this "
+                "often (seconds), not on every request. The idle culler works from it."),
+    Setting("BERTH_LEASE_SECONDS", TOOLS, parse=parse_int, default=30, minimum=2,
+            doc="How long a worker holds a launch before another worker may take it over (seconds)."),
+    Setting("BERTH_DEPLOYMENT", TOOLS, default="berth",
+            doc="Names this installation in the labels of everything it starts, so that two Berths "
+                "on one host (or one engine, or one cluster) never adopt or remove each other's tools."),
+
+    # -- Backends
+    Setting("BERTH_BACKENDS", BACKENDS, parse=parse_list, default="process",
+            choices=("process", "docker", "ecs"),
+            doc="The spawner backends this installation runs; the reconciler watches each of them."),
+    Setting("BERTH_DOCKER_URL", BACKENDS, kind="URL", default_doc="`DOCKER_HOST`, or the local socket",
+            doc="Docker Engine API address for the docker backend."),
+    Setting("BERTH_DOCKER_NETWORK", BACKENDS,
+            doc="A named Docker network for tools, on which nginx reaches each at its address. "
+                "Unset: host networking on ports from `BERTH_PORT_RANGE` (for a developer's own "
+                "machine only)."),
+    Setting("BERTH_DOCKER_PULL", BACKENDS, choices=("never", "missing", "always"), default="missing",
+            doc="When to pull a tool's image: `never`, `missing` (only if not on the host), "
+                "`always`. A missing image with `never` fails the launch at once, with the reason."),
+    Setting("BERTH_ECS_CLUSTER", BACKENDS,
+            doc="ECS (Fargate) backend: the cluster that runs the tools (name or ARN); required by "
+                "the ecs backend."),
+    Setting("BERTH_ECS_SUBNETS", BACKENDS, parse=parse_list, default="",
+            doc="Subnet ids of every task's network interface (awsvpc); at least one. nginx "
+                "reaches a task at its private IPv4 address."),
+    Setting("BERTH_ECS_SECURITY_GROUPS", BACKENDS, parse=parse_list, default="",
+            doc="Security-group ids of every task's network interface."),
+    Setting("BERTH_ECS_ASSIGN_PUBLIC_IP", BACKENDS, parse=parse_boolean, default=False,
+            doc="Give each task a public IP too: needed only in subnets without a NAT or VPC "
+                "endpoints to pull images."),
+    Setting("BERTH_ECS_REGION", BACKENDS, default_doc="boto3's own lookup (e.g. `AWS_REGION`)",
+            doc="AWS region of the cluster."),
+    Setting("BERTH_ECS_ENDPOINT_URL", BACKENDS, kind="URL",
+            doc="Another ECS API endpoint; only for an emulator (the tests use moto)."),
+    Setting("BERTH_ECS_API_ATTEMPTS", BACKENDS, parse=parse_int, default=8, minimum=1, maximum=30,
+            doc="Throttling, IAM and ECS catching up, and \"no Fargate capacity\" are retried, at "
+                "most this many attempts per call; then the launch fails with AWS's last answer."),
+    Setting("BERTH_ECS_RETRY_BASE_MS", BACKENDS, parse=parse_int, default=200, minimum=1,
+            maximum=60000,
+            doc="Those retries back off exponentially from this base, in milliseconds (at most 10 s "
+                "apart)."),
+
+    # -- Limits
+    Setting("BERTH_MAX_TOOLS_PER_USER", LIMITS, parse=parse_int, default=5, minimum=0,
+            doc="Most live tools (queued, starting, running or stopping) one user may have. A launch "
+                "over it is refused: the starting page answers `429` with the reason, and no "
+                "instance is created. `0`: no limit."),
+    Setting("BERTH_MAX_TOOLS_TOTAL", LIMITS, parse=parse_int, default=0, minimum=0,
+            doc="Most live tools in all, for everyone together; refused the same way. `0`: no limit."),
+
+    # -- nginx
+    Setting("BERTH_TOOL_KEEPALIVE", NGINX, parse=parse_boolean, default=True,
+            doc="nginx keeps connections to loopback tools alive, through one `upstream` block per "
+                "port of `BERTH_PORT_RANGE` ([decision 0005](decisions/0005-tool-keepalive.md)). "
+                "Turn off to render a smaller configuration, or where tools are not on loopback "
+                "ports (docker-compose.yml)."),
+    Setting("BERTH_AUTH_CACHE_SECONDS", NGINX, parse=parse_int, default=0, minimum=0, maximum=60,
+            doc="nginx caches the auth answer for a *running* tool this long, keyed on the session "
+                "token, `Authorization`, host and client address (`0`: never). Also the longest a "
+                "signed-out or revoked session can still reach a running tool, and how long a "
+                "stopped tool's address may answer 502 before the starting page shows."),
+    Setting("BERTH_NGINX_LISTEN", NGINX, read_by=f"{ENTRYPOINT} (`nginx`)", default="8080",
+            kind="nginx `listen` address",
+            doc="Where the image's nginx listens (passed to `berth nginx-conf --listen`)."),
+    Setting("BERTH_NGINX_PREFIX", NGINX, read_by=f"{ENTRYPOINT} (`nginx`)", default="/tmp/nginx",
+            kind="folder",
+            doc="nginx's prefix in the image: its configuration, temporary files and logs."),
+    Setting("BERTH_NGINX_TEMPLATE", NGINX, read_by=f"{ENTRYPOINT} (`nginx`)", kind="file",
+            doc="An nginx.conf rendered beforehand (Kubernetes keeps it in a ConfigMap), with "
+                "`${BERTH_PROXY_SECRET}` standing for the secret, which comes from the environment. "
+                "Unset: the entrypoint renders the configuration with `berth nginx-conf`."),
+    Setting("BERTH_WEB_SERVER", NGINX, read_by=f"{ENTRYPOINT} (`nginx`)", default="web:8102",
+            kind="host:port",
+            doc="The web app, as nginx in its own container reaches it (resolved when nginx starts)."),
+
+    # -- Metrics
+    Setting("BERTH_METRICS_TOKEN", METRICS, parse=parse_secret, minimum=16,
+            doc="`GET /metrics` (web, auth and worker) answers a scraper that sends "
+                "`Authorization: Bearer <this>`. With neither this nor `BERTH_METRICS_NETWORKS`, "
+                "`/metrics` answers 404."),
+    Setting("BERTH_METRICS_NETWORKS", METRICS, parse=parse_networks, default="",
+            doc="Clients in these networks may read `/metrics` without the token: through nginx, "
+                "the client address as seen past `BERTH_TRUSTED_HOPS`; scraped directly at a "
+                "process's port, the TCP peer."),
+    Setting("BERTH_METRICS_DIR", METRICS, parse=parse_path, kind="folder",
+            default=lambda settings: os.path.join(settings["BERTH_DATA_DIR"], "metrics"),
+            default_doc="`<BERTH_DATA_DIR>/metrics` (`/tmp/berth-metrics` in the image)",
+            doc="Where each process writes its counters, for `/metrics` to sum (prometheus_client's "
+                "multiprocess mode, [decision 0009](decisions/0009-metrics.md)). Shared by the "
+                "processes of one machine or container; emptied when the stack or container starts."),
+    _port("BERTH_WORKER_METRICS_PORT", METRICS,
+          doc="The worker serves its own `GET /metrics` on this port, behind the same token or "
+              "networks; unset: none. Set it in containers, where the worker's counters are in a "
+              "folder no other process reads (the deploy files use `9102`); `berth run` needs none."),
+    Setting("BERTH_WORKER_METRICS_HOST", METRICS, default="127.0.0.1", kind="IP address",
+            doc="Address the worker's metrics server listens on; `0.0.0.0` in containers, so that "
+                "Prometheus can reach it."),
+
+    # -- Processes
+    Setting("BERTH_GUNICORN_WORKERS", PROCESSES, parse=parse_int, default=2, minimum=1,
+            read_by=GUNICORN,
+            doc="gunicorn worker processes for the web app (and for the auth service with "
+                "`BERTH_AUTH_SERVER=gunicorn`)."),
+    Setting("BERTH_GUNICORN_THREADS", PROCESSES, parse=parse_int, default=8, minimum=1,
+            read_by=GUNICORN,
+            doc="Threads per gunicorn worker process (gthread workers, which keep nginx's "
+                "connections alive)."),
+    Setting("BERTH_LOG_LEVEL", PROCESSES, parse=parse_lowercase, default="info",
+            choices=("debug", "info", "warning", "error", "critical"), read_by=GUNICORN,
+            doc="gunicorn's log level."),
+    Setting("BERTH_AUTH_SERVER", PROCESSES, read_by=f"`berth run` and {ENTRYPOINT}",
+            default_doc="`granian` (`auth`); `auth:8101` (`nginx`)",
+            kind="`granian` or `gunicorn`; host:port",
+            doc="Two uses, by the process it is given to. To the auth service (`auth` in the image, "
+                "and `berth run`): the HTTP server that runs it, `granian` or `gunicorn` "
+                "([decision 0008](decisions/0008-auth-server.md)). To nginx in its own container "
+                "(`nginx`): the auth service's `host:port`, resolved when nginx starts."),
+    Setting("BERTH_AUTH_WORKERS", PROCESSES, parse=parse_int, default=2, minimum=1,
+            read_by=f"`berth run` and {ENTRYPOINT} (`auth`)",
+            doc="granian worker processes for the auth service."),
+    Setting("BERTH_AUTH_THREADS", PROCESSES, parse=parse_int, default=4, minimum=1,
+            read_by=f"`berth run` and {ENTRYPOINT} (`auth`)",
+            doc="granian's blocking threads per auth worker process."),
+    Setting("BERTH_WORKER_THREADS", PROCESSES, parse=parse_int, default=4, minimum=1,
+            read_by=f"{ENTRYPOINT} (`worker`)",
+            doc="Threads of the worker (`huey_consumer -w`): how many launch and stop steps one "
+                "worker container runs at a time. `berth run` runs 4."),
+
+    # -- Docker Compose
+    Setting("BERTH_IMAGE", COMPOSE, read_by=DOCKER_COMPOSE, default="berth:latest", kind="image",
+            doc="Berth's image, built from the Dockerfile by `docker compose up --build`."),
+    Setting("BERTH_BASE_IMAGE", COMPOSE, read_by=DOCKER_COMPOSE, default="python:3.11-slim-bookworm",
+            kind="image",
+            doc="The Python image Berth's image is built on (`deploy/local-images/build.sh` makes "
+                "one for an engine that cannot reach a registry)."),
+    Setting("BERTH_POSTGRES_IMAGE", COMPOSE, read_by=DOCKER_COMPOSE, default="postgres:15", kind="image",
+            doc="PostgreSQL's image."),
+    Setting("BERTH_REDIS_IMAGE", COMPOSE, read_by=DOCKER_COMPOSE, default="redis:7", kind="image",
+            doc="Redis' image."),
+    Setting("BERTH_POSTGRES_PASSWORD", COMPOSE, read_by=DOCKER_COMPOSE, default="berth", kind="secret",
+            doc="Password of PostgreSQL's `berth` user, in the database URL Berth's containers get."),
+    Setting("BERTH_DOCKER_GID", COMPOSE, read_by=DOCKER_COMPOSE, kind="group id",
+            default_doc="required: `stat -c %g /var/run/docker.sock`",
+            doc="Group that owns the Docker socket; the worker runs with it, to start and stop tools."),
+    Setting("BERTH_DOCKER_SOCKET", COMPOSE, read_by=DOCKER_COMPOSE, default="/var/run/docker.sock",
+            kind="file",
+            doc="The Docker socket mounted into the worker, and only the worker."),
+    Setting("BERTH_HTTP_BIND", COMPOSE, read_by=DOCKER_COMPOSE, default="127.0.0.1", kind="IP address",
+            doc="Host address nginx's port (`BERTH_HTTP_PORT`) is published on; `0.0.0.0` to reach "
+                "it from other machines."),
+)
+
+GROUPS = (ADDRESSES, DATA, SIGN_IN, TOOLS, BACKENDS, LIMITS, NGINX, METRICS, PROCESSES, COMPOSE)
+# What the reference says before a group's table, where the table alone would not be clear.
+GROUP_INTROS = {
+    COMPOSE: "For docker-compose.yml: `docker compose` fills these in from the shell it runs in; "
+             "Berth's own processes never read them.",
+}
+_BY_NAME = {setting.name: setting for setting in SETTINGS}
+
+
+class _Reading:
+    """The settings of one environment, each parsed on first use, so that a derived default
+    (the database under BERTH_DATA_DIR) reads the setting it derives from."""
+
+    def __init__(self, environ):
+        self.environ = environ
+        self.values = {}
+
+    def __getitem__(self, name):
+        if name not in self.values:
+            self.values[name] = _BY_NAME[name].read(self.environ, self)
+        return self.values[name]
+
+
+def read_setting(name, environ=os.environ):
+    """One setting's value, by its definition: for what reads a few settings without an app
+    (deploy/gunicorn.conf.py, the metrics folder)."""
+    return _Reading(environ)[name]
+
+
+def load_settings(environ=os.environ):
+    """Return the Flask config keys that BERTH_* variables set."""
+    reading = _Reading(environ)
+    settings = {setting.config_key: reading[setting.name] for setting in SETTINGS if setting.config_key}
+    settings["SQLALCHEMY_ENGINE_OPTIONS"] = {"pool_pre_ping": True}
+    _check_sign_in(settings)
+    return settings
+
+
+def metrics_dir(environ=os.environ):
+    """BERTH_METRICS_DIR, or <BERTH_DATA_DIR>/metrics."""
+    return read_setting("BERTH_METRICS_DIR", environ)
+
+
+def _check_sign_in(settings):
+    """Settings that only make sense together: someone must be able to sign in."""
+    if settings["BERTH_OIDC_ISSUER"]:
+        if not settings["BERTH_OIDC_CLIENT_ID"]:
+            raise SettingError("BERTH_OIDC_ISSUER is set, so BERTH_OIDC_CLIENT_ID is required too")
+        if "openid" not in settings["BERTH_OIDC_SCOPES"].split():
+            raise SettingError(f"BERTH_OIDC_SCOPES={settings['BERTH_OIDC_SCOPES']!r} must include openid")
+    elif settings["BERTH_LOCAL_LOGIN"] != "on":
+        raise SettingError(f"BERTH_LOCAL_LOGIN={settings['BERTH_LOCAL_LOGIN']} needs single sign-on: "
+                           "set BERTH_OIDC_ISSUER, or nobody could sign in")
+    idle, interval = settings["BERTH_SESSION_IDLE_LIFETIME"], settings["BERTH_ACTIVITY_INTERVAL"]
+    if idle and idle < 2 * interval:
+        raise SettingError(f"BERTH_SESSION_IDLE_LIFETIME={idle} must be at least twice "
+                           f"BERTH_ACTIVITY_INTERVAL ({interval}): sign-ins are marked as used only "
+                           "that often")
+
+
+# -- generated secrets -----------------------------------------------------------------------
 
 def _persistent_secret(data_dir, filename):
     """A random secret kept in the data directory, for the embedded default only.
@@ -112,174 +536,82 @@ def _read_secret(path):
     return value
 
 
-def load_settings(environ=os.environ):
-    """Return the Flask config keys that BERTH_* variables set."""
-    data_dir = os.path.abspath(parse_string("BERTH_DATA_DIR", "var", environ))
-    scheme = parse_string("BERTH_SCHEME", "http", environ, choices=("http", "https"))
-    settings = {
-        # Where the SQLite database, the Huey queue file, tool logs and working folders live.
-        "BERTH_DATA_DIR": data_dir,
-        # Parent domain. The main host is this name; tools live at <slug>-<user>.<domain>.
-        "BERTH_DOMAIN": parse_string("BERTH_DOMAIN", "berth.localhost", environ).lower(),
-        # Scheme and port that browsers use to reach nginx (the public address).
-        "BERTH_SCHEME": scheme,
-        "BERTH_HTTP_PORT": parse_int("BERTH_HTTP_PORT", 8080, environ, 1, 65535),
-        # Loopback ports of the auth service and the web app behind nginx.
-        "BERTH_AUTH_PORT": parse_int("BERTH_AUTH_PORT", 8101, environ, 1, 65535),
-        "BERTH_WEB_PORT": parse_int("BERTH_WEB_PORT", 8102, environ, 1, 65535),
-        # SQLAlchemy URL. SQLite by default; postgresql+psycopg://... in production.
-        "SQLALCHEMY_DATABASE_URI": parse_string(
-            "BERTH_DATABASE_URL", f"sqlite:///{data_dir}/berth.db", environ
-        ),
-        # Huey uses Redis when this is set, and a SQLite file in the data directory otherwise.
-        "BERTH_REDIS_URL": parse_string("BERTH_REDIS_URL", None, environ),
-        # Signs Flask's own cookies (CSRF). Generated into the data directory when unset.
-        "SECRET_KEY": parse_string("BERTH_SECRET_KEY", None, environ)
-        or _persistent_secret(data_dir, "secret_key"),
-        # nginx sends this on every request to auth and web; anything without it is refused.
-        "BERTH_PROXY_SECRET": parse_string("BERTH_PROXY_SECRET", None, environ)
-        or _persistent_secret(data_dir, "proxy_secret"),
-        # Name of the platform session cookie, scoped to the parent domain.
-        "BERTH_SESSION_COOKIE": parse_string("BERTH_SESSION_COOKIE", "berth_session", environ),
-        # Absolute lifetime of a sign-in, in seconds (default 12 hours).
-        "BERTH_SESSION_LIFETIME": parse_int("BERTH_SESSION_LIFETIME", 12 * 3600, environ, 60),
-        # A sign-in unused for this long ends (seconds, default 4 hours; 0: no idle limit).
-        "BERTH_SESSION_IDLE_LIFETIME": parse_int("BERTH_SESSION_IDLE_LIFETIME", 4 * 3600, environ, 0),
-        # Password sign-in: "on" for every local account, "admins" for administrators only, "off".
-        "BERTH_LOCAL_LOGIN": parse_string("BERTH_LOCAL_LOGIN", "on", environ,
-                                          choices=("on", "admins", "off")),
-        # Single sign-on over OpenID Connect; unset issuer means local accounts only.
-        "BERTH_OIDC_ISSUER": parse_url("BERTH_OIDC_ISSUER", None, environ),
-        "BERTH_OIDC_CLIENT_ID": parse_string("BERTH_OIDC_CLIENT_ID", None, environ),
-        "BERTH_OIDC_CLIENT_SECRET": parse_string("BERTH_OIDC_CLIENT_SECRET", None, environ),
-        "BERTH_OIDC_SCOPES": parse_string("BERTH_OIDC_SCOPES", "openid email profile", environ),
-        # A claim (ID token or userinfo) listing the user's groups; unset: groups are not synced.
-        "BERTH_OIDC_GROUPS_CLAIM": parse_string("BERTH_OIDC_GROUPS_CLAIM", None, environ),
-        # The name on the sign-in button.
-        "BERTH_OIDC_PROVIDER_NAME": parse_string("BERTH_OIDC_PROVIDER_NAME", "single sign-on", environ),
-        # How long to wait for the provider's discovery, token and userinfo answers (seconds).
-        "BERTH_OIDC_TIMEOUT": parse_int("BERTH_OIDC_TIMEOUT", 10, environ, 1, 120),
-        # The longest lifetime a personal API token may be given, in days.
-        "BERTH_TOKEN_MAX_DAYS": parse_int("BERTH_TOKEN_MAX_DAYS", 365, environ, 1, 3650),
-        # Loopback ports handed to tools on the process backend.
-        "BERTH_PORT_RANGE": parse_port_range("BERTH_PORT_RANGE", "20000-20999", environ),
-        # A tool's last activity is written at most this often (seconds), not on every request.
-        "BERTH_ACTIVITY_INTERVAL": parse_int("BERTH_ACTIVITY_INTERVAL", 60, environ, 1),
-        # How long a worker holds a launch before another worker may take it over (seconds).
-        "BERTH_LEASE_SECONDS": parse_int("BERTH_LEASE_SECONDS", 30, environ, 2),
-        # YAML catalogue loaded by `berth run` at start, if set.
-        "BERTH_CATALOGUE": parse_string("BERTH_CATALOGUE", None, environ),
-        # Names this installation in the labels of what it starts, so that two Berths on one
-        # host (or one engine) never adopt or remove each other's tools.
-        "BERTH_DEPLOYMENT": parse_string("BERTH_DEPLOYMENT", "berth", environ),
-        # nginx keeps connections to loopback tools alive through one upstream block per port of
-        # BERTH_PORT_RANGE. Turn off to render a smaller configuration.
-        "BERTH_TOOL_KEEPALIVE": parse_boolean("BERTH_TOOL_KEEPALIVE", True, environ),
-        # nginx caches the auth answer for a running tool this many seconds (0: never). This is
-        # also how long a signed-out or revoked session can still reach a running tool.
-        "BERTH_AUTH_CACHE_SECONDS": parse_int("BERTH_AUTH_CACHE_SECONDS", 0, environ, 0, 60),
-        # The spawner backends this installation runs; the reconciler watches each of them.
-        "BERTH_BACKENDS": parse_list("BERTH_BACKENDS", "process", environ,
-                                     choices=("process", "docker", "ecs")),
-        # Docker Engine API address (default: DOCKER_HOST, or the local socket).
-        "BERTH_DOCKER_URL": parse_string("BERTH_DOCKER_URL", None, environ),
-        # A named Docker network for tools; unset means host networking on allocated ports.
-        "BERTH_DOCKER_NETWORK": parse_string("BERTH_DOCKER_NETWORK", None, environ),
-        # When to pull a tool's image: never, missing (only if not on the host), always.
-        "BERTH_DOCKER_PULL": parse_string("BERTH_DOCKER_PULL", "missing", environ,
-                                          choices=("never", "missing", "always")),
-        # ECS (Fargate) backend. The cluster tools run in (name or ARN), and the awsvpc network
-        # every task gets: subnets and security groups (comma-separated ids), and whether the
-        # task's network interface gets a public IP (needed only without a NAT or VPC endpoints
-        # to pull images). nginx reaches a task at its private IPv4 address.
-        "BERTH_ECS_CLUSTER": parse_string("BERTH_ECS_CLUSTER", None, environ),
-        "BERTH_ECS_SUBNETS": parse_list("BERTH_ECS_SUBNETS", "", environ),
-        "BERTH_ECS_SECURITY_GROUPS": parse_list("BERTH_ECS_SECURITY_GROUPS", "", environ),
-        "BERTH_ECS_ASSIGN_PUBLIC_IP": parse_boolean("BERTH_ECS_ASSIGN_PUBLIC_IP", False, environ),
-        # AWS region of the cluster (default: boto3's own lookup, e.g. AWS_REGION).
-        "BERTH_ECS_REGION": parse_string("BERTH_ECS_REGION", None, environ),
-        # Another ECS API endpoint; only for an emulator such as moto in the tests.
-        "BERTH_ECS_ENDPOINT_URL": parse_string("BERTH_ECS_ENDPOINT_URL", None, environ),
-        # Throttling, IAM/ECS eventual-consistency errors and no Fargate capacity are retried
-        # with exponential backoff from this base (milliseconds), at most this many times per
-        # call; then the launch fails with the last answer AWS gave.
-        "BERTH_ECS_API_ATTEMPTS": parse_int("BERTH_ECS_API_ATTEMPTS", 8, environ, 1, 30),
-        "BERTH_ECS_RETRY_BASE_MS": parse_int("BERTH_ECS_RETRY_BASE_MS", 200, environ, 1, 60000),
-        # Most live tools one user may have, and in all; 0 means no limit.
-        "BERTH_MAX_TOOLS_PER_USER": parse_int("BERTH_MAX_TOOLS_PER_USER", 5, environ, 0),
-        "BERTH_MAX_TOOLS_TOTAL": parse_int("BERTH_MAX_TOOLS_TOTAL", 0, environ, 0),
-        # Number of trusted proxies in front of nginx (for X-Forwarded-For and -Proto).
-        "BERTH_TRUSTED_HOPS": parse_int("BERTH_TRUSTED_HOPS", 0, environ, 0, 5),
-        # Where those proxies are (comma-separated CIDRs). When set, a hop counts as trusted
-        # only from these addresses, so that a client reaching nginx directly cannot pose as
-        # a proxy. Used to find the client address that IP allowlists check.
-        "BERTH_TRUSTED_PROXIES": parse_networks("BERTH_TRUSTED_PROXIES", environ),
-        # GET /metrics (Prometheus) answers a scraper that sends `Authorization: Bearer <this>`,
-        # or one whose address lies in BERTH_METRICS_NETWORKS (comma-separated CIDRs). With
-        # neither set, /metrics answers 404.
-        "BERTH_METRICS_TOKEN": parse_secret("BERTH_METRICS_TOKEN", environ),
-        "BERTH_METRICS_NETWORKS": parse_networks("BERTH_METRICS_NETWORKS", environ),
-        # Where each process writes its counters, for /metrics to sum (prometheus_client's
-        # multiprocess mode). Shared by the processes of one machine or container; emptied when
-        # the stack starts.
-        "BERTH_METRICS_DIR": metrics_dir(environ),
-        # The worker (huey_consumer) serves its own GET /metrics on this port, behind the same
-        # token or networks; unset: it serves none. Set it in containers, where the worker's
-        # counters are in a folder no other process reads (e.g. 9102, host 0.0.0.0).
-        "BERTH_WORKER_METRICS_PORT": parse_int("BERTH_WORKER_METRICS_PORT", None, environ, 1, 65535),
-        "BERTH_WORKER_METRICS_HOST": parse_string("BERTH_WORKER_METRICS_HOST", "127.0.0.1", environ),
-    }
-    settings["SQLALCHEMY_ENGINE_OPTIONS"] = {"pool_pre_ping": True}
-    _check_sign_in(settings)
-    return settings
+# -- the reference: docs/configuration.md ----------------------------------------------------
+
+REFERENCE_COMMAND = "berth settings-doc > docs/configuration.md"
 
 
-def parse_networks(name, environ=os.environ):
-    from berth.addresses import AddressError, parse_networks as networks
-
-    try:
-        return tuple(networks(list(parse_list(name, "", environ)), field=name))
-    except AddressError as error:
-        raise SettingError(str(error)) from None
-
-
-def parse_secret(name, environ=os.environ, minimum=16):
-    """An optional shared secret: unset is fine, a short one is refused."""
-    value = _raw(name, environ)
-    if value is not None and len(value) < minimum:
-        raise SettingError(f"{name} must have at least {minimum} characters "
-                           "(try: openssl rand -hex 32)")
-    return value
-
-
-def metrics_dir(environ=os.environ):
-    """BERTH_METRICS_DIR, or <BERTH_DATA_DIR>/metrics. Read before prometheus_client is imported."""
-    data_dir = os.path.abspath(parse_string("BERTH_DATA_DIR", "var", environ))
-    return os.path.abspath(parse_string("BERTH_METRICS_DIR", os.path.join(data_dir, "metrics"), environ))
-
-
-def parse_url(name, default, environ=os.environ):
-    value = _raw(name, environ)
-    if value is None:
-        return default
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
-        raise SettingError(f"{name}={value!r} is not an http(s) URL without query or fragment")
-    return value.rstrip("/")
+def _kind(setting):
+    """The type column: what a value must look like."""
+    choices = ", ".join(f"`{choice}`" for choice in setting.choices or ())
+    if setting.kind:
+        return f"{setting.kind}: {choices}" if choices else setting.kind
+    if setting.parse is parse_int:
+        low, high = setting.minimum, setting.maximum
+        if low is not None and high is not None:
+            return f"whole number, {low}–{high}"
+        if low is not None:
+            return f"whole number, at least {low}"
+        return "whole number"
+    if setting.parse is parse_list:
+        return f"comma-separated list of {choices}" if choices else "comma-separated list"
+    if setting.parse is parse_secret:
+        return f"secret, at least {setting.minimum} characters"
+    if choices:
+        return f"one of {choices}"
+    return {parse_boolean: "`true` or `false`", parse_port_range: "port range `low-high`, 1024–65535",
+            parse_networks: "comma-separated CIDRs", parse_url: "http(s) URL",
+            parse_path: "folder"}.get(setting.parse, "text")
 
 
-def _check_sign_in(settings):
-    """Settings that only make sense together: someone must be able to sign in."""
-    if settings["BERTH_OIDC_ISSUER"]:
-        if not settings["BERTH_OIDC_CLIENT_ID"]:
-            raise SettingError("BERTH_OIDC_ISSUER is set, so BERTH_OIDC_CLIENT_ID is required too")
-        if "openid" not in settings["BERTH_OIDC_SCOPES"].split():
-            raise SettingError(f"BERTH_OIDC_SCOPES={settings['BERTH_OIDC_SCOPES']!r} must include openid")
-    elif settings["BERTH_LOCAL_LOGIN"] != "on":
-        raise SettingError(f"BERTH_LOCAL_LOGIN={settings['BERTH_LOCAL_LOGIN']} needs single sign-on: "
-                           "set BERTH_OIDC_ISSUER, or nobody could sign in")
-    idle, interval = settings["BERTH_SESSION_IDLE_LIFETIME"], settings["BERTH_ACTIVITY_INTERVAL"]
-    if idle and idle < 2 * interval:
-        raise SettingError(f"BERTH_SESSION_IDLE_LIFETIME={idle} must be at least twice "
-                           f"BERTH_ACTIVITY_INTERVAL ({interval}): sign-ins are marked as used only "
-                           "that often")
+def _default(setting):
+    if setting.default_doc:
+        return setting.default_doc
+    default = setting.default
+    if default is None:
+        return "unset"
+    if default == "":
+        return "empty"
+    if isinstance(default, bool):
+        return "`true`" if default else "`false`"
+    return f"`{default}`"
+
+
+def _cell(text):
+    return text.replace("|", "\\|")
+
+
+def reference():
+    """docs/configuration.md: the settings, group by group, as Markdown."""
+    lines = [
+        "# Configuration",
+        "",
+        f"<!-- Generated from berth/settings.py (SETTINGS) by `{REFERENCE_COMMAND}`: edit the "
+        "definition there, not this file. -->",
+        "",
+        "Every setting is an environment variable, read once when a process starts. A bad value "
+        "stops the process with a message naming the variable and the value; empty means unset.",
+        "",
+        "Most settings are read by every Berth process (auth service, web app, worker and the "
+        "`berth` command); the few read by one program only say which. The templates in "
+        "`deploy/ecs/` and `deploy/kubernetes/` have placeholders of their own, described in "
+        "their READMEs.",
+        "",
+    ]
+    lines += [f"- [{group}](#{group.lower().replace(' ', '-')})" for group in GROUPS]
+    for group in GROUPS:
+        lines += ["", f"## {group}", ""]
+        if group in GROUP_INTROS:
+            lines += [GROUP_INTROS[group], ""]
+        lines += ["| variable | type | default | meaning |", "|---|---|---|---|"]
+        for setting in SETTINGS:
+            if setting.group != group:
+                continue
+            meaning = setting.doc + (f" Read by {setting.read_by} only." if setting.read_by else "")
+            lines.append(f"| `{setting.name}` | {_cell(_kind(setting))} | {_cell(_default(setting))} "
+                         f"| {_cell(meaning)} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(reference(), end="")

@@ -171,3 +171,11 @@ def run():
     from deploy.local import run_local
 
     run_local(current_app.config)
+
+
+@cli.command("settings-doc", with_appcontext=False)
+def settings_doc():
+    """Print the configuration reference, docs/configuration.md, from the settings' definition."""
+    from berth.settings import reference
+
+    sys.stdout.write(reference())

@@ -1,6 +1,6 @@
 #!/bin/sh
 # One image, one process per container: web | auth | worker | migrate | nginx.
-# Settings come from BERTH_* variables (see README, "Configuration").
+# Settings come from BERTH_* variables (docs/configuration.md).
 set -eu
 command="${1:-web}"
 [ $# -gt 0 ] && shift

@@ -3,18 +3,24 @@
 gthread workers keep connections from nginx alive (sync workers close every one, which
 doubles the TCP connections per request on the auth path).
 """
-import os
+import sys
 
-workers = int(os.environ.get("BERTH_GUNICORN_WORKERS", "2"))
+from berth.settings import SettingError, read_setting
+
+try:
+    workers = read_setting("BERTH_GUNICORN_WORKERS")
+    threads = read_setting("BERTH_GUNICORN_THREADS")
+    loglevel = read_setting("BERTH_LOG_LEVEL")
+except SettingError as error:
+    # gunicorn prints a traceback for any exception in its configuration file: one line instead.
+    sys.exit(f"Error: {error}")
 worker_class = "gthread"
-threads = int(os.environ.get("BERTH_GUNICORN_THREADS", "8"))
 # Longer than nginx's upstream keepalive_timeout (60 s), so that nginx closes idle connections
 # first and never sends a request on a connection gunicorn is closing.
 keepalive = 75
 graceful_timeout = 10
 accesslog = None
 errorlog = "-"
-loglevel = os.environ.get("BERTH_LOG_LEVEL", "info")
 # gunicorn's control socket lives at one fixed path per user; auth and web would share it.
 control_socket_disable = True
 

@@ -1,19 +1,29 @@
 """Settings from BERTH_* variables: berth/settings.py fails loudly, naming the variable."""
 import os
+import runpy
 import stat
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 
 from berth.settings import (
+    SETTINGS,
     SettingError,
     _persistent_secret,
     load_settings,
     parse_boolean,
     parse_int,
+    parse_lowercase,
     parse_port_range,
     parse_string,
+    read_setting,
 )
+
+ROOT = Path(__file__).resolve().parent.parent
+GUNICORN_CONF = ROOT / "deploy" / "gunicorn.conf.py"
 
 
 # -- parse_boolean ----------------------------------------------------------------------
@@ -118,6 +128,13 @@ def test_parse_string_accepts_a_choice():
     assert parse_string("BERTH_SCHEME", "http", {"BERTH_SCHEME": "https"}, choices=("http", "https")) == "https"
 
 
+def test_parse_lowercase_takes_any_case_and_checks_the_lowered_value():
+    assert parse_lowercase("BERTH_LEVEL", "info", {"BERTH_LEVEL": " WARNING "}, ("info", "warning")) == "warning"
+    assert parse_lowercase("BERTH_LEVEL", "info", {}, ("info", "warning")) == "info"
+    with pytest.raises(SettingError, match="BERTH_LEVEL='loud' must be one of info, warning"):
+        parse_lowercase("BERTH_LEVEL", "info", {"BERTH_LEVEL": "Loud"}, ("info", "warning"))
+
+
 # -- load_settings ----------------------------------------------------------------------
 
 def test_load_settings_defaults(tmp_path):
@@ -179,6 +196,61 @@ def test_load_settings_fails_loudly_naming_the_variable(tmp_path, name, raw, wor
         load_settings({"BERTH_DATA_DIR": str(tmp_path), name: raw})
     assert str(error.value).startswith(f"{name}=")
     assert words in str(error.value)
+
+
+def test_load_settings_derives_the_database_and_metrics_folder_from_the_data_directory(tmp_path):
+    settings = load_settings({"BERTH_DATA_DIR": str(tmp_path / "data")})
+    assert settings["SQLALCHEMY_DATABASE_URI"] == f"sqlite:///{tmp_path}/data/berth.db"
+    assert settings["BERTH_METRICS_DIR"] == str(tmp_path / "data" / "metrics")
+    assert (tmp_path / "data" / "secret_key").exists()
+
+
+def test_the_flask_config_holds_the_settings_every_process_reads_and_no_others(tmp_path):
+    settings = load_settings({"BERTH_DATA_DIR": str(tmp_path)})
+    for setting in SETTINGS:
+        if setting.read_by:  # the entrypoint's, gunicorn's, docker compose's
+            assert setting.name not in settings
+        else:
+            assert setting.config_key in settings
+    assert settings["SECRET_KEY"] and "BERTH_SECRET_KEY" not in settings
+
+
+# -- settings read without an app: gunicorn's ------------------------------------------------
+
+def test_read_setting_reads_one_setting_by_its_definition(tmp_path):
+    assert read_setting("BERTH_GUNICORN_WORKERS", {}) == 2
+    assert read_setting("BERTH_LOG_LEVEL", {"BERTH_LOG_LEVEL": "DEBUG"}) == "debug"
+    assert read_setting("BERTH_METRICS_DIR", {"BERTH_DATA_DIR": str(tmp_path)}) == str(tmp_path / "metrics")
+    with pytest.raises(SettingError, match="BERTH_GUNICORN_THREADS=0 is below the minimum of 1"):
+        read_setting("BERTH_GUNICORN_THREADS", {"BERTH_GUNICORN_THREADS": "0"})
+
+
+def test_gunicorn_reads_its_processes_threads_and_log_level_from_the_settings(monkeypatch):
+    monkeypatch.setenv("BERTH_GUNICORN_WORKERS", "3")
+    monkeypatch.setenv("BERTH_GUNICORN_THREADS", "16")
+    monkeypatch.setenv("BERTH_LOG_LEVEL", "Warning")
+    conf = runpy.run_path(str(GUNICORN_CONF))
+    assert (conf["workers"], conf["threads"], conf["loglevel"]) == (3, 16, "warning")
+    for name in ("BERTH_GUNICORN_WORKERS", "BERTH_GUNICORN_THREADS", "BERTH_LOG_LEVEL"):
+        monkeypatch.delenv(name)
+    conf = runpy.run_path(str(GUNICORN_CONF))
+    assert (conf["workers"], conf["threads"], conf["loglevel"]) == (2, 8, "info")
+
+
+@pytest.mark.parametrize("name, raw, message", [
+    ("BERTH_GUNICORN_WORKERS", "two", "Error: BERTH_GUNICORN_WORKERS='two' is not a whole number"),
+    ("BERTH_GUNICORN_THREADS", "0", "Error: BERTH_GUNICORN_THREADS=0 is below the minimum of 1"),
+    ("BERTH_LOG_LEVEL", "loud", "Error: BERTH_LOG_LEVEL='loud' must be one of debug, info, warning"),
+])
+def test_gunicorn_stops_on_a_bad_setting_with_one_line_naming_it(tmp_path, name, raw, message):
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "gunicorn"), "-c", str(GUNICORN_CONF), "--bind", "127.0.0.1:0",
+         "webapp:create_app()"],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), "BERTH_DATA_DIR": str(tmp_path), name: raw},
+        capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.startswith(message)
+    assert "Traceback" not in result.stderr
 
 
 # -- the persistent secret --------------------------------------------------------------

@@ -4,7 +4,12 @@ own port), what the auth-check wrapper counts, and the worker's metrics server.
 The integration tests (tests/integration/test_metrics.py, test_metrics_per_process.py) check the
 same on real processes."""
 import ipaddress
+import os
 import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import pytest
 import requests
@@ -13,9 +18,10 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.services import free_port
-from berth.metrics import (METRICS_DIR, TimedAuthCheck, access_refused, serve_worker_metrics, tcp_peer,
-                            worker_metrics_app)
+from berth import metrics
+from berth.metrics import TimedAuthCheck, access_refused, serve_worker_metrics, tcp_peer, worker_metrics_app
 
+ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "a-scrape-token-of-32-characters!"
 PROXY_SECRET = "the-proxy-secret-nginx-sends"
 OFFICE = (ipaddress.ip_network("10.1.0.0/16"),)
@@ -86,10 +92,50 @@ def test_token_or_network_either_opens_metrics_when_both_are_set():
     assert access_refused(both, through_nginx("203.0.113.9"))[0] == 403
 
 
+# -- starting to count --------------------------------------------------------------------------------
+COUNTING_PROCESS = textwrap.dedent("""
+    import os
+    import prometheus_client  # before Berth's metrics, as another library might
+    from berth import metrics
+
+    inherited = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    assert not os.path.exists(os.path.join(os.environ["BERTH_DATA_DIR"], "metrics"))
+    metrics.record_culled(2)
+    print(inherited, os.environ["PROMETHEUS_MULTIPROC_DIR"])
+""")
+
+
+@pytest.mark.parametrize("inherited", [False, True])
+def test_importing_metrics_does_nothing_and_the_first_count_starts_in_berth_metrics_dir(tmp_path, inherited):
+    """Nothing is set, made or counted on import; the first count writes into BERTH_METRICS_DIR,
+    even when prometheus_client came first, and over a PROMETHEUS_MULTIPROC_DIR inherited from a
+    parent process."""
+    env = {name: value for name, value in os.environ.items()
+           if name not in ("PROMETHEUS_MULTIPROC_DIR", "BERTH_METRICS_DIR")}
+    env.update(PYTHONPATH=str(ROOT), BERTH_DATA_DIR=str(tmp_path / "data"))
+    if inherited:
+        (tmp_path / "parent").mkdir()
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(tmp_path / "parent")
+    result = subprocess.run([sys.executable, "-c", COUNTING_PROCESS], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    folder = tmp_path / "data" / "metrics"
+    assert result.stdout.split() == [env.get("PROMETHEUS_MULTIPROC_DIR", "None"), str(folder)]
+    assert _count("berth_culled_instances_total", path=folder) == 2
+    assert not inherited or not os.listdir(tmp_path / "parent")
+
+
+def test_a_process_counts_in_one_folder_whichever_starts_it():
+    started = metrics.start()
+    assert metrics.start() is started
+    assert metrics.start(started.directory) is started
+    assert os.environ["PROMETHEUS_MULTIPROC_DIR"] == started.directory
+
+
 # -- the auth-check wrapper ------------------------------------------------------------------------
-def _count(name, **labels):
+def _count(name, path=None, **labels):
     registry = CollectorRegistry()
-    MultiProcessCollector(registry, path=METRICS_DIR)
+    MultiProcessCollector(registry, path=str(path or metrics.start().directory))
     return sum(sample.value for family in registry.collect() for sample in family.samples
                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()))
 

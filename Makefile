@@ -2,8 +2,10 @@
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
-RUN_PACKAGES := nginx
-TEST_PACKAGES := nginx redis-server postgresql chromium fonts-dejavu-core docker.io busybox-static debootstrap docker-compose nodejs curl
+# iproute2, iptables and util-linux (setpriv) isolate tools; python3-aiohttp runs the bundled
+# echo tool under Debian's python3, which every tool user may execute.
+RUN_PACKAGES := nginx iproute2 iptables util-linux python3-aiohttp
+TEST_PACKAGES := nginx iproute2 iptables util-linux python3-aiohttp redis-server postgresql chromium fonts-dejavu-core docker.io busybox-static debootstrap docker-compose nodejs curl
 
 .PHONY: run test test-fast bench clean
 

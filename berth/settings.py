@@ -47,15 +47,28 @@ def parse_int(name, default, environ=os.environ, minimum=None, maximum=None):
     return number
 
 
-def parse_port_range(name, default, environ=os.environ):
+def parse_port_range(name, default, environ=os.environ, lowest=1024, highest=65535):
     value = _raw(name, environ) or default
     try:
         low, high = (int(part) for part in value.split("-", 1))
     except ValueError:
-        raise SettingError(f"{name}={value!r} is not a range like 20000-20999") from None
-    if not (1024 <= low <= high <= 65535):
-        raise SettingError(f"{name}={value!r} must lie within 1024-65535, low end first")
+        raise SettingError(f"{name}={value!r} is not a range like {default}") from None
+    if not (lowest <= low <= high <= highest):
+        raise SettingError(f"{name}={value!r} must lie within {lowest}-{highest}, low end first")
     return low, high
+
+
+def parse_tool_network(name, default, environ=os.environ):
+    import ipaddress
+
+    value = _raw(name, environ) or default
+    try:
+        network = ipaddress.IPv4Network(value)
+    except ValueError:
+        raise SettingError(f"{name}={value!r} is not an IPv4 network like {default}") from None
+    if network.prefixlen > 28:
+        raise SettingError(f"{name}={value!r} is too small: tools need at least four /30s (a /28)")
+    return str(network)
 
 
 def parse_string(name, default, environ=os.environ, choices=None):
@@ -163,6 +176,22 @@ def load_settings(environ=os.environ):
         "BERTH_TOKEN_MAX_DAYS": parse_int("BERTH_TOKEN_MAX_DAYS", 365, environ, 1, 3650),
         # Loopback ports handed to tools on the process backend.
         "BERTH_PORT_RANGE": parse_port_range("BERTH_PORT_RANGE", "20000-20999", environ),
+        # How process-backend tools are kept apart: "namespaces" (each runs as its owner's own
+        # uid, in a network namespace of its own; needs root) or "single-user" (as Berth's own
+        # user on loopback: safe for one person only, so a second active user cannot launch).
+        "BERTH_TOOL_ISOLATION": parse_string("BERTH_TOOL_ISOLATION", "namespaces", environ,
+                                             choices=("namespaces", "single-user")),
+        # The uids (and gids) tools run as: users count up from the low end, shared tools down
+        # from the high end. None of them may be a uid that anything else on the host uses.
+        "BERTH_TOOL_UIDS": parse_port_range("BERTH_TOOL_UIDS", "200000-299999", environ,
+                                            lowest=1000, highest=2**31 - 1),
+        # The IPv4 network that tools' namespaces take /30s from; it must not be in use on the host.
+        "BERTH_TOOL_NETWORK": parse_tool_network("BERTH_TOOL_NETWORK", "10.213.0.0/16", environ),
+        # The interpreter {python} names in an isolated tool's command: one that tool users can
+        # execute (a venv under a root-only folder is not).
+        "BERTH_TOOL_PYTHON": parse_string("BERTH_TOOL_PYTHON", "/usr/bin/python3", environ),
+        # Where users' homes live (default: homes/ in the data directory).
+        "BERTH_HOMES_DIR": parse_string("BERTH_HOMES_DIR", None, environ),
         # A tool's last activity is written at most this often (seconds), not on every request.
         "BERTH_ACTIVITY_INTERVAL": parse_int("BERTH_ACTIVITY_INTERVAL", 60, environ, 1),
         # How long a worker holds a launch before another worker may take it over (seconds).

@@ -34,6 +34,7 @@ INPUT_CHAIN = "BERTH-TOOLS-IN"
 FORWARD_CHAIN = "BERTH-TOOLS-FWD"
 EGRESS_CHAIN = "BERTH-TOOLS-EGRESS"
 LINK_PREFIX = "bth"  # host side; the tool's side is btt<slot>. Interface names: at most 15 bytes.
+DOCKER_LINK_PREFIX = "btd"  # the bridge of a docker tool's own network (backends/docker.py)
 COMMANDS = ("ip", "iptables", "setpriv")
 
 
@@ -191,14 +192,16 @@ class Sandbox:
     def install_firewall():
         """The chains every tool link passes through. Idempotent, shared by all deployments.
 
-        INPUT: a tool may answer connections (nginx's), but starts none to the host itself.
+        INPUT: a tool may answer connections (nginx's), but starts none to the host itself;
+        this holds for docker tools on their own bridges too.
         FORWARD: nothing from a tool to another tool; beyond the host only through the egress
         chain, which holds one ACCEPT per tool whose template allows it.
         """
         for table, chain in (("filter", INPUT_CHAIN), ("filter", FORWARD_CHAIN), ("filter", EGRESS_CHAIN)):
             _run("iptables", "-w", "-t", table, "-N", chain, ok_if="already exists")
         links = f"{LINK_PREFIX}+"
-        _ensure_rule("filter", "INPUT", "-i", links, "-j", INPUT_CHAIN, insert=True)
+        for tool_links in (links, f"{DOCKER_LINK_PREFIX}+"):  # process tools, docker tools' own bridges
+            _ensure_rule("filter", "INPUT", "-i", tool_links, "-j", INPUT_CHAIN, insert=True)
         _ensure_rule("filter", "FORWARD", "-i", links, "-j", FORWARD_CHAIN, insert=True)
         _ensure_rule("filter", "FORWARD", "-o", links, "-j", FORWARD_CHAIN, insert=True)
         _ensure_rule("filter", INPUT_CHAIN, "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT")

@@ -55,8 +55,18 @@ def _hoard(count, low, high):
 _HOARD = []
 
 
+def _capabilities():
+    """The effective capability set, as /proc/self/status shows it (hex)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("CapEff:"):
+                return line.split()[1]
+    return ""
+
+
 def attack(plan):
-    report = {"uid": os.getuid(), "gid": os.getgid(), "groups": os.getgroups()}
+    report = {"uid": os.getuid(), "gid": os.getgid(), "groups": os.getgroups(),
+              "capabilities": _capabilities()}
     report["read"] = {path: _attempt(lambda path=path: _read(path)) for path in plan.get("read", [])}
     report["list"] = {path: _attempt(lambda path=path: os.listdir(path)) for path in plan.get("list", [])}
     report["environ"] = {str(pid): _attempt(lambda pid=pid: _read(f"/proc/{pid}/environ"))

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from tests import images
+
 HOSTILE_TOOL = Path(__file__).with_name("hostile_tool.py")
 
 
@@ -25,6 +27,8 @@ def hostile_catalogue(berth_stack):
     folder.chmod(0o755)
     shutil.copy(HOSTILE_TOOL, folder / "hostile_tool.py")
     (folder / "hostile_tool.py").chmod(0o644)
+    with berth_stack.docker() as client:
+        image = images.build_hostile(client)
     catalogue = folder / "catalogue.yml"
     catalogue.write_text(
         "tools:\n"
@@ -32,7 +36,14 @@ def hostile_catalogue(berth_stack):
         "    name: Hostile\n"
         "    description: Tries every way out of its box.\n"
         f'    command: ["{{python}}", "{folder}/hostile_tool.py", "--host", "{{ip}}", "--port", "{{port}}"]\n'
-        "    spawn_timeout: 30\n")
+        "    spawn_timeout: 30\n"
+        "  - slug: hostile-docker\n"
+        "    name: Hostile in Docker\n"
+        "    description: Tries every way out of its container.\n"
+        "    backend: docker\n"
+        f"    image: {image}\n"
+        '    command: ["python3", "/opt/hostile_tool.py", "--host", "{ip}", "--port", "{port}"]\n'
+        "    spawn_timeout: 60\n")
     loaded = berth_stack.berth("catalogue", "load", str(catalogue))
     assert loaded.returncode == 0, loaded.stderr
     yield
@@ -93,6 +104,7 @@ def test_a_hostile_tool_reaches_nothing_of_berth_or_of_other_users(stack, alice,
 
     assert report["uid"] not in (0, os.getuid())
     assert report["groups"] in ([], [report["gid"]])
+    assert int(report["capabilities"], 16) == 0
     for kind in ("read", "list", "environ", "signal", "connect"):
         breaches = {target: result for target, result in report[kind].items() if result == "ok"}
         assert not breaches, f"the hostile tool could {kind}: {breaches}"
@@ -139,3 +151,30 @@ def test_stopping_a_tool_removes_its_namespace_and_everything_in_it(stack, alice
     while namespace in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout:
         assert time.monotonic() < deadline, f"{namespace} is still there"
         time.sleep(0.1)
+
+
+def test_a_hostile_container_reaches_no_other_tool_and_no_internal_port(stack, alice, bob, hostile_catalogue):
+    victim = stack.login(bob)
+    stack.open_tool(victim, "echo-docker", bob)
+    victim_row, _ = _instance(stack, "echo-docker", bob)
+    stack.open_tool(victim, "echo", bob)
+    process_victim, _ = _instance(stack, "echo", bob)
+
+    attacker = stack.login(alice)
+    stack.open_tool(attacker, "hostile-docker", alice, timeout=60)
+    attacker_row, _ = _instance(stack, "hostile-docker", alice)
+    with stack.docker() as client:  # the host's address on the tool's own bridge network
+        network = client.networks.get(f"berth-{stack.env['BERTH_DEPLOYMENT']}-{attacker_row['id']}")
+        gateway = network.attrs["IPAM"]["Config"][0]["Gateway"]
+    ports = [int(stack.env[name]) for name in ("BERTH_HTTP_PORT", "BERTH_AUTH_PORT", "BERTH_WEB_PORT")]
+    targets = [f"{address}:{port}" for address in [gateway, *_host_addresses()] for port in ports]
+    targets += [victim_row["upstream"], process_victim["upstream"]]
+    answer = attacker.post(stack.tool_url("hostile-docker", alice, "/attack"),
+                           json={"connect": targets, "read": ["/proc/1/environ"]}, timeout=60)
+    assert answer.status_code == 200, answer.text
+    report = answer.json()
+
+    assert report["uid"] != 0
+    assert int(report["capabilities"], 16) == 0
+    breaches = {target: result for target, result in report["connect"].items() if result == "ok"}
+    assert not breaches, f"the hostile container could connect to: {breaches}"

@@ -261,8 +261,12 @@ class AuthCheck:
         api_token = bearer_token(environ.get("HTTP_AUTHORIZATION"))
         token = api_token
         if not token:
-            match = self.cookie.search(environ.get("HTTP_COOKIE", ""))
-            token = match.group(1).strip().strip('"') if match else None  # quoted, as cookies may be
+            copies = self.cookie.findall(environ.get("HTTP_COOKIE", ""))
+            if len(copies) > 1:
+                # A page on another subdomain planted a second one: trust neither (fail closed).
+                return _forbidden("This browser sends two Berth session cookies, so Berth trusts "
+                                  "neither. Clear this site's cookies, then sign in again.")
+            token = copies[0].strip().strip('"') if copies else None  # quoted, as cookies may be
         if not token or len(token) > 200:
             return _unauthorised(config, host, uri)
 
@@ -290,7 +294,7 @@ class AuthCheck:
                 # The main host, or a name under the domain that is no tool address.
                 page = "" if main_host else "notfound"
                 return _to_web(row.user_id, page=page)
-            refusal = self._refusal(row, tool, environ, api_token)
+            refusal = self._refusal(row, tool, environ, api_token) or _foreign_websocket(config, host, environ)
             if refusal is not None:
                 return refusal
             if row.state == "RUNNING" and row.upstream:
@@ -377,6 +381,20 @@ class AuthCheck:
 # Room for a user in a couple of hundred groups: nginx reads the answer's headers into 16 KiB
 # (proxy_buffer_size in nginx/snippets/auth_locations.conf.j2), and tools have limits of their own.
 MAX_GROUPS_HEADER = 8 * 1024
+
+
+def _foreign_websocket(config, host, environ):
+    """Refuse a WebSocket handshake that a page of another site or another tool started.
+
+    The browser sends the cookies with any page's WebSocket, and the server cannot tell the
+    pages apart but by Origin. A tool's own pages have its own origin. Clients that are not
+    browsers send no Origin, and carry no one else's cookies either."""
+    if environ.get("HTTP_UPGRADE", "").lower() != "websocket":
+        return None
+    origin = environ.get("HTTP_ORIGIN")
+    if origin is None or origin == public_url(config, host.split(":", 1)[0].lower(), path=""):
+        return None
+    return _forbidden(f"A WebSocket to this tool must come from its own pages, not from {origin[:200]}.")
 
 
 def _group_list(rows):

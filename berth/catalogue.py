@@ -19,6 +19,7 @@
         groups: [analysts]          # who may launch or open it; empty or absent: everyone
         identity_headers: false     # true: the tool gets X-Berth-User-Email, -Name and -Groups
         ip_allowlist: [10.0.0.0/8]  # CIDRs clients must come from; empty or absent: anywhere
+        egress: false               # true: the tool may reach the network beyond Berth's host
         sizes:                      # named sizes the user picks from; the first is the default
           - {name: small, cpu: 0.5, memory_mb: 1024}
           - {name: large, cpu: 2, memory_mb: 4096}
@@ -77,7 +78,7 @@ def validate_entry(entry):
         raise CatalogueError("each entry must be a mapping of fields")
     known = {"slug", "name", "description", "backend", "command", "image", "port", "env",
              "health_path", "spawn_timeout", "idle_timeout", "enabled", "sizes", "api_tokens",
-             "shared", "groups", "identity_headers", "ip_allowlist"}
+             "shared", "groups", "identity_headers", "ip_allowlist", "egress"}
     unknown = sorted(set(entry) - known)
     if unknown:
         raise CatalogueError(f"unknown field {unknown[0]!r} (known: {', '.join(sorted(known))})", unknown[0])
@@ -110,7 +111,7 @@ def validate_entry(entry):
     if not isinstance(enabled, bool):
         raise CatalogueError("enabled must be true or false", "enabled")
     flags = {}
-    for field in ("api_tokens", "shared", "identity_headers"):
+    for field in ("api_tokens", "shared", "identity_headers", "egress"):
         flags[field] = entry.get(field, False)
         if not isinstance(flags[field], bool):
             raise CatalogueError(f"{field} must be true or false", field)
@@ -138,6 +139,7 @@ def validate_entry(entry):
         "allow_api_tokens": flags["api_tokens"],
         "shared": flags["shared"],
         "identity_headers": flags["identity_headers"],
+        "egress": flags["egress"],
         "ip_allowlist": allowlist,
         "groups": sorted({name.strip() for name in groups}),
         "sizes": _sizes(entry.get("sizes", [])),

@@ -199,6 +199,9 @@ class ToolTemplate(db.Model):
     shared: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
     # Whether the tool receives X-Berth-User-Email, -Name and -Groups from the auth answer.
     identity_headers: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
+    # Whether the tool may open connections beyond Berth's host (process backend: its
+    # namespace's route out). Never to Berth's services or other tools either way.
+    egress: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
     # CIDRs a client must come from to reach the tool at all; empty means anywhere.
     ip_allowlist: Mapped[list] = mapped_column(JSON, default=list, server_default=text("'[]'"))
     updated_at: Mapped[datetime] = mapped_column(

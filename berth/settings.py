@@ -53,15 +53,32 @@ def parse_int(name, default, environ=os.environ, minimum=None, maximum=None):
     return number
 
 
-def parse_port_range(name, default, environ=os.environ):
+def parse_port_range(name, default, environ=os.environ, lowest=1024, highest=65535):
     value = _raw(name, environ) or default
     try:
         low, high = (int(part) for part in value.split("-", 1))
     except ValueError:
-        raise SettingError(f"{name}={value!r} is not a range like 20000-20999") from None
-    if not (1024 <= low <= high <= 65535):
-        raise SettingError(f"{name}={value!r} must lie within 1024-65535, low end first")
+        raise SettingError(f"{name}={value!r} is not a range like {default}") from None
+    if not (lowest <= low <= high <= highest):
+        raise SettingError(f"{name}={value!r} must lie within {lowest}-{highest}, low end first")
     return low, high
+
+
+def parse_uid_range(name, default, environ=os.environ):
+    return parse_port_range(name, default, environ, lowest=1000, highest=2**31 - 1)
+
+
+def parse_tool_network(name, default, environ=os.environ):
+    import ipaddress
+
+    value = _raw(name, environ) or default
+    try:
+        network = ipaddress.IPv4Network(value)
+    except ValueError:
+        raise SettingError(f"{name}={value!r} is not an IPv4 network like {default}") from None
+    if network.prefixlen > 28:
+        raise SettingError(f"{name}={value!r} is too small: tools need at least four /30s (a /28)")
+    return str(network)
 
 
 def parse_string(name, default, environ=os.environ, choices=None):
@@ -281,8 +298,31 @@ SETTINGS = (
 
     # -- Tools
     Setting("BERTH_PORT_RANGE", TOOLS, parse=parse_port_range, default="20000-20999",
-            doc="Loopback ports handed to tools on the process backend (and on the docker backend "
-                "without `BERTH_DOCKER_NETWORK`)."),
+            doc="Ports handed to tools on the process backend (each listens on its own in its own "
+                "network namespace) and on the docker backend with `BERTH_DOCKER_NETWORK=host`."),
+    Setting("BERTH_TOOL_ISOLATION", TOOLS, choices=("namespaces", "single-user"), default="namespaces",
+            doc="How process-backend tools are kept apart. `namespaces`: each runs as its owner's own "
+                "unprivileged uid, in a network namespace of its own that reaches neither Berth nor "
+                "other tools; the worker needs root. `single-user`: tools run as Berth's own user on "
+                "loopback, which is safe for one person only, so a launch is refused while more than "
+                "one user account is active ([docs/security.md](security.md))."),
+    Setting("BERTH_TOOL_UIDS", TOOLS, parse=parse_uid_range, default="200000-299999",
+            doc="The uids (and gids) tools run as: a user's tools run as the low end plus the user's "
+                "id, a shared tool as the high end minus the template's id. No other account on the "
+                "host may use them."),
+    Setting("BERTH_TOOL_NETWORK", TOOLS, parse=parse_tool_network, default="10.213.0.0/16",
+            doc="The IPv4 network whose /30s the process backend gives tools' namespaces (one veth "
+                "pair each; nginx reaches a tool at its end). It must not be in use on the host."),
+    Setting("BERTH_TOOL_PYTHON", TOOLS, default="/usr/bin/python3", kind="path",
+            doc="The interpreter `{python}` names in an isolated tool's command. Tools' users must be "
+                "able to execute it: a virtualenv in a root-only folder will not do. `make run` "
+                "builds `.venv-tools` on Debian's Python, with JupyterLab, and sets this."),
+    Setting("BERTH_HOMES_DIR", TOOLS, parse=parse_path, kind="folder",
+            default=lambda settings: os.path.join(settings["BERTH_DATA_DIR"], "homes"),
+            default_doc="`<BERTH_DATA_DIR>/homes`",
+            doc="Where users' homes live on the process backend: one folder per user, 0700 and "
+                "owned by the user's tool uid, which every tool of theirs works in. Every folder "
+                "above it must be passable by other users (o+x)."),
     Setting("BERTH_ACTIVITY_INTERVAL", TOOLS, parse=parse_int, default=60, minimum=1,
             doc="A running tool's last activity, and a sign-in's last use, is written at most this "
                 "often (seconds), not on every request. The idle culler works from it."),
@@ -299,9 +339,11 @@ SETTINGS = (
     Setting("BERTH_DOCKER_URL", BACKENDS, kind="URL", default_doc="`DOCKER_HOST`, or the local socket",
             doc="Docker Engine API address for the docker backend."),
     Setting("BERTH_DOCKER_NETWORK", BACKENDS,
-            doc="A named Docker network for tools, on which nginx reaches each at its address. "
-                "Unset: host networking on ports from `BERTH_PORT_RANGE` (for a developer's own "
-                "machine only)."),
+            doc="Unset (the default): each docker tool gets a bridge network of its own, internal "
+                "unless its template allows egress, and nginx reaches it at its address there. A "
+                "name: every tool and nginx's container share that network (docker-compose.yml), "
+                "so tools can reach each other. `host`: host networking on ports from "
+                "`BERTH_PORT_RANGE`, beside everything on the host (one person's laptop only)."),
     Setting("BERTH_DOCKER_PULL", BACKENDS, choices=("never", "missing", "always"), default="missing",
             doc="When to pull a tool's image: `never`, `missing` (only if not on the host), "
                 "`always`. A missing image with `never` fails the launch at once, with the reason."),
@@ -560,6 +602,7 @@ def _kind(setting):
     if choices:
         return f"one of {choices}"
     return {parse_boolean: "`true` or `false`", parse_port_range: "port range `low-high`, 1024–65535",
+            parse_uid_range: "uid range `low-high`", parse_tool_network: "IPv4 network, /28 or larger",
             parse_networks: "comma-separated CIDRs", parse_url: "http(s) URL",
             parse_path: "folder"}.get(setting.parse, "text")
 

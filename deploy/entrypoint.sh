@@ -2,6 +2,8 @@
 # One image, one process per container: web | auth | worker | migrate | nginx.
 # Settings come from BERTH_* variables (docs/configuration.md).
 set -eu
+# The data directory is open to tools' users (their homes live in it); Berth's own files are not.
+umask 077
 command="${1:-web}"
 [ $# -gt 0 ] && shift
 # Every Berth process (the berth command too) writes its metrics here, and the container's own

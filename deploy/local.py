@@ -109,6 +109,7 @@ class Stack:
         self.processes[name] = subprocess.Popen(
             self.command(name), env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, start_new_session=True,
+            umask=0o077,  # the data directory is open to tools' users for their homes: Berth's files are not
         )
         log.close()
         return self.processes[name]

@@ -5,6 +5,7 @@
 """
 import os
 import re
+import shutil
 import socket
 import tempfile
 from pathlib import Path
@@ -102,6 +103,7 @@ class BerthStack:
             stop_local_tools(self.app.config, backends=("process", "docker"))
             db.session.remove()  # give its connection back first, or dispose() cannot close it
             db.engine.dispose()
+        shutil.rmtree(self.data_dir, ignore_errors=True)
 
     # -- data -----------------------------------------------------------------------------
     def create_user(self, email=None, password="correct horse battery", is_admin=False):
@@ -177,7 +179,9 @@ class BerthStack:
 
 
 def _make_stack(label, database_url, redis_url, tmp_root, docker_url, extra_env=None):
-    data_dir = tempfile.mkdtemp(prefix=f"berth-{label}-", dir=tmp_root)
+    # Directly in /tmp, not in pytest's 0700 folders: tools' own users pass through the data
+    # directory to their homes. Removed when the stack stops.
+    data_dir = tempfile.mkdtemp(prefix=f"berth-{label}-")
     low = 21000 + (free_port() % 40) * 100  # a tool port range of its own for each stack
     env = {
         **os.environ,

@@ -80,3 +80,16 @@ def build_echo(client):
         "echo.py": (ROOT / "berth_tools" / "echo.py").read_bytes(),
     })
     return ECHO_IMAGE
+
+
+HOSTILE_IMAGE = "berth-test/hostile:1"
+
+
+def build_hostile(client):
+    """The hostile tool of tests/security/ in a container (on the echo image's Python base)."""
+    build_echo(client)
+    _build_from_files(client, HOSTILE_IMAGE, {
+        "Dockerfile": b"FROM berth-test/python-base:1\nCOPY hostile_tool.py /opt/hostile_tool.py\n",
+        "hostile_tool.py": (ROOT / "tests" / "security" / "hostile_tool.py").read_bytes(),
+    })
+    return HOSTILE_IMAGE

@@ -134,8 +134,24 @@ def rss_of_tree(pid):
     return total
 
 
+def _unused_network():
+    """A /16 of 10.224.0.0/11 that no route on this host covers yet, for one engine's networks."""
+    import ipaddress
+    import random
+
+    routes = subprocess.run(["ip", "-4", "route", "show"], capture_output=True, text=True).stdout
+    taken = [ipaddress.ip_network(word, strict=False) for line in routes.splitlines()
+             for word in line.split()[:1] if "/" in word]
+    candidates = list(ipaddress.ip_network("10.224.0.0/11").subnets(new_prefix=16))
+    random.shuffle(candidates)
+    for candidate in candidates:
+        if not any(candidate.overlaps(route) for route in taken):
+            return str(candidate)
+    raise RuntimeError("no free /16 in 10.224.0.0/11 for the test engine's networks")
+
+
 class Dockerd:
-    """A Docker engine of our own: throwaway data root, no iptables, no bridge (host networking).
+    """A Docker engine of our own: throwaway data root, no default bridge, isolated tool networks.
 
     data_root keeps images between runs instead (tests/deploy: a cache only one engine may use at
     a time). User-defined bridge networks work here too, without iptables: see
@@ -155,7 +171,10 @@ class Dockerd:
         self.process = subprocess.Popen(
             [binary, "--data-root", self.data_root, "--exec-root", self.dir / "exec",
              "--pidfile", self.dir / "dockerd.pid", "-H", self.url, "--storage-driver", "overlay2",
-             "--iptables=false", "--ip6tables=false", "--bridge=none"],
+             # iptables: Docker keeps tools' bridge networks apart. Its own address pool, one no
+             # route on this host uses, so that engines running side by side never share a subnet.
+             "--iptables=true", "--ip6tables=false", "--bridge=none",
+             "--default-address-pool", f"base={_unused_network()},size=28"],
             stdout=log, stderr=subprocess.STDOUT,
         )
         log.close()

@@ -2,14 +2,23 @@
 
 Containers have a deterministic name (berth-<deployment>-<instance id>) and berth.* labels,
 so a step redone after a crash finds the container it made, and the reconciler can list
-every container this deployment runs. Two network modes:
+every container this deployment runs. Containers run as their owner's uid from
+BERTH_TOOL_UIDS, with every capability dropped and no-new-privileges. Network modes:
 
-- host networking (BERTH_DOCKER_NETWORK unset): the tool listens on a loopback port that
-  Berth allocates, passed as $PORT and {port}. One machine.
-- a named network (BERTH_DOCKER_NETWORK=berth): the tool listens on the template's port and
-  nginx reaches it at the container's own address on that network (the compose deployment).
+- a network of its own (BERTH_DOCKER_NETWORK unset, the default): each tool gets a bridge
+  network that nothing else joins, internal (no route out) unless its template allows
+  egress. Docker keeps bridge networks apart, and the firewall chain of sandbox.py drops
+  what a tool starts towards the host itself. nginx on the host reaches the tool at its
+  address on that network, on the template's port.
+- a named network (BERTH_DOCKER_NETWORK=berth-tools): every tool and nginx's container share
+  it (the compose deployment). Tools on it can reach each other.
+- host networking (BERTH_DOCKER_NETWORK=host): the tool listens on a loopback port that Berth
+  allocates, beside everything else on the host. For one person's own laptop only.
 """
+import hashlib
+
 from berth.backends.base import Backend, LaunchFailed, allocate_port, probe_http
+from berth.backends.sandbox import DOCKER_LINK_PREFIX, Sandbox
 
 LABEL = "berth.deployment"
 
@@ -40,13 +49,20 @@ class DockerBackend(Backend):
         return f"berth-{self.config['BERTH_DEPLOYMENT']}-{instance_id}"
 
     @property
-    def network(self):
-        return self.config.get("BERTH_DOCKER_NETWORK")
+    def host_networking(self):
+        return self.config.get("BERTH_DOCKER_NETWORK") == "host"
+
+    def network_of(self, instance_id):
+        """The network a tool's container is on: its own, or the one BERTH_DOCKER_NETWORK names."""
+        return self.config.get("BERTH_DOCKER_NETWORK") or self.container_name(instance_id)
+
+    def _tool_port(self, instance):
+        return instance.port if self.host_networking else (instance.template.port or 8888)
 
     # -- launch steps ---------------------------------------------------------------------
     def run_step(self, step, instance):
         if step == "allocate":
-            return {"port": None if self.network else allocate_port(self.config)}
+            return {"port": allocate_port(self.config) if self.host_networking else None}
         if step == "create":
             return {"backend_state": {"container": self._create(instance)}}
         if step == "start":
@@ -90,8 +106,8 @@ class DockerBackend(Backend):
         if not template.image:
             raise LaunchFailed("The template names no image for the docker backend.")
         self._ensure_image(template.image)
-        port = instance.port if not self.network else (template.port or 8888)
-        values = {"{port}": str(port)}
+        port = self._tool_port(instance)
+        values = {"{port}": str(port), "{ip}": "127.0.0.1" if self.host_networking else "0.0.0.0"}
 
         def fill(text):
             for key, value in values.items():
@@ -100,6 +116,7 @@ class DockerBackend(Backend):
 
         env = {key: fill(value) for key, value in (template.env or {}).items()}
         env["PORT"] = str(port)
+        uid = Sandbox(self.config).uid_for(instance)
         size = instance.size or {}
         options = {
             "name": self.container_name(instance.id),
@@ -113,15 +130,21 @@ class DockerBackend(Backend):
             },
             "init": True,  # a real PID 1 that forwards SIGTERM, so stop is quick
             "detach": True,
+            # The tool's own unprivileged uid: never root, and no capability to gain it back.
+            "user": f"{uid}:{uid}",
+            "cap_drop": ["ALL"],
+            "security_opt": ["no-new-privileges"],
         }
         if size.get("cpu"):
             options["nano_cpus"] = int(float(size["cpu"]) * 1e9)
         if size.get("memory_mb"):
             options["mem_limit"] = f"{int(size['memory_mb'])}m"
-        if self.network:
-            options["network"] = self.network
-        else:
+        if self.host_networking:
             options["network_mode"] = "host"
+        else:
+            if not self.config.get("BERTH_DOCKER_NETWORK"):
+                self._own_network(instance)
+            options["network"] = self.network_of(instance.id)
         try:
             return self.client.containers.create(template.image, **options).id
         except docker.errors.APIError as error:
@@ -130,6 +153,35 @@ class DockerBackend(Backend):
                 if found is not None:
                     return found.id
             raise LaunchFailed(f"Docker could not create the container: {_explain(error)}") from None
+
+    def _own_network(self, instance):
+        """The tool's own bridge network, made once: a step redone after a crash finds it."""
+        import docker
+
+        name = self.container_name(instance.id)
+        try:
+            return self.client.networks.get(name)
+        except docker.errors.NotFound:
+            pass
+        digest = hashlib.sha256(name.encode()).hexdigest()[:12]
+        if self._engine_is_local():
+            Sandbox.install_firewall()
+        try:
+            return self.client.networks.create(
+                name, driver="bridge", internal=not instance.template.egress, check_duplicate=True,
+                labels={LABEL: self.config["BERTH_DEPLOYMENT"], "berth.instance": str(instance.id)},
+                # A name the host's firewall knows: sandbox.py drops what tools start towards the host.
+                options={"com.docker.network.bridge.name": f"{DOCKER_LINK_PREFIX}{digest}"})
+        except docker.errors.APIError as error:
+            if error.status_code == 409:
+                return self.client.networks.get(name)
+            raise LaunchFailed(f"Docker could not create the tool's network: {_explain(error)}") from None
+
+    def _engine_is_local(self):
+        """Whether this host's firewall is the engine's: on a remote engine its operator keeps
+        tools away from that host's services (docs/security.md)."""
+        url = self.config.get("BERTH_DOCKER_URL") or "unix://"
+        return url.startswith("unix://")
 
     def _start(self, instance):
         import docker
@@ -147,11 +199,11 @@ class DockerBackend(Backend):
 
     # -- health and liveness --------------------------------------------------------------
     def _address(self, instance, container):
-        if not self.network:
+        if self.host_networking:
             return f"127.0.0.1:{instance.port}"
         networks = container.attrs.get("NetworkSettings", {}).get("Networks", {})
-        ip = (networks.get(self.network) or {}).get("IPAddress")
-        return f"{ip}:{instance.template.port or 8888}" if ip else None
+        ip = (networks.get(self.network_of(instance.id)) or {}).get("IPAddress")
+        return f"{ip}:{self._tool_port(instance)}" if ip else None
 
     def check_ready(self, instance):
         container = self._find(instance.id)
@@ -193,14 +245,29 @@ class DockerBackend(Backend):
         container = self._find(instance.id)
         if container is not None:
             self._remove(container)
+        self._remove_own_network(instance.id)
+
+    def _remove_own_network(self, instance_id):
+        import docker
+
+        if self.config.get("BERTH_DOCKER_NETWORK"):
+            return
+        try:
+            self.client.networks.get(self.container_name(instance_id)).remove()
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as error:  # still in use: the reconciler tries again
+            raise LaunchFailed(f"Docker could not remove the tool's network: {_explain(error)}") from None
 
     def stop_managed(self, instance_id, description):
         import docker
 
-        try:
-            self._remove(self.client.containers.get(description))
-        except docker.errors.NotFound:
-            pass
+        if description:
+            try:
+                self._remove(self.client.containers.get(description))
+            except docker.errors.NotFound:
+                pass
+        self._remove_own_network(instance_id)
 
     @staticmethod
     def _remove(container):
@@ -219,6 +286,13 @@ class DockerBackend(Backend):
         containers = self.client.containers.list(
             all=True, sparse=True, filters={"label": f"{LABEL}={self.config['BERTH_DEPLOYMENT']}"})
         managed = {}
+        if not self.config.get("BERTH_DOCKER_NETWORK"):  # a network left behind by a crash
+            for network in self.client.networks.list(
+                    filters={"label": f"{LABEL}={self.config['BERTH_DEPLOYMENT']}"}):
+                try:
+                    managed.setdefault(int(network.attrs.get("Labels", {}).get("berth.instance", "")), None)
+                except ValueError:
+                    continue
         for container in containers:
             try:
                 labels = container.attrs.get("Labels") or {}  # a sparse listing's own field

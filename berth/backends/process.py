@@ -1,10 +1,16 @@
-"""The process backend: each tool is a local subprocess on a loopback port.
+"""The process backend: each tool is a local process, isolated from Berth and from other tools.
 
-The embedded default. A tool process is started in its own session (so it outlives a
-worker that is killed) and labelled through its environment with the deployment and the
-instance id, which is how a resumed step or the reconciler finds it again.
+The embedded default. With BERTH_TOOL_ISOLATION=namespaces (the default) a tool runs as its
+owner's own unprivileged uid, in a network namespace of its own (sandbox.py), and nginx
+reaches it at its namespace's address. With single-user it runs as Berth's own user on
+loopback, which is safe for one person only, so Berth then refuses a second user's launch.
+
+A tool process is started in its own session (so it outlives a worker that is killed) and
+labelled through its environment with the deployment and the instance id, which is how a
+resumed step or the reconciler finds it again.
 """
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,6 +18,9 @@ import time
 from pathlib import Path
 
 from berth.backends.base import Backend, LaunchFailed, allocate_port, probe_http, tail_of_file
+from berth.backends.sandbox import Sandbox
+
+BUNDLED_TOOLS = Path(__file__).resolve().parent.parent.parent / "berth_tools"
 
 # Only these of the worker's variables reach a tool: never its secrets or database URL.
 _INHERITED_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "TMPDIR")
@@ -65,25 +74,47 @@ class ProcessBackend(Backend):
             return {"backend_state": self._start(instance)}
         raise LaunchFailed(f"The process backend has no step {step!r}.")
 
+    @property
+    def isolated(self):
+        return self.config["BERTH_TOOL_ISOLATION"] == "namespaces"
+
     def _paths(self, instance):
         data_dir = Path(self.config["BERTH_DATA_DIR"])
-        home = data_dir / "home" / instance.owner.host_key / instance.template.slug
         logs = data_dir / "logs"
-        return home, logs / f"instance-{instance.id}.out", logs / f"instance-{instance.id}.err"
+        return (home_of(self.config, instance), logs / f"instance-{instance.id}.out",
+                logs / f"instance-{instance.id}.err")
 
     def _start(self, instance):
+        sandbox = Sandbox(self.config)
+        if self.isolated:
+            sandbox.check_available()
+        else:
+            refuse_second_user(instance)
         found = self._find(instance.id)
         home, out_path, err_path = self._paths(instance)
         if found:  # started before a crash, not yet recorded: adopt it
             pid = min(found)
-            return {"pid": pid, "start_ticks": _proc_start_ticks(pid), "stderr": str(err_path)}
+            state = {"pid": pid, "start_ticks": _proc_start_ticks(pid), "stderr": str(err_path)}
+            if self.isolated:
+                state.update(sandbox.create_network(instance.id, egress=instance.template.egress))
+            return state
 
         template = instance.template
         if not template.command:
             raise LaunchFailed("The template has no command to run.")
-        home.mkdir(parents=True, exist_ok=True)
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        values = {"{port}": str(instance.port), "{python}": sys.executable, "{home}": str(home)}
+        seal_data_dir(self.config)
+        out_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        state = {}
+        if self.isolated:
+            uid = sandbox.uid_for(instance)
+            sandbox.prepare_home(str(home), uid)
+            state.update(sandbox.create_network(instance.id, egress=template.egress))
+            runtime = _bundled_tools_runtime(self.config)
+            python, listen = self.config["BERTH_TOOL_PYTHON"], "0.0.0.0"
+        else:
+            home.mkdir(mode=0o700, parents=True, exist_ok=True)
+            runtime, python, listen = None, sys.executable, "127.0.0.1"
+        values = {"{port}": str(instance.port), "{python}": python, "{home}": str(home), "{ip}": listen}
 
         def fill(text):
             for key, value in values.items():
@@ -91,6 +122,8 @@ class ProcessBackend(Backend):
             return text
 
         env = {key: os.environ[key] for key in _INHERITED_ENV if key in os.environ}
+        if runtime:
+            env["PYTHONPATH"] = runtime
         env.update({key: fill(value) for key, value in (template.env or {}).items()})
         env.update(
             HOME=str(home),
@@ -99,6 +132,8 @@ class ProcessBackend(Backend):
             BERTH_INSTANCE_ID=str(instance.id),
         )
         command = [fill(part) for part in template.command]
+        if self.isolated:
+            command = sandbox.command(state["namespace"], uid, command)
         with open(out_path, "ab") as out, open(err_path, "ab") as err:
             try:
                 process = subprocess.Popen(
@@ -107,8 +142,8 @@ class ProcessBackend(Backend):
                 )
             except OSError as error:
                 raise LaunchFailed(f"Could not run {command[0]!r}: {error.strerror}.") from None
-        return {"pid": process.pid, "start_ticks": _proc_start_ticks(process.pid),
-                "stderr": str(err_path)}
+        state.update(pid=process.pid, start_ticks=_proc_start_ticks(process.pid), stderr=str(err_path))
+        return state
 
     def _find(self, instance_id):
         """Pids of this deployment's processes labelled with instance_id."""
@@ -146,7 +181,7 @@ class ProcessBackend(Backend):
         if not self._running(instance):
             raise LaunchFailed(self._exit_reason(instance) + " It stopped before it answered.",
                                self.failure_detail(instance))
-        address = f"127.0.0.1:{instance.port}"
+        address = f"{(instance.backend_state or {}).get('address', '127.0.0.1')}:{instance.port}"
         return address if probe_http(address, instance.template.health_path) else None
 
     def is_alive(self, instance):
@@ -165,13 +200,21 @@ class ProcessBackend(Backend):
             pids.add(instance.backend_state["pid"])
         for pid in pids:
             self._terminate(pid)
+        if self.isolated:  # whatever the tool left running in its namespace goes with it
+            Sandbox(self.config).remove_network(Sandbox(self.config).namespace(instance.id))
 
     def stop_managed(self, instance_id, description):
         for pid in description:
             self._terminate(pid)
+        if self.isolated:
+            Sandbox(self.config).remove_network(Sandbox(self.config).namespace(instance_id))
 
     def list_managed(self):
-        return self._scan()
+        found = self._scan()
+        if self.isolated:
+            for instance_id in Sandbox(self.config).namespaces():
+                found.setdefault(instance_id, [])
+        return found
 
     @staticmethod
     def _terminate(pid, grace=5.0):
@@ -196,3 +239,56 @@ class ProcessBackend(Backend):
         except ProcessLookupError:
             pass
         _reap(pid)
+
+
+def home_of(config, instance):
+    """The home a tool works in: its owner's, which every tool of theirs shares, or, for a
+    shared tool, the tool's own, so that no visitor's files end up in it."""
+    root = Path(config["BERTH_HOMES_DIR"])
+    if instance.template.shared:
+        return root / f"shared-{instance.template.slug}"
+    return root / instance.owner.host_key
+
+
+def seal_data_dir(config):
+    """The data directory: others may pass through it to their home, and read nothing in it."""
+    data_dir = Path(config["BERTH_DATA_DIR"])
+    data_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(data_dir, 0o711)
+    public = {"homes", "tool-runtime"}
+    for entry in data_dir.iterdir():
+        if entry.name in public or entry.is_symlink():
+            continue
+        mode = entry.stat().st_mode
+        if mode & 0o077:
+            os.chmod(entry, mode & ~0o077)
+
+
+def _bundled_tools_runtime(config):
+    """A copy of berth_tools (the demo tools) that tool users can read: Berth's own checkout may
+    sit where they cannot."""
+    runtime = Path(config["BERTH_DATA_DIR"]) / "tool-runtime"
+    target = runtime / "berth_tools"
+    runtime.mkdir(mode=0o755, exist_ok=True)
+    os.chmod(runtime, 0o755)
+    shutil.copytree(BUNDLED_TOOLS, target, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
+    for folder, dirs, files in os.walk(target):
+        os.chmod(folder, 0o755)
+        for name in files:
+            os.chmod(os.path.join(folder, name), 0o644)
+    return str(runtime)
+
+
+def refuse_second_user(instance):
+    """Single-user mode runs tools as Berth's own user: safe for one person, so only one may."""
+    from sqlalchemy import func, select
+
+    from berth.extensions import db
+    from berth.models import User
+
+    people = db.session.scalar(select(func.count()).select_from(User).where(User.is_active.is_(True)))
+    if people > 1:
+        raise LaunchFailed(
+            "Berth runs in single-user mode (BERTH_TOOL_ISOLATION=single-user): tools run as "
+            f"Berth's own user, which is safe for one person only, and this installation has {people} "
+            "active users. An administrator can turn isolation on (docs/security.md).")

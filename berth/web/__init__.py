@@ -12,6 +12,7 @@ from flask import Flask, Response, request
 from jinja2 import ChoiceLoader, FileSystemLoader
 
 from berth.extensions import csrf, db, migrate
+from berth.hosts import public_url
 from berth.settings import load_settings
 
 TEMPLATES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates")
@@ -36,7 +37,32 @@ def create_base_app(import_name, test_config=None, template_dirs=()):
     db.init_app(app)
     migrate.init_app(app, db, directory=MIGRATIONS)
     csrf.init_app(app)
+    app.before_request(refuse_foreign_origin)
     return app
+
+
+UNSAFE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
+
+
+def refuse_foreign_origin():
+    """Refuse a browser's state-changing request that a page of another origin sent.
+
+    Tools are served from sibling hosts, and their pages may plant cookies for the whole
+    domain, the CSRF cookie included; the Origin header is the browser's own word and no page
+    can forge it. Clients that are not browsers send none, and still need a CSRF token or an
+    API token."""
+    if request.method not in UNSAFE_METHODS:
+        return None
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return None
+    from flask import current_app
+
+    expected = public_url(current_app.config, request.host.split(":", 1)[0].lower(), path="")
+    if origin == expected:
+        return None
+    return Response(f"Berth refuses this request: it was sent by a page of {origin[:200]}, "
+                    "not by Berth's own pages.\n", status=403, mimetype="text/plain")
 
 
 def template_loader(*extra_dirs):

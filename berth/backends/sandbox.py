@@ -1,0 +1,256 @@
+"""Isolation for process-backend tools: an OS user of their own and a network namespace each.
+
+A tool is someone else's code. On the process backend it therefore runs:
+
+- as an unprivileged uid and gid of its owner's (the lowest of BERTH_TOOL_UIDS plus the Berth
+  user's id), never as Berth's user or root, with no supplementary groups and no_new_privs, so
+  that no setuid program gives it privileges back. It can read and write its owner's home
+  (0700) and nothing of Berth's: the data directory is 0711 and everything else in it is
+  Berth's own, 0600 or 0700;
+- in a network namespace of its own, joined to the host by one veth pair with a /30 of
+  BERTH_TOOL_NETWORK. nginx reaches the tool at its end of the pair. The firewall chains below
+  drop everything the tool starts towards the host (Berth's services, the database, Redis)
+  and towards other tools; traffic beyond the host passes only for templates that allow
+  egress. The tool's loopback and its ports are its own: it can neither scan nor hoard
+  anyone else's.
+
+Everything here is idempotent and named after the deployment and the instance, so a step
+redone after a crash finds what the first attempt made, and the reconciler can list and
+remove what no live instance owns.
+"""
+import ipaddress
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+
+from berth.backends.base import LaunchFailed
+
+# The firewall chains, shared by every deployment on the host; the per-tool rules name the
+# tool's host-side link, bth<slot>.
+INPUT_CHAIN = "BERTH-TOOLS-IN"
+FORWARD_CHAIN = "BERTH-TOOLS-FWD"
+EGRESS_CHAIN = "BERTH-TOOLS-EGRESS"
+LINK_PREFIX = "bth"  # host side; the tool's side is btt<slot>. Interface names: at most 15 bytes.
+DOCKER_LINK_PREFIX = "btd"  # the bridge of a docker tool's own network (backends/docker.py)
+COMMANDS = ("ip", "iptables", "setpriv")
+
+
+class Sandbox:
+    def __init__(self, config):
+        self.config = config
+        self.deployment = re.sub(r"[^A-Za-z0-9_.-]", "_", config["BERTH_DEPLOYMENT"])
+        self.network = ipaddress.ip_network(config["BERTH_TOOL_NETWORK"])
+        self.slots = self.network.num_addresses // 4
+
+    # -- preconditions ----------------------------------------------------------------------
+    def check_available(self):
+        """Raise LaunchFailed, saying what to do, where tools cannot be isolated here."""
+        if os.geteuid() != 0:
+            raise LaunchFailed(
+                f"Berth runs as uid {os.geteuid()} and cannot run tools as users of their own. Run "
+                "the worker as root, or set BERTH_TOOL_ISOLATION=single-user for a one-person "
+                "installation (docs/security.md).")
+        missing = [name for name in COMMANDS if shutil.which(name) is None]
+        if missing:
+            raise LaunchFailed(f"Tool isolation needs {', '.join(missing)}, which this host lacks "
+                               "(apt-get install iproute2 iptables util-linux).")
+
+    def uid_for(self, instance):
+        """The tool's uid (and gid): its owner's, counted up from the bottom of BERTH_TOOL_UIDS;
+        a shared tool has one of its own, counted down from the top, so that its files belong
+        to the tool and not to whoever opened it first."""
+        low, high = self.config["BERTH_TOOL_UIDS"]
+        middle = (low + high) // 2
+        if instance.template.shared:
+            uid = high - instance.template.id
+            if uid <= middle:
+                raise LaunchFailed(f"BERTH_TOOL_UIDS ({low}-{high}) has no uid left for shared tool "
+                                   f"{instance.template.slug}: widen the range.")
+        else:
+            uid = low + instance.owner_id
+            if uid > middle:
+                raise LaunchFailed(f"BERTH_TOOL_UIDS ({low}-{high}) has no uid left for user "
+                                   f"{instance.owner_id}: widen the range.")
+        return uid
+
+    # -- files ------------------------------------------------------------------------------
+    @staticmethod
+    def prepare_home(path, uid):
+        """The home exists, belongs to uid and is 0700; its parents are traversable but not listable."""
+        parent = os.path.dirname(path)
+        os.makedirs(parent, mode=0o711, exist_ok=True)
+        os.chmod(parent, 0o711)
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        os.chown(path, uid, uid)
+        os.chmod(path, 0o700)
+        blocked = _untraversable_parent(path)
+        if blocked:
+            raise LaunchFailed(f"A tool's user cannot reach its home {path}: {blocked} is closed to "
+                               "other users. Put BERTH_DATA_DIR (or BERTH_HOMES_DIR) under a folder "
+                               "that others may traverse (mode o+x).")
+
+    # -- network ----------------------------------------------------------------------------
+    def namespace(self, instance_id):
+        return f"berth-{self.deployment}-{instance_id}"
+
+    def create_network(self, instance_id, egress=False):
+        """The tool's namespace and veth pair; returns what to record. Idempotent."""
+        self.install_firewall()
+        namespace = self.namespace(instance_id)
+        _run("ip", "netns", "add", namespace, ok_if="File exists")
+        slot = self._slot_of(namespace)
+        if slot is None:
+            slot = self._add_link(namespace, instance_id)
+        host_ip, tool_ip, prefix = self._addresses(slot)
+        link, peer = f"{LINK_PREFIX}{slot}", f"btt{slot}"
+        _disable_ipv6(f"/proc/sys/net/ipv6/conf/{link}/disable_ipv6")
+        _run("ip", "netns", "exec", namespace, "sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1")
+        _run("ip", "addr", "replace", f"{host_ip}/{prefix}", "dev", link)
+        _run("ip", "link", "set", link, "up")
+        _run("ip", "-n", namespace, "addr", "replace", f"{tool_ip}/{prefix}", "dev", peer)
+        _run("ip", "-n", namespace, "link", "set", peer, "up")
+        _run("ip", "-n", namespace, "link", "set", "lo", "up")
+        _run("ip", "-n", namespace, "route", "replace", "default", "via", host_ip)
+        if egress:
+            _ensure_rule("filter", EGRESS_CHAIN, "-i", link, "-j", "ACCEPT")
+            _ensure_rule("nat", "POSTROUTING", "-s", f"{tool_ip}/32", "!", "-o", f"{LINK_PREFIX}+",
+                         "-j", "MASQUERADE")
+        return {"namespace": namespace, "slot": slot, "address": tool_ip}
+
+    def _add_link(self, namespace, instance_id):
+        """Claim a free slot: creating its link is atomic, so two launches never share one."""
+        for offset in range(self.slots):
+            slot = (instance_id + offset) % self.slots
+            created = subprocess.run(
+                ["ip", "link", "add", f"{LINK_PREFIX}{slot}", "type", "veth", "peer", "name",
+                 f"btt{slot}", "netns", namespace], capture_output=True, text=True)
+            if created.returncode == 0:
+                return slot
+            if "File exists" not in created.stderr:
+                raise LaunchFailed(f"Could not create the tool's network link: {created.stderr.strip()}")
+        raise LaunchFailed(f"BERTH_TOOL_NETWORK ({self.network}) has no room for another tool.")
+
+    def _slot_of(self, namespace):
+        """The slot of the link already in namespace (a step redone after a crash), or None."""
+        listed = subprocess.run(["ip", "-n", namespace, "-o", "link", "show"], capture_output=True, text=True)
+        match = re.search(r"\bbtt(\d+)@", listed.stdout)
+        return int(match.group(1)) if match else None
+
+    def _addresses(self, slot):
+        base = self.network.network_address + slot * 4
+        return str(base + 1), str(base + 2), 30
+
+    def remove_network(self, namespace):
+        """Kill whatever still runs in the namespace, then remove it and its link. Idempotent."""
+        slot = self._slot_of(namespace)
+        for pid in self.pids(namespace):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if slot is not None:
+            link = f"{LINK_PREFIX}{slot}"
+            _, tool_ip, _ = self._addresses(slot)
+            _delete_rule("filter", EGRESS_CHAIN, "-i", link, "-j", "ACCEPT")
+            _delete_rule("nat", "POSTROUTING", "-s", f"{tool_ip}/32", "!", "-o", f"{LINK_PREFIX}+",
+                         "-j", "MASQUERADE")
+            _run("ip", "link", "del", link, ok_if="Cannot find device")
+        _run("ip", "netns", "del", namespace, ok_if="No such file")
+
+    @staticmethod
+    def pids(namespace):
+        listed = subprocess.run(["ip", "netns", "pids", namespace], capture_output=True, text=True)
+        return [int(pid) for pid in listed.stdout.split() if pid.isdigit()]
+
+    def namespaces(self):
+        """{instance_id: namespace} of this deployment's tool namespaces on this host."""
+        listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True)
+        prefix = f"berth-{self.deployment}-"
+        found = {}
+        for line in listed.stdout.splitlines():
+            name = line.split()[0] if line.split() else ""
+            if name.startswith(prefix) and name[len(prefix):].isdigit():
+                found[int(name[len(prefix):])] = name
+        return found
+
+    # -- processes --------------------------------------------------------------------------
+    @staticmethod
+    def command(namespace, uid, argv):
+        """argv run inside namespace as uid, with no groups and no way to gain privileges.
+
+        `ip netns exec` and setpriv each exec the next program, so the pid that Popen returns
+        is the tool's own."""
+        return ["ip", "netns", "exec", namespace,
+                "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--no-new-privs",
+                "--inh-caps=-all", "--", *argv]
+
+    # -- firewall ---------------------------------------------------------------------------
+    @staticmethod
+    def install_firewall():
+        """The chains every tool link passes through. Idempotent, shared by all deployments.
+
+        INPUT: a tool may answer connections (nginx's), but starts none to the host itself;
+        this holds for docker tools on their own bridges too.
+        FORWARD: nothing from a tool to another tool; beyond the host only through the egress
+        chain, which holds one ACCEPT per tool whose template allows it.
+        """
+        for table, chain in (("filter", INPUT_CHAIN), ("filter", FORWARD_CHAIN), ("filter", EGRESS_CHAIN)):
+            _run("iptables", "-w", "-t", table, "-N", chain, ok_if="already exists")
+        links = f"{LINK_PREFIX}+"
+        for tool_links in (links, f"{DOCKER_LINK_PREFIX}+"):  # process tools, docker tools' own bridges
+            _ensure_rule("filter", "INPUT", "-i", tool_links, "-j", INPUT_CHAIN, insert=True)
+        _ensure_rule("filter", "FORWARD", "-i", links, "-j", FORWARD_CHAIN, insert=True)
+        _ensure_rule("filter", "FORWARD", "-o", links, "-j", FORWARD_CHAIN, insert=True)
+        _ensure_rule("filter", INPUT_CHAIN, "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT")
+        _ensure_rule("filter", INPUT_CHAIN, "-j", "DROP")
+        _ensure_rule("filter", FORWARD_CHAIN, "-i", links, "-o", links, "-j", "DROP")
+        _ensure_rule("filter", FORWARD_CHAIN, "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT")
+        _ensure_rule("filter", FORWARD_CHAIN, "-i", links, "-j", EGRESS_CHAIN)
+        _ensure_rule("filter", FORWARD_CHAIN, "-j", "DROP")
+
+
+def _run(*argv, ok_if=None):
+    result = subprocess.run(argv, capture_output=True, text=True)
+    if result.returncode != 0 and not (ok_if and ok_if in result.stderr):
+        raise LaunchFailed(f"Could not isolate the tool: `{' '.join(argv)}` said {result.stderr.strip()!r}.")
+    return result
+
+
+def _ensure_rule(table, chain, *rule, insert=False):
+    check = subprocess.run(["iptables", "-w", "-t", table, "-C", chain, *rule], capture_output=True)
+    if check.returncode != 0:
+        _run("iptables", "-w", "-t", table, "-I" if insert else "-A", chain, *rule)
+
+
+def _delete_rule(table, chain, *rule):
+    while subprocess.run(["iptables", "-w", "-t", table, "-D", chain, *rule], capture_output=True).returncode == 0:
+        pass
+
+
+def _disable_ipv6(path):
+    """No IPv6 on a tool link: its link-local addresses would be a way around the IPv4 rules."""
+    deadline = time.monotonic() + 2
+    while True:
+        try:
+            with open(path, "w") as knob:
+                knob.write("1")
+            return
+        except FileNotFoundError:  # IPv6 is off on this host, or the link is still appearing
+            if not os.path.exists("/proc/sys/net/ipv6") or time.monotonic() > deadline:
+                return
+            time.sleep(0.01)
+
+
+def _untraversable_parent(path):
+    """The first parent of path that other users cannot traverse, or None."""
+    current = os.path.dirname(os.path.abspath(path))
+    while True:
+        if not os.stat(current).st_mode & 0o001:
+            return current
+        parent = os.path.dirname(current)
+        if parent == current:
+            return None
+        current = parent

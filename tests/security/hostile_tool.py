@@ -84,6 +84,13 @@ def attack(plan):
 
 class Handler(BaseHTTPRequestHandler):
     def do_GET(self):  # noqa: N802 - the health probe and a visitor
+        if self.path.startswith("/accel"):  # ask nginx to serve one of its internal locations
+            target = self.path.partition("?")[2] or "/__berth_auth"
+            self.send_response(200)
+            self.send_header("X-Accel-Redirect", target)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         self._answer({"hostile": True})
 
     def do_POST(self):  # noqa: N802

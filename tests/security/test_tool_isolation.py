@@ -178,3 +178,12 @@ def test_a_hostile_container_reaches_no_other_tool_and_no_internal_port(stack, a
     assert int(report["capabilities"], 16) == 0
     breaches = {target: result for target, result in report["connect"].items() if result == "ok"}
     assert not breaches, f"the hostile container could connect to: {breaches}"
+
+
+@pytest.mark.parametrize("internal", ["/__berth_auth", "/__berth/static/berth.css", "/auth/check"])
+def test_a_tools_answer_cannot_send_nginx_to_an_internal_location(stack, alice, hostile_catalogue, internal):
+    browser = stack.login(alice)
+    stack.open_tool(browser, "hostile", alice)
+    answer = browser.get(stack.tool_url("hostile", alice, f"/accel?{internal}"), timeout=10)
+    assert answer.status_code == 200
+    assert answer.content == b""  # the tool's own empty answer, not the internal location's

@@ -132,6 +132,9 @@ class ProcessBackend(Backend):
             BERTH_INSTANCE_ID=str(instance.id),
         )
         command = [fill(part) for part in template.command]
+        if not shutil.which(command[0], path=env.get("PATH")):
+            # Said here: inside the sandbox the error would come from setpriv, after the fork.
+            raise LaunchFailed(f"Could not run {command[0]!r}: no such program, or it is not executable.")
         if self.isolated:
             command = sandbox.command(state["namespace"], uid, command)
         with open(out_path, "ab") as out, open(err_path, "ab") as err:

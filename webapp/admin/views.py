@@ -37,6 +37,12 @@ def _actor():
     return f"admin:{g.user.id}"
 
 
+def _redirect_with(message, endpoint, **values):
+    """Show message on the page at endpoint, which the browser opens next (303: with a GET)."""
+    flash(message)
+    return redirect(url_for(endpoint, **values), code=303)
+
+
 def _page_number():
     page = request.args.get("page", "1")
     return max(1, min(int(page), 100_000)) if page.isdigit() else 1
@@ -119,13 +125,13 @@ def user_flags(user_id):
     is_active = {"1": True, "0": False}.get(request.form.get("is_active", ""))
     is_admin = {"1": True, "0": False}.get(request.form.get("is_admin", ""))
     if person.id == g.user.id and False in (is_active, is_admin):
-        flash("You cannot deactivate your own account or give up your own administration.")
-        return redirect(url_for("admin.user", user_id=person.id), code=303)
+        return _redirect_with("You cannot deactivate your own account or give up your own administration.",
+                              "admin.user", user_id=person.id)
     set_user_flags(person, actor=_actor(), is_active=is_active, is_admin=is_admin)
     db.session.commit()
-    flash(f"{person.email} is {'active' if person.is_active else 'deactivated (and signed out everywhere)'}"
-          f"{' and an administrator' if person.is_admin else ''}.")
-    return redirect(url_for("admin.user", user_id=person.id), code=303)
+    return _redirect_with(
+        f"{person.email} is {'active' if person.is_active else 'deactivated (and signed out everywhere)'}"
+        f"{' and an administrator' if person.is_admin else ''}.", "admin.user", user_id=person.id)
 
 
 @bp.post("/users/<int:user_id>/groups")
@@ -135,8 +141,8 @@ def user_groups(user_id):
     ids = [int(value) for value in request.form.getlist("group") if value.isdigit()]
     changed = set_local_groups(person, ids, actor=_actor())
     db.session.commit()
-    flash(f"Groups of {person.email} saved." if changed else "The groups were unchanged.")
-    return redirect(url_for("admin.user", user_id=person.id) + "#groups", code=303)
+    return _redirect_with(f"Groups of {person.email} saved." if changed else "The groups were unchanged.",
+                          "admin.user", user_id=person.id, _anchor="groups")
 
 
 # -- groups -----------------------------------------------------------------------------------
@@ -154,8 +160,7 @@ def groups():
             status = 400
         else:
             db.session.commit()
-            flash(f"Group {group.name} created.")
-            return redirect(url_for("admin.group", group_id=group.id), code=303)
+            return _redirect_with(f"Group {group.name} created.", "admin.group", group_id=group.id)
     rows, more = reports.page_of(select(Group).order_by(Group.name), _page_number())
     return render_template("admin/groups.html", section="groups", groups=rows, more=more, page=_page_number(),
                            counts=group_counts(), form=form), status
@@ -189,8 +194,7 @@ def group_add(group_id):
         form.email.errors = [str(refusal)]
         return group(group_id, member_form=form, status=400)
     db.session.commit()
-    flash(f"{person.email} added to {team.name}.")
-    return redirect(url_for("admin.group", group_id=team.id), code=303)
+    return _redirect_with(f"{person.email} added to {team.name}.", "admin.group", group_id=team.id)
 
 
 @bp.post("/groups/<int:group_id>/members/<int:user_id>/remove")
@@ -200,11 +204,9 @@ def group_remove(group_id, user_id):
     try:
         remove_member(team, person, actor=_actor())
     except ChangeRefused as refusal:
-        flash(str(refusal))
-    else:
-        db.session.commit()
-        flash(f"{person.email} removed from {team.name}.")
-    return redirect(url_for("admin.group", group_id=team.id), code=303)
+        return _redirect_with(str(refusal), "admin.group", group_id=team.id)
+    db.session.commit()
+    return _redirect_with(f"{person.email} removed from {team.name}.", "admin.group", group_id=team.id)
 
 
 @bp.post("/groups/<int:group_id>/delete")
@@ -214,11 +216,9 @@ def group_delete(group_id):
     try:
         delete_group(team, actor=_actor())
     except ChangeRefused as refusal:
-        flash(str(refusal))
-        return redirect(url_for("admin.group", group_id=team.id), code=303)
+        return _redirect_with(str(refusal), "admin.group", group_id=team.id)
     db.session.commit()
-    flash(f"Group {team.name} deleted.")
-    return redirect(url_for("admin.groups"), code=303)
+    return _redirect_with(f"Group {team.name} deleted.", "admin.groups")
 
 
 # -- templates --------------------------------------------------------------------------------
@@ -248,8 +248,7 @@ def template_new():
                 form.slug.errors = [str(refusal)]
             else:
                 db.session.commit()
-                flash(f"Template {template.name} created.")
-                return redirect(url_for("admin.templates"), code=303)
+                return _redirect_with(f"Template {template.name} created.", "admin.templates")
     return _template_page(form, None)
 
 
@@ -265,9 +264,8 @@ def template_edit(template_id):
         if fields is not None:
             changed = update_template(template, fields, actor=_actor())
             db.session.commit()
-            flash(f"Template {template.name} saved: {', '.join(changed)} changed." if changed else
-                  f"Template {template.name} was unchanged.")
-            return redirect(url_for("admin.templates"), code=303)
+            return _redirect_with(f"Template {template.name} saved: {', '.join(changed)} changed." if changed else
+                                  f"Template {template.name} was unchanged.", "admin.templates")
         form.slug.data = template.slug
     return _template_page(form, template)
 
@@ -285,9 +283,8 @@ def template_enabled(template_id):
     enabled = request.form.get("enabled") == "1"
     set_template_enabled(template, enabled, actor=_actor())
     db.session.commit()
-    flash(f"{template.name} is enabled: it is in the catalogue." if enabled else
-          f"{template.name} is disabled: it has left the catalogue.")
-    return redirect(url_for("admin.templates"), code=303)
+    return _redirect_with(f"{template.name} is enabled: it is in the catalogue." if enabled else
+                          f"{template.name} is disabled: it has left the catalogue.", "admin.templates")
 
 
 # -- instances --------------------------------------------------------------------------------
@@ -316,13 +313,11 @@ def instance(instance_id):
 @admin_required
 def instance_stop(instance_id):
     found = _get(ToolInstance, instance_id)
-    if request_stop(found, actor=_actor()):
-        flash(f"Stopping {found.template.name} of {found.owner.email}.")
-    else:
-        flash(f"{found.template.name} of {found.owner.email} was not running.")
+    message = (f"Stopping {found.template.name} of {found.owner.email}." if request_stop(found, actor=_actor())
+               else f"{found.template.name} of {found.owner.email} was not running.")
     if request.form.get("back") == "instance":
-        return redirect(url_for("admin.instance", instance_id=found.id), code=303)
-    return redirect(url_for("admin.instances"), code=303)
+        return _redirect_with(message, "admin.instance", instance_id=found.id)
+    return _redirect_with(message, "admin.instances")
 
 
 # -- usage and audit --------------------------------------------------------------------------
@@ -357,7 +352,6 @@ def usage_csv():
 def audit():
     period = reports.DateRange(request.args)
     conditions, errors = reports.audit_filters(request.args, period)
-    errors.update(period.errors)
     rows, more = reports.page_of(reports.audit_events(conditions), _page_number())
     return render_template("admin/audit.html", section="audit", events=rows, more=more, page=_page_number(),
                            period=period, errors=errors, kinds=reports.event_kinds(),
@@ -371,7 +365,6 @@ def audit():
 def audit_csv():
     period = reports.DateRange(request.args)
     conditions, errors = reports.audit_filters(request.args, period)
-    errors.update(period.errors)
     if errors:
         abort(400, " ".join(errors.values()))
     return reports.csv_response(f"berth-audit-{period.first}-{period.last}.csv", reports.AUDIT_HEADER,

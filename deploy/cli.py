@@ -86,22 +86,21 @@ def _save_user(email, password, is_admin):
     click.echo(f"{'Created' if created else 'Updated'} {'admin' if user.is_admin else 'user'} {email}.")
 
 
-@cli.command("create-admin")
-@click.argument("email")
-@click.option("--password", required=True, help="At least 8 characters.")
-@with_appcontext
-def create_admin(email, password):
-    """Create an administrator with a local password (or reset an existing one)."""
-    _save_user(email, password, is_admin=True)
+def _account_command(name, is_admin, who):
+    """`berth create-admin` and `berth create-user`: the same command but for the administrator flag."""
+
+    @cli.command(name, help=f"Create {who} with a local password (or reset an existing one).")
+    @click.argument("email")
+    @click.option("--password", required=True, help="At least 8 characters.")
+    @with_appcontext
+    def save_account(email, password):
+        _save_user(email, password, is_admin=is_admin)
+
+    return save_account
 
 
-@cli.command("create-user")
-@click.argument("email")
-@click.option("--password", required=True, help="At least 8 characters.")
-@with_appcontext
-def create_user(email, password):
-    """Create a user with a local password (or reset an existing one)."""
-    _save_user(email, password, is_admin=False)
+create_admin = _account_command("create-admin", is_admin=True, who="an administrator")
+create_user = _account_command("create-user", is_admin=False, who="a user")
 
 
 @cli.command("nginx-conf")

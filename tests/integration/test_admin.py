@@ -202,7 +202,7 @@ def test_the_template_form_shows_each_error_next_to_its_field_and_writes_nothing
     events = len(_events(stack, "template.create"))
     answer = _post(stack, admin, "/admin/templates/new", **_template_form(
         "Bad Slug", spawn_timeout="soon", ip_allowlist="10.0.0.0/8\n10.0.0.1/8", env="NO_EQUALS_SIGN",
-        sizes="small 0.5 1024\nlarge two 2048", health_path="status"))
+        sizes="small 0.5 1024\nlarge two 2048", health_path="status", backend="kubernetes"))
     assert answer.status_code == 400
     page = answer.text
     assert "Nothing was saved." in page
@@ -213,6 +213,7 @@ def test_the_template_form_shows_each_error_next_to_its_field_and_writes_nothing
     assert _field_error(page, "env") == "env line 1 must read NAME=value"
     assert "sizes[2].cpu must be a number" in _field_error(page, "sizes")
     assert _field_error(page, "health_path") == "health_path must start with /"
+    assert _field_error(page, "backend") == "backend must be one of: process, docker, ecs"
     assert _field_error(page, "name") is None and _field_error(page, "command") is None
     assert 'aria-invalid="true"' in page and 'value="Bad Slug"' in page  # what was typed stays
     assert stack.query("SELECT count(*) AS n FROM tool_templates")[0]["n"] == before

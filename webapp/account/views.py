@@ -2,7 +2,7 @@
 import re
 from datetime import datetime
 
-from flask import Blueprint, abort, current_app, flash, g, redirect, render_template, request, session
+from flask import Blueprint, current_app, flash, g, redirect, render_template, request, session
 from flask_wtf import FlaskForm
 from wtforms import IntegerField, StringField
 from wtforms.validators import DataRequired, InputRequired, Length, NumberRange
@@ -82,42 +82,34 @@ def create():
 @bp.post("/tokens/<int:token_id>/revoke")
 @login_required
 def revoke(token_id):
-    _check_form()
-    if revoke_token(g.user, token_id, actor=f"user:{g.user.id}"):
-        db.session.commit()
-        flash("The token is revoked: it is refused from now on.")
-    else:
-        flash("That token was revoked already.")
-    return redirect("/account#tokens")
+    revoked = revoke_token(g.user, token_id, actor=f"user:{g.user.id}")
+    return _answer(revoked, "The token is revoked: it is refused from now on.", "That token was revoked already.",
+                   section="tokens")
 
 
 @bp.post("/sessions/<int:session_id>/end")
 @login_required
 def end(session_id):
-    _check_form()
-    if end_session(g.user, session_id, actor=f"user:{g.user.id}"):
-        db.session.commit()
-        flash("The session is ended: that browser is signed out.")
-    else:
-        flash("That session had ended already.")
-    return redirect("/account#sessions")
+    ended = end_session(g.user, session_id, actor=f"user:{g.user.id}")
+    return _answer(ended, "The session is ended: that browser is signed out.", "That session had ended already.",
+                   section="sessions")
 
 
 @bp.post("/sessions/end-others")
 @login_required
 def end_others():
-    _check_form()
     current = next((s for s in user_sessions(g.user) if s.token_hash == _current_session_hash()), None)
     ended = end_other_sessions(g.user, current.id if current else 0, actor=f"user:{g.user.id}")
-    db.session.commit()
-    flash(f"Signed out {ended} other session{'s' if ended != 1 else ''}." if ended else
-          "There were no other sessions.")
-    return redirect("/account#sessions")
+    return _answer(ended, f"Signed out {ended} other session{'s' if ended != 1 else ''}.",
+                   "There were no other sessions.", section="sessions")
 
 
-def _check_form():
-    if not ActionForm().validate_on_submit():
-        abort(400, "The form expired. Reload the page and try again.")
+def _answer(changed, done, unchanged, section):
+    """Commit what changed and say so, or say that nothing needed changing; then back to that section."""
+    if changed:
+        db.session.commit()
+    flash(done if changed else unchanged)
+    return redirect(f"/account#{section}")
 
 
 _BROWSERS = (("Edg/", "Edge"), ("Firefox/", "Firefox"), ("Chrome/", "Chrome"), ("Safari/", "Safari"),

@@ -26,7 +26,9 @@ class TemplateForm(FlaskForm):
     slug = StringField("Slug")
     name = StringField("Name")
     description = TextAreaField("Description")
-    backend = SelectField("Backend", choices=[(name, name) for name in BACKEND_NAMES], default="process")
+    # validate_entry names a backend that is not one of these, next to the other fields' errors.
+    backend = SelectField("Backend", choices=[(name, name) for name in BACKEND_NAMES], default="process",
+                          validate_choice=False)
     command = TextAreaField("Command")
     image = StringField("Image")
     port = StringField("Port")
@@ -69,7 +71,8 @@ class TemplateForm(FlaskForm):
         fields, more = _validate(entry, set(problems))
         problems.update(more)
         for field, message in problems.items():
-            self[field if field in self else "slug"].errors.append(message)
+            shown_on = self[field if field in self else "slug"]
+            shown_on.errors = [*shown_on.errors, message]  # a tuple until validate() runs
         return None if problems else fields
 
 

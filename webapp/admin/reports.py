@@ -85,7 +85,7 @@ def usage(period, now=None):
 # -- audit log --------------------------------------------------------------------------------
 
 def audit_filters(args, period):
-    """The audit log's conditions from a query string, and the problems with it."""
+    """The audit log's conditions from a query string, and the problems with it and with period."""
     conditions = [Event.created_at >= period.start, Event.created_at < period.end]
     errors = {}
     kind = (args.get("kind") or "").strip()
@@ -103,7 +103,7 @@ def audit_filters(args, period):
             errors["user"] = f"There is no user {user!r}."
             user_id = -1
         conditions.append(Event.user_id == int(user_id))
-    return conditions, errors
+    return conditions, {**errors, **period.errors}
 
 
 def audit_events(conditions):

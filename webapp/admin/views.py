@@ -37,11 +37,10 @@ def _actor():
     return f"admin:{g.user.id}"
 
 
-def _check_form(form_class=ActionForm):
-    form = form_class()
-    if not form.validate_on_submit():
-        abort(400, "The form expired. Reload the page and try again.")
-    return form
+def _redirect_with(message, endpoint, **values):
+    """Show message on the page at endpoint, which the browser opens next (303: with a GET)."""
+    flash(message)
+    return redirect(url_for(endpoint, **values), code=303)
 
 
 def _page_number():
@@ -122,30 +121,28 @@ def user(user_id):
 @bp.post("/users/<int:user_id>/flags")
 @admin_required
 def user_flags(user_id):
-    _check_form()
     person = _get(User, user_id)
     is_active = {"1": True, "0": False}.get(request.form.get("is_active", ""))
     is_admin = {"1": True, "0": False}.get(request.form.get("is_admin", ""))
     if person.id == g.user.id and False in (is_active, is_admin):
-        flash("You cannot deactivate your own account or give up your own administration.")
-        return redirect(url_for("admin.user", user_id=person.id), code=303)
+        return _redirect_with("You cannot deactivate your own account or give up your own administration.",
+                              "admin.user", user_id=person.id)
     set_user_flags(person, actor=_actor(), is_active=is_active, is_admin=is_admin)
     db.session.commit()
-    flash(f"{person.email} is {'active' if person.is_active else 'deactivated (and signed out everywhere)'}"
-          f"{' and an administrator' if person.is_admin else ''}.")
-    return redirect(url_for("admin.user", user_id=person.id), code=303)
+    return _redirect_with(
+        f"{person.email} is {'active' if person.is_active else 'deactivated (and signed out everywhere)'}"
+        f"{' and an administrator' if person.is_admin else ''}.", "admin.user", user_id=person.id)
 
 
 @bp.post("/users/<int:user_id>/groups")
 @admin_required
 def user_groups(user_id):
-    _check_form()
     person = _get(User, user_id)
     ids = [int(value) for value in request.form.getlist("group") if value.isdigit()]
     changed = set_local_groups(person, ids, actor=_actor())
     db.session.commit()
-    flash(f"Groups of {person.email} saved." if changed else "The groups were unchanged.")
-    return redirect(url_for("admin.user", user_id=person.id) + "#groups", code=303)
+    return _redirect_with(f"Groups of {person.email} saved." if changed else "The groups were unchanged.",
+                          "admin.user", user_id=person.id, _anchor="groups")
 
 
 # -- groups -----------------------------------------------------------------------------------
@@ -156,16 +153,14 @@ def groups():
     form = GroupForm()
     status = 200
     if request.method == "POST":
-        form = _check_form(GroupForm)
         try:
             group = create_group(form.name.data, actor=_actor())
         except ChangeRefused as refusal:
-            form.name.errors.append(str(refusal))
+            form.name.errors = [str(refusal)]
             status = 400
         else:
             db.session.commit()
-            flash(f"Group {group.name} created.")
-            return redirect(url_for("admin.group", group_id=group.id), code=303)
+            return _redirect_with(f"Group {group.name} created.", "admin.group", group_id=group.id)
     rows, more = reports.page_of(select(Group).order_by(Group.name), _page_number())
     return render_template("admin/groups.html", section="groups", groups=rows, more=more, page=_page_number(),
                            counts=group_counts(), form=form), status
@@ -187,7 +182,7 @@ def group(group_id, member_form=None, status=200):
 @bp.post("/groups/<int:group_id>/members")
 @admin_required
 def group_add(group_id):
-    form = _check_form(MemberForm)
+    form = MemberForm()
     team = _get(Group, group_id)
     email = (form.email.data or "").strip().lower()
     person = db.session.execute(select(User).where(func.lower(User.email) == email)).scalar_one_or_none()
@@ -196,41 +191,34 @@ def group_add(group_id):
             raise ChangeRefused(f"There is no user with the email {email!r}.")
         add_member(team, person, actor=_actor())
     except ChangeRefused as refusal:
-        form.email.errors.append(str(refusal))
+        form.email.errors = [str(refusal)]
         return group(group_id, member_form=form, status=400)
     db.session.commit()
-    flash(f"{person.email} added to {team.name}.")
-    return redirect(url_for("admin.group", group_id=team.id), code=303)
+    return _redirect_with(f"{person.email} added to {team.name}.", "admin.group", group_id=team.id)
 
 
 @bp.post("/groups/<int:group_id>/members/<int:user_id>/remove")
 @admin_required
 def group_remove(group_id, user_id):
-    _check_form()
     team, person = _get(Group, group_id), _get(User, user_id)
     try:
         remove_member(team, person, actor=_actor())
     except ChangeRefused as refusal:
-        flash(str(refusal))
-    else:
-        db.session.commit()
-        flash(f"{person.email} removed from {team.name}.")
-    return redirect(url_for("admin.group", group_id=team.id), code=303)
+        return _redirect_with(str(refusal), "admin.group", group_id=team.id)
+    db.session.commit()
+    return _redirect_with(f"{person.email} removed from {team.name}.", "admin.group", group_id=team.id)
 
 
 @bp.post("/groups/<int:group_id>/delete")
 @admin_required
 def group_delete(group_id):
-    _check_form()
     team = _get(Group, group_id)
     try:
         delete_group(team, actor=_actor())
     except ChangeRefused as refusal:
-        flash(str(refusal))
-        return redirect(url_for("admin.group", group_id=team.id), code=303)
+        return _redirect_with(str(refusal), "admin.group", group_id=team.id)
     db.session.commit()
-    flash(f"Group {team.name} deleted.")
-    return redirect(url_for("admin.groups"), code=303)
+    return _redirect_with(f"Group {team.name} deleted.", "admin.groups")
 
 
 # -- templates --------------------------------------------------------------------------------
@@ -252,17 +240,15 @@ def templates():
 def template_new():
     form = TemplateForm()
     if request.method == "POST":
-        form = _check_form(TemplateForm)
         fields = form.template_fields()
         if fields is not None:
             try:
                 template = create_template(fields, actor=_actor())
             except ChangeRefused as refusal:
-                form.slug.errors.append(str(refusal))
+                form.slug.errors = [str(refusal)]
             else:
                 db.session.commit()
-                flash(f"Template {template.name} created.")
-                return redirect(url_for("admin.templates"), code=303)
+                return _redirect_with(f"Template {template.name} created.", "admin.templates")
     return _template_page(form, None)
 
 
@@ -274,14 +260,12 @@ def template_edit(template_id):
     if request.method == "GET":
         form.fill_from(template)
     else:
-        form = _check_form(TemplateForm)
         fields = form.template_fields(slug=template.slug)
         if fields is not None:
             changed = update_template(template, fields, actor=_actor())
             db.session.commit()
-            flash(f"Template {template.name} saved: {', '.join(changed)} changed." if changed else
-                  f"Template {template.name} was unchanged.")
-            return redirect(url_for("admin.templates"), code=303)
+            return _redirect_with(f"Template {template.name} saved: {', '.join(changed)} changed." if changed else
+                                  f"Template {template.name} was unchanged.", "admin.templates")
         form.slug.data = template.slug
     return _template_page(form, template)
 
@@ -295,14 +279,12 @@ def _template_page(form, template):
 @bp.post("/templates/<int:template_id>/enabled")
 @admin_required
 def template_enabled(template_id):
-    _check_form()
     template = _get(ToolTemplate, template_id)
     enabled = request.form.get("enabled") == "1"
     set_template_enabled(template, enabled, actor=_actor())
     db.session.commit()
-    flash(f"{template.name} is enabled: it is in the catalogue." if enabled else
-          f"{template.name} is disabled: it has left the catalogue.")
-    return redirect(url_for("admin.templates"), code=303)
+    return _redirect_with(f"{template.name} is enabled: it is in the catalogue." if enabled else
+                          f"{template.name} is disabled: it has left the catalogue.", "admin.templates")
 
 
 # -- instances --------------------------------------------------------------------------------
@@ -330,15 +312,12 @@ def instance(instance_id):
 @bp.post("/instances/<int:instance_id>/stop")
 @admin_required
 def instance_stop(instance_id):
-    _check_form()
     found = _get(ToolInstance, instance_id)
-    if request_stop(found, actor=_actor()):
-        flash(f"Stopping {found.template.name} of {found.owner.email}.")
-    else:
-        flash(f"{found.template.name} of {found.owner.email} was not running.")
+    message = (f"Stopping {found.template.name} of {found.owner.email}." if request_stop(found, actor=_actor())
+               else f"{found.template.name} of {found.owner.email} was not running.")
     if request.form.get("back") == "instance":
-        return redirect(url_for("admin.instance", instance_id=found.id), code=303)
-    return redirect(url_for("admin.instances"), code=303)
+        return _redirect_with(message, "admin.instance", instance_id=found.id)
+    return _redirect_with(message, "admin.instances")
 
 
 # -- usage and audit --------------------------------------------------------------------------
@@ -373,7 +352,6 @@ def usage_csv():
 def audit():
     period = reports.DateRange(request.args)
     conditions, errors = reports.audit_filters(request.args, period)
-    errors.update(period.errors)
     rows, more = reports.page_of(reports.audit_events(conditions), _page_number())
     return render_template("admin/audit.html", section="audit", events=rows, more=more, page=_page_number(),
                            period=period, errors=errors, kinds=reports.event_kinds(),
@@ -387,7 +365,6 @@ def audit():
 def audit_csv():
     period = reports.DateRange(request.args)
     conditions, errors = reports.audit_filters(request.args, period)
-    errors.update(period.errors)
     if errors:
         abort(400, " ".join(errors.values()))
     return reports.csv_response(f"berth-audit-{period.first}-{period.last}.csv", reports.AUDIT_HEADER,

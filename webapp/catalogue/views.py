@@ -63,8 +63,6 @@ def index():
 def launch(slug):
     """Launch with a chosen size, then go to the tool's address (which shows its progress)."""
     form = LaunchForm()
-    if not form.validate_on_submit():
-        abort(400, "The form expired. Reload the page and try again.")
     template = db.session.execute(
         select(ToolTemplate).where(ToolTemplate.slug == slug, ToolTemplate.enabled.is_(True))
     ).scalar_one_or_none()
@@ -86,9 +84,6 @@ def launch(slug):
 @bp.post("/instances/<int:instance_id>/stop")
 @login_required
 def stop(instance_id):
-    form = StopForm()
-    if not form.validate_on_submit():
-        abort(400, "The form expired. Reload the page and try again.")
     instance = db.session.get(ToolInstance, instance_id)
     if instance is None or instance.owner_id != g.user.id or instance.template.shared:
         abort(404)

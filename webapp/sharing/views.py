@@ -3,6 +3,7 @@ from flask import Blueprint, abort, current_app, flash, g, redirect, render_temp
 from flask_wtf import FlaskForm
 from sqlalchemy import select
 from wtforms import SelectField, StringField
+from wtforms.validators import DataRequired
 
 from berth.access import AccessRefused, add_grant, grants_on, may_launch, revoke_grant
 from webapp.api.schemas import MAX_ID
@@ -17,7 +18,7 @@ bp = Blueprint("sharing", __name__, url_prefix="/sharing")
 
 class GrantForm(FlaskForm):
     kind = SelectField(choices=[("user", "A person, by email"), ("group", "A group")])
-    name = StringField()
+    name = StringField(validators=[DataRequired(message="Enter an email address or a group name.")])
 
 
 class RevokeForm(FlaskForm):
@@ -48,11 +49,8 @@ def grant(slug):
     template, host = own_tool(slug)
     form = GrantForm()
     if not form.validate_on_submit():
-        abort(400, "The form expired. Reload the page and try again.")
-    name = (form.name.data or "").strip()
-    if not name:
-        form.name.errors = ["Enter an email address or a group name."]
         return page(slug, form=form, status=400)
+    name = form.name.data.strip()
     try:
         added = add_grant(g.user, template, host, actor=f"user:{g.user.id}",
                           **({"email": name} if form.kind.data == "user" else {"group_name": name}))
@@ -69,8 +67,6 @@ def grant(slug):
 @login_required
 def revoke(slug, grant_id):
     template, host = own_tool(slug)
-    if not RevokeForm().validate_on_submit():
-        abort(400, "The form expired. Reload the page and try again.")
     found = db.session.get(Grant, grant_id) if grant_id <= MAX_ID else None
     if found is None or found.host != host:
         abort(404)

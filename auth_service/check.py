@@ -20,6 +20,7 @@ Who may open what (berth/access.py states the rules) is decided by the same quer
 template's groups, the owner, and the grants on the host. Templates with an IP allowlist are
 checked against the client address (berth/addresses.py).
 """
+import functools
 import hmac
 import json
 import logging
@@ -199,13 +200,16 @@ def _forbidden(reason, user_id=""):
     return _answer(403, reason=reason, user_id=user_id)
 
 
-def _to_web(user_id, page="", instance_id=""):
+def _to_web(user_id, page="", instance_id="", session_id=""):
+    """To the web app. session_id, the sign-in's row (none for an API token), is what the web
+    app binds its CSRF tokens to: no cookie a tool's page could plant."""
     return _answer(
         200,
         upstream=WEB_UPSTREAM,
         page=page,
         user_id=user_id,
         instance_id=instance_id or "",
+        session_id=session_id,
     )
 
 
@@ -290,10 +294,11 @@ class AuthCheck:
             if row is None:
                 return _unauthorised(config, host, uri)
             self._record_seen("api_tokens" if api_token else "sessions", row, now)
+            to_web = functools.partial(_to_web, row.user_id, session_id="" if api_token else row.credential_id)
             if tool is None:
                 # The main host, or a name under the domain that is no tool address.
                 page = "" if main_host else "notfound"
-                return _to_web(row.user_id, page=page)
+                return to_web(page=page)
             refusal = self._refusal(row, tool, environ, api_token) or _foreign_websocket(config, host, environ)
             if refusal is not None:
                 return refusal
@@ -304,12 +309,12 @@ class AuthCheck:
             log.exception("auth check: the database failed")
             return 500, []
         if row.instance_id is not None:
-            return _to_web(row.user_id, page="spawning", instance_id=row.instance_id)
+            return to_web(page="spawning", instance_id=row.instance_id)
         if not row.template_enabled:
-            return _to_web(row.user_id, page="notfound")
+            return to_web(page="notfound")
         if not tool.shared and row.owner_id != row.user_id:
-            return _to_web(row.user_id, page="unavailable")  # a grantee: only the owner starts it
-        return _to_web(row.user_id, page="start")
+            return to_web(page="unavailable")  # a grantee: only the owner starts it
+        return to_web(page="start")
 
     def _refusal(self, row, tool, environ, api_token):
         """The answer when this user may not open this tool (a page or a 403), else None."""
@@ -389,10 +394,12 @@ def _foreign_websocket(config, host, environ):
     The browser sends the cookies with any page's WebSocket, and the server cannot tell the
     pages apart but by Origin. A tool's own pages have its own origin. Clients that are not
     browsers send no Origin, and carry no one else's cookies either."""
-    if environ.get("HTTP_UPGRADE", "").lower() != "websocket":
+    if environ.get("HTTP_X_ORIGINAL_UPGRADE", "").lower() != "websocket":
         return None
     origin = environ.get("HTTP_ORIGIN")
-    if origin is None or origin == public_url(config, host.split(":", 1)[0].lower(), path=""):
+    own = public_url(config, host.split(":", 1)[0].lower(), path="")
+    # A header sent twice arrives joined with commas; every copy must be the tool's own.
+    if origin is None or all(part.strip() == own for part in origin.split(",")):
         return None
     return _forbidden(f"A WebSocket to this tool must come from its own pages, not from {origin[:200]}.")
 

@@ -11,12 +11,13 @@ import os
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from berth.extensions import db
-from berth.web import create_base_app
+from berth.web import SignInBoundSessions, create_base_app
 
 
 def create_app(test_config=None):
     app = create_base_app(__name__, test_config,
                           template_dirs=[os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates")])
+    app.session_interface = SignInBoundSessions()
     # nginx is in front (plus BERTH_TRUSTED_HOPS proxies before it): trust exactly that many.
     hops = 1 + app.config["BERTH_TRUSTED_HOPS"]
     app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=0)

@@ -9,6 +9,7 @@ import hmac
 import os
 
 from flask import Flask, Response, request
+from flask.sessions import SecureCookieSessionInterface
 from jinja2 import ChoiceLoader, FileSystemLoader
 
 from berth.extensions import csrf, db, migrate
@@ -63,6 +64,29 @@ def refuse_foreign_origin():
         return None
     return Response(f"Berth refuses this request: it was sent by a page of {origin[:200]}, "
                     "not by Berth's own pages.\n", status=403, mimetype="text/plain")
+
+
+class SignInBoundSessions(SecureCookieSessionInterface):
+    """Flask's cookie session, with its CSRF seed taken from the platform sign-in, not the cookie.
+
+    Flask-WTF signs session["csrf_token"] into every form's token and compares the two. Kept in
+    the cookie, that seed could be planted: a tool's page may set cookies for the whole domain,
+    its own signed cookie included. Here the seed is an HMAC of the sign-in that the auth
+    service named (X-Berth-Session-Id, set by nginx only), so a form's token is good for one
+    sign-in alone, whatever cookie comes with it. The cookie still carries flashed messages.
+    """
+
+    def open_session(self, app, request):
+        session = super().open_session(app, request)
+        if session is None:
+            return None
+        sign_in = request.headers.get("X-Berth-Session-Id", "")
+        if sign_in.isdigit():
+            seed = hmac.new(app.secret_key.encode(), b"csrf:" + sign_in.encode(), "sha256").hexdigest()
+            dict.__setitem__(session, "csrf_token", seed)  # not a change to save in the cookie
+        else:
+            dict.pop(session, "csrf_token", None)  # never a seed that came in a cookie
+        return session
 
 
 def template_loader(*extra_dirs):

@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qsl
 
 
 def _attempt(action):
@@ -64,6 +65,40 @@ def _capabilities():
     return ""
 
 
+# What a hostile page does to whoever opens it: plant cookies for the whole domain, submit one
+# of Berth's forms with the attacker's own CSRF token, and open a WebSocket to the visitor's tool.
+# It writes what happened into the page, for the test to read.
+EVIL_PAGE = """<!doctype html><html><body><h1>Nothing to see</h1><pre id="log"></pre>
+<iframe name="sink" style="display:none"></iframe>
+<script>
+const plan = __PLAN__;
+const log = (line) => { document.getElementById("log").textContent += line + "\\n"; };
+const domain = "; domain=" + plan.domain + "; path=/";
+if (plan.csrf_cookie) { document.cookie = "berth_csrf=" + plan.csrf_cookie + domain; log("planted csrf"); }
+if (plan.session) {
+  // Over the visitor's own cookie (browsers refuse: it is HttpOnly), and beside it on one path.
+  document.cookie = plan.session_cookie + "=" + plan.session + domain;
+  document.cookie = plan.session_cookie + "=" + plan.session + "; domain=" + plan.domain + "; path=/account";
+  log("planted session");
+}
+if (plan.form_action) {
+  const form = document.createElement("form");
+  form.method = "POST"; form.action = plan.form_action; form.target = "sink";
+  for (const [name, value] of Object.entries(JSON.parse(plan.form_fields))) {
+    const input = document.createElement("input"); input.name = name; input.value = value; form.appendChild(input);
+  }
+  document.body.appendChild(form); form.submit(); log("form sent");
+}
+if (plan.websocket) {
+  const socket = new WebSocket(plan.websocket);
+  socket.onopen = () => { log("websocket open"); document.body.dataset.websocket = "open"; };
+  socket.onerror = () => { log("websocket error"); document.body.dataset.websocket = "refused"; };
+  socket.onclose = () => { if (!document.body.dataset.websocket) document.body.dataset.websocket = "refused"; };
+}
+setTimeout(() => { document.body.dataset.done = "yes"; }, 1500);
+</script></body></html>"""
+
+
 def attack(plan):
     report = {"uid": os.getuid(), "gid": os.getgid(), "groups": os.getgroups(),
               "capabilities": _capabilities()}
@@ -91,7 +126,17 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", "0")
             self.end_headers()
             return
+        if self.path.startswith("/evil?"):
+            return self._page(EVIL_PAGE.replace("__PLAN__", json.dumps(dict(parse_qsl(self.path[6:])))))
         self._answer({"hostile": True})
+
+    def _page(self, html):
+        data = html.encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
 
     def do_POST(self):  # noqa: N802
         length = int(self.headers.get("Content-Length") or 0)

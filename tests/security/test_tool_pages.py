@@ -1,0 +1,128 @@
+"""A hostile tool's page, opened in real Chromium by another signed-in user (an administrator
+too), tries to act as them: plant cookies for the whole domain, submit Berth's forms with the
+attacker's own CSRF token, plant the attacker's session, and open a WebSocket to the visitor's
+own tool. Each attempt fails.
+"""
+import json
+import re
+from urllib.parse import quote
+
+import pytest
+
+from tests.browser.test_browser import _sign_in
+from tests.security.test_tool_isolation import hostile_catalogue  # noqa: F401 - a fixture
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.parametrize("berth_stack", ["postgres"], indirect=True),
+]
+
+
+def _attacker_form_token(stack, browser):
+    """The attacker's own CSRF cookie, and a form token that goes with it."""
+    page = browser.get(stack.base_url + "/account", timeout=10)
+    token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page.text).group(1)
+    return browser.cookies.get("berth_csrf"), token
+
+
+def _share_hostile_tool(stack, attacker, visitor):
+    """The attacker shares their hostile tool with the visitor, so that the visitor may open it."""
+    host = stack.tool_url("hostile", attacker).split("//")[1].split(":")[0]
+    with stack.app.app_context():
+        from berth.access import add_grant
+        from berth.extensions import db
+        from berth.models import ToolTemplate, User
+
+        template = db.session.execute(db.select(ToolTemplate).filter_by(slug="hostile")).scalar_one()
+        add_grant(db.session.get(User, attacker["id"]), template, host, actor="test", email=visitor["email"])
+        db.session.commit()
+
+
+def _visit(chromium, stack, visitor, url):
+    """The visitor, signed in, opens url; returns what the page logged and its WebSocket's fate."""
+    context = chromium.new_context()
+    try:
+        page = context.new_page()
+        page.set_default_timeout(20_000)
+        _sign_in(page, stack, visitor)
+        page.goto(url)
+        page.wait_for_selector("body[data-done=yes]")
+        page.wait_for_timeout(500)
+        outcome = {"log": page.inner_text("#log"),
+                   "websocket": page.evaluate("document.body.dataset.websocket || ''")}
+        # Back on Berth's own pages: is the visitor still themself?
+        for name, path in (("catalogue", "/"), ("account", "/account")):
+            answer = page.goto(stack.base_url + path)
+            outcome[f"{name}_status"] = answer.status
+            outcome[f"{name}_text"] = page.inner_text("body")
+        return outcome
+    finally:
+        context.close()
+
+
+def _evil_url(stack, attacker, **plan):
+    query = "&".join(f"{key}={quote(str(value), safe='')}" for key, value in plan.items())
+    return stack.tool_url("hostile", attacker, f"/evil?{query}")
+
+
+@pytest.fixture
+def attack_setup(stack, hostile_catalogue):
+    attacker = stack.create_user()
+    as_attacker = stack.login(attacker)
+    stack.open_tool(as_attacker, "hostile", attacker)
+    csrf_cookie, token = _attacker_form_token(stack, as_attacker)
+    session = as_attacker.cookies.get("berth_session")
+    return attacker, csrf_cookie, token, session
+
+
+def test_a_tool_page_cannot_make_its_author_an_admin_through_a_visiting_admin(stack, chromium, attack_setup):
+    attacker, csrf_cookie, token, _ = attack_setup
+    admin = stack.create_user(is_admin=True)
+    _share_hostile_tool(stack, attacker, admin)
+    outcome = _visit(chromium, stack, admin, _evil_url(
+        stack, attacker, domain=stack.env["BERTH_DOMAIN"], csrf_cookie=csrf_cookie,
+        form_action=f"{stack.base_url}/admin/users/{attacker['id']}/flags",
+        form_fields=json.dumps({"csrf_token": token, "is_active": "1", "is_admin": "1"})))
+    assert "form sent" in outcome["log"] and "planted csrf" in outcome["log"]
+    [row] = stack.query("SELECT is_admin FROM users WHERE id = :id", id=attacker["id"])
+    assert not row["is_admin"]
+
+
+def test_a_tool_page_cannot_make_a_visitor_share_their_tool_with_its_author(stack, chromium, attack_setup):
+    attacker, csrf_cookie, token, _ = attack_setup
+    victim = stack.create_user()
+    stack.open_tool(stack.login(victim), "echo", victim)
+    _share_hostile_tool(stack, attacker, victim)
+    _visit(chromium, stack, victim, _evil_url(
+        stack, attacker, domain=stack.env["BERTH_DOMAIN"], csrf_cookie=csrf_cookie,
+        form_action=f"{stack.base_url}/sharing/echo",
+        form_fields=json.dumps({"csrf_token": token, "kind": "user", "name": attacker["email"]})))
+    grants = stack.query("SELECT * FROM tool_grants WHERE owner_id = :owner", owner=victim["id"])
+    assert grants == []
+
+
+def test_a_tool_page_cannot_open_a_websocket_to_the_visitors_own_tool(stack, chromium, attack_setup):
+    attacker, _, _, _ = attack_setup
+    victim = stack.create_user()
+    stack.open_tool(stack.login(victim), "echo", victim)
+    _share_hostile_tool(stack, attacker, victim)
+    target = stack.tool_url("echo", victim, "/ws").replace("http://", "ws://")
+    outcome = _visit(chromium, stack, victim, _evil_url(stack, attacker, domain=stack.env["BERTH_DOMAIN"],
+                                                         websocket=target))
+    assert outcome["websocket"] == "refused", outcome
+
+
+def test_a_tool_page_cannot_slip_its_authors_session_into_a_signed_in_visitor(stack, chromium, attack_setup):
+    attacker, _, _, session = attack_setup
+    victim = stack.create_user()
+    _share_hostile_tool(stack, attacker, victim)
+    outcome = _visit(chromium, stack, victim, _evil_url(
+        stack, attacker, domain=stack.env["BERTH_DOMAIN"], session=session, session_cookie="berth_session"))
+    assert "planted session" in outcome["log"]
+    # The browser kept the visitor's own HttpOnly cookie at /, and the catalogue is theirs.
+    assert outcome["catalogue_status"] == 200
+    assert victim["email"].split("@")[0] in outcome["catalogue_text"] and attacker["email"] not in outcome["catalogue_text"]
+    # Where the planted copy is sent beside it, Berth trusts neither: never the attacker's account.
+    assert outcome["account_status"] == 403
+    assert "two Berth session cookies" in outcome["account_text"]
+    assert attacker["email"] not in outcome["account_text"]

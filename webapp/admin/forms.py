@@ -41,6 +41,7 @@ class TemplateForm(FlaskForm):
     api_tokens = BooleanField("API clients may reach it with a Berth API token")
     shared = BooleanField("Shared: one instance for everyone allowed, at <slug>.<domain>")
     identity_headers = BooleanField("Send identity headers (X-Berth-User-Email, -Name, -Groups)")
+    egress = BooleanField("May reach the network beyond Berth's host (never Berth itself or other tools)")
     groups = StringField("Groups")
     ip_allowlist = TextAreaField("IP allowlist")
 
@@ -62,6 +63,7 @@ class TemplateForm(FlaskForm):
         self.api_tokens.data = template.allow_api_tokens
         self.shared.data = template.shared
         self.identity_headers.data = template.identity_headers
+        self.egress.data = template.egress
         self.groups.data = ", ".join(group.name for group in template.groups)
         self.ip_allowlist.data = "\n".join(template.ip_allowlist or [])
 
@@ -106,6 +108,7 @@ def _entry(form, slug):
         "api_tokens": bool(form.api_tokens.data),
         "shared": bool(form.shared.data),
         "identity_headers": bool(form.identity_headers.data),
+        "egress": bool(form.egress.data),
         "groups": [name.strip() for name in re.split(r"[,\n]", form.groups.data or "") if name.strip()],
         "ip_allowlist": _lines(form.ip_allowlist.data),
     }

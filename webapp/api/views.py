@@ -127,8 +127,10 @@ def _get(model, object_id, what):
 
 
 def _own_instance(instance_id):
+    """One of the user's personal tools. A shared tool belongs to everyone allowed it, not to
+    whoever opened it first: it is not theirs to see here or to stop."""
     instance = _get(ToolInstance, instance_id, "instance")
-    if instance.owner_id != g.user.id:
+    if instance.owner_id != g.user.id or instance.template.shared:
         raise ApiError(404, f"There is no instance {instance_id}.")
     return instance
 
@@ -248,7 +250,8 @@ def tools():
 
 @bp.get("/instances")
 def list_instances():
-    return _instances(select(ToolInstance).where(ToolInstance.owner_id == g.user.id))
+    personal = ToolInstance.template_id.in_(select(ToolTemplate.id).where(ToolTemplate.shared.is_(False)))
+    return _instances(select(ToolInstance).where(ToolInstance.owner_id == g.user.id, personal))
 
 
 @bp.post("/instances")

@@ -187,3 +187,31 @@ def test_a_tools_answer_cannot_send_nginx_to_an_internal_location(stack, alice, 
     answer = browser.get(stack.tool_url("hostile", alice, f"/accel?{internal}"), timeout=10)
     assert answer.status_code == 200
     assert answer.content == b""  # the tool's own empty answer, not the internal location's
+
+
+def test_single_user_mode_says_so_and_refuses_a_second_users_launch(tmp_path):
+    """BERTH_TOOL_ISOLATION=single-user: the catalogue says so, and with two active users a
+    launch is refused with the reason instead of running tools as Berth's own user."""
+    from types import SimpleNamespace
+
+    from berth.backends.base import LaunchFailed
+    from berth.backends.process import refuse_second_user
+    from berth.extensions import db
+    from berth.models import User
+    from webapp import create_app
+
+    app = create_app({"SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path}/single.db", "TESTING": True,
+                      "BERTH_TOOL_ISOLATION": "single-user", "WTF_CSRF_ENABLED": False})
+    with app.app_context():
+        db.create_all()
+        first = User(email="one@example.org", name="one")
+        db.session.add(first)
+        db.session.commit()
+        refuse_second_user(SimpleNamespace(owner_id=first.id))  # one person: allowed
+        db.session.add(User(email="two@example.org", name="two"))
+        db.session.commit()
+        with pytest.raises(LaunchFailed, match="single-user mode"):
+            refuse_second_user(SimpleNamespace(owner_id=first.id))
+    page = app.test_client().get("/", base_url=f"http://{app.config['BERTH_DOMAIN']}", headers={"X-Berth-Proxy-Secret": app.config["BERTH_PROXY_SECRET"],
+                                               "X-Berth-User-Id": "1"})
+    assert "Single-user mode" in page.get_data(as_text=True)

@@ -55,7 +55,8 @@ def index():
         for host, grant in first_grant_by_host.items()
     ]
     return render_template("catalogue.html", tools=tools, shared_with_me=shared_with_me,
-                           stop_form=StopForm(), launch_form=LaunchForm())
+                           stop_form=StopForm(), launch_form=LaunchForm(),
+                           single_user=config["BERTH_TOOL_ISOLATION"] == "single-user")
 
 
 @bp.post("/launch/<slug>")

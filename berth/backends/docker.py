@@ -16,11 +16,14 @@ BERTH_TOOL_UIDS, with every capability dropped and no-new-privileges. Network mo
   allocates, beside everything else on the host. For one person's own laptop only.
 """
 import hashlib
+import io
+import tarfile
 
 from berth.backends.base import Backend, LaunchFailed, allocate_port, probe_http
 from berth.backends.sandbox import DOCKER_LINK_PREFIX, Sandbox
 
 LABEL = "berth.deployment"
+CONTAINER_HOME = "/home/berth"  # where every docker tool finds its owner's home; also $HOME
 
 
 class DockerBackend(Backend):
@@ -107,7 +110,8 @@ class DockerBackend(Backend):
             raise LaunchFailed("The template names no image for the docker backend.")
         self._ensure_image(template.image)
         port = self._tool_port(instance)
-        values = {"{port}": str(port), "{ip}": "127.0.0.1" if self.host_networking else "0.0.0.0"}
+        values = {"{port}": str(port), "{ip}": "127.0.0.1" if self.host_networking else "0.0.0.0",
+                  "{home}": CONTAINER_HOME}
 
         def fill(text):
             for key, value in values.items():
@@ -116,7 +120,9 @@ class DockerBackend(Backend):
 
         env = {key: fill(value) for key, value in (template.env or {}).items()}
         env["PORT"] = str(port)
+        env["HOME"] = CONTAINER_HOME
         uid = Sandbox(self.config).uid_for(instance)
+        home = self._home_volume(instance)
         size = instance.size or {}
         options = {
             "name": self.container_name(instance.id),
@@ -129,6 +135,8 @@ class DockerBackend(Backend):
                 "berth.owner": str(instance.owner_id),
             },
             "init": True,  # a real PID 1 that forwards SIGTERM, so stop is quick
+            "volumes": {home: {"bind": CONTAINER_HOME, "mode": "rw"}},
+            "working_dir": CONTAINER_HOME,
             "detach": True,
             # The tool's own unprivileged uid: never root, and no capability to gain it back.
             "user": f"{uid}:{uid}",
@@ -153,6 +161,40 @@ class DockerBackend(Backend):
                 if found is not None:
                     return found.id
             raise LaunchFailed(f"Docker could not create the container: {_explain(error)}") from None
+
+    def _home_volume(self, instance):
+        """The owner's home: one named volume per user (a shared tool has its own), which every
+        docker tool of theirs mounts at /home/berth and which outlives every container. The
+        reconciler never removes a volume."""
+        import docker
+
+        owner = f"shared-{instance.template.slug}" if instance.template.shared else instance.owner.host_key
+        name = f"berth-{self.config['BERTH_DEPLOYMENT']}-home-{owner}"
+        try:
+            self.client.volumes.get(name)
+        except docker.errors.NotFound:
+            try:
+                self.client.volumes.create(name, labels={LABEL: self.config["BERTH_DEPLOYMENT"],
+                                                         "berth.home": owner})
+            except docker.errors.APIError as error:
+                raise LaunchFailed(f"Docker could not create the home volume {name}: {_explain(error)}") from None
+        return name
+
+    @staticmethod
+    def _hand_home_to(container, uid):
+        """Make the mounted home the tool's own (0700): a directory entry copied in over it sets
+        its owner and mode, with nothing needed in the image. Redone at every start."""
+        import docker
+
+        archive = io.BytesIO()
+        with tarfile.open(fileobj=archive, mode="w") as tar:
+            entry = tarfile.TarInfo(CONTAINER_HOME.rsplit("/", 1)[1])
+            entry.type, entry.uid, entry.gid, entry.mode = tarfile.DIRTYPE, uid, uid, 0o700
+            tar.addfile(entry)
+        try:
+            container.put_archive(CONTAINER_HOME.rsplit("/", 1)[0], archive.getvalue())
+        except docker.errors.APIError as error:
+            raise LaunchFailed(f"Docker could not prepare the tool's home: {_explain(error)}") from None
 
     def _own_network(self, instance):
         """The tool's own bridge network, made once: a step redone after a crash finds it."""
@@ -191,6 +233,7 @@ class DockerBackend(Backend):
             raise LaunchFailed("The container disappeared before it could start.")
         if container.status == "running":
             return
+        self._hand_home_to(container, Sandbox(self.config).uid_for(instance))
         try:
             container.start()
         except docker.errors.APIError as error:

@@ -2,11 +2,11 @@
 import secrets
 from datetime import timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 
 from berth.accounts import live_session_filter
 from berth.extensions import db
-from berth.models import Session, User, hash_token, utcnow
+from berth.models import Session, User, hash_token, update_where, utcnow
 
 
 def start_session(user, *, lifetime_seconds, client_ip="", user_agent="", method="password"):
@@ -43,12 +43,8 @@ def revoke_session(token):
     """End a sign-in at once: the next auth check for this token answers 401."""
     if not token:
         return False
-    result = db.session.execute(
-        update(Session)
-        .where(Session.token_hash == hash_token(token), Session.revoked_at.is_(None))
-        .values(revoked_at=utcnow())
-    )
-    return result.rowcount == 1
+    return update_where(Session, Session.token_hash == hash_token(token), Session.revoked_at.is_(None),
+                        revoked_at=utcnow()) == 1
 
 
 def set_session_cookie(response, token, config):

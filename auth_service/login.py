@@ -19,6 +19,7 @@ from auth_service.sessions import (
 from berth.extensions import db
 from berth.hosts import safe_next_url
 from berth.models import User, record_event
+from berth.web import client_ip
 
 bp = Blueprint("login", __name__, url_prefix="/auth")
 
@@ -31,10 +32,6 @@ class LoginForm(FlaskForm):
 
 class LogoutForm(FlaskForm):
     pass
-
-
-def _client_ip():
-    return request.headers.get("X-Real-IP", request.remote_addr or "")
 
 
 def _session_token():
@@ -67,13 +64,13 @@ def login():
     user = db.session.execute(select(User).where(func.lower(User.email) == email)).scalar_one_or_none()
     if user is None or not user.is_active or not user.check_password(form.password.data):
         record_event("auth.login_failed", f"Failed sign-in for {email}", actor="anonymous",
-                     user_id=user.id if user else None, ip=_client_ip())
+                     user_id=user.id if user else None, ip=client_ip())
         db.session.commit()
         return _render_login(form, next_url, 401,
                              error="That email and password do not match an active account.")
     if config["BERTH_LOCAL_LOGIN"] == "admins" and not user.is_admin:
         record_event("auth.login_failed", f"Password sign-in refused for {email}: not an administrator",
-                     actor="anonymous", user_id=user.id, ip=_client_ip())
+                     actor="anonymous", user_id=user.id, ip=client_ip())
         db.session.commit()
         return _render_login(form, next_url, 403, error="Password sign-in is for administrators only. "
                              f"Sign in with {config['BERTH_OIDC_PROVIDER_NAME']}.")
@@ -82,11 +79,11 @@ def login():
     token = start_session(
         user,
         lifetime_seconds=config["BERTH_SESSION_LIFETIME"],
-        client_ip=_client_ip(),
+        client_ip=client_ip(),
         user_agent=request.headers.get("User-Agent", ""),
     )
     record_event("auth.login", f"{user.email} signed in", actor=f"user:{user.id}",
-                 user_id=user.id, ip=_client_ip())
+                 user_id=user.id, ip=client_ip())
     db.session.commit()
     response = redirect(next_url)
     set_session_cookie(response, token, config)
@@ -106,7 +103,7 @@ def logout():
     if session is not None:
         revoke_session(_session_token())
         record_event("auth.logout", f"{session.user.email} signed out",
-                     actor=f"user:{session.user_id}", user_id=session.user_id, ip=_client_ip())
+                     actor=f"user:{session.user_id}", user_id=session.user_id, ip=client_ip())
         db.session.commit()
         if session.method == "oidc" and config["BERTH_OIDC_ISSUER"]:
             from auth_service import oidc  # only imported with single sign-on (authlib: ~16 MB a process)

@@ -17,7 +17,7 @@ from authlib.integrations.flask_client import OAuth
 from flask import Blueprint, abort, current_app, redirect, render_template, request, session
 from joserfc.errors import ExpiredTokenError, JoseError
 
-from auth_service.sessions import revoke_session, set_session_cookie, start_session
+from auth_service.sessions import complete_sign_in
 from berth.accounts import SignInRefused, user_from_claims
 from berth.extensions import db
 from berth.hosts import public_url, safe_next_url
@@ -194,15 +194,7 @@ def callback():
         db.session.rollback()
         return _failure(refusal.title, refusal.message, refusal.status, refusal.kind, next_url,
                         retry=refusal.kind != "deactivated")
-    revoke_session(request.cookies.get(config["BERTH_SESSION_COOKIE"]))  # no fixation
-    cookie = start_session(user, lifetime_seconds=config["BERTH_SESSION_LIFETIME"], client_ip=client_ip(),
-                           user_agent=request.headers.get("User-Agent", ""), method="oidc")
-    record_event("auth.login", f"{user.email} signed in with single sign-on", actor=f"user:{user.id}",
-                 user_id=user.id, ip=client_ip(), method="oidc")
-    db.session.commit()
-    response = redirect(next_url)
-    set_session_cookie(response, cookie, config)
-    return response
+    return complete_sign_in(user, next_url, method="oidc")
 
 
 def _state_mismatch(next_url):

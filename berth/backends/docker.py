@@ -10,6 +10,7 @@ every container this deployment runs. Two network modes:
   nginx reaches it at the container's own address on that network (the compose deployment).
 """
 from berth.backends.base import Backend, LaunchFailed, allocate_port, probe_http
+from berth.backends.placeholders import fill
 
 LABEL = "berth.deployment"
 
@@ -91,19 +92,12 @@ class DockerBackend(Backend):
             raise LaunchFailed("The template names no image for the docker backend.")
         self._ensure_image(template.image)
         port = instance.port if not self.network else (template.port or 8888)
-        values = {"{port}": str(port)}
-
-        def fill(text):
-            for key, value in values.items():
-                text = str(text).replace(key, value)
-            return text
-
-        env = {key: fill(value) for key, value in (template.env or {}).items()}
+        command, env = fill(instance, port)
         env["PORT"] = str(port)
         size = instance.size or {}
         options = {
             "name": self.container_name(instance.id),
-            "command": [fill(part) for part in template.command] or None,
+            "command": command or None,
             "environment": env,
             "labels": {
                 LABEL: self.config["BERTH_DEPLOYMENT"],

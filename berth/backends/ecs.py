@@ -37,6 +37,7 @@ import time
 
 from berth.models import State
 from berth.backends.base import Backend, LaunchFailed, probe_http
+from berth.backends.placeholders import fill
 
 log = logging.getLogger(__name__)
 
@@ -335,17 +336,12 @@ class EcsBackend(Backend):
         Deterministic (sorted environment), because AWS answers a repeated clientToken with the
         first task only if the parameters are the same.
         """
-        template = instance.template
-
-        def fill(text):
-            return str(text).replace("{port}", str(port))
-
-        env = {key: fill(value) for key, value in (template.env or {}).items()}
+        command, env = fill(instance, port)
         env["PORT"] = str(port)
         container_override = {"name": container,
                               "environment": [{"name": key, "value": env[key]} for key in sorted(env)]}
-        if template.command:
-            container_override["command"] = [fill(part) for part in template.command]
+        if command:
+            container_override["command"] = command
         overrides = {"containerOverrides": [container_override]}
         size = instance.size or {}
         if size.get("cpu"):

@@ -7,11 +7,11 @@ instance id, which is how a resumed step or the reconciler finds it again.
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 from berth.backends.base import Backend, LaunchFailed, allocate_port, probe_http, tail_of_file
+from berth.backends.placeholders import fill
 
 # Only these of the worker's variables reach a tool: never its secrets or database URL.
 _INHERITED_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "TMPDIR")
@@ -83,22 +83,15 @@ class ProcessBackend(Backend):
             raise LaunchFailed("The template has no command to run.")
         home.mkdir(parents=True, exist_ok=True)
         out_path.parent.mkdir(parents=True, exist_ok=True)
-        values = {"{port}": str(instance.port), "{python}": sys.executable, "{home}": str(home)}
-
-        def fill(text):
-            for key, value in values.items():
-                text = str(text).replace(key, value)
-            return text
-
+        command, template_env = fill(instance, instance.port, home)
         env = {key: os.environ[key] for key in _INHERITED_ENV if key in os.environ}
-        env.update({key: fill(value) for key, value in (template.env or {}).items()})
+        env.update(template_env)
         env.update(
             HOME=str(home),
             PORT=str(instance.port),
             BERTH_DEPLOYMENT=self.config["BERTH_DEPLOYMENT"],
             BERTH_INSTANCE_ID=str(instance.id),
         )
-        command = [fill(part) for part in template.command]
         with open(out_path, "ab") as out, open(err_path, "ab") as err:
             try:
                 process = subprocess.Popen(

@@ -12,7 +12,6 @@ what the dead worker made (steps are idempotent). No in-process lock is involved
 """
 import logging
 import os
-import signal
 import socket
 import time
 import uuid
@@ -63,12 +62,6 @@ def _fresh(instance_id):
     return db.session.get(ToolInstance, instance_id)
 
 
-def _fault_point(when, step):
-    """Test-only fault injection: BERTH_TEST_CRASH_AT=<before|after>:<step> kills this worker."""
-    if os.environ.get("BERTH_TEST_CRASH_AT") == f"{when}:{step}":
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
 def advance_launch(instance_id, me=None):
     """Run a launch from its recorded step to RUNNING or FAILED. Safe to call any number of times."""
     me = me or worker_id()
@@ -117,7 +110,6 @@ def _run_step(instance, backend, me):
     step = instance.step
     steps = list(backend.steps) + [WAIT_STEP]
     next_step = steps[steps.index(step) + 1]
-    _fault_point("before", step)
     for attempt in range(5):
         changes = backend.run_step(step, instance)
         values = {"step": next_step, "lease_expires_at": utcnow() + timedelta(seconds=_lease_seconds())}
@@ -143,7 +135,6 @@ def _run_step(instance, backend, me):
         if instance.state not in (State.SPAWNING,):
             backend.stop(instance)
         return
-    _fault_point("after", step)
     record_event("spawn.step", _STEP_MESSAGES.get(step, step).format(**values), actor="worker",
                  instance_id=instance.id, user_id=instance.owner_id, step=step)
     db.session.commit()
@@ -179,7 +170,6 @@ def _wait_healthy(instance, backend, me):
             instance = _fresh(instance.id)
         _check_deadline(instance)
 
-    _fault_point("before", WAIT_STEP)
     now = utcnow()
     if not update_where(ToolInstance, ToolInstance.id == instance.id, ToolInstance.state == State.SPAWNING,
                         ToolInstance.lease_owner == me, commit=True,

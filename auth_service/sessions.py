@@ -7,7 +7,7 @@ from sqlalchemy import select
 
 from berth.accounts import live_session_filter
 from berth.extensions import db
-from berth.models import Session, User, hash_token, record_event, update_where, utcnow
+from berth.models import Session, User, hash_token, record_event, revoke_where, utcnow
 from berth.web import client_ip
 
 # How the audit log tells of a sign-in, by the session's method.
@@ -70,8 +70,7 @@ def revoke_session(token):
     """End a sign-in at once: the next auth check for this token answers 401."""
     if not token:
         return False
-    return update_where(Session, Session.token_hash == hash_token(token), Session.revoked_at.is_(None),
-                        revoked_at=utcnow()) == 1
+    return revoke_where(Session, Session.token_hash == hash_token(token)) == 1
 
 
 def set_session_cookie(response, token, config):

@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from berth.extensions import db
-from berth.models import Group, Membership, Session, User, delete_where, record_event, update_where, utcnow
+from berth.models import Group, Membership, Session, User, delete_where, record_event, revoke_where, utcnow
 
 MAX_GROUPS = 200
 
@@ -38,8 +38,7 @@ def user_sessions(user):
 
 def end_session(user, session_id, actor):
     """Revoke one of user's sessions; the next request with it is refused. The caller commits."""
-    if not update_where(Session, Session.id == session_id, Session.user_id == user.id,
-                        Session.revoked_at.is_(None), revoked_at=utcnow()):
+    if not revoke_where(Session, Session.id == session_id, Session.user_id == user.id):
         return False
     record_event("auth.session_end", f"Session {session_id} ended", actor=actor, user_id=user.id,
                  session_id=session_id)
@@ -48,8 +47,7 @@ def end_session(user, session_id, actor):
 
 def end_other_sessions(user, keep_session_id, actor):
     """Revoke every session of user except keep_session_id; returns how many. The caller commits."""
-    ended = update_where(Session, Session.user_id == user.id, Session.revoked_at.is_(None),
-                         Session.id != keep_session_id, revoked_at=utcnow())
+    ended = revoke_where(Session, Session.user_id == user.id, Session.id != keep_session_id)
     if ended:
         record_event("auth.session_end", f"{ended} other sessions ended", actor=actor, user_id=user.id)
     return ended
@@ -64,7 +62,7 @@ def set_user_flags(user, actor, is_active=None, is_admin=None):
     if is_active is not None and is_active != user.is_active:
         user.is_active = is_active
         if not is_active:
-            update_where(Session, Session.user_id == user.id, Session.revoked_at.is_(None), revoked_at=utcnow())
+            revoke_where(Session, Session.user_id == user.id)
         record_event("user.activate" if is_active else "user.deactivate",
                      f"{user.email} {'activated' if is_active else 'deactivated'}", actor=actor,
                      user_id=user.id, before={"is_active": not is_active}, after={"is_active": is_active})

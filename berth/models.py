@@ -338,6 +338,12 @@ def update_where(model, *conditions, commit=False, **values):
     return _rows_changed(update(model).where(*conditions).values(**values), commit)
 
 
+def revoke_where(model, *conditions):
+    """Revoke the rows of model (sessions, API tokens) that meet every condition and are not
+    revoked yet; the auth check refuses them from then on. Returns how many this call revoked."""
+    return update_where(model, model.revoked_at.is_(None), *conditions, revoked_at=utcnow())
+
+
 def delete_where(model, *conditions, commit=False):
     """A conditional DELETE of the rows of model that meet every condition; how many it removed."""
     return _rows_changed(delete(model).where(*conditions), commit)

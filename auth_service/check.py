@@ -29,7 +29,7 @@ import threading
 from datetime import datetime, timedelta, timezone
 from urllib.parse import quote
 
-from berth.addresses import allowed, client_address, parse_networks
+from berth.addresses import allowed, parse_networks, request_client_address
 from berth.hosts import MAX_NEXT_URL_LENGTH, is_main_host, parse_tool_host, public_url
 from berth.models import hash_token, utcnow
 from berth.tokens import bearer_token, token_allowed_on_main_host
@@ -323,9 +323,8 @@ class AuthCheck:
         if not tool.shared and row.owner_id is None:
             return _to_web(row.user_id, page="notfound")
         if row.ip_allowlist and row.ip_allowlist != "[]":
-            address = client_address(environ.get("HTTP_X_REAL_IP", ""),
-                                     environ.get("HTTP_X_FORWARDED_FOR", ""),
-                                     self.config["BERTH_TRUSTED_HOPS"], self.config["BERTH_TRUSTED_PROXIES"])
+            address = request_client_address(self.config, environ.get("HTTP_X_REAL_IP", ""),
+                                             environ.get("HTTP_X_FORWARDED_FOR", ""))
             if not allowed(address, self._networks(row.ip_allowlist)):
                 seen = address or "an unreadable address"
                 return _forbidden(f"{row.template_name} cannot be reached from your address, {seen}.",

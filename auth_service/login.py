@@ -9,16 +9,11 @@ from sqlalchemy import func, select
 from wtforms import EmailField, PasswordField, StringField
 from wtforms.validators import DataRequired, Length
 
-from auth_service.sessions import (
-    clear_session_cookie,
-    find_session,
-    revoke_session,
-    set_session_cookie,
-    start_session,
-)
+from auth_service.sessions import clear_session_cookie, complete_sign_in, find_session, revoke_session, session_token
 from berth.extensions import db
 from berth.hosts import safe_next_url
 from berth.models import User, record_event
+from berth.web import client_ip
 
 bp = Blueprint("login", __name__, url_prefix="/auth")
 
@@ -31,14 +26,6 @@ class LoginForm(FlaskForm):
 
 class LogoutForm(FlaskForm):
     pass
-
-
-def _client_ip():
-    return request.headers.get("X-Real-IP", request.remote_addr or "")
-
-
-def _session_token():
-    return request.cookies.get(current_app.config["BERTH_SESSION_COOKIE"])
 
 
 def _render_login(form, next_url, status=200, error=None):
@@ -55,7 +42,7 @@ def login():
     config = current_app.config
     form = LoginForm()
     next_url = safe_next_url(config, form.next.data or request.args.get("next"))
-    if request.method == "GET" and find_session(_session_token()):
+    if request.method == "GET" and find_session(session_token()):
         return redirect(next_url)
     if request.method == "POST" and config["BERTH_LOCAL_LOGIN"] == "off":
         return _render_login(form, next_url, 403, error="Password sign-in is turned off here. "
@@ -67,46 +54,34 @@ def login():
     user = db.session.execute(select(User).where(func.lower(User.email) == email)).scalar_one_or_none()
     if user is None or not user.is_active or not user.check_password(form.password.data):
         record_event("auth.login_failed", f"Failed sign-in for {email}", actor="anonymous",
-                     user_id=user.id if user else None, ip=_client_ip())
+                     user_id=user.id if user else None, ip=client_ip())
         db.session.commit()
         return _render_login(form, next_url, 401,
                              error="That email and password do not match an active account.")
     if config["BERTH_LOCAL_LOGIN"] == "admins" and not user.is_admin:
         record_event("auth.login_failed", f"Password sign-in refused for {email}: not an administrator",
-                     actor="anonymous", user_id=user.id, ip=_client_ip())
+                     actor="anonymous", user_id=user.id, ip=client_ip())
         db.session.commit()
         return _render_login(form, next_url, 403, error="Password sign-in is for administrators only. "
                              f"Sign in with {config['BERTH_OIDC_PROVIDER_NAME']}.")
 
-    revoke_session(_session_token())  # a fresh token at every sign-in: no fixation
-    token = start_session(
-        user,
-        lifetime_seconds=config["BERTH_SESSION_LIFETIME"],
-        client_ip=_client_ip(),
-        user_agent=request.headers.get("User-Agent", ""),
-    )
-    record_event("auth.login", f"{user.email} signed in", actor=f"user:{user.id}",
-                 user_id=user.id, ip=_client_ip())
-    db.session.commit()
-    response = redirect(next_url)
-    set_session_cookie(response, token, config)
-    return response
+    return complete_sign_in(user, next_url, method="password")
 
 
 @bp.route("/logout", methods=["GET", "POST"])
 def logout():
     config = current_app.config
     form = LogoutForm()
-    session = find_session(_session_token())
+    session = find_session(session_token())
     if request.method == "GET" or not form.validate_on_submit():
         if session is None:
             return redirect("/auth/login")
         return render_template("logout.html", form=form, user=session.user)
     provider_logout = None
     if session is not None:
-        revoke_session(_session_token())
+        revoke_session(session_token())
         record_event("auth.logout", f"{session.user.email} signed out",
-                     actor=f"user:{session.user_id}", user_id=session.user_id, ip=_client_ip())
+                     actor=f"user:{session.user_id}", user_id=session.user_id, ip=client_ip())
         db.session.commit()
         if session.method == "oidc" and config["BERTH_OIDC_ISSUER"]:
             from auth_service import oidc  # only imported with single sign-on (authlib: ~16 MB a process)

@@ -17,11 +17,12 @@ from authlib.integrations.flask_client import OAuth
 from flask import Blueprint, abort, current_app, redirect, render_template, request, session
 from joserfc.errors import ExpiredTokenError, JoseError
 
-from auth_service.sessions import revoke_session, set_session_cookie, start_session
+from auth_service.sessions import complete_sign_in
 from berth.accounts import SignInRefused, user_from_claims
 from berth.extensions import db
 from berth.hosts import public_url, safe_next_url
 from berth.models import record_event
+from berth.web import client_ip
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,7 @@ def _probe_provider():
 
 def _failure(title, message, status, kind, next_url=None, retry=True):
     record_event("auth.sso_failed", f"Single sign-on failed: {kind}: {message}", actor="anonymous",
-                 ip=_client_ip(), failure=kind)
+                 ip=client_ip(), failure=kind)
     db.session.commit()
     return render_template("sso_error.html", title=title, message=message, retry=retry,
                            next_url=next_url or public_url(current_app.config,
@@ -111,10 +112,6 @@ def _provider_down(next_url, detail):
                     f"Berth could not reach {name}. It may be down for a moment: try again shortly."
                     + fallback.get(current_app.config["BERTH_LOCAL_LOGIN"], ""),
                     503, "provider_down", next_url)
-
-
-def _client_ip():
-    return request.headers.get("X-Real-IP", request.remote_addr or "")
 
 
 def _redirect_uri():
@@ -197,15 +194,7 @@ def callback():
         db.session.rollback()
         return _failure(refusal.title, refusal.message, refusal.status, refusal.kind, next_url,
                         retry=refusal.kind != "deactivated")
-    revoke_session(request.cookies.get(config["BERTH_SESSION_COOKIE"]))  # no fixation
-    cookie = start_session(user, lifetime_seconds=config["BERTH_SESSION_LIFETIME"], client_ip=_client_ip(),
-                           user_agent=request.headers.get("User-Agent", ""), method="oidc")
-    record_event("auth.login", f"{user.email} signed in with single sign-on", actor=f"user:{user.id}",
-                 user_id=user.id, ip=_client_ip(), method="oidc")
-    db.session.commit()
-    response = redirect(next_url)
-    set_session_cookie(response, cookie, config)
-    return response
+    return complete_sign_in(user, next_url, method="oidc")
 
 
 def _state_mismatch(next_url):

@@ -2,11 +2,16 @@
 import secrets
 from datetime import timedelta
 
-from sqlalchemy import select, update
+from flask import current_app, redirect, request
+from sqlalchemy import select
 
 from berth.accounts import live_session_filter
 from berth.extensions import db
-from berth.models import Session, User, hash_token, utcnow
+from berth.models import Session, User, hash_token, record_event, revoke_where, utcnow
+from berth.web import client_ip
+
+# How the audit log tells of a sign-in, by the session's method.
+_SIGNED_IN = {"password": "{email} signed in", "oidc": "{email} signed in with single sign-on"}
 
 
 def start_session(user, *, lifetime_seconds, client_ip="", user_agent="", method="password"):
@@ -28,6 +33,28 @@ def start_session(user, *, lifetime_seconds, client_ip="", user_agent="", method
     return token
 
 
+def complete_sign_in(user, next_url, method):
+    """Sign user in, whichever way they proved who they are, and send the browser on to next_url
+    (made safe by safe_next_url already): a new session, the browser's old one revoked (a fresh
+    token at every sign-in: no fixation), the event in the audit log, and the cookie."""
+    config = current_app.config
+    revoke_session(session_token())
+    address = client_ip()
+    token = start_session(user, lifetime_seconds=config["BERTH_SESSION_LIFETIME"], client_ip=address,
+                          user_agent=request.headers.get("User-Agent", ""), method=method)
+    record_event("auth.login", _SIGNED_IN[method].format(email=user.email), actor=f"user:{user.id}",
+                 user_id=user.id, ip=address, method=method)
+    db.session.commit()
+    response = redirect(next_url)
+    set_session_cookie(response, token, config)
+    return response
+
+
+def session_token():
+    """The session token in this request's cookie, or None."""
+    return request.cookies.get(current_app.config["BERTH_SESSION_COOKIE"])
+
+
 def find_session(token):
     """The live Session for a cookie value (not revoked, expired or idle too long), or None."""
     if not token or len(token) > 200:
@@ -43,12 +70,7 @@ def revoke_session(token):
     """End a sign-in at once: the next auth check for this token answers 401."""
     if not token:
         return False
-    result = db.session.execute(
-        update(Session)
-        .where(Session.token_hash == hash_token(token), Session.revoked_at.is_(None))
-        .values(revoked_at=utcnow())
-    )
-    return result.rowcount == 1
+    return revoke_where(Session, Session.token_hash == hash_token(token)) == 1
 
 
 def set_session_cookie(response, token, config):

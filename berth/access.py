@@ -11,11 +11,12 @@ alone. tests/integration/test_access.py holds both to the same permission matrix
   also be allowed the template. Only the owner starts it; administrators get no other access.
 - A shared tool (<slug>.<domain>) is opened, and started, by anyone allowed the template.
 """
-from sqlalchemy import delete, or_, select
+from sqlalchemy import or_, select
 from sqlalchemy.exc import IntegrityError
 
 from berth.extensions import db
-from berth.models import Grant, Group, Membership, ToolTemplate, User, record_event, template_groups
+from berth.models import (Grant, Group, Membership, ToolTemplate, User, delete_where, record_event,
+                          template_groups)
 
 
 class AccessRefused(Exception):
@@ -119,9 +120,8 @@ def add_grant(owner, template, host, actor, *, email=None, group_name=None):
 def revoke_grant(grant, actor):
     """End a grant; the grantee's next request (or WebSocket handshake) is refused. Caller commits."""
     description = f"{grant.owner.email} stopped sharing {grant.host} with {grant.grantee}"
-    result = db.session.execute(delete(Grant).where(Grant.id == grant.id)
-                                .execution_options(synchronize_session=False))
-    if result.rowcount:
-        record_event("grant.revoke", description, actor=actor, user_id=grant.owner_id, host=grant.host,
-                     grant_id=grant.id, grantee_user_id=grant.user_id, grantee_group_id=grant.group_id)
-    return bool(result.rowcount)
+    if not delete_where(Grant, Grant.id == grant.id):
+        return False
+    record_event("grant.revoke", description, actor=actor, user_id=grant.owner_id, host=grant.host,
+                 grant_id=grant.id, grantee_user_id=grant.user_id, grantee_group_id=grant.group_id)
+    return True

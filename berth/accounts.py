@@ -7,11 +7,11 @@ conditions in SQL).
 from datetime import timedelta
 
 from flask import current_app
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from berth.extensions import db
-from berth.models import Group, Membership, Session, User, record_event, utcnow
+from berth.models import Group, Membership, Session, User, delete_where, record_event, revoke_where, utcnow
 
 MAX_GROUPS = 200
 
@@ -38,13 +38,7 @@ def user_sessions(user):
 
 def end_session(user, session_id, actor):
     """Revoke one of user's sessions; the next request with it is refused. The caller commits."""
-    result = db.session.execute(
-        update(Session)
-        .where(Session.id == session_id, Session.user_id == user.id, Session.revoked_at.is_(None))
-        .values(revoked_at=utcnow())
-        .execution_options(synchronize_session=False)
-    )
-    if result.rowcount != 1:
+    if not revoke_where(Session, Session.id == session_id, Session.user_id == user.id):
         return False
     record_event("auth.session_end", f"Session {session_id} ended", actor=actor, user_id=user.id,
                  session_id=session_id)
@@ -53,16 +47,10 @@ def end_session(user, session_id, actor):
 
 def end_other_sessions(user, keep_session_id, actor):
     """Revoke every session of user except keep_session_id; returns how many. The caller commits."""
-    result = db.session.execute(
-        update(Session)
-        .where(Session.user_id == user.id, Session.revoked_at.is_(None), Session.id != keep_session_id)
-        .values(revoked_at=utcnow())
-        .execution_options(synchronize_session=False)
-    )
-    if result.rowcount:
-        record_event("auth.session_end", f"{result.rowcount} other sessions ended", actor=actor,
-                     user_id=user.id)
-    return result.rowcount
+    ended = revoke_where(Session, Session.user_id == user.id, Session.id != keep_session_id)
+    if ended:
+        record_event("auth.session_end", f"{ended} other sessions ended", actor=actor, user_id=user.id)
+    return ended
 
 
 def set_user_flags(user, actor, is_active=None, is_admin=None):
@@ -74,10 +62,7 @@ def set_user_flags(user, actor, is_active=None, is_admin=None):
     if is_active is not None and is_active != user.is_active:
         user.is_active = is_active
         if not is_active:
-            db.session.execute(
-                update(Session).where(Session.user_id == user.id, Session.revoked_at.is_(None))
-                .values(revoked_at=utcnow()).execution_options(synchronize_session=False)
-            )
+            revoke_where(Session, Session.user_id == user.id)
         record_event("user.activate" if is_active else "user.deactivate",
                      f"{user.email} {'activated' if is_active else 'deactivated'}", actor=actor,
                      user_id=user.id, before={"is_active": not is_active}, after={"is_active": is_active})
@@ -220,8 +205,7 @@ def sync_groups(user, names):
     wanted = set(names)
     stale = [m.id for name, m in current.items() if m.source == "oidc" and name not in wanted]
     if stale:
-        db.session.execute(delete(Membership).where(Membership.id.in_(stale))
-                           .execution_options(synchronize_session=False))
+        delete_where(Membership, Membership.id.in_(stale))
     for name in sorted(wanted - set(current)):
         db.session.add(Membership(user_id=user.id, group_id=_group(name).id, source="oidc"))
     db.session.flush()

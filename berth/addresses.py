@@ -6,6 +6,9 @@ that chain from the right, past at most that many hops, each of which must lie i
 BERTH_TRUSTED_PROXIES when that is set. Entries further left were written by the client and
 prove nothing: with one trusted hop, a client that sends `X-Forwarded-For: 1.2.3.4` itself is
 still seen at its real address, because the trusted proxy appends that address after it.
+
+request_client_address is the one rule for a request that came through nginx: the IP
+allowlists, the audit log and the sessions' recorded addresses all go by it.
 """
 import ipaddress
 
@@ -55,6 +58,21 @@ def client_address(remote_addr, forwarded_for, trusted_hops, trusted_proxies=())
             break
         chain.pop()
     return _address(chain[-1])
+
+
+def request_client_address(config, real_ip, forwarded_for, appended_by_nginx=False):
+    """The client's address for a request that nginx passed on, or None when it cannot be told.
+
+    real_ip is X-Real-IP, the address that connected to nginx. forwarded_for is X-Forwarded-For
+    as the request arrived (nginx passes it so to the auth check), or, with appended_by_nginx,
+    with real_ip appended by nginx (on the way to the sign-in pages and the web app): that last
+    copy is dropped first, so that both read the same chain.
+    """
+    entries = [entry for entry in (forwarded_for or "").split(",") if entry.strip()]
+    if appended_by_nginx and entries and entries[-1].strip() == (real_ip or "").strip():
+        entries.pop()
+    return client_address(real_ip, ",".join(entries), config["BERTH_TRUSTED_HOPS"],
+                          config.get("BERTH_TRUSTED_PROXIES", ()))
 
 
 def allowed(address, networks):

@@ -5,11 +5,11 @@
         name: JupyterLab
         description: Notebooks in Python
         backend: process            # process, docker or ecs
-        command: ["{python}", "-m", "jupyterlab", "--port={port}"]
+        command: ["{python}", "-m", "jupyterlab", "--port={port}"]   # placeholders: see below
         image: null                 # docker: the container image; ecs: the task definition
                                     # (family, family:revision or ARN)
         port: null                  # the port the tool listens on inside a container or task
-        env: {KEY: value}           # {port}, {python} and {home} are filled in
+        env: {KEY: value}           # placeholders are filled in here too
         health_path: /              # Berth waits until this answers below 500
         spawn_timeout: 120          # seconds until a launch that has not answered fails
         idle_timeout: 3600          # seconds without activity before the tool is stopped
@@ -24,6 +24,12 @@
           - {name: small, cpu: 0.5, memory_mb: 1024}
           - {name: large, cpu: 2, memory_mb: 4096}
 
+Placeholders in command and env values, filled in at launch (berth/backends/placeholders.py):
+{port} and {ip}, the port and address the tool must listen on, on every backend; {home}, the
+owner's home, on the process and docker backends; {python}, an interpreter the tool's user may
+run, on the process backend only. Any other lower-case name in braces, or one the entry's
+backend does not fill, is an error.
+
 Every entry is checked before anything is written. An error names the entry and the field.
 """
 import re
@@ -36,6 +42,7 @@ from berth.addresses import AddressError, parse_networks
 from berth.hosts import slug_problem
 from berth.models import Group, ToolTemplate, record_event
 from berth.backends import BACKEND_NAMES
+from berth.backends.placeholders import placeholder_problem
 
 
 class CatalogueError(ValueError):
@@ -103,6 +110,11 @@ def validate_entry(entry):
     if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, (str, int, float))
                                             and not isinstance(v, bool) for k, v in env.items()):
         raise CatalogueError("env must map names to strings or numbers", "env")
+    texts = [(f"command[{position}]", part) for position, part in enumerate(command, start=1)]
+    for field, text in texts + [(f"env.{key}", value) for key, value in env.items()]:
+        problem = placeholder_problem(text, backend)
+        if problem:
+            raise CatalogueError(f"{field}: {problem}", _top(field))
     health_path = _text(entry.get("health_path", "/"), "health_path", required=True)
     if not health_path.startswith("/"):
         raise CatalogueError("health_path must start with /", "health_path")

@@ -9,7 +9,7 @@ import secrets
 from datetime import datetime, timezone
 
 from sqlalchemy import (JSON, Boolean, CheckConstraint, Column, ForeignKey, Index, Integer, String, Table, Text,
-                        UniqueConstraint, func, text)
+                        UniqueConstraint, delete, func, text, update)
 from sqlalchemy import DateTime as _DateTime
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
@@ -268,10 +268,6 @@ class ToolInstance(db.Model):
         Index("ix_tool_instances_state", "state"),
     )
 
-    @property
-    def is_live(self):
-        return self.state in State.LIVE
-
 
 class Grant(db.Model):
     """The owner of a personal tool lets another user, or a group, open it at its address.
@@ -332,3 +328,32 @@ def record_event(kind, message="", *, actor="", user_id=None, instance_id=None, 
     )
     db.session.add(event)
     return event
+
+
+def update_where(model, *conditions, commit=False, **values):
+    """A conditional UPDATE: set values on the rows of model that meet every condition, and
+    return how many it changed.
+
+    This is how every change that replicas may race for is made: the conditions say what the
+    change requires (the state it starts from, the lease, "not revoked yet"), and the count tells
+    the caller whether it won. Objects already loaded in the session are not refreshed.
+    """
+    return _rows_changed(update(model).where(*conditions).values(**values), commit)
+
+
+def revoke_where(model, *conditions):
+    """Revoke the rows of model (sessions, API tokens) that meet every condition and are not
+    revoked yet; the auth check refuses them from then on. Returns how many this call revoked."""
+    return update_where(model, model.revoked_at.is_(None), *conditions, revoked_at=utcnow())
+
+
+def delete_where(model, *conditions, commit=False):
+    """A conditional DELETE of the rows of model that meet every condition; how many it removed."""
+    return _rows_changed(delete(model).where(*conditions), commit)
+
+
+def _rows_changed(statement, commit):
+    result = db.session.execute(statement.execution_options(synchronize_session=False))
+    if commit:
+        db.session.commit()
+    return result.rowcount

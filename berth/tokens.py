@@ -9,10 +9,10 @@ import re
 import secrets
 from datetime import timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 
 from berth.extensions import db
-from berth.models import ApiToken, hash_token, record_event, utcnow
+from berth.models import ApiToken, hash_token, record_event, revoke_where, utcnow
 
 PREFIX = "berth_"
 _BEARER = re.compile(r"^bearer\s+(berth_[A-Za-z0-9_-]{1,200})\s*$", re.IGNORECASE)
@@ -76,13 +76,7 @@ def user_tokens(user):
 
 def revoke_token(user, token_id, actor):
     """Revoke one of user's tokens at once. False if there is no such live token. The caller commits."""
-    result = db.session.execute(
-        update(ApiToken)
-        .where(ApiToken.id == token_id, ApiToken.user_id == user.id, ApiToken.revoked_at.is_(None))
-        .values(revoked_at=utcnow())
-        .execution_options(synchronize_session=False)
-    )
-    if result.rowcount != 1:
+    if not revoke_where(ApiToken, ApiToken.id == token_id, ApiToken.user_id == user.id):
         return False
     record_event("token.revoke", f"API token {token_id} revoked", actor=actor, user_id=user.id,
                  token_id=token_id)

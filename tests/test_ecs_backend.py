@@ -4,11 +4,11 @@ moto runs in server mode on loopback (ThreadedMotoServer), and Berth's boto3 cli
 through BERTH_ECS_ENDPOINT_URL and a small fault proxy (tests/aws_proxy.py) that injects
 throttling, lost answers and Fargate's "no capacity", and adds RunTask's clientToken
 idempotency, which moto lacks. The launcher runs in-process on a migrated SQLite database, or
-in a subprocess that BERTH_TEST_CRASH_AT kills mid-launch.
+in a subprocess that kills itself mid-launch (tests/crashing_worker.py).
 
 What moto cannot show is tested on answers in AWS's shape (tests/fixtures/ecs/): a task's
-address (moto's leads nowhere; BERTH_TEST_ECS_ADDRESS stands in for it with a loopback
-server), a task that stops by itself, RunTask's failures list.
+address (moto's leads nowhere: the tests put a loopback server in its place, in the test
+process and in the worker subprocess alike), a task that stops by itself, RunTask's failures list.
 """
 import itertools
 import json
@@ -40,13 +40,14 @@ from berth.launch.state_machine import advance_launch, begin_stop, stop_instance
 from berth.launch.upkeep import reconcile
 from berth.models import Event, State, ToolInstance, ToolTemplate, User, utcnow
 from berth.backends import get_backend
+from berth.backends import ecs
 from berth.backends.ecs import (
-    _test_address,
     client_token,
     is_capacity_failure,
     run_task_failure,
     started_by,
     stop_summary,
+    task_address,
     task_private_ip,
 )
 
@@ -58,13 +59,28 @@ TOOL_PORT = 8888
 AWS_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing",
            "AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": "/dev/null",
            "AWS_SHARED_CREDENTIALS_FILE": "/dev/null"}
+# A worker of its own, killed at a crash point, with the tool's stand-in in every task's place.
 WORKER = """
 import sys
-from webapp import create_app
+from berth.backends import ecs
 from berth.launch.state_machine import advance_launch
+from tests.crashing_worker import arm
+from tests.test_ecs_backend import stand_in
+from webapp import create_app
+
+instance_id, crash_at, tool_address = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+ecs.task_address = stand_in(tool_address)
+arm(crash_at)
 with create_app().app_context():
-    print(advance_launch(int(sys.argv[1])))
+    print(advance_launch(instance_id))
 """
+
+
+def stand_in(tool_address):
+    """task_address, with the tool's stand-in in place of every task address: moto's lead nowhere."""
+    def address(task, port):
+        return tool_address if task_address(task, port) else None
+    return address
 
 
 def fixture(name):
@@ -142,10 +158,11 @@ def test_an_ecs_template_needs_a_task_definition():
     assert (entry["backend"], entry["image"], entry["port"]) == ("ecs", "jupyterlab:3", 8888)
 
 
-def test_the_test_address_setting_is_ignored_against_real_aws(monkeypatch):
-    monkeypatch.setenv("BERTH_TEST_ECS_ADDRESS", "127.0.0.1:9")
-    assert _test_address({"BERTH_ECS_ENDPOINT_URL": None}) is None
-    assert _test_address({"BERTH_ECS_ENDPOINT_URL": "http://127.0.0.1:5000"}) == "127.0.0.1:9"
+def test_the_tool_answers_at_the_running_tasks_address_and_the_templates_port():
+    [task] = fixture("describe_tasks_running.json")["tasks"]
+    assert task_address(task, 8888) == "10.20.3.47:8888"
+    [provisioning] = fixture("describe_tasks_provisioning.json")["tasks"]
+    assert task_address(provisioning, 8888) is None
 
 
 # -- an AWS of our own, on loopback ----------------------------------------------------------
@@ -163,7 +180,7 @@ def moto():
 
 @pytest.fixture(scope="module")
 def tool_server():
-    """The tool's stand-in: answers every GET, so health probes succeed (BERTH_TEST_ECS_ADDRESS)."""
+    """The tool's stand-in: answers every GET, so health probes succeed (see stand_in)."""
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802
             self.send_response(200)
@@ -238,11 +255,10 @@ def app(tmp_path, aws, tool_server, monkeypatch):
         "BERTH_ECS_ENDPOINT_URL": aws.endpoint,
         "BERTH_ECS_API_ATTEMPTS": "3",
         "BERTH_ECS_RETRY_BASE_MS": "1",
-        "BERTH_TEST_ECS_ADDRESS": tool_server,
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    monkeypatch.delenv("BERTH_TEST_CRASH_AT", raising=False)
+    monkeypatch.setattr(ecs, "task_address", stand_in(tool_server))
     app = create_app()
     with app.app_context():
         flask_migrate.upgrade()
@@ -291,9 +307,9 @@ def _expire_lease(instance_id):
     db.session.commit()
 
 
-def _worker_killed_at(instance_id, crash_at):
-    done = subprocess.run([sys.executable, "-c", WORKER, str(instance_id)], capture_output=True, text=True,
-                          env={**os.environ, "BERTH_TEST_CRASH_AT": crash_at}, timeout=120)
+def _worker_killed_at(instance_id, crash_at, tool_address):
+    done = subprocess.run([sys.executable, "-c", WORKER, str(instance_id), crash_at, tool_address],
+                          capture_output=True, text=True, timeout=120)
     assert done.returncode == -signal.SIGKILL, (done.returncode, done.stdout, done.stderr)
 
 
@@ -381,7 +397,7 @@ def test_a_lost_run_task_answer_is_retried_with_the_same_client_token_and_one_ta
 def test_a_worker_killed_anywhere_in_a_launch_is_resumed_with_one_task(app, aws, tool_server, crash_at):
     instance_id = _new_instance()
 
-    _worker_killed_at(instance_id, crash_at)
+    _worker_killed_at(instance_id, crash_at, tool_server)
     _expire_lease(instance_id)
     assert advance_launch(instance_id) == "running"
 
@@ -392,9 +408,10 @@ def test_a_worker_killed_anywhere_in_a_launch_is_resumed_with_one_task(app, aws,
     assert task["lastStatus"] == "RUNNING"
 
 
-def test_a_resumed_launch_that_cannot_list_its_task_yet_gets_it_back_through_the_client_token(app, aws):
+def test_a_resumed_launch_that_cannot_list_its_task_yet_gets_it_back_through_the_client_token(app, aws,
+                                                                                             tool_server):
     instance_id = _new_instance()
-    _worker_killed_at(instance_id, "after:RunTask")
+    _worker_killed_at(instance_id, "after:RunTask", tool_server)
     _expire_lease(instance_id)
     aws.proxy.answer("ListTasks", 200, {"taskArns": []})  # ListTasks lags behind, as it may on AWS
 
@@ -469,9 +486,9 @@ def test_a_throttled_describe_never_declares_a_running_tool_dead(app, aws):
 
 
 # -- failures the user sees --------------------------------------------------------------------
-def test_a_task_that_stops_while_starting_shows_its_reason_on_the_failed_page(app, aws):
+def test_a_task_that_stops_while_starting_shows_its_reason_on_the_failed_page(app, aws, tool_server):
     instance_id = _new_instance()
-    _worker_killed_at(instance_id, "after:run_task")
+    _worker_killed_at(instance_id, "after:run_task", tool_server)
     _stop_by_hand(aws, _instance(instance_id).backend_state["task_arn"], "Essential container in task exited")
     _expire_lease(instance_id)
 

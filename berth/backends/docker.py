@@ -20,6 +20,7 @@ import io
 import tarfile
 
 from berth.backends.base import Backend, LaunchFailed, allocate_port, probe_http
+from berth.backends.placeholders import fill
 from berth.backends.sandbox import DOCKER_LINK_PREFIX, Sandbox
 
 LABEL = "berth.deployment"
@@ -110,15 +111,8 @@ class DockerBackend(Backend):
             raise LaunchFailed("The template names no image for the docker backend.")
         self._ensure_image(template.image)
         port = self._tool_port(instance)
-        values = {"{port}": str(port), "{ip}": "127.0.0.1" if self.host_networking else "0.0.0.0",
-                  "{home}": CONTAINER_HOME}
-
-        def fill(text):
-            for key, value in values.items():
-                text = str(text).replace(key, value)
-            return text
-
-        env = {key: fill(value) for key, value in (template.env or {}).items()}
+        command, env = fill(instance, port, home=CONTAINER_HOME,
+                            ip="127.0.0.1" if self.host_networking else "0.0.0.0")
         env["PORT"] = str(port)
         env["HOME"] = CONTAINER_HOME
         uid = Sandbox(self.config).uid_for(instance)
@@ -126,7 +120,7 @@ class DockerBackend(Backend):
         size = instance.size or {}
         options = {
             "name": self.container_name(instance.id),
-            "command": [fill(part) for part in template.command] or None,
+            "command": command or None,
             "environment": env,
             "labels": {
                 LABEL: self.config["BERTH_DEPLOYMENT"],

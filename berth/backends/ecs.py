@@ -29,14 +29,13 @@ the tests run against (moto) gives tasks addresses that lead nowhere.
 """
 import hashlib
 import logging
-import os
 import random
 import re
-import signal
 import time
 
 from berth.models import State
 from berth.backends.base import Backend, LaunchFailed, probe_http
+from berth.backends.placeholders import fill
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +110,15 @@ def task_private_ip(task):
     return None
 
 
+def task_address(task, port):
+    """Where the tool in a task answers, <private IPv4>:<port>, once the task is RUNNING with an
+    address; None before."""
+    if task.get("lastStatus") != "RUNNING":
+        return None
+    ip = task_private_ip(task)
+    return f"{ip}:{port}" if ip else None
+
+
 def is_stopping(task):
     """True once ECS has decided the task ends (desiredStatus STOPPED), or it has ended."""
     return task.get("desiredStatus") == "STOPPED" or task.get("lastStatus") == "STOPPED"
@@ -179,23 +187,6 @@ def _worth_retrying(error):
 def _error_text(error):
     answer = error.response.get("Error", {})
     return f"{answer.get('Code') or 'error'}: {answer.get('Message') or 'no message'}"
-
-
-# -- test-only hooks, like BERTH_TEST_CRASH_AT in the launcher ---------------------------------
-def _test_crash_point(name):
-    """BERTH_TEST_CRASH_AT=after:RunTask kills the worker after AWS started the task and before
-    the launcher recorded it: the window clientToken and the tags exist for."""
-    if os.environ.get("BERTH_TEST_CRASH_AT") == name:
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _test_address(config):
-    """BERTH_TEST_ECS_ADDRESS=host:port stands in for every task's address. Test-only: the AWS
-    emulator gives tasks addresses that lead nowhere. Honoured only together with
-    BERTH_ECS_ENDPOINT_URL (an emulator), so it can never redirect tools on real AWS."""
-    if config.get("BERTH_ECS_ENDPOINT_URL"):
-        return os.environ.get("BERTH_TEST_ECS_ADDRESS")
-    return None
 
 
 class EcsBackend(Backend):
@@ -306,7 +297,6 @@ class EcsBackend(Backend):
         for attempt in range(1, attempts + 1):
             token = client_token(self.deployment, instance.id, instance.created_at, attempt)
             answer = self._call("run_task", clientToken=token, **params)
-            _test_crash_point("after:RunTask")
             if answer.get("tasks"):
                 task = answer["tasks"][0]
                 return {"task_arn": task["taskArn"], "task_definition": task.get("taskDefinitionArn")}
@@ -335,17 +325,12 @@ class EcsBackend(Backend):
         Deterministic (sorted environment), because AWS answers a repeated clientToken with the
         first task only if the parameters are the same.
         """
-        template = instance.template
-
-        def fill(text):
-            return str(text).replace("{port}", str(port))
-
-        env = {key: fill(value) for key, value in (template.env or {}).items()}
+        command, env = fill(instance, port)
         env["PORT"] = str(port)
         container_override = {"name": container,
                               "environment": [{"name": key, "value": env[key]} for key in sorted(env)]}
-        if template.command:
-            container_override["command"] = [fill(part) for part in template.command]
+        if command:
+            container_override["command"] = command
         overrides = {"containerOverrides": [container_override]}
         size = instance.size or {}
         if size.get("cpu"):
@@ -377,11 +362,7 @@ class EcsBackend(Backend):
         if task is not None and is_stopping(task):
             reason, detail = stop_summary(task)
             raise LaunchFailed(f"The ECS task stopped before the tool answered: {reason}", detail)
-        address = None
-        if task is not None and task.get("lastStatus") == "RUNNING":
-            ip = task_private_ip(task)
-            if ip:
-                address = _test_address(self.config) or f"{ip}:{instance.template.port or DEFAULT_PORT}"
+        address = task_address(task, instance.template.port or DEFAULT_PORT) if task is not None else None
         until = time.monotonic() + self.describe_interval
         while True:
             if address and probe_http(address, instance.template.health_path):

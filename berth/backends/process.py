@@ -13,11 +13,11 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 from berth.backends.base import Backend, LaunchFailed, allocate_port, probe_http, tail_of_file
+from berth.backends.placeholders import fill
 from berth.backends.sandbox import Sandbox
 
 BUNDLED_TOOLS = Path(__file__).resolve().parent.parent.parent / "berth_tools"
@@ -114,24 +114,17 @@ class ProcessBackend(Backend):
         else:
             home.mkdir(mode=0o700, parents=True, exist_ok=True)
             runtime, python, listen = None, sys.executable, "127.0.0.1"
-        values = {"{port}": str(instance.port), "{python}": python, "{home}": str(home), "{ip}": listen}
-
-        def fill(text):
-            for key, value in values.items():
-                text = str(text).replace(key, value)
-            return text
-
+        command, template_env = fill(instance, instance.port, home=home, python=python, ip=listen)
         env = {key: os.environ[key] for key in _INHERITED_ENV if key in os.environ}
         if runtime:
             env["PYTHONPATH"] = runtime
-        env.update({key: fill(value) for key, value in (template.env or {}).items()})
+        env.update(template_env)
         env.update(
             HOME=str(home),
             PORT=str(instance.port),
             BERTH_DEPLOYMENT=self.config["BERTH_DEPLOYMENT"],
             BERTH_INSTANCE_ID=str(instance.id),
         )
-        command = [fill(part) for part in template.command]
         if not shutil.which(command[0], path=env.get("PATH")):
             # Said here: inside the sandbox the error would come from setpriv, after the fork.
             raise LaunchFailed(f"Could not run {command[0]!r}: no such program, or it is not executable.")

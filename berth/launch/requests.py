@@ -1,12 +1,12 @@
 """Starting and stopping tools, as the web app asks for it. The worker does the rest."""
 from flask import current_app
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from berth.launch import tasks
 from berth.launch.state_machine import begin_stop
 from berth.extensions import db
-from berth.models import Event, State, ToolInstance, ToolTemplate, User, record_event
+from berth.models import Event, State, ToolInstance, ToolTemplate, User, record_event, update_where
 
 
 def live_instance(host):
@@ -111,15 +111,8 @@ def request_stop(instance, actor):
 
 def mark_failure_shown(instance):
     """True the first time only: the failed page shows once, and a reload then retries."""
-    result = db.session.execute(
-        update(ToolInstance)
-        .where(ToolInstance.id == instance.id, ToolInstance.state == State.FAILED,
-               ToolInstance.error_shown.is_(False))
-        .values(error_shown=True)
-        .execution_options(synchronize_session=False)
-    )
-    db.session.commit()
-    return result.rowcount == 1
+    return update_where(ToolInstance, ToolInstance.id == instance.id, ToolInstance.state == State.FAILED,
+                        ToolInstance.error_shown.is_(False), commit=True, error_shown=True) == 1
 
 
 def instance_events(instance, limit=50):

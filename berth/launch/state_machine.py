@@ -12,19 +12,18 @@ what the dead worker made (steps are idempotent). No in-process lock is involved
 """
 import logging
 import os
-import signal
 import socket
 import time
 import uuid
 from datetime import timedelta
 
 from flask import current_app
-from sqlalchemy import or_, select, update
+from sqlalchemy import or_
 from sqlalchemy.exc import IntegrityError
 
 from berth import metrics
 from berth.extensions import db
-from berth.models import State, ToolInstance, record_event, utcnow
+from berth.models import State, ToolInstance, record_event, update_where, utcnow
 from berth.backends import LaunchFailed, get_backend
 
 log = logging.getLogger(__name__)
@@ -41,23 +40,11 @@ def _lease_seconds():
     return current_app.config["BERTH_LEASE_SECONDS"]
 
 
-def update_instance(instance_id, *conditions, commit=True, **values):
-    """A conditional UPDATE of one instance; True if it applied."""
-    result = db.session.execute(
-        update(ToolInstance)
-        .where(ToolInstance.id == instance_id, *conditions)
-        .values(**values)
-        .execution_options(synchronize_session=False)
-    )
-    if commit:
-        db.session.commit()
-    return result.rowcount == 1
-
-
 def _claim(instance_id, me):
     now = utcnow()
-    return update_instance(
-        instance_id,
+    return update_where(
+        ToolInstance,
+        ToolInstance.id == instance_id,
         ToolInstance.state.in_((State.QUEUED, State.SPAWNING)),
         or_(
             ToolInstance.lease_owner.is_(None),
@@ -66,18 +53,13 @@ def _claim(instance_id, me):
         ),
         lease_owner=me,
         lease_expires_at=now + timedelta(seconds=_lease_seconds()),
+        commit=True,
     )
 
 
 def _fresh(instance_id):
     db.session.expire_all()
     return db.session.get(ToolInstance, instance_id)
-
-
-def _fault_point(when, step):
-    """Test-only fault injection: BERTH_TEST_CRASH_AT=<before|after>:<step> kills this worker."""
-    if os.environ.get("BERTH_TEST_CRASH_AT") == f"{when}:{step}":
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def advance_launch(instance_id, me=None):
@@ -106,8 +88,9 @@ def _advance(instance_id, backend, me):
     instance = _fresh(instance_id)
     if instance.state == State.QUEUED:
         first_step = backend.steps[0] if backend.steps else WAIT_STEP
-        if not update_instance(instance_id, ToolInstance.state == State.QUEUED, ToolInstance.lease_owner == me,
-                       state=State.SPAWNING, step=first_step, started_at=utcnow()):
+        if not update_where(ToolInstance, ToolInstance.id == instance_id, ToolInstance.state == State.QUEUED,
+                            ToolInstance.lease_owner == me, commit=True,
+                            state=State.SPAWNING, step=first_step, started_at=utcnow()):
             return "lost"
         record_event("spawn.started", f"Starting on the {instance.backend} backend",
                      actor="worker", instance_id=instance_id, user_id=instance.owner_id)
@@ -127,7 +110,6 @@ def _run_step(instance, backend, me):
     step = instance.step
     steps = list(backend.steps) + [WAIT_STEP]
     next_step = steps[steps.index(step) + 1]
-    _fault_point("before", step)
     for attempt in range(5):
         changes = backend.run_step(step, instance)
         values = {"step": next_step, "lease_expires_at": utcnow() + timedelta(seconds=_lease_seconds())}
@@ -137,8 +119,9 @@ def _run_step(instance, backend, me):
             if key in changes:
                 values[key] = changes[key]
         try:
-            applied = update_instance(instance.id, ToolInstance.state == State.SPAWNING,
-                              ToolInstance.lease_owner == me, ToolInstance.step == step, **values)
+            applied = update_where(ToolInstance, ToolInstance.id == instance.id,
+                                   ToolInstance.state == State.SPAWNING, ToolInstance.lease_owner == me,
+                                   ToolInstance.step == step, commit=True, **values)
         except IntegrityError:  # another launch took the same port between our check and write
             db.session.rollback()
             instance = _fresh(instance.id)
@@ -152,7 +135,6 @@ def _run_step(instance, backend, me):
         if instance.state not in (State.SPAWNING,):
             backend.stop(instance)
         return
-    _fault_point("after", step)
     record_event("spawn.step", _STEP_MESSAGES.get(step, step).format(**values), actor="worker",
                  instance_id=instance.id, user_id=instance.owner_id, step=step)
     db.session.commit()
@@ -181,18 +163,18 @@ def _wait_healthy(instance, backend, me):
         time.sleep(PROBE_INTERVAL)
         if time.monotonic() >= renew_at:
             renew_at = time.monotonic() + lease / 3
-            if not update_instance(instance.id, ToolInstance.state == State.SPAWNING,
-                           ToolInstance.lease_owner == me,
-                           lease_expires_at=utcnow() + timedelta(seconds=lease)):
+            if not update_where(ToolInstance, ToolInstance.id == instance.id,
+                                ToolInstance.state == State.SPAWNING, ToolInstance.lease_owner == me,
+                                commit=True, lease_expires_at=utcnow() + timedelta(seconds=lease)):
                 return "stopped-elsewhere"
             instance = _fresh(instance.id)
         _check_deadline(instance)
 
-    _fault_point("before", WAIT_STEP)
     now = utcnow()
-    if not update_instance(instance.id, ToolInstance.state == State.SPAWNING, ToolInstance.lease_owner == me,
-                   state=State.RUNNING, step="", upstream=address, running_at=now,
-                   last_activity_at=now, lease_owner=None, lease_expires_at=None):
+    if not update_where(ToolInstance, ToolInstance.id == instance.id, ToolInstance.state == State.SPAWNING,
+                        ToolInstance.lease_owner == me, commit=True,
+                        state=State.RUNNING, step="", upstream=address, running_at=now,
+                        last_activity_at=now, lease_owner=None, lease_expires_at=None):
         return "stopped-elsewhere"
     seconds = (now - instance.started_at).total_seconds() if instance.started_at else 0
     record_event("spawn.running", f"Running; answered after {seconds:.1f} s", actor="worker",
@@ -208,10 +190,11 @@ def _fail(instance, failure, me, backend=None):
     if backend is not None:
         detail = detail or backend.failure_detail(instance)
         backend.stop(instance)
-    if not update_instance(instance.id, ToolInstance.state.in_((State.QUEUED, State.SPAWNING)),
-                   ToolInstance.lease_owner == me, state=State.FAILED, error=failure.reason,
-                   error_detail=detail[-8000:] if detail else None, ended_at=utcnow(),
-                   lease_owner=None, lease_expires_at=None):
+    if not update_where(ToolInstance, ToolInstance.id == instance.id,
+                        ToolInstance.state.in_((State.QUEUED, State.SPAWNING)), ToolInstance.lease_owner == me,
+                        commit=True, state=State.FAILED, error=failure.reason,
+                        error_detail=detail[-8000:] if detail else None, ended_at=utcnow(),
+                        lease_owner=None, lease_expires_at=None):
         return "stopped-elsewhere"
     record_event("spawn.failed", failure.reason, actor="worker", instance_id=instance.id,
                  user_id=instance.owner_id)
@@ -226,8 +209,8 @@ def begin_stop(instance, actor):
 
     The caller queues the stop itself (berth.launch.requests.request_stop, or the culler).
     """
-    if not update_instance(instance.id, ToolInstance.state.in_((State.QUEUED, State.SPAWNING, State.RUNNING)),
-                           commit=False, state=State.STOPPING):
+    if not update_where(ToolInstance, ToolInstance.id == instance.id,
+                        ToolInstance.state.in_((State.QUEUED, State.SPAWNING, State.RUNNING)), state=State.STOPPING):
         db.session.rollback()
         return False
     record_event("instance.stop", "Stop requested", actor=actor, user_id=instance.owner_id,
@@ -245,8 +228,9 @@ def stop_instance(instance_id):
         get_backend(instance.backend, current_app.config).stop(instance)
     except LaunchFailed:
         pass  # an unknown backend has nothing of ours to stop
-    if update_instance(instance_id, ToolInstance.state == State.STOPPING, state=State.STOPPED,
-               step="", ended_at=utcnow(), lease_owner=None, lease_expires_at=None):
+    if update_where(ToolInstance, ToolInstance.id == instance_id, ToolInstance.state == State.STOPPING,
+                    commit=True, state=State.STOPPED, step="", ended_at=utcnow(), lease_owner=None,
+                    lease_expires_at=None):
         record_event("instance.stopped", "Stopped", actor="worker", instance_id=instance_id,
                      user_id=instance.owner_id)
         db.session.commit()

@@ -1,4 +1,5 @@
-"""What both front doors share: the Flask base, the proxy-secret guard and the page layout.
+"""What both front doors share: the Flask base, the proxy-secret guard, the client's address and
+the page layout.
 
 The web app (webapp/) and the auth service (auth_service/) are separate Flask apps that must
 never import each other. Each starts from create_base_app(), which binds the settings and the
@@ -8,10 +9,11 @@ lives here so that the sign-in pages and the web app's pages look the same.
 import hmac
 import os
 
-from flask import Flask, Response, request
+from flask import Flask, Response, current_app, request
 from flask.sessions import SecureCookieSessionInterface
 from jinja2 import ChoiceLoader, FileSystemLoader
 
+from berth.addresses import request_client_address
 from berth.extensions import csrf, db, migrate
 from berth.hosts import public_url
 from berth.settings import load_settings
@@ -57,8 +59,6 @@ def refuse_foreign_origin():
     origin = request.headers.get("Origin")
     if origin is None:
         return None
-    from flask import current_app
-
     expected = public_url(current_app.config, request.host.split(":", 1)[0].lower(), path="")
     if origin == expected:
         return None
@@ -100,3 +100,11 @@ def require_proxy_secret(config):
     if not hmac.compare_digest(sent.encode(), config["BERTH_PROXY_SECRET"].encode()):
         return Response("Berth answers only through its nginx.\n", status=403, mimetype="text/plain")
     return None
+
+
+def client_ip():
+    """The address of the client of this request, as text for the audit log and the sessions
+    table; "" when it cannot be told. See berth.addresses.request_client_address."""
+    address = request_client_address(current_app.config, request.headers.get("X-Real-IP") or request.remote_addr,
+                                     request.headers.get("X-Forwarded-For", ""), appended_by_nginx=True)
+    return str(address) if address is not None else ""

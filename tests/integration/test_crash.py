@@ -1,11 +1,12 @@
 """Crash safety: the worker is SIGKILLed at each launch step in turn, and every launch still ends
 RUNNING exactly once, with exactly one process or container.
 
-The fault injection is a setting that exists only for tests: a worker started with
-BERTH_TEST_CRASH_AT=<before|after>:<step> kills itself with SIGKILL there (launcher._fault_point).
-`before:wait_healthy` is the moment the tool has answered but RUNNING is not yet recorded.
+The fault injection lives in the tests alone: the crashing worker (tests/crashing_worker.py) is
+huey_consumer with the state machine wrapped, so that it kills itself with SIGKILL at
+<before|after>:<step>. `before:wait_healthy` is the moment the tool has answered but RUNNING is
+not yet recorded.
 
-Each case: restart the worker with the setting; navigate to the tool; the worker dies; restart
+Each case: restart the worker as a crashing one; navigate to the tool; the worker dies; restart
 it normally; once the lease has run out, `berth reconcile` queues the launch again (the dead
 worker took its queue message with it); the new worker resumes at the recorded step. Then
 one row, RUNNING; one process or container; the tool answers through nginx; and a second
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import crashing_worker as crashing
 from tests.integration.test_launch import _host, _wait_state
 from tests.integration.test_lifecycle import (
     ensure_normal_worker,
@@ -78,14 +80,14 @@ def _containers(stack, instance_id):
 
 @pytest.fixture
 def crashing_worker(stack):
-    """crashing_worker(point) restarts the worker with the fault injection; whatever happens,
+    """crashing_worker(point) restarts the worker as one that dies at point; whatever happens,
     a normal worker runs after the test."""
     started = []
 
     def start(point):
         # The running worker is idle here; killing it saves the second or two a clean stop takes.
         stack.processes.kill("worker")
-        started.append(stack.processes.start("worker", {"BERTH_TEST_CRASH_AT": point}))
+        started.append(crashing.start(stack.processes, point))
         return started[-1]
 
     yield start

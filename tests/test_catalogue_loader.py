@@ -83,7 +83,7 @@ def test_parse_catalogue_fills_in_defaults():
         "slug": "a", "name": "A", "description": "", "backend": "process", "command": ["x"],
         "image": None, "port": None, "env": {}, "health_path": "/", "spawn_timeout": 60,
         "idle_timeout": 3600, "enabled": True, "sizes": [], "allow_api_tokens": False,
-        "shared": False, "identity_headers": False, "ip_allowlist": [], "groups": [],
+        "shared": False, "identity_headers": False, "egress": False, "ip_allowlist": [], "groups": [],
     }
 
 
@@ -209,7 +209,7 @@ def test_load_catalogue_creates_templates(app):
     loaded = templates()
     assert sorted(loaded) == ["broken", "echo", "jupyterlab", "team-echo"]
     assert loaded["echo"].name == "Echo"
-    assert loaded["echo"].command == ["{python}", "-m", "berth_tools.echo", "--port", "{port}"]
+    assert loaded["echo"].command == ["{python}", "-m", "berth_tools.echo", "--host", "{ip}", "--port", "{port}"]
     assert loaded["echo"].health_path == "/headers"
 
 

@@ -46,11 +46,11 @@ def test_braces_that_are_no_placeholder_are_left_alone():
 
 @pytest.mark.parametrize("backend, command, env, field, message", [
     ("process", ["lab", "--user={user}"], {}, "command",
-     "command[2]: {user} is not a placeholder Berth fills (it fills {port}, {python}, {home})"),
+     "command[2]: {user} is not a placeholder Berth fills (it fills {port}, {ip}, {python}, {home})"),
     ("process", ["lab"], {"WHERE": "{hostname}"}, "env",
-     "env.WHERE: {hostname} is not a placeholder Berth fills (it fills {port}, {python}, {home})"),
+     "env.WHERE: {hostname} is not a placeholder Berth fills (it fills {port}, {ip}, {python}, {home})"),
     ("docker", ["{python}", "-m", "lab"], {}, "command", "command[1]: {python} is filled only on the process backend"),
-    ("ecs", ["lab"], {"ROOT": "{home}"}, "env", "env.ROOT: {home} is filled only on the process backend"),
+    ("ecs", ["lab"], {"ROOT": "{home}"}, "env", "env.ROOT: {home} is filled only on the process and docker backends"),
 ])
 def test_a_placeholder_the_backend_does_not_fill_is_refused_at_catalogue_load(backend, command, env, field, message):
     import yaml

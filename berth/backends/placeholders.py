@@ -41,7 +41,8 @@ def placeholder_problem(text, backend):
             known = ", ".join(f"{{{known}}}" for known in PLACEHOLDERS)
             return f"{{{name}}} is not a placeholder Berth fills (it fills {known})"
         if backend not in PLACEHOLDERS[name]:
-            return f"{{{name}}} is filled only on the {' and '.join(PLACEHOLDERS[name])} backend"
+            backends = PLACEHOLDERS[name]
+            return f"{{{name}}} is filled only on the {' and '.join(backends)} backend{'s' if len(backends) > 1 else ''}"
     return None
 
 

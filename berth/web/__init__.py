@@ -41,7 +41,27 @@ def create_base_app(import_name, test_config=None, template_dirs=()):
     migrate.init_app(app, db, directory=MIGRATIONS)
     csrf.init_app(app)
     app.before_request(refuse_foreign_origin)
+    app.after_request(add_page_headers)
     return app
+
+
+# Berth's own pages load scripts, styles and images from their own host only, post forms only
+# to it, and may not be framed: a tool's page cannot overlay them (clickjacking).
+CONTENT_SECURITY_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+                           "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; "
+                           "base-uri 'none'; object-src 'none'")
+PAGE_HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Frame-Options": "DENY",  # for browsers older than frame-ancestors
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+}
+
+
+def add_page_headers(response):
+    for name, value in PAGE_HEADERS.items():
+        response.headers.setdefault(name, value)
+    return response
 
 
 UNSAFE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}

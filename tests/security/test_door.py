@@ -1,0 +1,78 @@
+"""The door against a hostile client: internal locations, page headers, body limits, slow
+bodies, and identity headers of other proxies."""
+import socket
+import time
+
+import pytest
+import requests
+
+from tests.conftest import DOMAIN
+
+
+def _main(stack, path):
+    return stack.base_url + path
+
+
+def test_the_internal_auth_check_does_not_answer_a_client(stack, alice):
+    browser = stack.login(alice)
+    stack.open_tool(browser, "echo", alice)
+    tool_host = stack.tool_url("echo", alice).split("//")[1].split(":")[0]
+    answer = browser.get(_main(stack, "/auth/check"), headers={"X-Original-Host": tool_host,
+                                                               "X-Original-URI": "/"}, timeout=10)
+    assert answer.status_code == 404
+    assert "X-Berth-Upstream" not in answer.headers and "X-Berth-User-Id" not in answer.headers
+
+
+def test_nginx_never_names_its_version(stack):
+    for answer in (requests.get(_main(stack, "/healthz"), timeout=10),
+                   requests.get(f"http://127.0.0.1:{stack.port}/", headers={"Host": "nowhere.example"}, timeout=10)):
+        assert answer.headers.get("Server") == "nginx"
+        assert "nginx/" not in answer.text
+
+
+@pytest.mark.parametrize("path", ["/", "/account", "/auth/login"])
+def test_berths_pages_forbid_framing_sniffing_and_foreign_scripts(stack, alice, path):
+    answer = stack.login(alice).get(_main(stack, path), timeout=10)
+    assert answer.status_code == 200
+    policy = answer.headers["Content-Security-Policy"]
+    assert "frame-ancestors 'none'" in policy and "script-src 'self'" in policy
+    assert answer.headers["X-Content-Type-Options"] == "nosniff"
+    assert answer.headers["Referrer-Policy"] == "same-origin"
+    assert answer.headers["X-Frame-Options"] == "DENY"
+
+
+def test_a_huge_sign_in_body_is_refused_before_the_auth_service_reads_it(stack):
+    answer = requests.post(_main(stack, "/auth/login"), data=b"x" * (4 * 1024 * 1024),
+                           headers={"Content-Type": "application/x-www-form-urlencoded"}, timeout=30)
+    assert answer.status_code == 413
+
+
+def test_slow_sign_in_bodies_do_not_stall_signed_in_users(stack, alice):
+    browser = stack.login(alice)
+    stack.open_tool(browser, "echo", alice)
+    slow = []
+    try:
+        for _ in range(48):  # far more than the auth service has workers
+            client = socket.create_connection(("127.0.0.1", stack.port), timeout=5)
+            client.sendall(f"POST /auth/login HTTP/1.1\r\nHost: {DOMAIN}\r\n"
+                           "Content-Type: application/x-www-form-urlencoded\r\n"
+                           "Content-Length: 1000\r\n\r\nemail=".encode())
+            slow.append(client)
+        started = time.monotonic()
+        assert browser.get(_main(stack, "/"), timeout=8).status_code == 200
+        assert browser.get(stack.tool_url("echo", alice, "/headers"), timeout=8).status_code == 200
+        assert requests.get(_main(stack, "/auth/login"), timeout=8).status_code == 200
+        assert time.monotonic() - started < 8
+    finally:
+        for client in slow:
+            client.close()
+
+
+@pytest.mark.parametrize("header", ["X-Forwarded-User", "X-Forwarded-Email", "Remote-User",
+                                    "X-Forwarded-Preferred-Username", "X-Auth-Request-User"])
+def test_identity_headers_of_other_proxies_never_reach_a_tool_from_a_client(stack, alice, header):
+    browser = stack.login(alice)
+    stack.open_tool(browser, "echo", alice)
+    seen = browser.get(stack.tool_url("echo", alice, "/headers"), headers={header: "admin@example.org"},
+                       timeout=10).json()["headers"]
+    assert not any(name.lower() == header.lower() and value for name, value in seen.items())

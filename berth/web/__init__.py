@@ -45,11 +45,11 @@ def create_base_app(import_name, test_config=None, template_dirs=()):
     return app
 
 
-# Berth's own pages load scripts, styles and images from their own host only, post forms only
-# to it, and may not be framed: a tool's page cannot overlay them (clickjacking).
+# Berth's own pages load scripts, styles and images from their own host only, and may not be
+# framed: a tool's page cannot overlay them (clickjacking). No form-action: a sign-in form's
+# answer redirects on to a tool host or the identity provider, which form-action would block.
 CONTENT_SECURITY_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-                           "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; "
-                           "base-uri 'none'; object-src 'none'")
+                           "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'")
 PAGE_HEADERS = {
     "Content-Security-Policy": CONTENT_SECURITY_POLICY,
     "X-Frame-Options": "DENY",  # for browsers older than frame-ancestors

@@ -19,7 +19,6 @@ line. The last sweep of close() ends anything that still matches either.
 """
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -298,18 +297,9 @@ class Berth:
     # -- as a browser -------------------------------------------------------------------------
     def sign_in(self):
         """A requests.Session signed in through nginx and the login form. Close it when done."""
-        import requests
+        from tests.actions import signed_in
 
-        browser = requests.Session()
-        browser.headers["Accept"] = "text/html"
-        form = browser.get(f"{self.base_url}/auth/login", timeout=10)
-        token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', form.text).group(1)
-        answer = browser.post(f"{self.base_url}/auth/login", allow_redirects=False, timeout=10,
-                              data={"csrf_token": token, "email": self.email, "password": self.password,
-                                    "next": "/"})
-        if answer.status_code != 302:
-            raise RuntimeError(f"sign-in failed with {answer.status_code}")
-        return browser
+        return signed_in(self.base_url, self.email, self.password)
 
     def session_cookie(self, browser):
         name = self.config["BERTH_SESSION_COOKIE"]

@@ -4,16 +4,15 @@
 (production's components) and once on SQLite with Huey on SQLite (the embedded default).
 """
 import os
-import re
 import socket
 import tempfile
 from pathlib import Path
 from unittest import mock
 
 import pytest
-import requests
 
 from tests import images
+from tests.actions import signed_in
 from tests.services import Dockerd, Postgres, Redis, free_port
 
 # In-process imports of webapp must not write into the checkout (secrets, the Huey file).
@@ -127,15 +126,7 @@ class BerthStack:
 
     def login(self, user):
         """A requests.Session signed in as user, through nginx and the login form."""
-        browser = requests.Session()
-        browser.headers["Accept"] = "text/html"
-        form = browser.get(f"{self.base_url}/auth/login", timeout=10)
-        token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', form.text).group(1)
-        answer = browser.post(f"{self.base_url}/auth/login", timeout=10, allow_redirects=False,
-                              data={"csrf_token": token, "email": user["email"],
-                                    "password": user["password"], "next": "/"})
-        assert answer.status_code == 302, answer.text
-        return browser
+        return signed_in(self.base_url, user["email"], user["password"])
 
     def open_tool(self, browser, slug, user, path="/", timeout=20):
         """Navigate to a tool as a browser does, wait until the tool itself answers; return that response."""

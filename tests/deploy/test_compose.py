@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.actions import signed_in
 from tests.images import CACHE
 from tests.services import Dockerd, free_port
 
@@ -171,14 +172,7 @@ def deployment(engine):
 
 
 def _sign_in(deployment):
-    browser = requests.Session()
-    browser.headers["Accept"] = "text/html"
-    form = browser.get(f"{deployment.base_url}/auth/login", timeout=10)
-    token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', form.text).group(1)
-    answer = browser.post(f"{deployment.base_url}/auth/login", timeout=10, allow_redirects=False,
-                          data={"csrf_token": token, "next": "/", **ADMIN})
-    assert answer.status_code == 302, answer.text
-    return browser
+    return signed_in(deployment.base_url, ADMIN["email"], ADMIN["password"])
 
 
 def test_compose_stack_signs_in_and_serves_a_launched_tool_through_nginx(deployment):

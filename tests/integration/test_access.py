@@ -3,7 +3,6 @@ template groups, sharing a personal tool and revoking it, shared tools, identity
 IP allowlists with X-Forwarded-For spoofing. Each action's audit entry is checked too."""
 import json
 import os
-import re
 import threading
 import time
 from urllib.parse import unquote
@@ -13,6 +12,7 @@ import requests
 import websocket
 from requests.adapters import HTTPAdapter
 
+from tests.actions import post_form
 from tests.conftest import DOMAIN, _make_stack
 from tests.integration.test_launch import _wait_state
 
@@ -21,23 +21,15 @@ COOKIE = "berth_session"
 
 # -- helpers ----------------------------------------------------------------------------------
 
-def _csrf(browser, url):
-    page = browser.get(url, timeout=10)
-    assert page.status_code == 200, page.text
-    return re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page.text).group(1)
-
-
 def _share(stack, browser, slug, kind, name):
     """Share the signed-in user's tool through the sharing page, as a person would."""
-    url = f"{stack.base_url}/sharing/{slug}"
-    return browser.post(url, data={"csrf_token": _csrf(browser, url), "kind": kind, "name": name},
-                        allow_redirects=False, timeout=10)
+    return post_form(browser, f"{stack.base_url}/sharing/{slug}", {"kind": kind, "name": name},
+                     allow_redirects=False)
 
 
 def _revoke(stack, browser, slug, grant_id):
     url = f"{stack.base_url}/sharing/{slug}"
-    return browser.post(f"{url}/{grant_id}/revoke", data={"csrf_token": _csrf(browser, url)},
-                        allow_redirects=False, timeout=10)
+    return post_form(browser, f"{url}/{grant_id}/revoke", page=url, allow_redirects=False)
 
 
 def _group(stack, name, *users):
@@ -210,8 +202,7 @@ def test_a_template_restricted_to_a_group(stack):
     assert "You are not in a group that may use Team echo." in page.text
     assert _websocket_status(stack.tool_url("echo-team", outsider, "/ws"), as_outsider) == 403
     launch_url = f"{stack.base_url}/launch/echo-team"
-    refused = as_outsider.post(launch_url, data={"csrf_token": _csrf(as_outsider, stack.base_url + "/")},
-                               timeout=10)
+    refused = post_form(as_outsider, launch_url, page=stack.base_url + "/")
     assert refused.status_code == 403
     assert stack.instances(stack.tool_url("echo-team", outsider).split("//")[1].split(":")[0]) == []
 

@@ -8,6 +8,7 @@ import time
 import pytest
 import requests
 
+from tests.actions import post_form
 from tests.conftest import _make_stack
 from tests.integration.test_launch import _host, _wait_state
 
@@ -55,9 +56,7 @@ def test_after_logout_a_cached_answer_lasts_at_most_the_cache_lifetime(cached):
     url = cached.tool_url("echo", alice, "/headers")
     assert browser.get(url).status_code == 200  # now cached
     old_cookie = browser.cookies.get("berth_session")
-    page = browser.get(cached.base_url + "/auth/logout")
-    token = page.text.split('name="csrf_token" type="hidden" value="')[1].split('"')[0]
-    browser.post(cached.base_url + "/auth/logout", data={"csrf_token": token})
+    post_form(browser, cached.base_url + "/auth/logout")
     signed_out_at = time.monotonic()
     replay = requests.Session()
     replay.cookies.set("berth_session", old_cookie, domain="berth.localhost")

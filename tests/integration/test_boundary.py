@@ -9,6 +9,8 @@ import pytest
 import requests
 import websocket
 
+from tests.actions import csrf_token
+
 COOKIE = "berth_session"
 
 
@@ -329,7 +331,7 @@ def test_direct_requests_to_the_web_app_and_auth_service_are_refused(stack, runn
     with requests.Session() as browser:
         browser.cookies.set(COOKIE, token, domain=".berth.localhost", path="/")
         catalogue = browser.get(stack.base_url + "/", timeout=10)
-        csrf = catalogue.text.split('name="csrf_token" type="hidden" value="')[1].split('"')[0]
+        csrf = csrf_token(catalogue.text)
         csrf_cookie = next(c.value for c in browser.cookies if c.name == "berth_csrf")
 
     forged = {"X-Berth-User-Id": str(user["id"]), "Accept": "text/html"}

@@ -3,6 +3,7 @@ import time
 
 import websocket
 
+from tests.actions import csrf_token, post_form, stop_instance
 from tests.integration.test_launch import _host, _wait_state
 
 
@@ -29,9 +30,8 @@ def test_chosen_size_becomes_the_container_limits(stack, alice):
     browser = stack.login(alice)
     catalogue = browser.get(stack.base_url + "/")
     assert '<option value="large">' in catalogue.text
-    token = catalogue.text.split('name="csrf_token" type="hidden" value="')[1].split('"')[0]
-    launched = browser.post(f"{stack.base_url}/launch/busybox", data={"csrf_token": token, "size": "large"},
-                            allow_redirects=False)
+    launched = browser.post(f"{stack.base_url}/launch/busybox", allow_redirects=False,
+                            data={"csrf_token": csrf_token(catalogue.text), "size": "large"})
     assert launched.status_code == 302
     assert launched.headers["Location"] == stack.tool_url("busybox", alice)
     row = _wait_state(stack, _host(stack, "busybox", alice), ("RUNNING",))
@@ -43,9 +43,7 @@ def test_chosen_size_becomes_the_container_limits(stack, alice):
 
 def test_unknown_size_is_refused_with_a_reason(stack, alice):
     browser = stack.login(alice)
-    catalogue = browser.get(stack.base_url + "/")
-    token = catalogue.text.split('name="csrf_token" type="hidden" value="')[1].split('"')[0]
-    answer = browser.post(f"{stack.base_url}/launch/busybox", data={"csrf_token": token, "size": "huge"})
+    answer = post_form(browser, f"{stack.base_url}/launch/busybox", {"size": "huge"}, page=stack.base_url + "/")
     assert answer.status_code == 400
     assert "has no size" in answer.text
     assert stack.instances(_host(stack, "busybox", alice)) == []
@@ -83,9 +81,7 @@ def test_stop_removes_the_container(stack, alice):
     stack.open_tool(browser, "busybox", alice, "/index.html")
     host = _host(stack, "busybox", alice)
     row = stack.instances(host)[-1]
-    catalogue = browser.get(stack.base_url + "/")
-    token = catalogue.text.split('name="csrf_token" type="hidden" value="')[1].split('"')[0]
-    browser.post(f"{stack.base_url}/instances/{row['id']}/stop", data={"csrf_token": token})
+    stop_instance(browser, stack.base_url, row["id"])
     _wait_state(stack, host, ("STOPPED",))
     assert _container(stack, row["id"]) == []
 

@@ -8,6 +8,8 @@ import time
 
 import requests
 
+from tests.actions import csrf_token
+
 
 def _wait_state(stack, host, states, timeout=20):
     deadline = time.monotonic() + timeout
@@ -71,8 +73,8 @@ def test_stop_from_the_catalogue_ends_the_tool(stack, alice):
     instance = stack.instances(host)[-1]
     catalogue = browser.get(stack.base_url + "/")
     assert f"/instances/{instance['id']}/stop" in catalogue.text
-    token = catalogue.text.split('name="csrf_token" type="hidden" value="')[1].split('"')[0]
-    stopped = browser.post(f"{stack.base_url}/instances/{instance['id']}/stop", data={"csrf_token": token})
+    stopped = browser.post(f"{stack.base_url}/instances/{instance['id']}/stop",
+                           data={"csrf_token": csrf_token(catalogue.text)})
     assert stopped.status_code == 200
     assert _wait_state(stack, host, ("STOPPED",))["state"] == "STOPPED"
     after = browser.get(stack.tool_url("echo", alice, "/headers"), headers={"Accept": "application/json"})

@@ -10,6 +10,7 @@ import pytest
 import redis
 import websocket
 
+from tests.actions import stop_instance
 from tests.integration.test_launch import _host, _wait_gone, _wait_state, _backend_state
 
 NAVIGATE = {"Sec-Fetch-Mode": "navigate"}
@@ -164,9 +165,7 @@ def test_a_stop_whose_queue_message_was_lost_is_finished(stack, alice, normal_wo
     [row] = stack.instances(host)
     stack.processes.stop("worker")
 
-    catalogue = browser.get(stack.base_url + "/")
-    token = catalogue.text.split('name="csrf_token" type="hidden" value="')[1].split('"')[0]
-    stopped = browser.post(f"{stack.base_url}/instances/{row['id']}/stop", data={"csrf_token": token})
+    stopped = stop_instance(browser, stack.base_url, row["id"])
     assert stopped.status_code == 200
     assert stack.instances(host)[-1]["state"] == "STOPPING"
     _lose_the_queue(stack)

@@ -21,7 +21,6 @@ The figures are printed (pytest -s shows them) and quoted in the README, *Operat
 """
 import os
 import random
-import re
 import threading
 import time
 from collections import Counter
@@ -31,6 +30,7 @@ import pytest
 import requests
 
 from deploy.local import role_of
+from tests.actions import csrf_token
 from tests.conftest import DOMAIN, _make_stack
 from tests.integration.test_lifecycle import reconcile_here
 from tests.services import free_port
@@ -207,9 +207,8 @@ def _sign_in(stack, record, user):
         if form is None:
             time.sleep(0.2)
             continue
-        token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', form.text).group(1)
         answer = record.request("login-post", browser, "POST", f"{stack.base_url}/auth/login", (302,),
-                                data={"csrf_token": token, "email": user["email"],
+                                data={"csrf_token": csrf_token(form.text), "email": user["email"],
                                       "password": user["password"], "next": "/"})
         if answer is not None:
             return browser
@@ -251,10 +250,9 @@ def _launch_by_api(stack, record, browser, user, done):
         if page is None:
             time.sleep(0.2)
             continue
-        token = page.text.split('name="csrf_token" type="hidden" value="')[1].split('"')[0]
         answer = record.request("api-launch", browser, "POST", f"{stack.base_url}/api/instances",
                                 (200, 202), json={"tool": "echo"},
-                                headers={"X-CSRFToken": token, "Accept": "application/json"})
+                                headers={"X-CSRFToken": csrf_token(page.text), "Accept": "application/json"})
         if answer is not None:
             return _wait_running(stack, record, browser, user, answer.json()["id"], done)
         time.sleep(0.2)

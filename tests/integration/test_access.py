@@ -114,8 +114,8 @@ def test_permission_matrix_for_a_shared_personal_tool_over_http_and_websocket(st
     assert not {"X-Berth-User-Id", "X-Berth-User-Email", "X-Berth-Proxy-Secret"} & set(seen["headers"])
 
     # The grants are recorded, with who made them.
-    assert [e["actor"] for e in _events(stack, "grant.add", host=stack.tool_url("echo", owner).split("//")[1]
-                                        .split(":")[0])] == [f"user:{owner['id']}"] * 2
+    assert [e["actor"] for e in _events(stack, "grant.add", host=stack.tool_host("echo", owner))] == \
+        [f"user:{owner['id']}"] * 2
 
     # Revoking: the grantee's next request and next WebSocket handshake are refused; the group stays.
     grant_id = next(row["id"] for row in stack.query("SELECT id FROM tool_grants WHERE user_id = :u",
@@ -155,7 +155,7 @@ def test_a_grantee_cannot_start_the_owners_stopped_tool(stack, alice, bob):
     page = _navigate(grantee, stack.tool_url("echo", alice))
     assert page.status_code == 503
     assert "Only its owner can start it." in page.text
-    assert stack.instances(stack.tool_url("echo", alice).split("//")[1].split(":")[0]) == []
+    assert stack.instances(stack.tool_host("echo", alice)) == []
     # The catalogue lists it under "Shared with you", as not running.
     catalogue = grantee.get(stack.base_url + "/", timeout=10).text
     assert "Shared with you" in catalogue and "Only " in catalogue
@@ -204,7 +204,7 @@ def test_a_template_restricted_to_a_group(stack):
     launch_url = f"{stack.base_url}/launch/echo-team"
     refused = post_form(as_outsider, launch_url, page=stack.base_url + "/")
     assert refused.status_code == 403
-    assert stack.instances(stack.tool_url("echo-team", outsider).split("//")[1].split(":")[0]) == []
+    assert stack.instances(stack.tool_host("echo-team", outsider)) == []
 
     # The member launches it; the tool is told who is using it, from the auth answer.
     seen = stack.open_tool(as_member, "echo-team", member, "/headers").json()["headers"]
@@ -310,7 +310,7 @@ def test_spoofed_forwarded_for_never_passes_the_allowlist(behind_a_proxy, source
     page = browser.get(stack.tool_url("fenced", user), headers=headers, timeout=10)
     assert page.status_code == 403, page.text[:300]
     assert f"Fenced echo cannot be reached from your address, {seen}." in page.text
-    assert stack.instances(stack.tool_url("fenced", user).split("//")[1].split(":")[0]) == []
+    assert stack.instances(stack.tool_host("fenced", user)) == []
 
 
 def test_the_allowed_address_through_the_trusted_proxy_reaches_the_tool(behind_a_proxy):

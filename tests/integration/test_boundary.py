@@ -249,7 +249,7 @@ def test_another_users_tool_is_forbidden_and_never_reached(stack, alice, bob):
     with stack.login(alice) as browser:
         stack.open_tool(browser, "echo", alice)
         alice_token = _token(browser)
-    host = stack.tool_url("echo", alice).split("//")[1].split(":")[0]
+    host = stack.tool_host("echo", alice)
     recorder = Recorder()
     try:
         # alice's tool is now the recorder: every request that reaches "the tool" is noted.
@@ -288,7 +288,7 @@ def test_another_users_tool_is_forbidden_and_never_reached(stack, alice, bob):
 # -- a tool's cookies stay on its own host ---------------------------------------------------
 
 def test_a_tools_cookies_for_the_parent_domain_are_narrowed_to_its_own_host(stack, alice):
-    tool_host = stack.tool_url("echo", alice).split("//")[1].split(":")[0]
+    tool_host = stack.tool_host("echo", alice)
     with stack.login(alice) as browser:
         stack.open_tool(browser, "echo", alice)
         token = _token(browser)

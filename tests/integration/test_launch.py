@@ -9,6 +9,7 @@ import time
 import requests
 
 from tests.actions import csrf_token
+from tests.services import stat_fields
 
 
 def _wait_state(stack, host, states, timeout=20):
@@ -31,9 +32,8 @@ def _wait_gone(pid, timeout=8):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            with open(f"/proc/{pid}/stat") as stat:
-                if stat.read().rsplit(")", 1)[1].split()[0] == "Z":
-                    return
+            if stat_fields(pid)[0] == "Z":
+                return
         except FileNotFoundError:
             return
         time.sleep(0.05)
@@ -41,7 +41,7 @@ def _wait_gone(pid, timeout=8):
 
 
 def _host(stack, slug, user):
-    return stack.tool_url(slug, user).split("//")[1].split(":")[0]
+    return stack.tool_host(slug, user)
 
 
 def test_first_visit_shows_spawning_page_then_the_tool_at_the_same_address(stack, alice):

@@ -58,15 +58,7 @@ def wait_for_event(stack, instance_id, kind, timeout=20):
 
 def stop_now(stack, instance_id):
     """Stop an instance from the test process, as `berth run` does on Ctrl-C (no queue involved)."""
-    with stack.app.app_context():
-        from berth.extensions import db
-        from berth.launch.state_machine import begin_stop, stop_instance
-        from berth.models import ToolInstance
-
-        instance = db.session.get(ToolInstance, instance_id)
-        begin_stop(instance, actor="test")
-        stop_instance(instance_id)
-        db.session.remove()
+    stack.stop_instance(instance_id)
 
 
 def reconcile_here(stack):
@@ -302,12 +294,12 @@ def web_with(stack):
     def restart(**settings):
         stack.processes.stop("web")
         stack.processes.start("web", {f"BERTH_{name.upper()}": str(value) for name, value in settings.items()})
-        stack.processes.wait_ready(f"http://127.0.0.1:{stack.port}/healthz", host="berth.localhost")
+        stack.wait_ready()
 
     yield restart
     stack.processes.stop("web")
     stack.processes.start("web")
-    stack.processes.wait_ready(f"http://127.0.0.1:{stack.port}/healthz", host="berth.localhost")
+    stack.wait_ready()
 
 
 @pytest.mark.parametrize("berth_stack", ["postgres"], indirect=True)  # it restarts web twice

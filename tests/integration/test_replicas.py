@@ -47,8 +47,6 @@ POLL = {"X-Berth-No-Launch": "1", "Accept": "application/json"}
 @pytest.fixture(scope="module")
 def replicated(postgres, redis_server, tmp_path_factory):
     """Berth with two replicas of auth, web and worker behind one nginx; PostgreSQL and Redis."""
-    from deploy.local import prepare_database
-
     stack = _make_stack(
         "replicas", postgres.create_database(f"berth_{os.urandom(3).hex()}"), redis_server.url(6),
         tmp_path_factory.mktemp("replicas"), docker_url="",
@@ -57,8 +55,7 @@ def replicated(postgres, redis_server, tmp_path_factory):
         extra_env={"BERTH_BACKENDS": "process", "BERTH_SECRET_KEY": os.urandom(16).hex(),
                    "BERTH_PROXY_SECRET": os.urandom(16).hex(),
                    "BERTH_GUNICORN_WORKERS": "1", "BERTH_AUTH_WORKERS": "1"})
-    with stack.app.app_context():
-        prepare_database(stack.app.config)
+    stack.prepare_database()
     stack.replica_ports = {name: free_port() for name in REPLICAS if role_of(name) != "worker"}
     stack.processes.render_nginx(
         stack.app.config,
@@ -68,7 +65,7 @@ def replicated(postgres, redis_server, tmp_path_factory):
         for name in REPLICAS:
             stack.processes.start(name, port=stack.replica_ports.get(name))
         stack.processes.start("nginx")
-        stack.processes.wait_ready(f"http://127.0.0.1:{stack.port}/healthz", host=DOMAIN)
+        stack.wait_ready()
         for name in stack.replica_ports:
             _wait_healthy(stack, name)
         yield stack
@@ -323,7 +320,7 @@ def test_killing_replicas_under_load_loses_no_request_session_or_launch(replicat
 
     # Every launch was requested (the launches' threads stop polling once the load ends); the
     # reconciler takes up those whose worker was killed, until each is RUNNING.
-    hosts = [stack.tool_url("echo", user).split("//")[1].split(":")[0] for user in users]
+    hosts = [stack.tool_host("echo", user) for user in users]
     deadline = time.monotonic() + 45
     while True:
         rows = [stack.instances(host) for host in hosts]

@@ -93,6 +93,8 @@ class BerthStack:
     def start(self):
         self.prepare_database()
         self.processes.start_all(self.config)
+        # nginx answering means the web app is up; the auth service may still be starting.
+        self.processes.wait_ready(f"http://127.0.0.1:{self.env['BERTH_AUTH_PORT']}/auth/healthz")
 
     def wait_ready(self):
         """Wait until nginx and the web app behind it answer (after a component's restart)."""

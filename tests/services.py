@@ -35,6 +35,21 @@ def wait_for_port(port, timeout=20, process=None, what="service"):
     raise RuntimeError(f"{what} did not listen on port {port} within {timeout} s")
 
 
+def answers_ok(url, timeout, headers=None, interval=0.05):
+    """Ask url until it answers 200 (True), or until timeout seconds have passed (False)."""
+    import requests
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(url, headers=headers, timeout=2).status_code == 200:
+                return True
+        except requests.RequestException:
+            pass
+        time.sleep(interval)
+    return False
+
+
 def stop_process(process, timeout=10):
     """SIGTERM, then SIGKILL after the timeout; safe on None or a process that has exited."""
     if process is None or process.poll() is not None:

@@ -1,15 +1,14 @@
 """The audit log: each action leaves one event naming who or what caused it, and the log cannot
 be rewritten. (Grants are checked in test_access.py, administrators' changes in test_admin.py.)"""
-import json
 import os
 import signal
-from datetime import datetime, timedelta, timezone
 
 import pytest
 import requests
 
 from tests.actions import post_form, sign_in, stop_instance
-from tests.integration.test_launch import _host, _wait_state
+from tests.integration.test_launch import _backend_state, _host, _wait_state
+from tests.integration.test_lifecycle import cull_idle
 
 
 def _events(stack, kind, **where):
@@ -48,18 +47,14 @@ def test_launch_and_stop_name_the_user_the_culler_and_the_reconciler(stack, alic
     # The idle culler stops it.
     stack.open_tool(browser, "echo", alice)
     second = stack.instances(host)[-1]
-    stack.query("UPDATE tool_instances SET last_activity_at = :at WHERE id = :id",
-                at=datetime.now(timezone.utc) - timedelta(days=2), id=second["id"])
-    assert stack.berth("cull").returncode == 0
-    _wait_state(stack, host, ("STOPPED",))
+    cull_idle(stack, second)
     [stop] = _events(stack, "instance.stop", instance_id=second["id"])
     assert stop["actor"] == "culler"
 
     # The reconciler finds it gone.
     stack.open_tool(browser, "echo", alice)
     third = stack.instances(host)[-1]
-    state = third["backend_state"] if isinstance(third["backend_state"], dict) else json.loads(third["backend_state"])
-    os.killpg(state["pid"], signal.SIGKILL)
+    os.killpg(_backend_state(third)["pid"], signal.SIGKILL)
     assert stack.berth("reconcile").returncode == 0
     _wait_state(stack, host, ("FAILED",))
     [gone] = _events(stack, "reconcile.gone", instance_id=third["id"])

@@ -10,7 +10,7 @@ import requests
 
 from tests.actions import post_form
 from tests.conftest import _make_stack
-from tests.integration.test_launch import _host, _wait_state
+from tests.integration.test_launch import _host, _launch_until
 
 CACHE_SECONDS = 2
 
@@ -74,6 +74,5 @@ def test_lifecycle_answers_are_never_cached(cached):
     # The starting page must turn into the tool as soon as it runs, whatever the cache lifetime.
     alice = cached.create_user()
     browser = cached.login(alice)
-    browser.get(cached.tool_url("echo", alice, "/x"), headers={"Sec-Fetch-Mode": "navigate"})
-    _wait_state(cached, _host(cached, "echo", alice), ("RUNNING",))
+    _launch_until(cached, browser, "echo", alice, ("RUNNING",), path="/x")
     assert browser.get(cached.tool_url("echo", alice, "/headers")).json()["path"] == "/headers"

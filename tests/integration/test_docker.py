@@ -1,10 +1,11 @@
 """The docker backend against a real Docker engine, through nginx: launch, sizes, failures, reconcile."""
 import time
 
+import pytest
 import websocket
 
 from tests.actions import csrf_token, post_form, stop_instance
-from tests.integration.test_launch import _host, _wait_state
+from tests.integration.test_launch import _host, _launch_until, _wait_state
 
 
 def _container(stack, instance_id):
@@ -68,29 +69,31 @@ def test_websocket_and_streaming_reach_a_container(stack, alice):
 
 
 def test_missing_image_fails_with_a_clear_reason_and_never_hangs(stack, alice):
-    browser = stack.login(alice)
-    browser.get(stack.tool_url("ghost", alice), headers={"Sec-Fetch-Mode": "navigate"})
-    failed = _wait_state(stack, _host(stack, "ghost", alice), ("FAILED",), timeout=30)
+    failed = _launch_until(stack, stack.login(alice), "ghost", alice, ("FAILED",), timeout=30)
     assert "berth-test/does-not-exist:1" in failed["error"]
     assert "not on this Docker host" in failed["error"]
     assert _container(stack, failed["id"]) == []
 
 
-def test_stop_removes_the_container(stack, alice):
+@pytest.fixture
+def running_busybox(stack, alice):
+    """alice's busybox, running: her browser and its instance."""
     browser = stack.login(alice)
     stack.open_tool(browser, "busybox", alice, "/index.html")
-    host = _host(stack, "busybox", alice)
-    row = stack.instances(host)[-1]
+    return browser, stack.instances(_host(stack, "busybox", alice))[-1]
+
+
+def test_stop_removes_the_container(stack, running_busybox):
+    browser, row = running_busybox
     stop_instance(browser, stack.base_url, row["id"])
-    _wait_state(stack, host, ("STOPPED",))
+    _wait_state(stack, row["host"], ("STOPPED",))
     assert _container(stack, row["id"]) == []
 
 
-def test_reconciler_removes_an_orphan_container_and_fails_an_instance_whose_container_vanished(stack, alice):
-    browser = stack.login(alice)
-    stack.open_tool(browser, "busybox", alice, "/index.html")
-    host = _host(stack, "busybox", alice)
-    row = stack.instances(host)[-1]
+def test_reconciler_removes_an_orphan_container_and_fails_an_instance_whose_container_vanished(
+        stack, running_busybox):
+    _, row = running_busybox
+    host = row["host"]
     with stack.docker() as client:
         client.containers.get(f"berth-{stack.env['BERTH_DEPLOYMENT']}-{row['id']}").remove(force=True)
         orphan = client.containers.create(

@@ -61,6 +61,18 @@ def stop_now(stack, instance_id):
     stack.stop_instance(instance_id)
 
 
+def cull_idle(stack, row):
+    """Date the instance's last activity two days back, run `berth cull`, and wait until the
+    instance is STOPPED and its process gone. Returns the command's result."""
+    stack.query("UPDATE tool_instances SET last_activity_at = :at WHERE id = :id",
+                at=datetime.now(timezone.utc) - timedelta(days=2), id=row["id"])
+    result = stack.berth("cull")
+    assert result.returncode == 0, result.stderr
+    _wait_state(stack, row["host"], ("STOPPED",))
+    _wait_gone(_backend_state(row)["pid"])
+    return result
+
+
 def reconcile_here(stack):
     """Run the reconciler in the test process, against the stack's database and backends.
 
@@ -182,13 +194,8 @@ def test_an_idle_tool_is_culled_with_the_reason_and_an_active_one_is_not(stack, 
     [idle], [busy] = stack.instances(idle_host), stack.instances(busy_host)
     limit = stack.query("SELECT idle_timeout FROM tool_templates WHERE slug = 'echo'")[0]["idle_timeout"]
     assert limit > 0
-    stack.query("UPDATE tool_instances SET last_activity_at = :at WHERE id = :id",
-                at=datetime.now(timezone.utc) - timedelta(days=2), id=idle["id"])
 
-    result = stack.berth("cull")
-    assert result.returncode == 0, result.stderr
-    _wait_state(stack, idle_host, ("STOPPED",))
-    _wait_gone(_backend_state(idle)["pid"])
+    result = cull_idle(stack, idle)
     assert stack.instances(busy_host)[-1]["state"] == "RUNNING"
 
     [cull] = [e for e in events_of(stack, idle["id"]) if e["kind"] == "cull.idle"]

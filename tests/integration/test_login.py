@@ -209,6 +209,17 @@ def test_logout_asks_first_then_revokes_the_session_everywhere_at_once(stack, al
 
 # -- where `next` may send the browser --------------------------------------------------------
 
+def _assert_sent_to(stack, browser, token, user, target, expected):
+    """Signing in with next=target sends the browser to expected; so does the login page, at
+    once, to a browser that is signed in already."""
+    answer = _post_login(stack, browser, token, user, next_url=target)
+    assert answer.status_code == 302
+    assert answer.headers["Location"] == expected
+    again = browser.get(f"{stack.base_url}/auth/login", params={"next": target}, allow_redirects=False, timeout=10)
+    assert again.status_code == 302
+    assert again.headers["Location"] == expected
+
+
 @pytest.mark.parametrize("target", [
     "/reports?q=1&sort=name",
     "http://berth.localhost:{port}/",
@@ -219,14 +230,7 @@ def test_next_may_send_the_browser_to_the_main_host_or_a_tool_host(stack, alice,
     target = target.format(port=stack.port, host_key=alice["host_key"])
     expected = stack.base_url + target if target.startswith("/") else target
     with requests.Session() as browser:
-        answer = _post_login(stack, browser, _csrf_token(stack, browser), alice, next_url=target)
-        assert answer.status_code == 302
-        assert answer.headers["Location"] == expected
-        # A browser that is already signed in is sent on from the login page at once.
-        again = browser.get(f"{stack.base_url}/auth/login", params={"next": target},
-                            allow_redirects=False, timeout=10)
-        assert again.status_code == 302
-        assert again.headers["Location"] == expected
+        _assert_sent_to(stack, browser, _csrf_token(stack, browser), alice, target, expected)
 
 
 @pytest.mark.parametrize("target", [
@@ -259,13 +263,7 @@ def test_next_to_anywhere_else_falls_back_to_the_catalogue(stack, alice, target)
         form = browser.get(f"{stack.base_url}/auth/login", params={"next": target},
                            headers={"Accept": "text/html"}, timeout=10)
         assert html.unescape(NEXT_FIELD.search(form.text).group(1)) == home
-        answer = _post_login(stack, browser, csrf_token(form.text), alice, next_url=target)
-        assert answer.status_code == 302
-        assert answer.headers["Location"] == home
-        again = browser.get(f"{stack.base_url}/auth/login", params={"next": target},
-                            allow_redirects=False, timeout=10)
-        assert again.status_code == 302
-        assert again.headers["Location"] == home
+        _assert_sent_to(stack, browser, csrf_token(form.text), alice, target, home)
 
 
 # -- no valid session: browsers go to the login page, API and XHR clients get 401 ------------

@@ -33,7 +33,7 @@ from deploy.local import role_of
 from tests.actions import csrf_token
 from tests.conftest import DOMAIN, _make_stack
 from tests.integration.test_lifecycle import reconcile_here
-from tests.services import free_port
+from tests.services import answers_ok, free_port
 
 LOAD_SECONDS = 25
 REPLICAS = ("auth-1", "auth-2", "web-1", "web-2", "worker-1", "worker-2")
@@ -75,20 +75,11 @@ def replicated(postgres, redis_server, tmp_path_factory):
 
 def _wait_healthy(stack, name, timeout=30):
     """Wait until one auth or web replica answers its health check directly (not through nginx)."""
-    port = stack.replica_ports[name]
     path = "/auth/healthz" if role_of(name) == "auth" else "/healthz"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            answer = requests.get(f"http://127.0.0.1:{port}{path}", timeout=2,
-                                  headers={"Host": DOMAIN,
-                                           "X-Berth-Proxy-Secret": stack.env["BERTH_PROXY_SECRET"]})
-            if answer.status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.05)
-    raise AssertionError(f"{name} did not come back within {timeout} s")
+    url = f"http://127.0.0.1:{stack.replica_ports[name]}{path}"
+    headers = {"Host": DOMAIN, "X-Berth-Proxy-Secret": stack.env["BERTH_PROXY_SECRET"]}
+    if not answers_ok(url, timeout, headers=headers):
+        raise AssertionError(f"{name} did not come back within {timeout} s")
 
 
 def _labelled_tools(stack):

@@ -122,6 +122,13 @@ def add_run_arguments(parser, postgres=True):
     parser.add_argument("--keep", action="store_true", help="keep the work directory and its logs")
 
 
+def rotated(items, index):
+    """items, rotated by index: each round starts with the next one, so that drift on the machine
+    falls on all of them."""
+    shift = index % len(items)
+    return items[shift:] + items[:shift]
+
+
 def require(*programs, hint="`make bench` installs what this needs"):
     """Stop at once, before anything starts, when a program the benchmark runs is not installed."""
     for program in programs:

@@ -40,6 +40,7 @@ from bench._stack import (
     print_targets,
     run_benchmark,
     require,
+    rotated,
     run_wrk,
     wait_for_port,
     write_results,
@@ -213,7 +214,7 @@ class AuthScaling:
         samples = {level: [] for level in levels}
         self.load_before = os.getloadavg()[0]
         for index in range(self.args.rounds):
-            order = levels[index % len(levels):] + levels[:index % len(levels)]
+            order = rotated(levels, index)
             for level in order:
                 url = self.services[level]["url"]
                 one = run_wrk(self.run_state, url, self.args.duration, threads=1, connections=1,

@@ -44,6 +44,7 @@ from bench._stack import (
     mb,
     print_targets,
     require,
+    rotated,
     run_benchmark,
     run_wrk,
     write_results,
@@ -281,7 +282,7 @@ class Bench:
                 self.run_wrk(targets[name], 1)
             rounds = []
             for index in range(self.args.rounds):
-                order = PATHS[index % len(PATHS):] + PATHS[:index % len(PATHS)]
+                order = rotated(PATHS, index)
                 measured = {}
                 for name in order:
                     measured[name] = self.run_wrk(targets[name], self.args.duration)

@@ -49,8 +49,8 @@ from datetime import datetime, timezone
 import yaml
 
 from bench._jupyterhub import JupyterHub, jupyterhub_version
-from bench._stack import (ROOT, BenchRun, Berth, add_run_arguments, free_port, require, run_benchmark,
-                          stop_process, write_results)
+from bench._stack import (ROOT, BenchRun, Berth, add_run_arguments, free_port, require, rotated,
+                          run_benchmark, stop_process, write_results)
 from deploy.local import start_process
 
 RESULTS = ROOT / "bench" / "results" / "spawn.json"
@@ -234,7 +234,7 @@ class SpawnBench:
             label = f"{number - self.args.warmup + 1}/{self.args.launches}" if counted else "warm-up"
             # Rotate the order each round, so that drift on the machine falls on every system.
             turns = [("berth", slug) for slug in TOOLS] + [(peer, "echo") for peer in self.peer_samples]
-            for system, slug in turns[number % len(turns):] + turns[:number % len(turns)]:
+            for system, slug in rotated(turns, number):
                 if system == "berth":
                     sample = self.launch_once(slug)
                     target = self.samples[slug]

@@ -48,6 +48,7 @@ from bench._stack import (
     mb,
     print_targets,
     require,
+    rotated,
     run_benchmark,
     write_results,
 )
@@ -209,7 +210,7 @@ class Transfer:
             self.transfer("direct", "file")
             rounds = []
             for index in range(self.args.rounds):
-                order = PATHS[index % len(PATHS):] + PATHS[:index % len(PATHS)]
+                order = rotated(PATHS, index)
                 measured = {}
                 for path in order:
                     measured[path] = {}

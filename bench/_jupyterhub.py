@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 
-from bench._stack import ROOT, chp_command, free_port, stop_process, wait_for
+from bench._stack import ROOT, chp_command, free_port, stop_process
 
 VENV = ROOT / "bench" / ".jupyterhub-venv"
 REQUIREMENTS = ROOT / "bench" / "jupyterhub-requirements.txt"
@@ -117,15 +117,11 @@ class JupyterHub:
             hub_port=self.hub_port, api_port=self.api_port, chp=chp_command(),
             pid_file=str(self.dir / "jupyterhub-proxy.pid"), work=self.dir, user=self.user,
             token=self.token))
-        env = {**os.environ, "CONFIGPROXY_AUTH_TOKEN": os.urandom(16).hex()}
-        with open(self.dir / "jupyterhub.log", "ab") as out:
-            # Its command line names the work directory (-f), for the final sweep.
-            self.process = subprocess.Popen(
-                [str(python), "-m", "jupyterhub", "-f", str(config)], cwd=self.dir, env=env,
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-        self.run.cleanup.callback(stop_process, self.process)
-        wait_for(self.hub_port, "JupyterHub", self.process, timeout=60)
-        wait_for(self.port, "JupyterHub's proxy", self.process, timeout=60)
+        # Its command line names the work directory (-f), for the final sweep.
+        self.process = self.run.start([str(python), "-m", "jupyterhub", "-f", str(config)],
+                                      self.dir / "jupyterhub.log", [self.hub_port, self.port],
+                                      "JupyterHub (or its proxy)", cwd=self.dir, timeout=60,
+                                      env={**os.environ, "CONFIGPROXY_AUTH_TOKEN": os.urandom(16).hex()})
         deadline = time.monotonic() + 30
         while self.api.get(f"{self.hub_api}/users/{self.user}", timeout=10).status_code != 200:
             if time.monotonic() > deadline:

@@ -2,27 +2,26 @@
 process a run started.
 
     run = BenchRun(keep=False, prefix="berth-bench-")   # a work directory and a deployment label
-    berth = Berth(run, postgres=False)                  # not started yet
-    berth.start(catalogue_path, extra_env={...})        # nginx, auth, web, worker via deploy.local.Stack
+    berth = Berth(run, catalogue_path, extra_env={...}) # tests.local_stack's Berth, in the work directory
+    berth.start()                                       # nginx, auth, web, worker, as `berth run` starts them
     browser = berth.sign_in()                           # a requests.Session with the session cookie
     ...
     run.close()                                         # stops everything, on success, failure or Ctrl-C
 
     run_wrk(run, url, duration, ...)                    # one wrk measurement, as a dict
-    start_nginx(conf, prefix, log); Chp(run).start()    # peers: a plain nginx, configurable-http-proxy
+    run.start_nginx("plain", configuration, what)       # peers: a plain nginx; Chp(run).start()
     MemorySampler({"name": pid, ...})                   # RSS of process groups, sampled in a thread
     check_target(...)                                   # one line of a "targets" section
 
-Everything listens on 127.0.0.1. Berth's processes and the tools it starts carry the run's
-BERTH_DEPLOYMENT label; whatever else a run starts names its work directory on its command
-line. The last sweep of close() ends anything that still matches either.
+Berth and its processes are the tests' own (tests/local_stack.py, deploy/local.py); what is here
+is what only a benchmark needs. Everything listens on 127.0.0.1. Berth's processes and the tools
+it starts carry the run's BERTH_DEPLOYMENT label; whatever else a run starts names its work
+directory on its command line. The last sweep of close() ends anything that still matches either.
 """
 import json
 import os
-import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,38 +30,13 @@ import time
 import urllib.request
 from contextlib import ExitStack
 from pathlib import Path
-from unittest import mock
 
-from tests.services import free_port, stop_process, wait_for_port  # the same helpers as the tests
-
-ROOT = Path(__file__).resolve().parent.parent
-DOMAIN = "berth.localhost"
-
-
-def nginx_binary():
-    found = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
-    if not found:
-        raise SystemExit("nginx is not installed (apt-get install nginx; `make bench` does it)")
-    return found
-
-
-def wait_for(port, what, process=None, timeout=20):
-    wait_for_port(port, timeout=timeout, process=process, what=what)
-
-
-def getaddrinfo_loopback(real):
-    def resolve(host, *args, **kwargs):
-        if isinstance(host, str) and (host == "localhost" or host.endswith(".localhost")):
-            host = "127.0.0.1"  # Python's resolver here does not map *.localhost to loopback
-        return real(host, *args, **kwargs)
-    return resolve
+from deploy.local import ROOT, nginx_command, nginx_config_error, start_process
+from tests.local_stack import BerthStack, loopback_names, stack_env
+from tests.services import free_port, group_pss, group_rss, stat_fields, stop_process, wait_for_port
 
 
 # -- processes ----------------------------------------------------------------------------------
-def stat_fields(pid):
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-
-
 def labelled_pids(deployment):
     """Processes that carry this run's BERTH_DEPLOYMENT label: Berth's own, and its tools."""
     found = []
@@ -80,30 +54,6 @@ def labelled_pids(deployment):
     return found
 
 
-def kill_labelled(deployment, grace=5.0):
-    """The last line of cleanup: end whatever still carries this run's label.
-
-    Berth's own processes carry it too (it is in their environment), and the tools carry it
-    because the process backend labels them with it. All run in sessions of their own.
-    """
-    pids = labelled_pids(deployment)
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in pids:
-            try:
-                group = os.getpgid(pid)
-                if group != os.getpgrp():  # never this process's own group
-                    os.killpg(group, sig)
-            except (ProcessLookupError, PermissionError):
-                pass
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline and labelled_pids(deployment):
-            time.sleep(0.05)
-        pids = labelled_pids(deployment)
-        if not pids:
-            return []
-    return pids
-
-
 def pids_mentioning(text):
     """Processes whose command line names text (the work directory), other than this one."""
     found = []
@@ -118,20 +68,41 @@ def pids_mentioning(text):
     return found
 
 
-def kill_mentioning(text, grace=5.0):
-    """End every process whose command line names text: SIGTERM, then SIGKILL. Returns what is left."""
+def _kill_group(pid, sig):
+    group = os.getpgid(pid)
+    if group != os.getpgrp():  # never this process's own group
+        os.killpg(group, sig)
+
+
+def end_processes(find, kill=os.kill, grace=5.0):
+    """SIGTERM every process find() lists, then SIGKILL those still there after grace seconds.
+    Returns the pids that outlived both."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in pids_mentioning(text):
+        for pid in find():
             try:
-                os.kill(pid, sig)
+                kill(pid, sig)
             except (ProcessLookupError, PermissionError):
                 pass
         deadline = time.monotonic() + grace
-        while time.monotonic() < deadline and pids_mentioning(text):
+        while time.monotonic() < deadline and find():
             time.sleep(0.05)
-        if not pids_mentioning(text):
+        if not find():
             return []
-    return pids_mentioning(text)
+    return find()
+
+
+def kill_labelled(deployment):
+    """The last line of cleanup: end whatever still carries this run's label, group by group.
+
+    Berth's own processes carry it too (it is in their environment), and the tools carry it
+    because the process backend labels them with it. All run in sessions of their own.
+    """
+    return end_processes(lambda: labelled_pids(deployment), kill=_kill_group)
+
+
+def kill_mentioning(text):
+    """End every process whose command line names text. Returns what is left."""
+    return end_processes(lambda: pids_mentioning(text))
 
 
 def exit_on_signal(signum, frame):
@@ -149,6 +120,29 @@ def add_run_arguments(parser, postgres=True):
         parser.add_argument("--postgres", action="store_true",
                             help="run Berth on PostgreSQL and Redis instead of SQLite")
     parser.add_argument("--keep", action="store_true", help="keep the work directory and its logs")
+
+
+def rotated(items, index):
+    """items, rotated by index: each round starts with the next one, so that drift on the machine
+    falls on all of them."""
+    shift = index % len(items)
+    return items[shift:] + items[:shift]
+
+
+def require(*programs, hint="`make bench` installs what this needs"):
+    """Stop at once, before anything starts, when a program the benchmark runs is not installed."""
+    for program in programs:
+        if not shutil.which(program) and not os.path.exists(f"/usr/sbin/{program}"):
+            raise SystemExit(f"{program} is not installed ({hint})")
+
+
+def write_results(path, module, document):
+    """Save a run's results as JSON, with when it finished and the command that ran it."""
+    document = {"finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "command": " ".join([Path(sys.executable).name, "-m", module] + sys.argv[1:]), **document}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(document, indent=2) + "\n")
+    print(f"\nWritten to {path.relative_to(ROOT)}")
 
 
 def run_benchmark(bench):
@@ -185,6 +179,29 @@ class BenchRun:
         self.failed = True  # until the run says otherwise
         self.children = []  # extra processes to kill first on close (e.g. a load generator)
 
+    def start(self, command, log, ports, what, env=None, cwd=ROOT, timeout=20):
+        """Start a process of the run's own (a peer or an upstream), stopped when the run closes,
+        and wait until it listens on each of ports."""
+        process = start_process(command, log, env=env, cwd=cwd)
+        self.cleanup.callback(stop_process, process)
+        for port in ports:
+            wait_for_port(port, timeout=timeout, process=process, what=what)
+        return process
+
+    def start_nginx(self, name, configuration, what):
+        """An nginx of the run's own, in the folder name of the work directory, on a free port:
+        configuration(prefix, port) gives the text of its nginx.conf. Returns (port, process)."""
+        prefix = self.work / name
+        prefix.mkdir(exist_ok=True)
+        port = free_port()
+        conf = prefix / "nginx.conf"
+        conf.write_text(configuration(prefix, port))
+        command = nginx_command(prefix, conf, error_log=prefix / "error.log")
+        error = nginx_config_error(command)
+        if error:
+            raise RuntimeError(f"nginx rejected {conf}:\n{error}")
+        return port, self.start(command, prefix / "stdout.log", [port], what)
+
     def close(self):
         # A second Ctrl-C or a SIGTERM must not cut the cleanup short.
         previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -210,160 +227,67 @@ class BenchRun:
                 signal.signal(sig, handler)
 
 
-class Berth:
-    """Berth's four processes through deploy.local.Stack, on SQLite (or PostgreSQL and Redis),
-    with one benchmark user. Stopped, with the tools it started, when the run closes."""
+def _databases(run):
+    """PostgreSQL and Redis as the tests start them, stopped when the run closes: (database URL,
+    Redis URL)."""
+    from tests.services import Postgres, Redis
 
-    def __init__(self, run, postgres=False):
-        self.run = run
-        self.postgres = postgres
-        self.email, self.password = "bench@example.org", os.urandom(12).hex()
+    # Their data directories go under the work directory, so that the final sweep
+    # (kill_mentioning) also ends a server whose start failed half-way.
+    run.work.chmod(0o711)  # PostgreSQL runs as the postgres user and must pass through
+    saved, tempfile.tempdir = tempfile.tempdir, str(run.work)
+    try:
+        postgres = Postgres()
+        run.cleanup.callback(postgres.stop)
+        redis = Redis()
+        run.cleanup.callback(redis.stop)
+    finally:
+        tempfile.tempdir = saved
+    return postgres.create_database(f"berth_bench_{os.urandom(3).hex()}"), redis.url(1)
 
-    def _start_databases(self):
-        if not self.postgres:
-            return None, None
-        from tests.services import Postgres, Redis
 
-        # Their data directories go under the work directory, so that the final sweep
-        # (kill_mentioning) also ends a server whose start failed half-way.
-        self.run.work.chmod(0o711)  # PostgreSQL runs as the postgres user and must pass through
-        saved, tempfile.tempdir = tempfile.tempdir, str(self.run.work)
-        try:
-            postgres = Postgres()
-            self.run.cleanup.callback(postgres.stop)
-            redis = Redis()
-            self.run.cleanup.callback(redis.stop)
-        finally:
-            tempfile.tempdir = saved
-        return postgres.create_database(f"berth_bench_{os.urandom(3).hex()}"), redis.url(1)
+class Berth(BerthStack):
+    """The tests' Berth (tests/local_stack.py) in the run's work directory, labelled with its
+    deployment, on SQLite (or PostgreSQL and Redis), with one benchmark user. Stopped, with the
+    tools it started, when the run closes."""
 
-    def start(self, catalogue, extra_env=None, port_base=24000):
-        """Start Berth with this catalogue file; extra_env adds BERTH_* settings."""
-        database_url, redis_url = self._start_databases()
-        low = port_base + (free_port() % 40) * 100
-        env = {
-            **os.environ,
-            "BERTH_DATA_DIR": str(self.run.work / "berth"),
-            "BERTH_DOMAIN": DOMAIN,
-            "BERTH_HTTP_PORT": str(free_port()),
-            "BERTH_AUTH_PORT": str(free_port()),
-            "BERTH_WEB_PORT": str(free_port()),
-            "BERTH_DEPLOYMENT": self.run.deployment,
-            "BERTH_PORT_RANGE": f"{low}-{low + 99}",
-            "BERTH_CATALOGUE": str(catalogue),
-            "BERTH_SCHEME": "http",
-            **(extra_env or {}),
-        }
-        for name, value in (("BERTH_DATABASE_URL", database_url), ("BERTH_REDIS_URL", redis_url)):
-            if value:
-                env[name] = value
-            else:
-                env.pop(name, None)
-        os.environ.update(env)  # before webapp is imported: it reads BERTH_* at import and app creation
+    def __init__(self, run, catalogue, postgres=False, extra_env=None):
+        database_url, redis_url = _databases(run) if postgres else (None, None)
+        env = stack_env(run.work / "berth", run.deployment, catalogue, database_url, redis_url, port_base=24000,
+                        extra_env={"BERTH_SCHEME": "http", **(extra_env or {})})
+        # This process is this Berth's: what webapp reads from the environment at import (the
+        # metrics folder, the queue) is this Berth's too.
+        os.environ.update(env)
         for name in ("BERTH_DATABASE_URL", "BERTH_REDIS_URL"):
             if name not in env:
                 os.environ.pop(name, None)
+        super().__init__(env)
+        self.run = run
+        self.postgres = postgres
 
-        from deploy.local import Stack, prepare_database
-        from webapp import create_app
-
-        self.app = create_app()
-        self.config = self.app.config
-        self.port = int(env["BERTH_HTTP_PORT"])
-        self.base_url = f"http://{DOMAIN}:{self.port}"
-        with self.app.app_context():
-            prepare_database(self.config, self.email, self.password)
-        self.stack = Stack(env, self.run.work / "berth")
+    def start(self):
         self.run.cleanup.callback(self.stop)
-        self.stack.render_nginx(self.config)
-        for name in ("auth", "web", "worker", "nginx"):
-            self.stack.start(name)
-        self.stack.wait_ready(f"http://127.0.0.1:{self.port}/healthz", host=DOMAIN)
+        super().start()
+        self.user = self.create_user("bench@example.org", os.urandom(12).hex(), is_admin=True)
         # *.localhost resolves to loopback for requests in this process, for the rest of the run.
-        self.run.cleanup.enter_context(
-            mock.patch("socket.getaddrinfo", getaddrinfo_loopback(socket.getaddrinfo)))
+        self.run.cleanup.enter_context(loopback_names())
 
-    def stop(self):
-        from deploy.local import stop_local_tools
-        from berth.extensions import db
-
-        self.stack.stop_all()
-        with self.app.app_context():
-            try:
-                stop_local_tools(self.config, backends=self.config["BERTH_BACKENDS"])
-            finally:
-                db.session.remove()
-                db.engine.dispose()
-
-    # -- as a browser -------------------------------------------------------------------------
     def sign_in(self):
-        """A requests.Session signed in through nginx and the login form. Close it when done."""
-        import requests
-
-        browser = requests.Session()
-        browser.headers["Accept"] = "text/html"
-        form = browser.get(f"{self.base_url}/auth/login", timeout=10)
-        token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', form.text).group(1)
-        answer = browser.post(f"{self.base_url}/auth/login", allow_redirects=False, timeout=10,
-                              data={"csrf_token": token, "email": self.email, "password": self.password,
-                                    "next": "/"})
-        if answer.status_code != 302:
-            raise RuntimeError(f"sign-in failed with {answer.status_code}")
-        return browser
+        """A requests.Session signed in as the benchmark user. Close it when done."""
+        return self.login(self.user)
 
     def session_cookie(self, browser):
         name = self.config["BERTH_SESSION_COOKIE"]
         return f"{name}={browser.cookies.get(name)}"
 
-    def tool_host(self, slug):
-        """The tool's Host header as a browser sends it: <slug>-<key>.berth.localhost:<port>."""
-        from berth.extensions import db
-        from berth.hosts import tool_host
-        from berth.models import User
+    def tool_address(self, slug):
+        """The benchmark user's tool as a browser's Host header names it: <slug>-<key>.berth.localhost:<port>."""
+        return f"{self.tool_host(slug, self.user)}:{self.port}"
 
-        with self.app.app_context():
-            host_key = db.session.execute(db.select(User.host_key).where(User.email == self.email)).scalar_one()
-            db.session.remove()
-        return f"{tool_host(slug, host_key, DOMAIN)}:{self.port}"
-
-    def open_tool(self, browser, slug, path="/", timeout=30):
-        """Open the tool as a browser does (first visit, starting page, polling until RUNNING)."""
-        host = self.tool_host(slug)
-        first = browser.get(f"http://{host}{path}", headers={"Sec-Fetch-Mode": "navigate"}, timeout=10)
-        if first.status_code not in (200, 202):
-            raise RuntimeError(f"first visit to the tool answered {first.status_code}")
-        deadline = time.monotonic() + timeout
-        while True:
-            status = browser.get(f"http://{host}/__berth/status", timeout=10,
-                                 headers={"X-Berth-No-Launch": "1", "Accept": "application/json"}).json()
-            if status["state"] == "RUNNING":
-                return host
-            if status["state"] not in ("QUEUED", "SPAWNING") or time.monotonic() > deadline:
-                raise RuntimeError(f"the tool did not start: {status}")
-            time.sleep(0.05)
-
-    # -- the database -------------------------------------------------------------------------
-    def query(self, sql, **params):
-        from berth.extensions import db
-
-        with self.app.app_context():
-            try:
-                return db.session.execute(db.text(sql), params).mappings().all()
-            finally:
-                db.session.remove()
-
-    def stop_instance(self, instance_id):
-        """Stop one tool now, from this process (as `berth run` does on Ctrl-C)."""
-        from berth.extensions import db
-        from berth.launch.state_machine import begin_stop, stop_instance
-        from berth.models import ToolInstance
-
-        with self.app.app_context():
-            try:
-                begin_stop(db.session.get(ToolInstance, instance_id), actor="bench")
-                stop_instance(instance_id)
-            finally:
-                db.session.remove()
+    def start_tool(self, browser, slug, path="/"):
+        """Open the benchmark user's tool as a browser does, until it answers; its tool_address."""
+        self.open_tool(browser, slug, self.user, path, timeout=30)
+        return self.tool_address(slug)
 
 
 # -- load, peers and memory, for the measuring benchmarks ---------------------------------------
@@ -388,8 +312,7 @@ def run_wrk(run, url, duration, threads=2, connections=32, headers=None):
     Any answer other than 2xx or 3xx stops the benchmark: a proxy that answered 401 or 503
     quickly would otherwise look fast.
     """
-    if not shutil.which("wrk"):
-        raise SystemExit("wrk is not installed (apt-get install wrk; `make bench` does it)")
+    require("wrk")
     script = run.work / "report.lua"
     if not script.exists():
         script.write_text(WRK_SCRIPT)
@@ -413,23 +336,6 @@ def run_wrk(run, url, duration, threads=2, connections=32, headers=None):
         raise RuntimeError(f"wrk saw {result['non_2xx_3xx']} answers that were not 2xx/3xx "
                            f"out of {result['requests']} from {url}; the numbers would be meaningless")
     return result
-
-
-def start_nginx(conf, prefix, log):
-    """An nginx of the benchmark's own (a peer or an upstream), in the foreground, in its own session."""
-    command = [nginx_binary(), "-p", f"{prefix}/", "-c", str(conf), "-e", f"{prefix}/error.log",
-               "-g", "daemon off;"]
-    checked = subprocess.run(command[:-2] + ["-t", "-q"], capture_output=True, text=True)
-    if checked.returncode:
-        raise RuntimeError(f"nginx rejected {conf}:\n{checked.stderr}")
-    with open(log, "ab") as out:
-        return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
-
-
-def nginx_user_line():
-    """nginx as root drops its workers to nobody, who cannot read the work directory."""
-    return "user root root;\n" if os.geteuid() == 0 else ""
 
 
 CHP_DIR = ROOT / "bench" / "chp"  # package.json and package-lock.json pin the version
@@ -472,13 +378,9 @@ class Chp:
             "--ip", "127.0.0.1", "--port", str(self.port),
             "--api-ip", "127.0.0.1", "--api-port", str(self.api_port),
             "--pid-file", str(self.run.work / "chp.pid"), "--log-level", "warn"]
-        env = {**os.environ, "CONFIGPROXY_AUTH_TOKEN": self.token}
-        with open(self.run.work / "chp.log", "ab") as out:
-            self.process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, start_new_session=True)
-        self.run.cleanup.callback(stop_process, self.process)
-        wait_for(self.port, "configurable-http-proxy", self.process)
-        wait_for(self.api_port, "configurable-http-proxy's API", self.process)
+        self.process = self.run.start(command, self.run.work / "chp.log", [self.port, self.api_port],
+                                      "configurable-http-proxy",
+                                      env={**os.environ, "CONFIGPROXY_AUTH_TOKEN": self.token})
         return self
 
     def add_route(self, path, target):
@@ -490,62 +392,6 @@ class Chp:
         with urllib.request.urlopen(request, timeout=10) as answer:
             if answer.status != 201:
                 raise RuntimeError(f"configurable-http-proxy refused the route {path}: {answer.status}")
-
-
-def _rss_kib(pid):
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0  # a zombie has no RSS
-
-
-def group_rss(root):
-    """(KiB, process count) of root and its descendants in root's session.
-
-    Staying in the session keeps the tool out of the worker's group: the process backend starts
-    each tool in a session of its own, as a child of the worker.
-    """
-    try:
-        session = stat_fields(root)[3]
-    except OSError:
-        return 0, 0
-    total = count = 0
-    pending = [root]
-    while pending:
-        pid = pending.pop()
-        try:
-            if stat_fields(pid)[3] != session:
-                continue
-            total += _rss_kib(pid)
-            count += 1
-            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-        except OSError:
-            continue
-        pending.extend(int(child) for child in children)
-    return total, count
-
-
-def group_pss(root):
-    """Proportional set size (KiB) of the same group as group_rss: each shared page is split
-    among the processes that map it, so forked workers' shared code is counted once in total."""
-    try:
-        session = stat_fields(root)[3]
-    except OSError:
-        return 0
-    total, pending = 0, [root]
-    while pending:
-        pid = pending.pop()
-        try:
-            if stat_fields(pid)[3] != session:
-                continue
-            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-                if line.startswith("Pss:"):
-                    total += int(line.split()[1])
-            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-        except OSError:
-            continue
-        pending.extend(int(child) for child in children)
-    return total
 
 
 class MemorySampler(threading.Thread):

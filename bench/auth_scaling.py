@@ -26,13 +26,9 @@ bench/results/auth_scaling.json.
 Everything listens on 127.0.0.1; everything started is stopped at the end, as in bench.proxy.
 """
 import argparse
-import json
 import os
-import shutil
 import statistics
-import sys
 import time
-from pathlib import Path
 
 from bench._stack import (
     ROOT,
@@ -43,8 +39,11 @@ from bench._stack import (
     free_port,
     print_targets,
     run_benchmark,
+    require,
+    rotated,
     run_wrk,
-    wait_for,
+    wait_for_port,
+    write_results,
 )
 from bench.proxy import BODY, PATH, SLUG, running_instance, static_tool, write_catalogue
 
@@ -106,7 +105,6 @@ class AuthScaling:
     def __init__(self, args):
         self.args = args
         self.run_state = BenchRun(keep=args.keep, prefix="berth-bench-auth-")
-        self.berth = Berth(self.run_state, postgres=True)
         self.services = {}  # level → (auth check URL, database URL)
 
     # setup
@@ -115,19 +113,20 @@ class AuthScaling:
 
         work = self.run_state.work
         catalogue = write_catalogue(work, [static_tool(work, {PATH.lstrip("/"): BODY})])
-        self.berth.start(catalogue)
+        self.berth = Berth(self.run_state, catalogue, postgres=True)
+        self.berth.start()
         with self.berth.sign_in() as browser:
-            self.tool_host = self.berth.open_tool(browser, SLUG, PATH)
+            self.tool_host = self.berth.start_tool(browser, SLUG, PATH)
             self.cookie = self.berth.session_cookie(browser)
         self.upstream, _ = running_instance(self.berth, self.tool_host)
         [row] = self.berth.query(
             "SELECT u.id AS user_id, t.id AS template_id FROM users u, tool_templates t "
-            "WHERE u.email = :email AND t.slug = :slug", email=self.berth.email, slug=SLUG)
+            "WHERE u.email = :email AND t.slug = :slug", email=self.berth.user["email"], slug=SLUG)
         self.ids = dict(row)
         # The tool keeps running (its row says RUNNING in every copy); Berth's own processes stop,
         # so that nothing holds a connection to the database that is copied.
         for name in ("worker", "web", "nginx", "auth"):
-            self.berth.stack.stop(name)
+            self.berth.processes.stop(name)
         with self.berth.app.app_context():
             db.engine.dispose()
         config = self.berth.config
@@ -149,8 +148,8 @@ class AuthScaling:
             seconds, counts = self.fill(url, level)
             name = f"auth-{level}"
             port = free_port()
-            process = self.berth.stack.start(name, extra_env={"BERTH_DATABASE_URL": url}, port=port)
-            wait_for(port, f"the auth service for level {level}", process)
+            process = self.berth.processes.start(name, extra_env={"BERTH_DATABASE_URL": url}, port=port)
+            wait_for_port(port, process=process, what=f"the auth service for level {level}")
             self.services[level] = {"url": f"http://127.0.0.1:{port}/auth/check", "counts": counts}
             self.check_answer(level)
             print(f"  level {level:>7}: {counts['sessions']:>7} sessions, {counts['instances']:>7} "
@@ -215,7 +214,7 @@ class AuthScaling:
         samples = {level: [] for level in levels}
         self.load_before = os.getloadavg()[0]
         for index in range(self.args.rounds):
-            order = levels[index % len(levels):] + levels[:index % len(levels)]
+            order = rotated(levels, index)
             for level in order:
                 url = self.services[level]["url"]
                 one = run_wrk(self.run_state, url, self.args.duration, threads=1, connections=1,
@@ -281,18 +280,13 @@ class AuthScaling:
         print("\nlatencies in ms; counts include the benchmark user's own session and instances;\n"
               "c1: one connection (wrk -t1 -c1), the latency of one check without queueing")
         print_targets(goals)
-        document = {
-            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "command": " ".join([Path(sys.executable).name, "-m", "bench.auth_scaling"] + sys.argv[1:]),
+        write_results(RESULTS, "bench.auth_scaling", {
             "duration_s": args.duration, "rounds": args.rounds, "threads": args.threads,
             "connections": args.connections, "cpus": os.cpu_count(),
             "load_average_1min": {"before": self.load_before, "after": self.load_after},
             "summary": {str(level): row for level, row in summary.items()},
             "targets": goals,
-        }
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps(document, indent=2) + "\n")
-        print(f"\nWritten to {RESULTS.relative_to(ROOT)}")
+        })
 
     def execute(self):
         self.start()
@@ -316,9 +310,7 @@ def main(argv=None):
         parser.error("--levels takes whole numbers separated by commas")
     if len(args.levels) < 2 or args.levels[0] < 1 or args.duration < 1 or args.rounds < 1:
         parser.error("at least two levels of 1 or more; --duration and --rounds at least 1")
-    for program in ("wrk", "nginx", "pg_ctl"):
-        if not shutil.which(program) and not os.path.exists(f"/usr/sbin/{program}"):
-            raise SystemExit(f"{program} is not installed (`make bench` installs what this needs)")
+    require("wrk", "nginx", "pg_ctl")
     run_benchmark(AuthScaling(args))
 
 

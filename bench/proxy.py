@@ -28,12 +28,7 @@ import http.client
 import json
 import os
 import shlex
-import shutil
 import statistics
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 from bench._stack import (
     ROOT,
@@ -47,15 +42,14 @@ from bench._stack import (
     chp_version,
     free_port,
     mb,
-    nginx_binary,
-    nginx_user_line,
     print_targets,
+    require,
+    rotated,
     run_benchmark,
     run_wrk,
-    start_nginx,
-    stop_process,
-    wait_for,
+    write_results,
 )
+from deploy.local import nginx_command
 
 RESULTS = ROOT / "bench" / "results" / "latest.json"
 SLUG = "static"
@@ -65,33 +59,10 @@ PATHS = ("direct", "plain nginx", "chp", "no-op auth", "berth", "berth cached")
 CONTROL_PLANE = ("auth", "web", "worker")  # Berth's processes other than nginx
 CACHE_SECONDS = 5  # the auth cache lifetime for the "berth cached" path
 
-# The upstream: nginx serving one file. Berth starts it as a tool, so its port and home arrive
-# at launch: the tool's command fills @PORT@ and @HOME@ in with sed, then execs nginx.
-UPSTREAM_CONF = """\
-{user}worker_processes 1;
-pid {home}/nginx.pid;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    sendfile on;
-    tcp_nodelay on;
-    default_type text/html;
-    client_body_temp_path {home}/tmp_client_body;
-    proxy_temp_path {home}/tmp_proxy;
-    fastcgi_temp_path {home}/tmp_fastcgi;
-    uwsgi_temp_path {home}/tmp_uwsgi;
-    scgi_temp_path {home}/tmp_scgi;
-    server {{
-        listen 127.0.0.1:@PORT@;
-        root {www};
-    }}
-}}
-"""
-
-# Plain nginx: Berth's proxy settings (nginx/snippets/common.conf.j2) without auth_request,
-# and with keepalive to the upstream, which Berth's raw ip:port proxy_pass cannot have.
-PLAIN_CONF = """\
-{user}worker_processes auto;
+# What every nginx of the benchmarks' own has: its pid, error log and temporary files in its
+# prefix, no access log, and sendfile. Then the directives of its http block.
+NGINX_CONF = """\
+worker_processes {workers};
 pid {prefix}/nginx.pid;
 error_log {prefix}/error.log warn;
 events {{ worker_connections 4096; }}
@@ -99,12 +70,28 @@ http {{
     access_log off;
     sendfile on;
     tcp_nodelay on;
-    keepalive_timeout 65s;
     client_body_temp_path {prefix}/tmp_client_body;
     proxy_temp_path {prefix}/tmp_proxy;
     fastcgi_temp_path {prefix}/tmp_fastcgi;
     uwsgi_temp_path {prefix}/tmp_uwsgi;
     scgi_temp_path {prefix}/tmp_scgi;
+{http}}}
+"""
+
+# The upstream: nginx serving files. Berth starts it as a tool, so its port and home arrive
+# at launch: the tool's command fills @PORT@ and @HOME@ in with sed, then execs nginx.
+UPSTREAM_HTTP = """\
+    default_type text/html;
+    server {{
+        listen 127.0.0.1:@PORT@;
+        root {www};
+    }}
+"""
+
+# Plain nginx: Berth's proxy settings (nginx/snippets/common.conf.j2) without auth_request,
+# and with keepalive to the upstream, which Berth's raw ip:port proxy_pass cannot have.
+PLAIN_HTTP = """\
+    keepalive_timeout 65s;
     upstream tool {{
         server {upstream};
         keepalive 64;
@@ -121,7 +108,6 @@ http {{
             proxy_buffering off;
         }}
     }}
-}}
 """
 
 
@@ -158,11 +144,10 @@ def static_tool(work, files, slug=SLUG, name="Static 1 KB", health_path=PATH):
         else:
             (www / filename).write_bytes(content)
     template = work / f"upstream-{slug}.conf.in"
-    template.write_text(UPSTREAM_CONF.format(user=nginx_user_line(), home="@HOME@", www=www))
+    template.write_text(NGINX_CONF.format(workers=1, prefix="@HOME@", http=UPSTREAM_HTTP.format(www=www)))
+    nginx = nginx_command("{home}", error_log="{home}/error.log")
     script = (f"sed -e 's|@PORT@|{{port}}|' -e 's|@HOME@|{{home}}|g' {shlex.quote(str(template))} "
-              f"> {{home}}/nginx.conf && "
-              f"exec {shlex.quote(nginx_binary())} -p {{home}}/ -c {{home}}/nginx.conf "
-              f"-e {{home}}/error.log -g 'daemon off;'")
+              f"> {{home}}/nginx.conf && exec {shlex.join(nginx)}")
     return {"slug": slug, "name": name,
             "description": "nginx serving static files: a benchmark upstream.",
             "command": ["/bin/sh", "-c", script],
@@ -187,21 +172,25 @@ def running_instance(berth, host):
 
 def start_berth_nginx(run, config, cache_seconds, auth_server=None, name=None):
     """Another nginx with Berth's own rendered configuration, in front of the same auth and web
-    (or of another auth server, host:port)."""
+    (or of another auth server, host:port). Returns (port, process)."""
     from berth.nginx_conf import prepare_prefix, render_nginx
 
-    prefix = run.work / (name or f"berth-nginx-cache-{cache_seconds}")
-    prepare_prefix(prefix)
-    port = free_port()
-    config = {**config, "BERTH_AUTH_CACHE_SECONDS": cache_seconds}
-    text = render_nginx(config, standalone=True, prefix=str(prefix), listen=f"127.0.0.1:{port}",
-                        auth_servers=[auth_server] if auth_server else None)
-    conf = prefix / "nginx.conf"
-    conf.write_text(nginx_user_line() + text)
-    process = start_nginx(conf, prefix, prefix / "stdout.log")
-    run.cleanup.callback(stop_process, process)
-    wait_for(port, "Berth's nginx", process)
-    return port, process
+    def configuration(prefix, port):
+        prepare_prefix(prefix)
+        return render_nginx({**config, "BERTH_AUTH_CACHE_SECONDS": cache_seconds}, standalone=True,
+                            prefix=str(prefix), listen=f"127.0.0.1:{port}",
+                            auth_servers=[auth_server] if auth_server else None)
+
+    return run.start_nginx(name or f"berth-nginx-cache-{cache_seconds}", configuration, "Berth's nginx")
+
+
+def start_plain_nginx(run, http, **upstreams):
+    """The plain nginx peer, its http block's directives from the template http, filled with its
+    port and the upstreams (host:port). Returns (port, process)."""
+    def configuration(prefix, port):
+        return NGINX_CONF.format(workers="auto", prefix=prefix, http=http.format(port=port, **upstreams))
+
+    return run.start_nginx("plain", configuration, "plain nginx")
 
 
 def control_plane_mb(kib_by_group):
@@ -214,30 +203,22 @@ class Bench:
         self.args = args
         self.run_state = BenchRun(keep=args.keep)
         self.work = self.run_state.work
-        self.cleanup = self.run_state.cleanup
-        self.berth = Berth(self.run_state, postgres=args.postgres)
 
     # setup
     def start_berth(self):
         catalogue = write_catalogue(self.work, [static_tool(self.work, {PATH.lstrip("/"): BODY})])
         # The auth service marks answers cacheable; only Berth's own nginx caches them.
-        self.berth.start(catalogue, extra_env={"BERTH_AUTH_CACHE_SECONDS": str(CACHE_SECONDS)})
-        self.stack, self.config, self.port = self.berth.stack, self.berth.config, self.berth.port
+        self.berth = Berth(self.run_state, catalogue, postgres=self.args.postgres,
+                           extra_env={"BERTH_AUTH_CACHE_SECONDS": str(CACHE_SECONDS)})
+        self.berth.start()
+        self.stack, self.config, self.port = self.berth.processes, self.berth.config, self.berth.port
         with self.berth.sign_in() as browser:
-            self.tool_host = self.berth.open_tool(browser, SLUG, PATH)
+            self.tool_host = self.berth.start_tool(browser, SLUG, PATH)
             self.cookie = self.berth.session_cookie(browser)
         self.upstream, self.tool_pid = running_instance(self.berth, self.tool_host)  # sh execs nginx
 
     def start_plain_nginx(self):
-        prefix = self.work / "plain"
-        prefix.mkdir()
-        self.plain_port = free_port()
-        conf = prefix / "nginx.conf"
-        conf.write_text(PLAIN_CONF.format(user=nginx_user_line(), prefix=prefix, upstream=self.upstream,
-                                          port=self.plain_port))
-        self.plain = start_nginx(conf, prefix, prefix / "stdout.log")
-        self.cleanup.callback(stop_process, self.plain)
-        wait_for(self.plain_port, "plain nginx", self.plain)
+        self.plain_port, self.plain = start_plain_nginx(self.run_state, PLAIN_HTTP, upstream=self.upstream)
 
     def start_noop_auth(self):
         """The no-op auth service, and a Berth nginx in front of it (the "no-op auth" path)."""
@@ -246,13 +227,9 @@ class Bench:
 
         port = free_port()
         env = {**self.stack.env, "BENCH_UPSTREAM": nginx_upstream(self.config, self.upstream)}
-        with open(self.work / "noop-auth.log", "ab") as log:
-            self.noop_auth = subprocess.Popen(
-                auth_server_command(env, "127.0.0.1", port, app="bench._noop_auth:create_app"),
-                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True)
-        self.cleanup.callback(stop_process, self.noop_auth)
-        wait_for(port, "the no-op auth service", self.noop_auth)
+        self.noop_auth = self.run_state.start(
+            auth_server_command(env, "127.0.0.1", port, app="bench._noop_auth:create_app"),
+            self.work / "noop-auth.log", [port], "the no-op auth service", env=env)
         self.noop_port, self.noop_nginx = start_berth_nginx(self.run_state, self.config, 0,
                                                             auth_server=f"127.0.0.1:{port}",
                                                             name="berth-nginx-noop-auth")
@@ -305,7 +282,7 @@ class Bench:
                 self.run_wrk(targets[name], 1)
             rounds = []
             for index in range(self.args.rounds):
-                order = PATHS[index % len(PATHS):] + PATHS[:index % len(PATHS)]
+                order = rotated(PATHS, index)
                 measured = {}
                 for name in order:
                     measured[name] = self.run_wrk(targets[name], self.args.duration)
@@ -388,9 +365,7 @@ class Bench:
         print(f"control plane (auth+web+worker) at idle: PSS {self.idle_pss:.0f} MB (shared pages "
               f"counted once), RSS as below")
         print_targets(goals)
-        document = {
-            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "command": " ".join([Path(sys.executable).name, "-m", "bench.proxy"] + sys.argv[1:]),
+        write_results(RESULTS, "bench.proxy", {
             "wrk": {"threads": args.threads, "connections": args.connections,
                     "duration_s": args.duration, "rounds": args.rounds},
             "database": "postgres" if args.postgres else "sqlite",
@@ -403,10 +378,7 @@ class Bench:
             "control_plane_idle_pss_mb": self.idle_pss,
             "targets": goals,
             "rounds": rounds,
-        }
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps(document, indent=2) + "\n")
-        print(f"\nWritten to {RESULTS.relative_to(ROOT)}")
+        })
 
     # the whole run
     def execute(self):
@@ -430,8 +402,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.duration < 1 or args.rounds < 1:
         parser.error("--duration and --rounds must be at least 1")
-    if not shutil.which("wrk"):
-        raise SystemExit("wrk is not installed (apt-get install wrk; `make bench` does it)")
+    require("wrk")
     chp_command()  # installs configurable-http-proxy (npm ci) before anything starts
     run_benchmark(Bench(args))
 

@@ -40,9 +40,7 @@ import argparse
 import json
 import math
 import os
-import shutil
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -51,7 +49,9 @@ from datetime import datetime, timezone
 import yaml
 
 from bench._jupyterhub import JupyterHub, jupyterhub_version
-from bench._stack import ROOT, BenchRun, Berth, add_run_arguments, free_port, run_benchmark, stop_process
+from bench._stack import (ROOT, BenchRun, Berth, add_run_arguments, free_port, require, rotated,
+                          run_benchmark, stop_process, write_results)
+from deploy.local import start_process
 
 RESULTS = ROOT / "bench" / "results" / "spawn.json"
 TOOLS = {  # slug: (backend, the path asked for, text the tool's own answer contains)
@@ -79,7 +79,6 @@ class SpawnBench:
     def __init__(self, args):
         self.args = args
         self.run_state = BenchRun(keep=args.keep, prefix="berth-bench-spawn-")
-        self.berth = Berth(self.run_state, postgres=args.postgres)
         self.samples = {slug: [] for slug in TOOLS}
         self.peer_samples = {peer: [] for peer in PEERS if peer != "jupyterhub" or args.jupyterhub}
         self.hub = None
@@ -108,14 +107,15 @@ class SpawnBench:
 
     def start(self):
         docker_url = self.start_docker()
-        self.berth.start(self.write_catalogue(), extra_env={
+        self.berth = Berth(self.run_state, self.write_catalogue(), postgres=self.args.postgres, extra_env={
             "BERTH_BACKENDS": "process,docker",
             "BERTH_DOCKER_URL": docker_url,
             "BERTH_DOCKER_PULL": "never",  # the image is built locally; nothing is fetched
         })
+        self.berth.start()
         self.browser = self.berth.sign_in()
         self.run_state.cleanup.callback(self.browser.close)
-        self.hosts = {slug: self.berth.tool_host(slug) for slug in TOOLS}
+        self.hosts = {slug: self.berth.tool_address(slug) for slug in TOOLS}
         if self.args.jupyterhub:
             # The same command as tests/catalogue.yml's echo, with the Python the worker fills in
             # for {python}; the spawner adds --port.
@@ -151,7 +151,7 @@ class SpawnBench:
             "WHERE host = :host AND state = 'RUNNING'", host=self.hosts[slug].split(":")[0])
         if row["backend"] != backend:
             raise RuntimeError(f"{slug} ran on the {row['backend']} backend, not {backend}")
-        self.berth.stop_instance(row["id"])
+        self.berth.stop_instance(row["id"], actor="bench")
         return {
             "instance": row["id"],
             "seconds": elapsed,
@@ -218,9 +218,8 @@ class SpawnBench:
         env = {**os.environ, "BERTH_DEPLOYMENT": self.run_state.deployment}  # for the final sweep
         with requests.Session() as session:
             started = time.perf_counter()
-            process = subprocess.Popen([sys.executable, "-m", "berth_tools.echo", "--port", str(port)],
-                                       env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                       stderr=subprocess.DEVNULL, start_new_session=True)
+            process = start_process([sys.executable, "-m", "berth_tools.echo", "--port", str(port)], os.devnull,
+                                    env=env)
             try:
                 elapsed = self.poll_until_200(session, f"http://127.0.0.1:{port}/bench", '"path": "/bench"',
                                               started, "the tool alone")
@@ -235,7 +234,7 @@ class SpawnBench:
             label = f"{number - self.args.warmup + 1}/{self.args.launches}" if counted else "warm-up"
             # Rotate the order each round, so that drift on the machine falls on every system.
             turns = [("berth", slug) for slug in TOOLS] + [(peer, "echo") for peer in self.peer_samples]
-            for system, slug in turns[number % len(turns):] + turns[:number % len(turns)]:
+            for system, slug in rotated(turns, number):
                 if system == "berth":
                     sample = self.launch_once(slug)
                     target = self.samples[slug]
@@ -282,7 +281,7 @@ class SpawnBench:
     def report_comparison(self, stats):
         names = {"berth": "Berth (process backend)", "jupyterhub": f"JupyterHub {self.hub_version}",
                  "alone": "the tool alone"}
-        print(f"\necho (python -m berth_tools.echo), first request → first proxied 200:\n")
+        print("\necho (python -m berth_tools.echo), first request → first proxied 200:\n")
         print(f"{'system':<30}{'n':>3}{'median ms':>11}{'p90 ms':>9}{'min':>7}{'max':>7}"
               f"{'overhead med':>14}{'overhead p90':>14}")
         for name in ("berth", "jupyterhub", "alone"):
@@ -323,9 +322,7 @@ class SpawnBench:
               "queue: instance created → a worker took it; worker: taken → RUNNING recorded.")
         comparison = self.compare()
         self.report_comparison(comparison)
-        document = {
-            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "command": " ".join([os.path.basename(sys.executable), "-m", "bench.spawn"] + sys.argv[1:]),
+        write_results(RESULTS, "bench.spawn", {
             "launches": args.launches, "warmup": args.warmup, "poll_ms": args.poll_ms,
             "database": "postgres" if args.postgres else "sqlite",
             "cpus": os.cpu_count(),
@@ -334,10 +331,7 @@ class SpawnBench:
             "samples": self.samples,
             "comparison": comparison, "jupyterhub_version": self.hub_version,
             "peer_samples": self.peer_samples,
-        }
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps(document, indent=2) + "\n")
-        print(f"\nWritten to {RESULTS.relative_to(ROOT)}")
+        })
 
     def execute(self):
         self.start()
@@ -358,9 +352,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.launches < 1 or args.warmup < 0 or args.poll_ms < 1:
         parser.error("--launches and --poll-ms must be at least 1, --warmup at least 0")
-    for program in ("nginx", "dockerd", "busybox"):
-        if not shutil.which(program) and not os.path.exists(f"/usr/sbin/{program}"):
-            raise SystemExit(f"{program} is not installed (`make test` installs what this needs)")
+    require("nginx", "dockerd", "busybox", hint="`make test` installs what this needs")
     run_benchmark(SpawnBench(args))
 
 

@@ -30,14 +30,10 @@ Everything listens on 127.0.0.1; everything started is stopped at the end, as in
 """
 import argparse
 import asyncio
-import json
 import os
-import shutil
 import statistics
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 from bench._stack import (
     ROOT,
@@ -49,17 +45,15 @@ from bench._stack import (
     check_target,
     chp_command,
     chp_version,
-    free_port,
     mb,
-    nginx_user_line,
     print_targets,
+    require,
+    rotated,
     run_benchmark,
-    start_nginx,
-    stop_process,
-    wait_for,
+    write_results,
 )
 from bench.proxy import CACHE_SECONDS, CONTROL_PLANE, control_plane_mb, running_instance, start_berth_nginx
-from bench.proxy import static_tool, write_catalogue
+from bench.proxy import start_plain_nginx, static_tool, write_catalogue
 
 RESULTS = ROOT / "bench" / "results" / "transfer.json"
 GIB = 1 << 30
@@ -69,20 +63,7 @@ KINDS = ("ws", "file", "stream")
 FLAT_MB = 10.0  # "flat memory": the peak during a transfer at most this far above its start
 
 # Plain nginx with Berth's proxy settings, keepalive upstreams, and WebSocket upgrades.
-PLAIN_CONF = """\
-{user}worker_processes auto;
-pid {prefix}/nginx.pid;
-error_log {prefix}/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    sendfile on;
-    tcp_nodelay on;
-    client_body_temp_path {prefix}/tmp_client_body;
-    proxy_temp_path {prefix}/tmp_proxy;
-    fastcgi_temp_path {prefix}/tmp_fastcgi;
-    uwsgi_temp_path {prefix}/tmp_uwsgi;
-    scgi_temp_path {prefix}/tmp_scgi;
+PLAIN_HTTP = """\
     map $http_upgrade $connection_upgrade {{
         default upgrade;
         ""      "";
@@ -103,7 +84,6 @@ http {{
         location /ws {{ proxy_pass http://echo; }}
         location /download {{ proxy_pass http://echo; }}
     }}
-}}
 """
 
 ECHO = {"slug": "echo", "name": "Echo", "description": "berth_tools.echo: the benchmark's WebSocket upstream.",
@@ -142,31 +122,23 @@ class Transfer:
         self.args = args
         self.run_state = BenchRun(keep=args.keep, prefix="berth-bench-transfer-")
         self.work = self.run_state.work
-        self.berth = Berth(self.run_state, postgres=args.postgres)
 
     # setup
     def start(self):
         catalogue = write_catalogue(self.work, [
             static_tool(self.work, {FILE: GIB, "index.html": b"ok\n"}, health_path="/index.html"), ECHO])
-        self.berth.start(catalogue, extra_env={"BERTH_AUTH_CACHE_SECONDS": str(CACHE_SECONDS)})
-        self.stack, self.config = self.berth.stack, self.berth.config
+        self.berth = Berth(self.run_state, catalogue, postgres=self.args.postgres,
+                           extra_env={"BERTH_AUTH_CACHE_SECONDS": str(CACHE_SECONDS)})
+        self.berth.start()
+        self.stack, self.config = self.berth.processes, self.berth.config
         with self.berth.sign_in() as browser:
-            self.hosts = {"static": self.berth.open_tool(browser, "static", "/index.html"),
-                          "echo": self.berth.open_tool(browser, "echo", "/headers")}
+            self.hosts = {"static": self.berth.start_tool(browser, "static", "/index.html"),
+                          "echo": self.berth.start_tool(browser, "echo", "/headers")}
             self.cookie = self.berth.session_cookie(browser)
         self.upstreams, self.tool_pids = {}, {}
         for slug, host in self.hosts.items():
             self.upstreams[slug], self.tool_pids[slug] = running_instance(self.berth, host)
-        # plain nginx
-        prefix = self.work / "plain"
-        prefix.mkdir()
-        plain_port = free_port()
-        conf = prefix / "nginx.conf"
-        conf.write_text(PLAIN_CONF.format(user=nginx_user_line(), prefix=prefix, port=plain_port,
-                                          static=self.upstreams["static"], echo=self.upstreams["echo"]))
-        self.plain = start_nginx(conf, prefix, prefix / "stdout.log")
-        self.run_state.cleanup.callback(stop_process, self.plain)
-        wait_for(plain_port, "plain nginx", self.plain)
+        plain_port, self.plain = start_plain_nginx(self.run_state, PLAIN_HTTP, **self.upstreams)
         # configurable-http-proxy
         self.chp = Chp(self.run_state).start()
         self.chp.add_route("/", f"http://{self.upstreams['static']}")
@@ -238,7 +210,7 @@ class Transfer:
             self.transfer("direct", "file")
             rounds = []
             for index in range(self.args.rounds):
-                order = PATHS[index % len(PATHS):] + PATHS[:index % len(PATHS)]
+                order = rotated(PATHS, index)
                 measured = {}
                 for path in order:
                     measured[path] = {}
@@ -326,19 +298,14 @@ class Transfer:
               f"Control plane at idle: {self.idle_control_plane:.0f} MB RSS, "
               f"{self.idle_pss:.0f} MB PSS (shared pages counted once).")
         print_targets(goals)
-        document = {
-            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "command": " ".join([Path(sys.executable).name, "-m", "bench.transfer"] + sys.argv[1:]),
+        write_results(RESULTS, "bench.transfer", {
             "rounds": args.rounds, "ws_duration_s": args.ws_duration, "ws_connections": args.ws_connections,
             "ws_bytes": args.ws_bytes, "database": "postgres" if args.postgres else "sqlite",
             "chp_version": chp_version(), "cpus": os.cpu_count(),
             "load_average_1min": {"before": self.load_before, "after": self.load_after},
             "control_plane_idle_mb": self.idle_control_plane, "control_plane_idle_pss_mb": self.idle_pss,
             "summary": summary, "targets": goals, "rounds_raw": rounds,
-        }
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps(document, indent=2) + "\n")
-        print(f"\nWritten to {RESULTS.relative_to(ROOT)}")
+        })
 
     def execute(self):
         self.start()
@@ -357,8 +324,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if min(args.rounds, args.ws_duration, args.ws_connections, args.ws_bytes) < 1:
         parser.error("--rounds, --ws-duration, --ws-connections and --ws-bytes must be at least 1")
-    if not shutil.which("curl"):
-        raise SystemExit("curl is not installed (`make bench` installs it)")
+    require("curl")
     chp_command()
     run_benchmark(Transfer(args))
 

@@ -17,12 +17,40 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
 
-def _nginx_binary():
+def nginx_binary():
     found = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
     if not found:
         raise SystemExit("nginx is not installed. On Debian: sudo apt-get install nginx "
                          "(`make run` does this for you when run as root).")
     return found
+
+
+def nginx_command(prefix, conf=None, error_log=None):
+    """nginx in the foreground with this prefix; its configuration is prefix/nginx.conf unless
+    conf is given, its error log prefix/logs/error.log unless error_log is."""
+    prefix = Path(prefix)
+    directives = "daemon off;"
+    if os.geteuid() == 0:  # workers as nobody could not read a 0700 data directory
+        directives += " user root root;"
+    return [nginx_binary(), "-p", str(prefix), "-c", str(conf or prefix / "nginx.conf"),
+            "-e", str(error_log or prefix / "logs" / "error.log"), "-g", directives]
+
+
+def nginx_config_error(command):
+    """What `nginx -t` finds wrong in the configuration that command (from nginx_command) runs, or None."""
+    result = subprocess.run(command[:-2] + ["-t", "-q", "-g", command[-1]], capture_output=True, text=True)
+    return result.stderr if result.returncode else None
+
+
+def start_process(command, log_path, env=None, cwd=ROOT):
+    """A child process in a session of its own (its whole group can be killed), by default in
+    the checkout, with its output appended to log_path."""
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(command, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True,
+                                # The data directory is open to tools' users, for their homes:
+                                # what Berth's processes write in it is theirs alone.
+                                umask=0o077)
 
 
 ROLES = ("auth", "web", "worker", "nginx")
@@ -77,12 +105,7 @@ class Stack:
             return [str(BIN / "huey_consumer"), "berth.launch.tasks.huey", "-w", "4", "-k", "thread",
                     "-d", "0.05", "-m", "0.1", "-b", "1.1"]
         if role == "nginx":
-            prefix = self.data_dir / "nginx"
-            command = [_nginx_binary(), "-p", str(prefix), "-c", str(prefix / "nginx.conf"),
-                       "-e", str(prefix / "logs" / "error.log"), "-g", "daemon off;"]
-            if os.geteuid() == 0:  # workers as nobody could not read a 0700 data directory
-                command[-1] += " user root root;"
-            return command
+            return nginx_command(self.data_dir / "nginx")
         raise ValueError(name)
 
     def render_nginx(self, config, **options):
@@ -94,25 +117,25 @@ class Stack:
                             listen=options.pop("listen", f"127.0.0.1:{config['BERTH_HTTP_PORT']}"),
                             **options)
         (prefix / "nginx.conf").write_text(text)
-        result = subprocess.run(self.command("nginx")[:-2] + ["-t", "-q", "-g", self.command("nginx")[-1]],
-                                capture_output=True, text=True)
-        if result.returncode != 0:
-            raise SystemExit(f"nginx rejected the rendered configuration:\n{result.stderr}")
+        error = nginx_config_error(self.command("nginx"))
+        if error:
+            raise SystemExit(f"nginx rejected the rendered configuration:\n{error}")
 
     def start(self, name, extra_env=None, port=None):
         """Start a component, or a replica named <role>-<n> (auth and web replicas need a port of
         their own; a restart of the replica reuses it)."""
         if port is not None:
             self.ports[name] = port
-        env = {**self.env, **(extra_env or {})}
-        log = open(self.log_dir / f"{name}.log", "ab")
-        self.processes[name] = subprocess.Popen(
-            self.command(name), env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True,
-            umask=0o077,  # the data directory is open to tools' users for their homes: Berth's files are not
-        )
-        log.close()
+        self.processes[name] = start_process(self.command(name), self.log_dir / f"{name}.log",
+                                             env={**self.env, **(extra_env or {})})
         return self.processes[name]
+
+    def start_all(self, config):
+        """Render nginx's configuration, start every component, and wait until Berth answers."""
+        self.render_nginx(config)
+        for name in ROLES:
+            self.start(name)
+        self.wait_ready(f"http://127.0.0.1:{config['BERTH_HTTP_PORT']}/healthz", host=config["BERTH_DOMAIN"])
 
     def stop(self, name, sig=signal.SIGTERM, timeout=10):
         process = self.processes.pop(name, None)
@@ -212,7 +235,6 @@ def run_local(config):
            "BERTH_AUTH_PORT": str(config["BERTH_AUTH_PORT"]),
            "BERTH_WEB_PORT": str(config["BERTH_WEB_PORT"])}
     stack = Stack(env, data_dir)
-    stack.render_nginx(config)
 
     def shut_down(*_):
         print("\nStopping Berth and the tools it started…", flush=True)
@@ -222,12 +244,9 @@ def run_local(config):
 
     signal.signal(signal.SIGINT, shut_down)
     signal.signal(signal.SIGTERM, shut_down)
-    for name in ("auth", "web", "worker", "nginx"):
-        stack.start(name)
     home = public_url(config, config["BERTH_DOMAIN"])
     try:
-        stack.wait_ready(f"http://127.0.0.1:{config['BERTH_HTTP_PORT']}/healthz",
-                         host=config["BERTH_DOMAIN"])
+        stack.start_all(config)
     except RuntimeError as error:
         stack.stop_all()
         raise SystemExit(str(error)) from None

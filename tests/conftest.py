@@ -4,15 +4,10 @@
 (production's components) and once on SQLite with Huey on SQLite (the embedded default).
 """
 import os
-import re
-import shutil
-import socket
 import tempfile
 from pathlib import Path
-from unittest import mock
 
 import pytest
-import requests
 
 from tests import images
 from tests.services import Dockerd, Postgres, Redis, free_port
@@ -20,27 +15,14 @@ from tests.services import Dockerd, Postgres, Redis, free_port
 # In-process imports of webapp must not write into the checkout (secrets, the Huey file).
 os.environ.setdefault("BERTH_DATA_DIR", tempfile.mkdtemp(prefix="berth-test-process-"))
 
-from deploy.local import Stack  # noqa: E402
-from webapp import create_app  # noqa: E402
-from berth.extensions import db  # noqa: E402
-from berth.hosts import tool_host  # noqa: E402
-from berth.models import User  # noqa: E402
+from tests.local_stack import DOMAIN, BerthStack, loopback_names, stack_env  # noqa: E402
 
-DOMAIN = "berth.localhost"
 TEST_CATALOGUE = Path(__file__).parent / "catalogue.yml"
-_real_getaddrinfo = socket.getaddrinfo
-
-
-def _getaddrinfo(host, *args, **kwargs):
-    # Python's resolver here does not map *.localhost to loopback as browsers and curl do.
-    if isinstance(host, str) and (host == "localhost" or host.endswith(".localhost")):
-        host = "127.0.0.1"
-    return _real_getaddrinfo(host, *args, **kwargs)
 
 
 @pytest.fixture(autouse=True, scope="session")
 def localhost_resolves():
-    with mock.patch("socket.getaddrinfo", _getaddrinfo):
+    with loopback_names():
         yield
 
 
@@ -70,144 +52,15 @@ def dockerd():
     engine.stop()
 
 
-class BerthStack:
-    """One running Berth: nginx, auth, web and worker, plus an in-process app to look at the database."""
-
-    def __init__(self, env, data_dir, label):
-        self.env = env
-        self.label = label
-        self.data_dir = Path(data_dir)
-        self.port = int(env["BERTH_HTTP_PORT"])
-        self.base_url = f"http://{DOMAIN}:{self.port}"
-        with mock.patch.dict(os.environ, env):
-            self.app = create_app()
-        self.processes = Stack(env, data_dir)
-        self._users = 0
-
-    # -- processes ------------------------------------------------------------------------
-    def start(self):
-        with self.app.app_context():
-            from deploy.local import prepare_database
-
-            prepare_database(self.app.config)
-        self.processes.render_nginx(self.app.config)
-        for name in ("auth", "web", "worker", "nginx"):
-            self.processes.start(name)
-        self.processes.wait_ready(f"http://127.0.0.1:{self.port}/healthz", host=DOMAIN)
-
-    def stop(self):
-        self.processes.stop_all()
-        with self.app.app_context():
-            from deploy.local import stop_local_tools
-
-            stop_local_tools(self.app.config, backends=("process", "docker"))
-            db.session.remove()  # give its connection back first, or dispose() cannot close it
-            db.engine.dispose()
-        shutil.rmtree(self.data_dir, ignore_errors=True)
-
-    # -- data -----------------------------------------------------------------------------
-    def create_user(self, email=None, password="correct horse battery", is_admin=False):
-        self._users += 1
-        email = email or f"user{self._users}-{os.urandom(3).hex()}@example.org"
-        with self.app.app_context():
-            user = User(email=email, name=email.split("@")[0], is_admin=is_admin)
-            user.set_password(password)
-            db.session.add(user)
-            db.session.commit()
-            return {"id": user.id, "email": email, "password": password, "host_key": user.host_key}
-
-    def query(self, statement, **params):
-        with self.app.app_context():
-            result = db.session.execute(db.text(statement), params)
-            rows = result.mappings().all() if result.returns_rows else None
-            db.session.commit()
-            return rows
-
-    # -- HTTP -----------------------------------------------------------------------------
-    def tool_url(self, slug, user, path="/"):
-        return f"http://{tool_host(slug, user['host_key'], DOMAIN)}:{self.port}{path}"
-
-    def login(self, user):
-        """A requests.Session signed in as user, through nginx and the login form."""
-        browser = requests.Session()
-        browser.headers["Accept"] = "text/html"
-        form = browser.get(f"{self.base_url}/auth/login", timeout=10)
-        token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', form.text).group(1)
-        answer = browser.post(f"{self.base_url}/auth/login", timeout=10, allow_redirects=False,
-                              data={"csrf_token": token, "email": user["email"],
-                                    "password": user["password"], "next": "/"})
-        assert answer.status_code == 302, answer.text
-        return browser
-
-    def open_tool(self, browser, slug, user, path="/", timeout=20):
-        """Navigate to a tool as a browser does, wait until the tool itself answers; return that response."""
-        import time
-
-        url = self.tool_url(slug, user, path)
-        first = browser.get(url, headers={"Sec-Fetch-Mode": "navigate"}, timeout=10)
-        assert first.status_code in (200, 202), first.text
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            status = browser.get(self.tool_url(slug, user, "/__berth/status"),
-                                 headers={"X-Berth-No-Launch": "1", "Accept": "application/json"},
-                                 timeout=10).json()
-            if status["state"] == "RUNNING":
-                return browser.get(url, timeout=10)
-            assert status["state"] in ("QUEUED", "SPAWNING"), status
-            time.sleep(0.05)
-        raise AssertionError(f"{slug} did not start within {timeout} s")
-
-    def docker(self):
-        """A Docker client for the stack's engine, to use in a with block."""
-        from contextlib import closing
-
-        import docker
-
-        return closing(docker.DockerClient(base_url=self.env["BERTH_DOCKER_URL"], timeout=60))
-
-    def berth(self, *args):
-        """Run the `berth` command line against this stack."""
-        import subprocess
-        import sys
-
-        return subprocess.run([str(Path(sys.executable).parent / "berth"), *args], env=self.env,
-                              capture_output=True, text=True, timeout=60)
-
-    def instances(self, host=None):
-        where = "WHERE host = :host" if host else ""
-        return self.query(f"SELECT * FROM tool_instances {where} ORDER BY id", host=host)
-
-
 def _make_stack(label, database_url, redis_url, tmp_root, docker_url, extra_env=None):
+    """A Berth of the tests' own (not started), with a short lease and the test catalogue."""
     # Directly in /tmp, not in pytest's 0700 folders: tools' own users pass through the data
-    # directory to their homes. Removed when the stack stops.
+    # directory to their homes. The stack removes it when it stops.
     data_dir = tempfile.mkdtemp(prefix=f"berth-{label}-")
-    low = 21000 + (free_port() % 40) * 100  # a tool port range of its own for each stack
-    env = {
-        **os.environ,
-        "BERTH_DATA_DIR": data_dir,
-        "BERTH_DOMAIN": DOMAIN,
-        "BERTH_HTTP_PORT": str(free_port()),
-        "BERTH_AUTH_PORT": str(free_port()),
-        "BERTH_WEB_PORT": str(free_port()),
-        "BERTH_DEPLOYMENT": f"test-{label}-{os.getpid()}",
-        "BERTH_PORT_RANGE": f"{low}-{low + 99}",
-        "BERTH_CATALOGUE": str(TEST_CATALOGUE),
-        "BERTH_LEASE_SECONDS": "4",
-        "BERTH_GUNICORN_WORKERS": "2",
-        "BERTH_BACKENDS": "process,docker",
-        "BERTH_DOCKER_URL": docker_url,
-    }
-    env.update(extra_env or {})
-    if database_url:
-        env["BERTH_DATABASE_URL"] = database_url
-    else:
-        env.pop("BERTH_DATABASE_URL", None)
-    if redis_url:
-        env["BERTH_REDIS_URL"] = redis_url
-    else:
-        env.pop("BERTH_REDIS_URL", None)
-    return BerthStack(env, data_dir, label)
+    settings = {"BERTH_LEASE_SECONDS": "4", "BERTH_GUNICORN_WORKERS": "2", "BERTH_BACKENDS": "process,docker",
+                "BERTH_DOCKER_URL": docker_url, **(extra_env or {})}
+    return BerthStack(stack_env(data_dir, f"test-{label}-{os.getpid()}", TEST_CATALOGUE, database_url,
+                                redis_url, extra_env=settings))
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,6 @@ one, or the session fails loudly saying what is missing.
 """
 import os
 import pwd
-import re
 import shutil
 import socket
 import subprocess
@@ -34,6 +33,21 @@ def wait_for_port(port, timeout=20, process=None, what="service"):
         except OSError:
             time.sleep(0.05)
     raise RuntimeError(f"{what} did not listen on port {port} within {timeout} s")
+
+
+def answers_ok(url, timeout, headers=None, interval=0.05):
+    """Ask url until it answers 200 (True), or until timeout seconds have passed (False)."""
+    import requests
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(url, headers=headers, timeout=2).status_code == 200:
+                return True
+        except requests.RequestException:
+            pass
+        time.sleep(interval)
+    return False
 
 
 def stop_process(process, timeout=10):
@@ -114,24 +128,60 @@ class Redis:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def stat_fields(pid):
+    """The fields of /proc/<pid>/stat after the command name: state, ppid, pgrp, session, …"""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def process_group(root):
+    """root and its descendants that are in root's session (pids), while they last.
+
+    Staying in the session keeps a tool out of the worker's group: the process backend starts
+    each tool in a session of its own, as a child of the worker.
+    """
+    try:
+        session = stat_fields(root)[3]
+    except OSError:
+        return
+    pending = [root]
+    while pending:
+        pid = pending.pop()
+        try:
+            if stat_fields(pid)[3] != session:
+                continue
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        except OSError:  # exited meanwhile
+            continue
+        yield pid
+        pending.extend(int(child) for child in children)
+
+
+def _proc_kib(pid, file, field):
+    """A figure in KiB from /proc/<pid>/<file>; 0 for a zombie (no memory) or a process gone."""
+    try:
+        for line in Path(f"/proc/{pid}/{file}").read_text().splitlines():
+            if line.startswith(field):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def rss_kib(pid):
     """Resident memory of one process, in KiB."""
-    status = Path(f"/proc/{pid}/status").read_text()
-    return int(re.search(r"VmRSS:\s+(\d+)", status).group(1))
+    return _proc_kib(pid, "status", "VmRSS:")
 
 
-def rss_of_tree(pid):
-    """Resident memory of a process and all its descendants, in KiB."""
-    total, pending = 0, [pid]
-    while pending:
-        current = pending.pop()
-        try:
-            total += rss_kib(current)
-            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
-        except (OSError, AttributeError):
-            continue
-        pending.extend(int(child) for child in children)
-    return total
+def group_rss(root):
+    """(KiB, process count) of the resident memory of root's process group (process_group)."""
+    pids = list(process_group(root))
+    return sum(rss_kib(pid) for pid in pids), len(pids)
+
+
+def group_pss(root):
+    """Proportional set size (KiB) of root's process group: each shared page is split among the
+    processes that map it, so forked workers' shared code is counted once in total."""
+    return sum(_proc_kib(pid, "smaps_rollup", "Pss:") for pid in process_group(root))
 
 
 def _unused_network():

@@ -154,17 +154,24 @@ def test_two_live_instances_never_share_a_port(make_instance):
     db.session.rollback()
 
 
+def _states_and_ports():
+    return [tuple(row) for row in
+            db.session.execute(select(ToolInstance.state, ToolInstance.port).order_by(ToolInstance.id))]
+
+
 def test_an_ended_instance_frees_its_port(make_instance):
     make_instance(State.STOPPED, host="a-0a1b2c3d.berth.localhost", port=20001)
     make_instance(State.FAILED, host="b-0a1b2c3d.berth.localhost", port=20001)
     make_instance(State.RUNNING, host="c-0a1b2c3d.berth.localhost", port=20001)
     make_instance(State.QUEUED, host="d-0a1b2c3d.berth.localhost", port=20002)
+    assert _states_and_ports() == [("STOPPED", 20001), ("FAILED", 20001), ("RUNNING", 20001), ("QUEUED", 20002)]
 
 
 def test_live_instances_without_a_port_do_not_collide(make_instance):
     make_instance(State.QUEUED, host="a-0a1b2c3d.berth.localhost", port=None)
     make_instance(State.QUEUED, host="b-0a1b2c3d.berth.localhost", port=None)
     make_instance(State.SPAWNING, host="c-0a1b2c3d.berth.localhost", port=None)
+    assert _states_and_ports() == [("QUEUED", None), ("QUEUED", None), ("SPAWNING", None)]
 
 
 # -- UTCDateTime ------------------------------------------------------------------------

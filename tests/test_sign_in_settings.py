@@ -1,7 +1,5 @@
 """Sign-in settings and their rules, in process: BERTH_LOCAL_LOGIN (on, admins, off), the
 single sign-on settings that must go together, and how Berth recognises its own API tokens."""
-import re
-
 import pytest
 
 import auth_service
@@ -9,6 +7,7 @@ from berth.settings import SettingError, load_settings
 from berth.extensions import db
 from berth.models import User
 from berth.tokens import bearer_token, token_allowed_on_main_host
+from tests.actions import csrf_token
 
 SSO = {"BERTH_OIDC_ISSUER": "http://127.0.0.1:9/", "BERTH_OIDC_CLIENT_ID": "berth",
        "BERTH_OIDC_PROVIDER_NAME": "Example ID"}
@@ -103,9 +102,8 @@ def _post_login(app, email):
     client = app.test_client()
     headers = {"X-Berth-Proxy-Secret": app.config["BERTH_PROXY_SECRET"]}
     page = client.get("/auth/login", headers=headers).get_data(as_text=True)
-    csrf = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page)  # no form when off
     return client.post("/auth/login", headers=headers,
-                       data={"csrf_token": csrf.group(1) if csrf else "", "email": email,
+                       data={"csrf_token": csrf_token(page) or "", "email": email,  # no form when off
                              "password": "a long password", "next": "/"})
 
 

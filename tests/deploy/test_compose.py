@@ -20,8 +20,9 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.actions import signed_in
 from tests.images import CACHE
-from tests.services import Dockerd, free_port
+from tests.services import Dockerd, answers_ok, free_port
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 PROJECT = "berth-deploy-test"
@@ -135,15 +136,8 @@ class Deployment:
         self.run(str(ROOT / "deploy" / "local-images" / "build.sh"), timeout=900)
         self.run(*self.compose, "build", "migrate", timeout=900)  # one image for every service
         self.run(*self.compose, "up", "--detach")
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(f"{self.base_url}/healthz", timeout=2).status_code == 200:
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(0.25)
-        raise AssertionError(f"nginx did not answer /healthz within 180 s:\n{self.logs()[-6000:]}")
+        if not answers_ok(f"{self.base_url}/healthz", timeout=180, interval=0.25):
+            raise AssertionError(f"nginx did not answer /healthz within 180 s:\n{self.logs()[-6000:]}")
 
     def down(self):
         # Tools are the worker's containers, not the compose project's.
@@ -171,14 +165,7 @@ def deployment(engine):
 
 
 def _sign_in(deployment):
-    browser = requests.Session()
-    browser.headers["Accept"] = "text/html"
-    form = browser.get(f"{deployment.base_url}/auth/login", timeout=10)
-    token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', form.text).group(1)
-    answer = browser.post(f"{deployment.base_url}/auth/login", timeout=10, allow_redirects=False,
-                          data={"csrf_token": token, "next": "/", **ADMIN})
-    assert answer.status_code == 302, answer.text
-    return browser
+    return signed_in(deployment.base_url, ADMIN["email"], ADMIN["password"])
 
 
 def test_compose_stack_signs_in_and_serves_a_launched_tool_through_nginx(deployment):

@@ -3,7 +3,6 @@ template groups, sharing a personal tool and revoking it, shared tools, identity
 IP allowlists with X-Forwarded-For spoofing. Each action's audit entry is checked too."""
 import json
 import os
-import re
 import threading
 import time
 from urllib.parse import unquote
@@ -13,6 +12,7 @@ import requests
 import websocket
 from requests.adapters import HTTPAdapter
 
+from tests.actions import post_form
 from tests.conftest import DOMAIN, _make_stack
 from tests.integration.test_launch import _wait_state
 
@@ -21,23 +21,15 @@ COOKIE = "berth_session"
 
 # -- helpers ----------------------------------------------------------------------------------
 
-def _csrf(browser, url):
-    page = browser.get(url, timeout=10)
-    assert page.status_code == 200, page.text
-    return re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page.text).group(1)
-
-
 def _share(stack, browser, slug, kind, name):
     """Share the signed-in user's tool through the sharing page, as a person would."""
-    url = f"{stack.base_url}/sharing/{slug}"
-    return browser.post(url, data={"csrf_token": _csrf(browser, url), "kind": kind, "name": name},
-                        allow_redirects=False, timeout=10)
+    return post_form(browser, f"{stack.base_url}/sharing/{slug}", {"kind": kind, "name": name},
+                     allow_redirects=False)
 
 
 def _revoke(stack, browser, slug, grant_id):
     url = f"{stack.base_url}/sharing/{slug}"
-    return browser.post(f"{url}/{grant_id}/revoke", data={"csrf_token": _csrf(browser, url)},
-                        allow_redirects=False, timeout=10)
+    return post_form(browser, f"{url}/{grant_id}/revoke", page=url, allow_redirects=False)
 
 
 def _group(stack, name, *users):
@@ -122,8 +114,8 @@ def test_permission_matrix_for_a_shared_personal_tool_over_http_and_websocket(st
     assert not {"X-Berth-User-Id", "X-Berth-User-Email", "X-Berth-Proxy-Secret"} & set(seen["headers"])
 
     # The grants are recorded, with who made them.
-    assert [e["actor"] for e in _events(stack, "grant.add", host=stack.tool_url("echo", owner).split("//")[1]
-                                        .split(":")[0])] == [f"user:{owner['id']}"] * 2
+    assert [e["actor"] for e in _events(stack, "grant.add", host=stack.tool_host("echo", owner))] == \
+        [f"user:{owner['id']}"] * 2
 
     # Revoking: the grantee's next request and next WebSocket handshake are refused; the group stays.
     grant_id = next(row["id"] for row in stack.query("SELECT id FROM tool_grants WHERE user_id = :u",
@@ -163,7 +155,7 @@ def test_a_grantee_cannot_start_the_owners_stopped_tool(stack, alice, bob):
     page = _navigate(grantee, stack.tool_url("echo", alice))
     assert page.status_code == 503
     assert "Only its owner can start it." in page.text
-    assert stack.instances(stack.tool_url("echo", alice).split("//")[1].split(":")[0]) == []
+    assert stack.instances(stack.tool_host("echo", alice)) == []
     # The catalogue lists it under "Shared with you", as not running.
     catalogue = grantee.get(stack.base_url + "/", timeout=10).text
     assert "Shared with you" in catalogue and "Only " in catalogue
@@ -210,10 +202,9 @@ def test_a_template_restricted_to_a_group(stack):
     assert "You are not in a group that may use Team echo." in page.text
     assert _websocket_status(stack.tool_url("echo-team", outsider, "/ws"), as_outsider) == 403
     launch_url = f"{stack.base_url}/launch/echo-team"
-    refused = as_outsider.post(launch_url, data={"csrf_token": _csrf(as_outsider, stack.base_url + "/")},
-                               timeout=10)
+    refused = post_form(as_outsider, launch_url, page=stack.base_url + "/")
     assert refused.status_code == 403
-    assert stack.instances(stack.tool_url("echo-team", outsider).split("//")[1].split(":")[0]) == []
+    assert stack.instances(stack.tool_host("echo-team", outsider)) == []
 
     # The member launches it; the tool is told who is using it, from the auth answer.
     seen = stack.open_tool(as_member, "echo-team", member, "/headers").json()["headers"]
@@ -319,7 +310,7 @@ def test_spoofed_forwarded_for_never_passes_the_allowlist(behind_a_proxy, source
     page = browser.get(stack.tool_url("fenced", user), headers=headers, timeout=10)
     assert page.status_code == 403, page.text[:300]
     assert f"Fenced echo cannot be reached from your address, {seen}." in page.text
-    assert stack.instances(stack.tool_url("fenced", user).split("//")[1].split(":")[0]) == []
+    assert stack.instances(stack.tool_host("fenced", user)) == []
 
 
 def test_the_allowed_address_through_the_trusted_proxy_reaches_the_tool(behind_a_proxy):

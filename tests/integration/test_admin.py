@@ -10,10 +10,8 @@ from datetime import datetime, timezone
 
 import pytest
 
+from tests.actions import form_token
 from tests.integration.test_launch import _host, _wait_state
-
-CSRF = re.compile(r'name="csrf_token" type="hidden" value="([^"]+)"')
-
 
 def _slug(prefix):
     return f"{prefix}-{''.join(random.choices(string.ascii_lowercase, k=6))}"
@@ -24,7 +22,7 @@ def admin(stack):
     person = stack.create_user(is_admin=True)
     browser = stack.login(person)
     person["browser"] = browser
-    person["csrf"] = CSRF.search(browser.get(f"{stack.base_url}/admin/groups", timeout=10).text).group(1)
+    person["csrf"] = form_token(browser, f"{stack.base_url}/admin/groups")
     yield person
     browser.close()
 
@@ -74,7 +72,7 @@ def _field_error(page, field):
 
 def test_non_administrators_get_403_on_every_admin_page_and_form(stack, alice, bob):
     browser = stack.login(alice)
-    csrf = CSRF.search(browser.get(f"{stack.base_url}/account", timeout=10).text).group(1)
+    csrf = form_token(browser, f"{stack.base_url}/account")
     home = browser.get(f"{stack.base_url}/", timeout=10).text
     assert 'admin/">Admin</a>' not in home
     pages = ["/admin/", "/admin/users", f"/admin/users/{bob['id']}", "/admin/groups", "/admin/templates",

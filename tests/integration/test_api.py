@@ -3,7 +3,6 @@ endpoints, JSON errors; and a schemathesis run against /api/openapi.json."""
 import http.client
 import json
 import os
-import re
 import subprocess
 import sys
 import time
@@ -12,6 +11,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.actions import form_token
 from tests.integration.test_tokens import make_token
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -153,8 +153,7 @@ def test_a_browser_session_may_use_the_api_but_must_send_the_csrf_token_to_chang
         assert browser.get(f"{stack.base_url}/api/me", timeout=10).json()["id"] == alice["id"]
         refused = browser.post(f"{stack.base_url}/api/tokens", json={"name": "x"}, timeout=10)
         assert "CSRF" in _error(refused, 400)
-        page = browser.get(f"{stack.base_url}/account", headers={"Accept": "text/html"}, timeout=10)
-        csrf = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page.text).group(1)
+        csrf = form_token(browser, f"{stack.base_url}/account")
         made = browser.post(f"{stack.base_url}/api/tokens", json={"name": "from the page"}, timeout=10,
                             headers={"X-CSRFToken": csrf})
         assert made.status_code == 201, made.text

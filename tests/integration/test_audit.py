@@ -1,15 +1,14 @@
 """The audit log: each action leaves one event naming who or what caused it, and the log cannot
 be rewritten. (Grants are checked in test_access.py, administrators' changes in test_admin.py.)"""
-import json
 import os
-import re
 import signal
-from datetime import datetime, timedelta, timezone
 
 import pytest
 import requests
 
-from tests.integration.test_launch import _host, _wait_state
+from tests.actions import post_form, sign_in, stop_instance
+from tests.integration.test_launch import _backend_state, _host, _wait_state
+from tests.integration.test_lifecycle import cull_idle
 
 
 def _events(stack, kind, **where):
@@ -18,11 +17,7 @@ def _events(stack, kind, **where):
 
 
 def test_sign_in_failed_sign_in_and_sign_out_are_recorded(stack, alice):
-    browser = requests.Session()
-    form = browser.get(f"{stack.base_url}/auth/login", timeout=10).text
-    token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', form).group(1)
-    browser.post(f"{stack.base_url}/auth/login", timeout=10, allow_redirects=False,
-                 data={"csrf_token": token, "email": alice["email"], "password": "wrong", "next": "/"})
+    sign_in(requests.Session(), stack.base_url, alice["email"], "wrong")
     [failed] = [e for e in _events(stack, "auth.login_failed") if alice["email"] in e["message"]]
     assert failed["actor"] == "anonymous"
 
@@ -30,9 +25,7 @@ def test_sign_in_failed_sign_in_and_sign_out_are_recorded(stack, alice):
     [login] = _events(stack, "auth.login", user_id=alice["id"])
     assert login["actor"] == f"user:{alice['id']}"
 
-    page = signed_in.get(f"{stack.base_url}/auth/logout", timeout=10).text
-    token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page).group(1)
-    signed_in.post(f"{stack.base_url}/auth/logout", data={"csrf_token": token}, timeout=10)
+    post_form(signed_in, f"{stack.base_url}/auth/logout")
     [logout] = _events(stack, "auth.logout", user_id=alice["id"])
     assert logout["actor"] == f"user:{alice['id']}"
 
@@ -46,9 +39,7 @@ def test_launch_and_stop_name_the_user_the_culler_and_the_reconciler(stack, alic
     [first] = stack.instances(host)
     [launch] = _events(stack, "instance.launch", instance_id=first["id"])
     assert launch["actor"] == f"user:{alice['id']}" and launch["user_id"] == alice["id"]
-    page = browser.get(stack.base_url + "/", timeout=10).text
-    token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page).group(1)
-    browser.post(f"{stack.base_url}/instances/{first['id']}/stop", data={"csrf_token": token}, timeout=10)
+    stop_instance(browser, stack.base_url, first["id"])
     _wait_state(stack, host, ("STOPPED",))
     [stop] = _events(stack, "instance.stop", instance_id=first["id"])
     assert stop["actor"] == f"user:{alice['id']}"
@@ -56,18 +47,14 @@ def test_launch_and_stop_name_the_user_the_culler_and_the_reconciler(stack, alic
     # The idle culler stops it.
     stack.open_tool(browser, "echo", alice)
     second = stack.instances(host)[-1]
-    stack.query("UPDATE tool_instances SET last_activity_at = :at WHERE id = :id",
-                at=datetime.now(timezone.utc) - timedelta(days=2), id=second["id"])
-    assert stack.berth("cull").returncode == 0
-    _wait_state(stack, host, ("STOPPED",))
+    cull_idle(stack, second)
     [stop] = _events(stack, "instance.stop", instance_id=second["id"])
     assert stop["actor"] == "culler"
 
     # The reconciler finds it gone.
     stack.open_tool(browser, "echo", alice)
     third = stack.instances(host)[-1]
-    state = third["backend_state"] if isinstance(third["backend_state"], dict) else json.loads(third["backend_state"])
-    os.killpg(state["pid"], signal.SIGKILL)
+    os.killpg(_backend_state(third)["pid"], signal.SIGKILL)
     assert stack.berth("reconcile").returncode == 0
     _wait_state(stack, host, ("FAILED",))
     [gone] = _events(stack, "reconcile.gone", instance_id=third["id"])

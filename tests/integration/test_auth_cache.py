@@ -8,8 +8,9 @@ import time
 import pytest
 import requests
 
+from tests.actions import post_form
 from tests.conftest import _make_stack
-from tests.integration.test_launch import _host, _wait_state
+from tests.integration.test_launch import _host, _launch_until
 
 CACHE_SECONDS = 2
 
@@ -55,9 +56,7 @@ def test_after_logout_a_cached_answer_lasts_at_most_the_cache_lifetime(cached):
     url = cached.tool_url("echo", alice, "/headers")
     assert browser.get(url).status_code == 200  # now cached
     old_cookie = browser.cookies.get("berth_session")
-    page = browser.get(cached.base_url + "/auth/logout")
-    token = page.text.split('name="csrf_token" type="hidden" value="')[1].split('"')[0]
-    browser.post(cached.base_url + "/auth/logout", data={"csrf_token": token})
+    post_form(browser, cached.base_url + "/auth/logout")
     signed_out_at = time.monotonic()
     replay = requests.Session()
     replay.cookies.set("berth_session", old_cookie, domain="berth.localhost")
@@ -75,6 +74,5 @@ def test_lifecycle_answers_are_never_cached(cached):
     # The starting page must turn into the tool as soon as it runs, whatever the cache lifetime.
     alice = cached.create_user()
     browser = cached.login(alice)
-    browser.get(cached.tool_url("echo", alice, "/x"), headers={"Sec-Fetch-Mode": "navigate"})
-    _wait_state(cached, _host(cached, "echo", alice), ("RUNNING",))
+    _launch_until(cached, browser, "echo", alice, ("RUNNING",), path="/x")
     assert browser.get(cached.tool_url("echo", alice, "/headers")).json()["path"] == "/headers"

@@ -9,6 +9,8 @@ import pytest
 import requests
 import websocket
 
+from tests.actions import csrf_token
+
 COOKIE = "berth_session"
 
 
@@ -245,7 +247,7 @@ def test_another_users_tool_is_forbidden_and_never_reached(stack, alice, bob):
     with stack.login(alice) as browser:
         stack.open_tool(browser, "echo", alice)
         alice_token = _token(browser)
-    host = stack.tool_url("echo", alice).split("//")[1].split(":")[0]
+    host = stack.tool_host("echo", alice)
     recorder = Recorder()
     try:
         # alice's tool is now the recorder: every request that reaches "the tool" is noted.
@@ -284,7 +286,7 @@ def test_another_users_tool_is_forbidden_and_never_reached(stack, alice, bob):
 # -- a tool's cookies stay on its own host ---------------------------------------------------
 
 def test_a_tools_cookies_for_the_parent_domain_are_narrowed_to_its_own_host(stack, alice):
-    tool_host = stack.tool_url("echo", alice).split("//")[1].split(":")[0]
+    tool_host = stack.tool_host("echo", alice)
     with stack.login(alice) as browser:
         stack.open_tool(browser, "echo", alice)
         token = _token(browser)
@@ -327,7 +329,7 @@ def test_direct_requests_to_the_web_app_and_auth_service_are_refused(stack, runn
     with requests.Session() as browser:
         browser.cookies.set(COOKIE, token, domain=".berth.localhost", path="/")
         catalogue = browser.get(stack.base_url + "/", timeout=10)
-        csrf = catalogue.text.split('name="csrf_token" type="hidden" value="')[1].split('"')[0]
+        csrf = csrf_token(catalogue.text)
         csrf_cookie = next(c.value for c in browser.cookies if c.name == "berth_csrf")
 
     forged = {"X-Berth-User-Id": str(user["id"]), "Accept": "text/html"}

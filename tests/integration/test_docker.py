@@ -1,9 +1,11 @@
 """The docker backend against a real Docker engine, through nginx: launch, sizes, failures, reconcile."""
 import time
 
+import pytest
 import websocket
 
-from tests.integration.test_launch import _host, _wait_state
+from tests.actions import csrf_token, post_form, stop_instance
+from tests.integration.test_launch import _host, _launch_until, _wait_state
 
 
 def _container(stack, instance_id):
@@ -29,9 +31,8 @@ def test_chosen_size_becomes_the_container_limits(stack, alice):
     browser = stack.login(alice)
     catalogue = browser.get(stack.base_url + "/")
     assert '<option value="large">' in catalogue.text
-    token = catalogue.text.split('name="csrf_token" type="hidden" value="')[1].split('"')[0]
-    launched = browser.post(f"{stack.base_url}/launch/busybox", data={"csrf_token": token, "size": "large"},
-                            allow_redirects=False)
+    launched = browser.post(f"{stack.base_url}/launch/busybox", allow_redirects=False,
+                            data={"csrf_token": csrf_token(catalogue.text), "size": "large"})
     assert launched.status_code == 302
     assert launched.headers["Location"] == stack.tool_url("busybox", alice)
     row = _wait_state(stack, _host(stack, "busybox", alice), ("RUNNING",))
@@ -43,9 +44,7 @@ def test_chosen_size_becomes_the_container_limits(stack, alice):
 
 def test_unknown_size_is_refused_with_a_reason(stack, alice):
     browser = stack.login(alice)
-    catalogue = browser.get(stack.base_url + "/")
-    token = catalogue.text.split('name="csrf_token" type="hidden" value="')[1].split('"')[0]
-    answer = browser.post(f"{stack.base_url}/launch/busybox", data={"csrf_token": token, "size": "huge"})
+    answer = post_form(browser, f"{stack.base_url}/launch/busybox", {"size": "huge"}, page=stack.base_url + "/")
     assert answer.status_code == 400
     assert "has no size" in answer.text
     assert stack.instances(_host(stack, "busybox", alice)) == []
@@ -70,31 +69,31 @@ def test_websocket_and_streaming_reach_a_container(stack, alice):
 
 
 def test_missing_image_fails_with_a_clear_reason_and_never_hangs(stack, alice):
-    browser = stack.login(alice)
-    browser.get(stack.tool_url("ghost", alice), headers={"Sec-Fetch-Mode": "navigate"})
-    failed = _wait_state(stack, _host(stack, "ghost", alice), ("FAILED",), timeout=30)
+    failed = _launch_until(stack, stack.login(alice), "ghost", alice, ("FAILED",), timeout=30)
     assert "berth-test/does-not-exist:1" in failed["error"]
     assert "not on this Docker host" in failed["error"]
     assert _container(stack, failed["id"]) == []
 
 
-def test_stop_removes_the_container(stack, alice):
+@pytest.fixture
+def running_busybox(stack, alice):
+    """alice's busybox, running: her browser and its instance."""
     browser = stack.login(alice)
     stack.open_tool(browser, "busybox", alice, "/index.html")
-    host = _host(stack, "busybox", alice)
-    row = stack.instances(host)[-1]
-    catalogue = browser.get(stack.base_url + "/")
-    token = catalogue.text.split('name="csrf_token" type="hidden" value="')[1].split('"')[0]
-    browser.post(f"{stack.base_url}/instances/{row['id']}/stop", data={"csrf_token": token})
-    _wait_state(stack, host, ("STOPPED",))
+    return browser, stack.instances(_host(stack, "busybox", alice))[-1]
+
+
+def test_stop_removes_the_container(stack, running_busybox):
+    browser, row = running_busybox
+    stop_instance(browser, stack.base_url, row["id"])
+    _wait_state(stack, row["host"], ("STOPPED",))
     assert _container(stack, row["id"]) == []
 
 
-def test_reconciler_removes_an_orphan_container_and_fails_an_instance_whose_container_vanished(stack, alice):
-    browser = stack.login(alice)
-    stack.open_tool(browser, "busybox", alice, "/index.html")
-    host = _host(stack, "busybox", alice)
-    row = stack.instances(host)[-1]
+def test_reconciler_removes_an_orphan_container_and_fails_an_instance_whose_container_vanished(
+        stack, running_busybox):
+    _, row = running_busybox
+    host = row["host"]
     with stack.docker() as client:
         client.containers.get(f"berth-{stack.env['BERTH_DEPLOYMENT']}-{row['id']}").remove(force=True)
         orphan = client.containers.create(

@@ -8,6 +8,9 @@ import time
 
 import requests
 
+from tests.actions import csrf_token
+from tests.services import stat_fields
+
 
 def _wait_state(stack, host, states, timeout=20):
     deadline = time.monotonic() + timeout
@@ -29,9 +32,8 @@ def _wait_gone(pid, timeout=8):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            with open(f"/proc/{pid}/stat") as stat:
-                if stat.read().rsplit(")", 1)[1].split()[0] == "Z":
-                    return
+            if stat_fields(pid)[0] == "Z":
+                return
         except FileNotFoundError:
             return
         time.sleep(0.05)
@@ -39,7 +41,14 @@ def _wait_gone(pid, timeout=8):
 
 
 def _host(stack, slug, user):
-    return stack.tool_url(slug, user).split("//")[1].split(":")[0]
+    return stack.tool_host(slug, user)
+
+
+def _launch_until(stack, browser, slug, user, states, timeout=20, path="/"):
+    """Navigate to a stopped tool as a browser does, which launches it, and wait until its
+    instance reaches one of states; return that instance."""
+    browser.get(stack.tool_url(slug, user, path), headers={"Sec-Fetch-Mode": "navigate"})
+    return _wait_state(stack, _host(stack, slug, user), states, timeout)
 
 
 def test_first_visit_shows_spawning_page_then_the_tool_at_the_same_address(stack, alice):
@@ -71,8 +80,8 @@ def test_stop_from_the_catalogue_ends_the_tool(stack, alice):
     instance = stack.instances(host)[-1]
     catalogue = browser.get(stack.base_url + "/")
     assert f"/instances/{instance['id']}/stop" in catalogue.text
-    token = catalogue.text.split('name="csrf_token" type="hidden" value="')[1].split('"')[0]
-    stopped = browser.post(f"{stack.base_url}/instances/{instance['id']}/stop", data={"csrf_token": token})
+    stopped = browser.post(f"{stack.base_url}/instances/{instance['id']}/stop",
+                           data={"csrf_token": csrf_token(catalogue.text)})
     assert stopped.status_code == 200
     assert _wait_state(stack, host, ("STOPPED",))["state"] == "STOPPED"
     after = browser.get(stack.tool_url("echo", alice, "/headers"), headers={"Accept": "application/json"})
@@ -90,9 +99,7 @@ def test_stop_without_csrf_token_is_refused(stack, alice):
 
 def test_failed_tool_shows_its_stderr_escaped_and_a_reload_retries(stack, alice):
     browser = stack.login(alice)
-    host = _host(stack, "broken", alice)
-    browser.get(stack.tool_url("broken", alice), headers={"Sec-Fetch-Mode": "navigate"})
-    failed = _wait_state(stack, host, ("FAILED",))
+    failed = _launch_until(stack, browser, "broken", alice, ("FAILED",))
     assert "exited with code 3" in failed["error"]
     page = browser.get(stack.tool_url("broken", alice), headers={"Sec-Fetch-Mode": "navigate"})
     assert page.status_code == 502
@@ -101,23 +108,17 @@ def test_failed_tool_shows_its_stderr_escaped_and_a_reload_retries(stack, alice)
     assert "<script>alert" not in page.text
     retry = browser.get(stack.tool_url("broken", alice), headers={"Sec-Fetch-Mode": "navigate"})
     assert retry.status_code == 202
-    assert len(stack.instances(host)) == 2
+    assert len(stack.instances(_host(stack, "broken", alice))) == 2
 
 
 def test_spawn_timeout_fails_the_launch_and_kills_the_process(stack, alice):
-    browser = stack.login(alice)
-    host = _host(stack, "silent", alice)
-    browser.get(stack.tool_url("silent", alice), headers={"Sec-Fetch-Mode": "navigate"})
-    failed = _wait_state(stack, host, ("FAILED",), timeout=15)
+    failed = _launch_until(stack, stack.login(alice), "silent", alice, ("FAILED",), timeout=15)
     assert "spawn timeout of 2 s" in failed["error"]
     _wait_gone(_backend_state(failed)["pid"])
 
 
 def test_a_command_that_does_not_exist_fails_with_a_reason(stack, alice):
-    browser = stack.login(alice)
-    host = _host(stack, "missing", alice)
-    browser.get(stack.tool_url("missing", alice), headers={"Sec-Fetch-Mode": "navigate"})
-    failed = _wait_state(stack, host, ("FAILED",))
+    failed = _launch_until(stack, stack.login(alice), "missing", alice, ("FAILED",))
     assert "/nonexistent/berth-tool" in failed["error"]
 
 

@@ -10,6 +10,7 @@ import pytest
 import redis
 import websocket
 
+from tests.actions import stop_instance
 from tests.integration.test_launch import _host, _wait_gone, _wait_state, _backend_state
 
 NAVIGATE = {"Sec-Fetch-Mode": "navigate"}
@@ -57,15 +58,19 @@ def wait_for_event(stack, instance_id, kind, timeout=20):
 
 def stop_now(stack, instance_id):
     """Stop an instance from the test process, as `berth run` does on Ctrl-C (no queue involved)."""
-    with stack.app.app_context():
-        from berth.extensions import db
-        from berth.launch.state_machine import begin_stop, stop_instance
-        from berth.models import ToolInstance
+    stack.stop_instance(instance_id)
 
-        instance = db.session.get(ToolInstance, instance_id)
-        begin_stop(instance, actor="test")
-        stop_instance(instance_id)
-        db.session.remove()
+
+def cull_idle(stack, row):
+    """Date the instance's last activity two days back, run `berth cull`, and wait until the
+    instance is STOPPED and its process gone. Returns the command's result."""
+    stack.query("UPDATE tool_instances SET last_activity_at = :at WHERE id = :id",
+                at=datetime.now(timezone.utc) - timedelta(days=2), id=row["id"])
+    result = stack.berth("cull")
+    assert result.returncode == 0, result.stderr
+    _wait_state(stack, row["host"], ("STOPPED",))
+    _wait_gone(_backend_state(row)["pid"])
+    return result
 
 
 def reconcile_here(stack):
@@ -164,9 +169,7 @@ def test_a_stop_whose_queue_message_was_lost_is_finished(stack, alice, normal_wo
     [row] = stack.instances(host)
     stack.processes.stop("worker")
 
-    catalogue = browser.get(stack.base_url + "/")
-    token = catalogue.text.split('name="csrf_token" type="hidden" value="')[1].split('"')[0]
-    stopped = browser.post(f"{stack.base_url}/instances/{row['id']}/stop", data={"csrf_token": token})
+    stopped = stop_instance(browser, stack.base_url, row["id"])
     assert stopped.status_code == 200
     assert stack.instances(host)[-1]["state"] == "STOPPING"
     _lose_the_queue(stack)
@@ -191,13 +194,8 @@ def test_an_idle_tool_is_culled_with_the_reason_and_an_active_one_is_not(stack, 
     [idle], [busy] = stack.instances(idle_host), stack.instances(busy_host)
     limit = stack.query("SELECT idle_timeout FROM tool_templates WHERE slug = 'echo'")[0]["idle_timeout"]
     assert limit > 0
-    stack.query("UPDATE tool_instances SET last_activity_at = :at WHERE id = :id",
-                at=datetime.now(timezone.utc) - timedelta(days=2), id=idle["id"])
 
-    result = stack.berth("cull")
-    assert result.returncode == 0, result.stderr
-    _wait_state(stack, idle_host, ("STOPPED",))
-    _wait_gone(_backend_state(idle)["pid"])
+    result = cull_idle(stack, idle)
     assert stack.instances(busy_host)[-1]["state"] == "RUNNING"
 
     [cull] = [e for e in events_of(stack, idle["id"]) if e["kind"] == "cull.idle"]
@@ -303,12 +301,12 @@ def web_with(stack):
     def restart(**settings):
         stack.processes.stop("web")
         stack.processes.start("web", {f"BERTH_{name.upper()}": str(value) for name, value in settings.items()})
-        stack.processes.wait_ready(f"http://127.0.0.1:{stack.port}/healthz", host="berth.localhost")
+        stack.wait_ready()
 
     yield restart
     stack.processes.stop("web")
     stack.processes.start("web")
-    stack.processes.wait_ready(f"http://127.0.0.1:{stack.port}/healthz", host="berth.localhost")
+    stack.wait_ready()
 
 
 @pytest.mark.parametrize("berth_stack", ["postgres"], indirect=True)  # it restarts web twice

@@ -8,24 +8,19 @@ from urllib.parse import quote
 import pytest
 import requests
 
+from tests.actions import csrf_token, form_token, post_login
+
 COOKIE = "berth_session"
-CSRF = re.compile(r'name="csrf_token" type="hidden" value="([^"]+)"')
 NEXT_FIELD = re.compile(r'<input type="hidden" name="next" value="([^"]*)">')
 
 
 def _csrf_token(stack, browser):
     """Open the login form in browser (which gets Flask's CSRF cookie) and return its token."""
-    page = browser.get(f"{stack.base_url}/auth/login", headers={"Accept": "text/html"}, timeout=10)
-    assert page.status_code == 200, page.text
-    return CSRF.search(page.text).group(1)
+    return form_token(browser, f"{stack.base_url}/auth/login")
 
 
-def _post_login(stack, browser, csrf_token, user, next_url="/", password=None):
-    data = {"email": user["email"], "password": password or user["password"], "next": next_url}
-    if csrf_token is not None:
-        data["csrf_token"] = csrf_token
-    return browser.post(f"{stack.base_url}/auth/login", data=data, allow_redirects=False,
-                        headers={"Accept": "text/html"}, timeout=10)
+def _post_login(stack, browser, token, user, next_url="/", password=None):
+    return post_login(browser, stack.base_url, token, user["email"], password or user["password"], next_url)
 
 
 def _set_cookies(response, name):
@@ -67,7 +62,7 @@ def test_login_form_sets_a_session_cookie_for_the_domain_and_redirects_to_next(s
         # Flask's CSRF cookie is host-only: a browser keeps it on the main host, away from tools.
         [(_, csrf_attributes)] = _set_cookies(form, "berth_csrf")
         assert "domain" not in csrf_attributes and "httponly" in csrf_attributes
-        answer = _post_login(stack, browser, CSRF.search(form.text).group(1), alice, next_url="/?tab=mine")
+        answer = _post_login(stack, browser, csrf_token(form.text), alice, next_url="/?tab=mine")
         assert answer.status_code == 302
         assert answer.headers["Location"] == f"{stack.base_url}/?tab=mine"
         [(token, attributes)] = _set_cookies(answer, COOKIE)
@@ -190,7 +185,7 @@ def test_logout_asks_first_then_revokes_the_session_everywhere_at_once(stack, al
         assert browser.get(stack.base_url + "/", allow_redirects=False, timeout=10).status_code == 200
 
         out = browser.post(stack.base_url + "/auth/logout", allow_redirects=False, timeout=10,
-                           data={"csrf_token": CSRF.search(confirm.text).group(1)})
+                           data={"csrf_token": csrf_token(confirm.text)})
         assert out.status_code == 302
         assert out.headers["Location"].endswith("/auth/login?signed_out=1")
         [(value, attributes)] = _set_cookies(out, COOKIE)
@@ -214,6 +209,17 @@ def test_logout_asks_first_then_revokes_the_session_everywhere_at_once(stack, al
 
 # -- where `next` may send the browser --------------------------------------------------------
 
+def _assert_sent_to(stack, browser, token, user, target, expected):
+    """Signing in with next=target sends the browser to expected; so does the login page, at
+    once, to a browser that is signed in already."""
+    answer = _post_login(stack, browser, token, user, next_url=target)
+    assert answer.status_code == 302
+    assert answer.headers["Location"] == expected
+    again = browser.get(f"{stack.base_url}/auth/login", params={"next": target}, allow_redirects=False, timeout=10)
+    assert again.status_code == 302
+    assert again.headers["Location"] == expected
+
+
 @pytest.mark.parametrize("target", [
     "/reports?q=1&sort=name",
     "http://berth.localhost:{port}/",
@@ -224,14 +230,7 @@ def test_next_may_send_the_browser_to_the_main_host_or_a_tool_host(stack, alice,
     target = target.format(port=stack.port, host_key=alice["host_key"])
     expected = stack.base_url + target if target.startswith("/") else target
     with requests.Session() as browser:
-        answer = _post_login(stack, browser, _csrf_token(stack, browser), alice, next_url=target)
-        assert answer.status_code == 302
-        assert answer.headers["Location"] == expected
-        # A browser that is already signed in is sent on from the login page at once.
-        again = browser.get(f"{stack.base_url}/auth/login", params={"next": target},
-                            allow_redirects=False, timeout=10)
-        assert again.status_code == 302
-        assert again.headers["Location"] == expected
+        _assert_sent_to(stack, browser, _csrf_token(stack, browser), alice, target, expected)
 
 
 @pytest.mark.parametrize("target", [
@@ -264,13 +263,7 @@ def test_next_to_anywhere_else_falls_back_to_the_catalogue(stack, alice, target)
         form = browser.get(f"{stack.base_url}/auth/login", params={"next": target},
                            headers={"Accept": "text/html"}, timeout=10)
         assert html.unescape(NEXT_FIELD.search(form.text).group(1)) == home
-        answer = _post_login(stack, browser, CSRF.search(form.text).group(1), alice, next_url=target)
-        assert answer.status_code == 302
-        assert answer.headers["Location"] == home
-        again = browser.get(f"{stack.base_url}/auth/login", params={"next": target},
-                            allow_redirects=False, timeout=10)
-        assert again.status_code == 302
-        assert again.headers["Location"] == home
+        _assert_sent_to(stack, browser, csrf_token(form.text), alice, target, home)
 
 
 # -- no valid session: browsers go to the login page, API and XHR clients get 401 ------------
@@ -315,7 +308,7 @@ def test_a_missing_or_bad_session_sends_browsers_to_login_and_api_clients_a_401(
     with requests.Session() as browser:
         form = browser.get(login_url, headers={"Accept": "text/html"}, timeout=10)
         assert html.unescape(NEXT_FIELD.search(form.text).group(1)) == original
-        answer = _post_login(stack, browser, CSRF.search(form.text).group(1), alice, next_url=original)
+        answer = _post_login(stack, browser, csrf_token(form.text), alice, next_url=original)
         assert answer.headers["Location"] == original
 
 

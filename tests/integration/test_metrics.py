@@ -10,7 +10,6 @@ import signal
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -21,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import _make_stack
 from tests.integration.test_launch import _backend_state, _host, _wait_gone, _wait_state
+from tests.integration.test_lifecycle import cull_idle
 
 TOKEN = "scrape-" + os.urandom(16).hex()
 NETWORK_CLIENT = "192.0.2.7"  # in BERTH_METRICS_NETWORKS, behind one trusted proxy (127.0.0.1)
@@ -65,6 +65,13 @@ def samples(stack):
 
 def value(found, name, **labels):
     return found.get((name, tuple(sorted(labels.items()))), 0)
+
+
+def wait_for_count(stack, name, at_least, timeout=5, **labels):
+    """A process counts an event just after it records it in the database: wait for the count."""
+    deadline = time.monotonic() + timeout
+    while value(samples(stack), name, **labels) < at_least and time.monotonic() < deadline:
+        time.sleep(0.1)
 
 
 def metrics_dir(stack):
@@ -123,6 +130,8 @@ def test_a_launch_counts_its_outcome_spawn_time_and_running_instance(stack, alic
     unauthenticated = _unauthenticated(stack)
     assert unauthenticated.status_code == 401
 
+    spawns = "berth_spawn_duration_seconds_count"  # counted last
+    wait_for_count(stack, spawns, value(before, spawns, backend="process") + 1, backend="process")
     after = samples(stack)
     launched = "berth_launches_total", {"backend": "process", "outcome": "running"}
     assert value(after, launched[0], **launched[1]) == value(before, launched[0], **launched[1]) + 1
@@ -204,16 +213,8 @@ def test_the_culler_counts_an_idle_tool_it_stopped(stack):
     host = _host(stack, "echo", user)
     [row] = stack.instances(host)
     before = value(samples(stack), "berth_culled_instances_total")
-    stack.query("UPDATE tool_instances SET last_activity_at = :at WHERE id = :id",
-                at=datetime.now(timezone.utc) - timedelta(days=2), id=row["id"])
-
-    result = stack.berth("cull")
-    assert result.returncode == 0, result.stderr
-    _wait_state(stack, host, ("STOPPED",))
-    _wait_gone(_backend_state(row)["pid"])
-    deadline = time.monotonic() + 5
-    while value(samples(stack), "berth_culled_instances_total") < before + 1 and time.monotonic() < deadline:
-        time.sleep(0.1)
+    cull_idle(stack, row)
+    wait_for_count(stack, "berth_culled_instances_total", before + 1)
     assert value(samples(stack), "berth_culled_instances_total") == before + 1
     assert value(samples(stack), "berth_instances", template="echo", state="RUNNING") == _running(stack, "echo")
 

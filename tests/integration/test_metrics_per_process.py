@@ -17,7 +17,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import DOMAIN, _make_stack
+from tests.conftest import _make_stack
 from tests.services import free_port
 
 TOKEN = "scrape-" + os.urandom(16).hex()
@@ -37,15 +37,12 @@ def pods(tmp_path_factory):
         "BERTH_WORKER_METRICS_PORT": str(free_port()),
     }
     berth = _make_stack("metrics-pods", None, None, tmp_path_factory.mktemp("stacks"), "", extra_env)
-    with berth.app.app_context():
-        from deploy.local import prepare_database
-
-        prepare_database(berth.app.config)
+    berth.prepare_database()
     berth.processes.render_nginx(berth.app.config)
     for name in ("auth", "web", "worker", "nginx"):  # a metrics folder per "container"
         berth.processes.start(name, extra_env={"BERTH_METRICS_DIR": str(berth.data_dir / f"metrics-{name}")})
     try:
-        berth.processes.wait_ready(f"http://127.0.0.1:{berth.port}/healthz", host=DOMAIN)
+        berth.wait_ready()
         _wait_listening(int(extra_env["BERTH_WORKER_METRICS_PORT"]))
         yield berth
     finally:

@@ -12,6 +12,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import requests
 
+from tests.actions import post_form
 from tests.oidc_provider import ProviderForms
 from tests.services import wait_for_port
 
@@ -253,10 +254,7 @@ def test_logout_ends_the_session_everywhere_and_signs_out_at_the_provider(stack,
         tool_status = stack.tool_url("echo", user, "/__berth/status")
         assert browser.get(tool_status, headers={"Accept": "application/json"}, timeout=10).status_code == 200
 
-        confirm = browser.get(f"{stack.base_url}/auth/logout", timeout=10)
-        csrf = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', confirm.text).group(1)
-        out = browser.post(f"{stack.base_url}/auth/logout", data={"csrf_token": csrf}, allow_redirects=False,
-                           timeout=10)
+        out = post_form(browser, f"{stack.base_url}/auth/logout", allow_redirects=False)
         assert out.status_code == 302
         # On to the provider's end_session_endpoint, which sends the browser back to Berth's login page.
         location = urlsplit(out.headers["Location"])

@@ -21,7 +21,6 @@ The figures are printed (pytest -s shows them) and quoted in the README, *Operat
 """
 import os
 import random
-import re
 import threading
 import time
 from collections import Counter
@@ -31,9 +30,10 @@ import pytest
 import requests
 
 from deploy.local import role_of
+from tests.actions import csrf_token
 from tests.conftest import DOMAIN, _make_stack
 from tests.integration.test_lifecycle import reconcile_here
-from tests.services import free_port
+from tests.services import answers_ok, free_port
 
 LOAD_SECONDS = 25
 REPLICAS = ("auth-1", "auth-2", "web-1", "web-2", "worker-1", "worker-2")
@@ -47,8 +47,6 @@ POLL = {"X-Berth-No-Launch": "1", "Accept": "application/json"}
 @pytest.fixture(scope="module")
 def replicated(postgres, redis_server, tmp_path_factory):
     """Berth with two replicas of auth, web and worker behind one nginx; PostgreSQL and Redis."""
-    from deploy.local import prepare_database
-
     stack = _make_stack(
         "replicas", postgres.create_database(f"berth_{os.urandom(3).hex()}"), redis_server.url(6),
         tmp_path_factory.mktemp("replicas"), docker_url="",
@@ -57,8 +55,7 @@ def replicated(postgres, redis_server, tmp_path_factory):
         extra_env={"BERTH_BACKENDS": "process", "BERTH_SECRET_KEY": os.urandom(16).hex(),
                    "BERTH_PROXY_SECRET": os.urandom(16).hex(),
                    "BERTH_GUNICORN_WORKERS": "1", "BERTH_AUTH_WORKERS": "1"})
-    with stack.app.app_context():
-        prepare_database(stack.app.config)
+    stack.prepare_database()
     stack.replica_ports = {name: free_port() for name in REPLICAS if role_of(name) != "worker"}
     stack.processes.render_nginx(
         stack.app.config,
@@ -68,7 +65,7 @@ def replicated(postgres, redis_server, tmp_path_factory):
         for name in REPLICAS:
             stack.processes.start(name, port=stack.replica_ports.get(name))
         stack.processes.start("nginx")
-        stack.processes.wait_ready(f"http://127.0.0.1:{stack.port}/healthz", host=DOMAIN)
+        stack.wait_ready()
         for name in stack.replica_ports:
             _wait_healthy(stack, name)
         yield stack
@@ -78,20 +75,11 @@ def replicated(postgres, redis_server, tmp_path_factory):
 
 def _wait_healthy(stack, name, timeout=30):
     """Wait until one auth or web replica answers its health check directly (not through nginx)."""
-    port = stack.replica_ports[name]
     path = "/auth/healthz" if role_of(name) == "auth" else "/healthz"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            answer = requests.get(f"http://127.0.0.1:{port}{path}", timeout=2,
-                                  headers={"Host": DOMAIN,
-                                           "X-Berth-Proxy-Secret": stack.env["BERTH_PROXY_SECRET"]})
-            if answer.status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.05)
-    raise AssertionError(f"{name} did not come back within {timeout} s")
+    url = f"http://127.0.0.1:{stack.replica_ports[name]}{path}"
+    headers = {"Host": DOMAIN, "X-Berth-Proxy-Secret": stack.env["BERTH_PROXY_SECRET"]}
+    if not answers_ok(url, timeout, headers=headers):
+        raise AssertionError(f"{name} did not come back within {timeout} s")
 
 
 def _labelled_tools(stack):
@@ -207,9 +195,8 @@ def _sign_in(stack, record, user):
         if form is None:
             time.sleep(0.2)
             continue
-        token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', form.text).group(1)
         answer = record.request("login-post", browser, "POST", f"{stack.base_url}/auth/login", (302,),
-                                data={"csrf_token": token, "email": user["email"],
+                                data={"csrf_token": csrf_token(form.text), "email": user["email"],
                                       "password": user["password"], "next": "/"})
         if answer is not None:
             return browser
@@ -251,10 +238,9 @@ def _launch_by_api(stack, record, browser, user, done):
         if page is None:
             time.sleep(0.2)
             continue
-        token = page.text.split('name="csrf_token" type="hidden" value="')[1].split('"')[0]
         answer = record.request("api-launch", browser, "POST", f"{stack.base_url}/api/instances",
                                 (200, 202), json={"tool": "echo"},
-                                headers={"X-CSRFToken": token, "Accept": "application/json"})
+                                headers={"X-CSRFToken": csrf_token(page.text), "Accept": "application/json"})
         if answer is not None:
             return _wait_running(stack, record, browser, user, answer.json()["id"], done)
         time.sleep(0.2)
@@ -325,7 +311,7 @@ def test_killing_replicas_under_load_loses_no_request_session_or_launch(replicat
 
     # Every launch was requested (the launches' threads stop polling once the load ends); the
     # reconciler takes up those whose worker was killed, until each is RUNNING.
-    hosts = [stack.tool_url("echo", user).split("//")[1].split(":")[0] for user in users]
+    hosts = [stack.tool_host("echo", user) for user in users]
     deadline = time.monotonic() + 45
     while True:
         rows = [stack.instances(host) for host in hosts]

@@ -6,8 +6,9 @@ from datetime import timedelta
 
 import requests
 
+from tests.actions import csrf_token, post_form
+
 COOKIE = "berth_session"
-CSRF = re.compile(r'name="csrf_token" type="hidden" value="([^"]+)"')
 
 
 def _token(browser):
@@ -92,14 +93,13 @@ def test_the_account_page_lists_sessions_and_ends_another_one_at_once(stack, ali
     assert page.text.count('data-session="') == 2
     assert re.search(r'class="current".*This browser', page.text, re.S)
     assert f'action="/account/sessions/{phone_id}/end"' in page.text
-    csrf = CSRF.search(page.text).group(1)
+    csrf = csrf_token(page.text)
 
     # Without the CSRF token nothing happens; nor can bob end alice's session.
     assert laptop.post(f"{stack.base_url}/account/sessions/{phone_id}/end", timeout=10).status_code == 400
     with stack.login(bob) as other:
-        bobs = other.get(f"{stack.base_url}/account", timeout=10)
-        refused = other.post(f"{stack.base_url}/account/sessions/{phone_id}/end", timeout=10,
-                             data={"csrf_token": CSRF.search(bobs.text).group(1)})
+        refused = post_form(other, f"{stack.base_url}/account/sessions/{phone_id}/end",
+                            page=f"{stack.base_url}/account")
         assert "That session had ended already." in refused.text
     assert _status(stack, phone, tool) == 200
 
@@ -117,9 +117,7 @@ def test_the_account_page_lists_sessions_and_ends_another_one_at_once(stack, ali
 def test_signing_out_all_other_sessions_keeps_this_one(stack, alice):
     browsers = [stack.login(alice) for _ in range(3)]
     here = browsers[0]
-    page = here.get(f"{stack.base_url}/account", timeout=10)
-    answer = here.post(f"{stack.base_url}/account/sessions/end-others", timeout=10,
-                       data={"csrf_token": CSRF.search(page.text).group(1)})
+    answer = post_form(here, f"{stack.base_url}/account/sessions/end-others", page=f"{stack.base_url}/account")
     assert "Signed out 2 other sessions." in answer.text
     assert [_status(stack, b, stack.base_url + "/") for b in browsers] == [200, 401, 401]
     for browser in browsers:

@@ -10,42 +10,12 @@ import hashlib
 import os
 import threading
 import time
-from pathlib import Path
 
-from tests.services import rss_kib
+from tests.services import group_rss
 
 SIZE = 200 * 1024 * 1024
 CHUNK = 1024 * 1024
 GROWTH_LIMIT_KIB = 30 * 1024  # per process group; buffering the body would cost ~200 MB
-
-
-def _session_id(pid):
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    return int(stat.rsplit(")", 1)[1].split()[3])
-
-
-def _group_rss_kib(root):
-    """RSS of root and its descendants in root's session, in KiB.
-
-    Staying in the session keeps a tool out of the worker's group: the process backend starts
-    each tool in a session of its own, as a child of the worker.
-    """
-    try:
-        session = _session_id(root)
-    except OSError:
-        return 0
-    total, pending = 0, [root]
-    while pending:
-        pid = pending.pop()
-        try:
-            if _session_id(pid) != session:
-                continue
-            total += rss_kib(pid)
-            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-        except (OSError, AttributeError):  # exited meanwhile; AttributeError: no VmRSS (zombie)
-            continue
-        pending.extend(int(child) for child in children)
-    return total
 
 
 class MemoryWatch:
@@ -59,7 +29,7 @@ class MemoryWatch:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def sample(self):
-        return {name: _group_rss_kib(pid) for name, pid in self.roots.items()}
+        return {name: group_rss(pid)[0] for name, pid in self.roots.items()}
 
     def _run(self):
         while not self._stop.wait(self.interval):

@@ -11,7 +11,8 @@ import re
 import pytest
 import requests
 
-CSRF = re.compile(r'name="csrf_token" type="hidden" value="([^"]+)"')
+from tests.actions import form_token, post_form
+
 NEW_TOKEN = re.compile(r'id="new-token-value" class="token-value" type="text" readonly value="([^"]+)"')
 
 
@@ -21,10 +22,8 @@ def _hash(token):
 
 def make_token(stack, browser, name="laptop script", days=30):
     """Create a token through the Account page, as a person does; return the token shown."""
-    page = browser.get(f"{stack.base_url}/account", timeout=10)
-    assert page.status_code == 200, page.text
-    answer = browser.post(f"{stack.base_url}/account/tokens", timeout=10, allow_redirects=False,
-                          data={"csrf_token": CSRF.search(page.text).group(1), "name": name, "days": days})
+    answer = post_form(browser, f"{stack.base_url}/account/tokens", {"name": name, "days": days},
+                       page=f"{stack.base_url}/account", allow_redirects=False)
     assert answer.status_code == 303, answer.text
     shown = browser.get(f"{stack.base_url}/account", timeout=10)
     assert shown.status_code == 200
@@ -70,8 +69,7 @@ def test_the_account_page_refuses_forms_without_csrf_and_bad_input(stack, alice)
         browser.get(f"{stack.base_url}/account", timeout=10)
         no_csrf = browser.post(f"{stack.base_url}/account/tokens", data={"name": "x", "days": 30}, timeout=10)
         assert no_csrf.status_code == 400
-        page = browser.get(f"{stack.base_url}/account", timeout=10)
-        csrf = CSRF.search(page.text).group(1)
+        csrf = form_token(browser, f"{stack.base_url}/account")
         for data, message in (({"name": "  ", "days": 30}, "Give the token a name."),
                               ({"name": "x" * 101, "days": 30}, "Field cannot be longer than 100 characters."),
                               ({"name": "ok", "days": 100000}, "The lifetime must be a whole number of days"),
@@ -91,14 +89,11 @@ def test_a_revoked_token_is_refused_on_the_next_request(stack, alice, bob):
         [row] = stack.query("SELECT id FROM api_tokens WHERE user_id = :u", u=alice["id"])
         # Another user cannot revoke it.
         with stack.login(bob) as other:
-            page = other.get(f"{stack.base_url}/account", timeout=10)
-            other.post(f"{stack.base_url}/account/tokens/{row['id']}/revoke", timeout=10,
-                       data={"csrf_token": CSRF.search(page.text).group(1)})
+            post_form(other, f"{stack.base_url}/account/tokens/{row['id']}/revoke", page=f"{stack.base_url}/account")
         assert _api(stack, token).status_code == 200
 
-        page = browser.get(f"{stack.base_url}/account", timeout=10)
-        done = browser.post(f"{stack.base_url}/account/tokens/{row['id']}/revoke", timeout=10,
-                            data={"csrf_token": CSRF.search(page.text).group(1)})
+        done = post_form(browser, f"{stack.base_url}/account/tokens/{row['id']}/revoke",
+                         page=f"{stack.base_url}/account")
         assert done.status_code == 200
         assert "The token is revoked" in done.text and f'data-token="{row["id"]}"' not in done.text
     # Browsers' Accept header or not, an API client is never redirected to a login page.

@@ -1,0 +1,197 @@
+"""One whole Berth on loopback, for the tests and the benchmarks: nginx, auth, web and worker as
+deploy.local.Stack starts them for `berth run`, plus an app in this process to look at the
+database and to act as `berth run` does.
+
+    env = stack_env(data_dir, "test-pg-1234", catalogue, database_url=..., redis_url=...)
+    berth = BerthStack(env)
+    berth.start()
+    user = berth.create_user()
+    browser = berth.login(user)                     # a requests.Session, signed in
+    berth.open_tool(browser, "echo", user)          # launched as a browser does; the tool's answer
+    berth.stop()                                    # Berth's processes, then the tools it started
+
+*.localhost names must resolve to loopback in this process: wrap the use in loopback_names().
+"""
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from contextlib import closing
+from pathlib import Path
+from unittest import mock
+
+from deploy.local import Stack, prepare_database, stop_local_tools
+from tests.actions import signed_in
+from tests.services import free_port
+
+DOMAIN = "berth.localhost"
+
+
+def loopback_names():
+    """Patch this process's resolver so that localhost and *.localhost are 127.0.0.1, as browsers
+    and curl have them; Python's resolver here does not. A context manager."""
+    real = socket.getaddrinfo
+
+    def resolve(host, *args, **kwargs):
+        if isinstance(host, str) and (host == "localhost" or host.endswith(".localhost")):
+            host = "127.0.0.1"
+        return real(host, *args, **kwargs)
+
+    return mock.patch("socket.getaddrinfo", resolve)
+
+
+def stack_env(data_dir, deployment, catalogue, database_url=None, redis_url=None, port_base=21000,
+              extra_env=None):
+    """The environment of one Berth: this process's, with free ports, its own data directory and
+    tool port range, and its database (SQLite in data_dir unless database_url) and queue (Huey on
+    SQLite unless redis_url). extra_env adds or overrides BERTH_* settings."""
+    low = port_base + (free_port() % 40) * 100  # a tool port range of its own for each stack
+    env = {
+        **os.environ,
+        "BERTH_DATA_DIR": str(data_dir),
+        "BERTH_DOMAIN": DOMAIN,
+        "BERTH_HTTP_PORT": str(free_port()),
+        "BERTH_AUTH_PORT": str(free_port()),
+        "BERTH_WEB_PORT": str(free_port()),
+        "BERTH_DEPLOYMENT": deployment,
+        "BERTH_PORT_RANGE": f"{low}-{low + 99}",
+        "BERTH_CATALOGUE": str(catalogue),
+        **(extra_env or {}),
+    }
+    for name, value in (("BERTH_DATABASE_URL", database_url), ("BERTH_REDIS_URL", redis_url)):
+        if value:
+            env[name] = value
+        else:
+            env.pop(name, None)
+    return env
+
+
+class BerthStack:
+    """One running Berth: nginx, auth, web and worker (`processes`, a deploy.local.Stack), plus an
+    in-process app (`app`) on the same database."""
+
+    def __init__(self, env):
+        from webapp import create_app
+
+        self.env = env
+        self.data_dir = Path(env["BERTH_DATA_DIR"])
+        self.port = int(env["BERTH_HTTP_PORT"])
+        self.base_url = f"http://{DOMAIN}:{self.port}"
+        with mock.patch.dict(os.environ, env):
+            self.app = create_app()
+        self.config = self.app.config
+        self.processes = Stack(env, self.data_dir)
+        self._users = 0
+
+    # -- processes ------------------------------------------------------------------------
+    def prepare_database(self):
+        """Migrate and load the catalogue, as `berth run` does before it starts anything."""
+        with self.app.app_context():
+            prepare_database(self.config)
+
+    def start(self):
+        self.prepare_database()
+        self.processes.start_all(self.config)
+        # nginx answering means the web app is up; the auth service may still be starting.
+        self.processes.wait_ready(f"http://127.0.0.1:{self.env['BERTH_AUTH_PORT']}/auth/healthz")
+
+    def wait_ready(self):
+        """Wait until nginx and the web app behind it answer (after a component's restart)."""
+        self.processes.wait_ready(f"http://127.0.0.1:{self.port}/healthz", host=DOMAIN)
+
+    def stop(self):
+        """Stop Berth's processes, then the tools it started, as `berth run` does on Ctrl-C."""
+        from berth.extensions import db
+
+        self.processes.stop_all()
+        with self.app.app_context():
+            try:
+                stop_local_tools(self.config, backends=self.config["BERTH_BACKENDS"])
+            finally:
+                db.session.remove()  # give its connection back first, or dispose() cannot close it
+                db.engine.dispose()
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def stop_instance(self, instance_id, actor="test"):
+        """Stop one tool now, from this process, as `berth run` does on Ctrl-C (no queue involved)."""
+        from berth.extensions import db
+        from berth.launch.state_machine import begin_stop, stop_instance
+        from berth.models import ToolInstance
+
+        with self.app.app_context():
+            begin_stop(db.session.get(ToolInstance, instance_id), actor=actor)
+            stop_instance(instance_id)
+            db.session.remove()
+
+    # -- data -----------------------------------------------------------------------------
+    def create_user(self, email=None, password="correct horse battery", is_admin=False):
+        from berth.extensions import db
+        from berth.models import User
+
+        self._users += 1
+        email = email or f"user{self._users}-{os.urandom(3).hex()}@example.org"
+        with self.app.app_context():
+            user = User(email=email, name=email.split("@")[0], is_admin=is_admin)
+            user.set_password(password)
+            db.session.add(user)
+            db.session.commit()
+            return {"id": user.id, "email": email, "password": password, "host_key": user.host_key}
+
+    def query(self, statement, **params):
+        from berth.extensions import db
+
+        with self.app.app_context():
+            result = db.session.execute(db.text(statement), params)
+            rows = result.mappings().all() if result.returns_rows else None
+            db.session.commit()
+            return rows
+
+    def instances(self, host=None):
+        where = "WHERE host = :host" if host else ""
+        return self.query(f"SELECT * FROM tool_instances {where} ORDER BY id", host=host)
+
+    # -- HTTP -----------------------------------------------------------------------------
+    def tool_host(self, slug, user):
+        """The tool's host name for user: <slug>-<key>.berth.localhost."""
+        from berth.hosts import tool_host
+
+        return tool_host(slug, user["host_key"], DOMAIN)
+
+    def tool_url(self, slug, user, path="/"):
+        return f"http://{self.tool_host(slug, user)}:{self.port}{path}"
+
+    def login(self, user):
+        """A requests.Session signed in as user, through nginx and the login form."""
+        return signed_in(self.base_url, user["email"], user["password"])
+
+    def open_tool(self, browser, slug, user, path="/", timeout=20):
+        """Navigate to a tool as a browser does, wait until the tool itself answers; return that response."""
+        url = self.tool_url(slug, user, path)
+        first = browser.get(url, headers={"Sec-Fetch-Mode": "navigate"}, timeout=10)
+        if first.status_code not in (200, 202):
+            raise RuntimeError(f"the first visit to {slug} answered {first.status_code}: {first.text[:300]}")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status = browser.get(self.tool_url(slug, user, "/__berth/status"),
+                                 headers={"X-Berth-No-Launch": "1", "Accept": "application/json"},
+                                 timeout=10).json()
+            if status["state"] == "RUNNING":
+                return browser.get(url, timeout=10)
+            if status["state"] not in ("QUEUED", "SPAWNING"):
+                raise RuntimeError(f"{slug} did not start: {status}")
+            time.sleep(0.05)
+        raise RuntimeError(f"{slug} did not start within {timeout} s")
+
+    # -- tools beside it --------------------------------------------------------------------
+    def docker(self):
+        """A Docker client for the stack's engine, to use in a with block."""
+        import docker
+
+        return closing(docker.DockerClient(base_url=self.env["BERTH_DOCKER_URL"], timeout=60))
+
+    def berth(self, *args):
+        """Run the `berth` command line against this stack."""
+        return subprocess.run([str(Path(sys.executable).parent / "berth"), *args], env=self.env,
+                              capture_output=True, text=True, timeout=60)

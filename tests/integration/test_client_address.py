@@ -2,26 +2,20 @@
 by the same rule as the IP allowlists (berth.addresses.request_client_address): what a client
 writes into X-Forwarded-For itself is never taken for its address."""
 import json
-import re
 
 import pytest
 import requests
 
+from tests.actions import post_form, sign_in
 from tests.integration.test_access import _FromAddress, behind_a_proxy  # noqa: F401 - a fixture
 
 
 def _sign_in(stack, browser, user, password):
-    form = browser.get(f"{stack.base_url}/auth/login", timeout=10).text
-    token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', form).group(1)
-    return browser.post(f"{stack.base_url}/auth/login", timeout=10, allow_redirects=False,
-                        data={"csrf_token": token, "email": user["email"], "password": password, "next": "/"})
+    return sign_in(browser, stack.base_url, user["email"], password)
 
 
 def _sign_out(stack, browser):
-    page = browser.get(f"{stack.base_url}/auth/logout", timeout=10).text
-    token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page).group(1)
-    return browser.post(f"{stack.base_url}/auth/logout", data={"csrf_token": token}, timeout=10,
-                        allow_redirects=False)
+    return post_form(browser, f"{stack.base_url}/auth/logout", allow_redirects=False)
 
 
 def _recorded_addresses(stack, user):

@@ -3,6 +3,7 @@ backend a named volume, each the user's own (0700, their tool uid) and shared by
 import json
 import os
 
+from tests.actions import stop_instance
 from tests.integration.test_launch import _host, _wait_state
 
 
@@ -13,9 +14,7 @@ def _running(stack, slug, user):
 
 
 def _stop(stack, browser, row, host):
-    catalogue = browser.get(stack.base_url + "/", timeout=10)
-    token = catalogue.text.split('name="csrf_token" type="hidden" value="')[1].split('"')[0]
-    browser.post(f"{stack.base_url}/instances/{row['id']}/stop", data={"csrf_token": token}, timeout=10)
+    stop_instance(browser, stack.base_url, row["id"])
     _wait_state(stack, host, ("STOPPED",))
 
 

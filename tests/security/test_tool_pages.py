@@ -4,11 +4,11 @@ attacker's own CSRF token, plant the attacker's session, and open a WebSocket to
 own tool. Each attempt fails.
 """
 import json
-import re
 from urllib.parse import quote
 
 import pytest
 
+from tests.actions import form_token
 from tests.browser.test_browser import _sign_in
 from tests.security.test_tool_isolation import hostile_catalogue  # noqa: F401 - a fixture
 
@@ -20,8 +20,7 @@ pytestmark = [
 
 def _attacker_form_token(stack, browser):
     """The attacker's own CSRF cookie, and a form token that goes with it."""
-    page = browser.get(stack.base_url + "/account", timeout=10)
-    token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page.text).group(1)
+    token = form_token(browser, stack.base_url + "/account")
     return browser.cookies.get("berth_csrf"), token
 
 

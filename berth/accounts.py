@@ -11,7 +11,8 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from berth.extensions import db
-from berth.models import Group, Membership, Session, User, delete_where, record_event, revoke_where, utcnow
+from berth.models import (Group, Membership, Session, User, delete_where, record_event, revoke_owned,
+                          revoke_where, utcnow)
 
 MAX_GROUPS = 200
 
@@ -38,11 +39,8 @@ def user_sessions(user):
 
 def end_session(user, session_id, actor):
     """Revoke one of user's sessions; the next request with it is refused. The caller commits."""
-    if not revoke_where(Session, Session.id == session_id, Session.user_id == user.id):
-        return False
-    record_event("auth.session_end", f"Session {session_id} ended", actor=actor, user_id=user.id,
-                 session_id=session_id)
-    return True
+    return revoke_owned(Session, session_id, user, actor, "auth.session_end", f"Session {session_id} ended",
+                        session_id=session_id)
 
 
 def end_other_sessions(user, keep_session_id, actor):
@@ -209,6 +207,17 @@ def sync_groups(user, names):
     for name in sorted(wanted - set(current)):
         db.session.add(Membership(user_id=user.id, group_id=_group(name).id, source="oidc"))
     db.session.flush()
+
+
+def groups_by_user(users):
+    """{user id: the names of their groups, sorted} for a page of users, in one query."""
+    groups = {}
+    for user_id, name in db.session.execute(
+        select(Membership.user_id, Group.name).join(Group)
+        .where(Membership.user_id.in_([user.id for user in users])).order_by(Group.name)
+    ).all():
+        groups.setdefault(user_id, []).append(name)
+    return groups
 
 
 def user_groups(user):

@@ -347,6 +347,15 @@ def revoke_where(model, *conditions):
     return update_where(model, model.revoked_at.is_(None), *conditions, revoked_at=utcnow())
 
 
+def revoke_owned(model, item_id, user, actor, kind, message, **data):
+    """Revoke one of user's sessions or API tokens and record the event; False if it was not
+    theirs, or not live. The caller commits."""
+    if not revoke_where(model, model.id == item_id, model.user_id == user.id):
+        return False
+    record_event(kind, message, actor=actor, user_id=user.id, **data)
+    return True
+
+
 def delete_where(model, *conditions, commit=False):
     """A conditional DELETE of the rows of model that meet every condition; how many it removed."""
     return _rows_changed(delete(model).where(*conditions), commit)

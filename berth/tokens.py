@@ -12,7 +12,7 @@ from datetime import timedelta
 from sqlalchemy import select
 
 from berth.extensions import db
-from berth.models import ApiToken, hash_token, record_event, revoke_where, utcnow
+from berth.models import ApiToken, hash_token, record_event, revoke_owned, utcnow
 
 PREFIX = "berth_"
 _BEARER = re.compile(r"^bearer\s+(berth_[A-Za-z0-9_-]{1,200})\s*$", re.IGNORECASE)
@@ -76,11 +76,8 @@ def user_tokens(user):
 
 def revoke_token(user, token_id, actor):
     """Revoke one of user's tokens at once. False if there is no such live token. The caller commits."""
-    if not revoke_where(ApiToken, ApiToken.id == token_id, ApiToken.user_id == user.id):
-        return False
-    record_event("token.revoke", f"API token {token_id} revoked", actor=actor, user_id=user.id,
-                 token_id=token_id)
-    return True
+    return revoke_owned(ApiToken, token_id, user, actor, "token.revoke", f"API token {token_id} revoked",
+                        token_id=token_id)
 
 
 def is_expired(token):

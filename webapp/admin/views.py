@@ -5,7 +5,7 @@ from functools import wraps
 from flask import Blueprint, abort, flash, g, redirect, render_template, request, url_for
 from sqlalchemy import func, or_, select
 
-from berth.accounts import set_user_flags, user_sessions
+from berth.accounts import groups_by_user, set_user_flags, user_sessions
 from webapp.admin import reports
 from webapp.api.schemas import MAX_ID
 from webapp.admin.changes import (ChangeRefused, add_member, create_group, create_template, delete_group,
@@ -93,12 +93,7 @@ def users():
         statement = statement.where(or_(func.lower(User.email).contains(search.lower(), autoescape=True),
                                         func.lower(User.name).contains(search.lower(), autoescape=True)))
     rows, more = reports.page_of(statement, _page_number())
-    groups = {}
-    for user_id, name in db.session.execute(
-        select(Membership.user_id, Group.name).join(Group)
-        .where(Membership.user_id.in_([user.id for user in rows])).order_by(Group.name)
-    ).all():
-        groups.setdefault(user_id, []).append(name)
+    groups = groups_by_user(rows)
     return render_template("admin/users.html", section="users", users=rows, more=more, page=_page_number(),
                            search=search, groups=groups)
 

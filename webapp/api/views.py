@@ -6,13 +6,13 @@ from sqlalchemy import select
 from werkzeug.exceptions import BadRequest, HTTPException
 
 from berth.access import AccessRefused, add_grant, grants_on, launchable_templates, may_launch, revoke_grant
-from berth.accounts import set_user_flags, user_groups
+from berth.accounts import groups_by_user, set_user_flags, user_groups
 from webapp.api.openapi import document
 from webapp.api.schemas import MAX_ID, body_errors
 from berth.extensions import csrf, db
 from berth.hosts import public_url, tool_host
 from berth.launch.requests import LaunchRefused, instance_events, request_launch, request_stop
-from berth.models import Grant, Group, Membership, State, ToolInstance, ToolTemplate, User
+from berth.models import Grant, State, ToolInstance, ToolTemplate, User
 from berth.tokens import TokenError, create_token, is_expired, revoke_token, user_tokens
 
 bp = Blueprint("api", __name__, url_prefix="/api")
@@ -368,12 +368,7 @@ def delete_token(token_id):
 def admin_users():
     limit = _query_int("limit", 100, 1, 500)
     users = db.session.execute(select(User).order_by(User.id).limit(limit)).scalars().all()
-    groups = {}
-    for user_id, name in db.session.execute(
-        select(Membership.user_id, Group.name).join(Group)
-        .where(Membership.user_id.in_([user.id for user in users])).order_by(Group.name)
-    ).all():
-        groups.setdefault(user_id, []).append(name)
+    groups = groups_by_user(users)
     return jsonify(users=[_user_json(user, groups=groups.get(user.id, [])) for user in users])
 
 

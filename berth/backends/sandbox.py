@@ -207,6 +207,11 @@ class Sandbox:
         _ensure_rule("filter", INPUT_CHAIN, "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT")
         _ensure_rule("filter", INPUT_CHAIN, "-j", "DROP")
         _ensure_rule("filter", FORWARD_CHAIN, "-i", links, "-o", links, "-j", "DROP")
+        # Between tools of the two backends, and between docker tools' own bridges, whatever
+        # Docker's own isolation rules say (another engine on the host may rewrite them).
+        docker_links = f"{DOCKER_LINK_PREFIX}+"
+        for inbound, outbound in ((links, docker_links), (docker_links, links), (docker_links, docker_links)):
+            _ensure_rule("filter", "FORWARD", "-i", inbound, "-o", outbound, "-j", "DROP", insert=True)
         _ensure_rule("filter", FORWARD_CHAIN, "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT")
         _ensure_rule("filter", FORWARD_CHAIN, "-i", links, "-j", EGRESS_CHAIN)
         _ensure_rule("filter", FORWARD_CHAIN, "-j", "DROP")

@@ -113,3 +113,31 @@ def alice(stack):
 @pytest.fixture
 def bob(stack):
     return stack.create_user()
+
+
+# -- the browser: one headless Debian Chromium per session, for tests/browser and tests/security.
+# Playwright's own browser downloads are never used (`playwright install` fails offline): the
+# system's /usr/bin/chromium is launched directly. Playwright allows one instance per process.
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+@pytest.fixture(scope="session")
+def chromium():
+    from playwright.sync_api import sync_playwright
+
+    if not Path(CHROMIUM).exists():
+        raise RuntimeError(f"{CHROMIUM} is missing (apt-get install chromium); `make test` installs it")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()

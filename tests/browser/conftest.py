@@ -1,39 +1,11 @@
-"""Fixtures for the browser tests: one headless Debian Chromium per session, a fresh context per test.
-
-Playwright's own browser downloads are never used (`playwright install` fails offline):
-the system's /usr/bin/chromium is launched directly.
-"""
+"""Fixtures for the browser tests: a fresh context per test, in the session's one headless
+Chromium (the `chromium` fixture, in tests/conftest.py)."""
 from pathlib import Path
 
 import pytest
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
 # Screenshots for people to look at; no test reads them back.
 SCREENS = Path("/tmp/berth-screens")
-
-
-@pytest.fixture(scope="session")
-def chromium():
-    from playwright.sync_api import sync_playwright
-
-    if not Path(CHROMIUM).exists():
-        raise RuntimeError(f"{CHROMIUM} is missing (apt-get install chromium); `make test` installs it")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
 
 
 @pytest.fixture

@@ -324,15 +324,15 @@ def test_direct_requests_to_the_web_app_and_auth_service_are_refused(stack, runn
     tool_host = stack.tool_url("echo", user).split("//")[1].rstrip("/")
     instance = stack.instances(tool_host.split(":")[0])[-1]
 
-    # A real CSRF cookie and token, fetched through nginx, so that only the missing proxy
-    # secret can be what refuses the direct POST below.
+    # A real CSRF token, fetched through nginx, and the sign-in it is bound to, so that only
+    # the missing proxy secret can be what refuses the direct POST below.
     with requests.Session() as browser:
         browser.cookies.set(COOKIE, token, domain=".berth.localhost", path="/")
         catalogue = browser.get(stack.base_url + "/", timeout=10)
         csrf = csrf_token(catalogue.text)
-        csrf_cookie = next(c.value for c in browser.cookies if c.name == "berth_csrf")
+    [sign_in] = stack.query("SELECT id FROM sessions WHERE user_id = :id AND revoked_at IS NULL", id=user["id"])
 
-    forged = {"X-Berth-User-Id": str(user["id"]), "Accept": "text/html"}
+    forged = {"X-Berth-User-Id": str(user["id"]), "X-Berth-Session-Id": str(sign_in["id"]), "Accept": "text/html"}
     attempts = [
         requests.get(web + "/", headers={**forged, "Host": "berth.localhost"}, timeout=10),
         requests.get(web + "/", headers={**forged, "X-Berth-Proxy-Secret": "guess"}, timeout=10),
@@ -340,7 +340,7 @@ def test_direct_requests_to_the_web_app_and_auth_service_are_refused(stack, runn
         requests.get(web + "/headers", headers={**forged, "Host": tool_host, "X-Berth-Page": "start",
                                                  "Sec-Fetch-Mode": "navigate"}, timeout=10),
         requests.post(web + f"/instances/{instance['id']}/stop", data={"csrf_token": csrf}, timeout=10,
-                      headers={**forged, "Host": "berth.localhost", "Cookie": f"berth_csrf={csrf_cookie}"}),
+                      headers={**forged, "Host": "berth.localhost"}),
         requests.get(auth + "/auth/check", timeout=10, headers={
             "Cookie": f"{COOKIE}={token}", "X-Original-Host": tool_host, "X-Original-URI": "/"}),
         requests.get(auth + "/auth/login", timeout=10),

@@ -86,6 +86,10 @@ def start(directory=None):
     by default read from the environment). Later calls return the same."""
     global _metrics
     if _metrics is not None:
+        # prometheus_client reads the variable again for every new label value: put it back if
+        # something has since taken it out of the environment (a test's patched environment).
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR") != _metrics.directory:
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics.directory
         if directory and directory != _metrics.directory:
             log.warning("metrics: this process already counts in %s, not in %s",
                         _metrics.directory, directory)

@@ -15,7 +15,12 @@ from tests.services import Dockerd, Postgres, Redis, free_port
 # In-process imports of webapp must not write into the checkout (secrets, the Huey file).
 os.environ.setdefault("BERTH_DATA_DIR", tempfile.mkdtemp(prefix="berth-test-process-"))
 
+from berth import metrics  # noqa: E402
 from tests.local_stack import DOMAIN, BerthStack, loopback_names, stack_env  # noqa: E402
+
+# This process counts its metrics in a folder of its own, before any stack's app would start
+# them in that stack's folder, which the stack empties when it starts (its processes' counts).
+metrics.start(os.path.join(os.environ["BERTH_DATA_DIR"], "metrics"))
 
 TEST_CATALOGUE = Path(__file__).parent / "catalogue.yml"
 

@@ -47,6 +47,10 @@ def reconcile(enqueue_launch, enqueue_stop, actor="reconciler"):
             if not alive and transition(instance.id, ToolInstance.state == State.RUNNING, event=gone,
                                         state=State.FAILED, error=reason, ended_at=utcnow()):
                 actions.append(("failed", instance.id))
+                try:  # whatever the tool left behind: its namespace, a half-dead container
+                    get_backend(instance.backend, config).stop(instance)
+                except LaunchFailed as failure:
+                    log.warning("reconcile: could not clean up after %s: %s", instance.id, failure.reason)
         elif instance.state in (State.QUEUED, State.SPAWNING):
             lease_over = instance.lease_expires_at is None or instance.lease_expires_at < now
             if lease_over and instance.created_at < grace:

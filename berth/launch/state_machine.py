@@ -84,17 +84,29 @@ def advance_launch(instance_id, me=None):
         return _fail(_fresh(instance_id), failure, me, backend)
 
 
+def transition(instance_id, *conditions, event=None, **values):
+    """Change one instance if it still meets conditions, and record event (kind, message,
+    fields) in the same transaction, so that a worker killed in between leaves neither the
+    change without its event nor the event without its change. True if it applied."""
+    if not update_where(ToolInstance, ToolInstance.id == instance_id, *conditions, **values):
+        db.session.rollback()
+        return False
+    if event is not None:
+        kind, message, fields = event
+        record_event(kind, message, instance_id=instance_id, **fields)
+    db.session.commit()
+    return True
+
+
 def _advance(instance_id, backend, me):
     instance = _fresh(instance_id)
     if instance.state == State.QUEUED:
         first_step = backend.steps[0] if backend.steps else WAIT_STEP
-        if not update_where(ToolInstance, ToolInstance.id == instance_id, ToolInstance.state == State.QUEUED,
-                            ToolInstance.lease_owner == me, commit=True,
-                            state=State.SPAWNING, step=first_step, started_at=utcnow()):
+        started = ("spawn.started", f"Starting on the {instance.backend} backend",
+                   {"actor": "worker", "user_id": instance.owner_id})
+        if not transition(instance_id, ToolInstance.state == State.QUEUED, ToolInstance.lease_owner == me,
+                          event=started, state=State.SPAWNING, step=first_step, started_at=utcnow()):
             return "lost"
-        record_event("spawn.started", f"Starting on the {instance.backend} backend",
-                     actor="worker", instance_id=instance_id, user_id=instance.owner_id)
-        db.session.commit()
 
     while True:
         instance = _fresh(instance_id)
@@ -171,15 +183,13 @@ def _wait_healthy(instance, backend, me):
         _check_deadline(instance)
 
     now = utcnow()
-    if not update_where(ToolInstance, ToolInstance.id == instance.id, ToolInstance.state == State.SPAWNING,
-                        ToolInstance.lease_owner == me, commit=True,
-                        state=State.RUNNING, step="", upstream=address, running_at=now,
-                        last_activity_at=now, lease_owner=None, lease_expires_at=None):
-        return "stopped-elsewhere"
     seconds = (now - instance.started_at).total_seconds() if instance.started_at else 0
-    record_event("spawn.running", f"Running; answered after {seconds:.1f} s", actor="worker",
-                 instance_id=instance.id, user_id=instance.owner_id, seconds=round(seconds, 3))
-    db.session.commit()
+    running = ("spawn.running", f"Running; answered after {seconds:.1f} s",
+               {"actor": "worker", "user_id": instance.owner_id, "seconds": round(seconds, 3)})
+    if not transition(instance.id, ToolInstance.state == State.SPAWNING, ToolInstance.lease_owner == me,
+                      event=running, state=State.RUNNING, step="", upstream=address, running_at=now,
+                      last_activity_at=now, lease_owner=None, lease_expires_at=None):
+        return "stopped-elsewhere"
     metrics.record_launch(instance.backend, "running", seconds)
     return "running"
 
@@ -190,15 +200,12 @@ def _fail(instance, failure, me, backend=None):
     if backend is not None:
         detail = detail or backend.failure_detail(instance)
         backend.stop(instance)
-    if not update_where(ToolInstance, ToolInstance.id == instance.id,
-                        ToolInstance.state.in_((State.QUEUED, State.SPAWNING)), ToolInstance.lease_owner == me,
-                        commit=True, state=State.FAILED, error=failure.reason,
-                        error_detail=detail[-8000:] if detail else None, ended_at=utcnow(),
-                        lease_owner=None, lease_expires_at=None):
+    failed = ("spawn.failed", failure.reason, {"actor": "worker", "user_id": instance.owner_id})
+    if not transition(instance.id, ToolInstance.state.in_((State.QUEUED, State.SPAWNING)),
+                      ToolInstance.lease_owner == me, event=failed, state=State.FAILED, error=failure.reason,
+                      error_detail=detail[-8000:] if detail else None, ended_at=utcnow(),
+                      lease_owner=None, lease_expires_at=None):
         return "stopped-elsewhere"
-    record_event("spawn.failed", failure.reason, actor="worker", instance_id=instance.id,
-                 user_id=instance.owner_id)
-    db.session.commit()
     metrics.record_launch(instance.backend, "failed")
     log.info("instance %s failed: %s", instance.id, failure.reason)
     return "failed"
@@ -209,14 +216,9 @@ def begin_stop(instance, actor):
 
     The caller queues the stop itself (berth.launch.requests.request_stop, or the culler).
     """
-    if not update_where(ToolInstance, ToolInstance.id == instance.id,
-                        ToolInstance.state.in_((State.QUEUED, State.SPAWNING, State.RUNNING)), state=State.STOPPING):
-        db.session.rollback()
-        return False
-    record_event("instance.stop", "Stop requested", actor=actor, user_id=instance.owner_id,
-                 instance_id=instance.id)
-    db.session.commit()
-    return True
+    requested = ("instance.stop", "Stop requested", {"actor": actor, "user_id": instance.owner_id})
+    return transition(instance.id, ToolInstance.state.in_((State.QUEUED, State.SPAWNING, State.RUNNING)),
+                      event=requested, state=State.STOPPING)
 
 
 def stop_instance(instance_id):
@@ -228,10 +230,7 @@ def stop_instance(instance_id):
         get_backend(instance.backend, current_app.config).stop(instance)
     except LaunchFailed:
         pass  # an unknown backend has nothing of ours to stop
-    if update_where(ToolInstance, ToolInstance.id == instance_id, ToolInstance.state == State.STOPPING,
-                    commit=True, state=State.STOPPED, step="", ended_at=utcnow(), lease_owner=None,
-                    lease_expires_at=None):
-        record_event("instance.stopped", "Stopped", actor="worker", instance_id=instance_id,
-                     user_id=instance.owner_id)
-        db.session.commit()
+    stopped = ("instance.stopped", "Stopped", {"actor": "worker", "user_id": instance.owner_id})
+    transition(instance_id, ToolInstance.state == State.STOPPING, event=stopped, state=State.STOPPED,
+               step="", ended_at=utcnow(), lease_owner=None, lease_expires_at=None)
     return "stopped"

@@ -13,8 +13,8 @@ from sqlalchemy import select
 from berth import metrics
 from berth.backends import LaunchFailed, get_backend
 from berth.extensions import db
-from berth.launch.state_machine import begin_stop
-from berth.models import State, ToolInstance, record_event, update_where, utcnow
+from berth.launch.state_machine import begin_stop, transition
+from berth.models import State, ToolInstance, record_event, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +42,15 @@ def reconcile(enqueue_launch, enqueue_stop, actor="reconciler"):
                 alive, reason = get_backend(instance.backend, config).is_alive(instance)
             except LaunchFailed as failure:
                 alive, reason = False, failure.reason
-            if not alive and update_where(ToolInstance, ToolInstance.id == instance.id,
-                                          ToolInstance.state == State.RUNNING, commit=True,
-                                          state=State.FAILED, error=reason, ended_at=utcnow()):
-                record_event("reconcile.gone", f"The tool was no longer running: {reason}",
-                             actor=actor, instance_id=instance.id, user_id=instance.owner_id)
-                db.session.commit()
+            gone = ("reconcile.gone", f"The tool was no longer running: {reason}",
+                    {"actor": actor, "user_id": instance.owner_id})
+            if not alive and transition(instance.id, ToolInstance.state == State.RUNNING, event=gone,
+                                        state=State.FAILED, error=reason, ended_at=utcnow()):
                 actions.append(("failed", instance.id))
+                try:  # whatever the tool left behind: its namespace, a half-dead container
+                    get_backend(instance.backend, config).stop(instance)
+                except LaunchFailed as failure:
+                    log.warning("reconcile: could not clean up after %s: %s", instance.id, failure.reason)
         elif instance.state in (State.QUEUED, State.SPAWNING):
             lease_over = instance.lease_expires_at is None or instance.lease_expires_at < now
             if lease_over and instance.created_at < grace:

@@ -12,7 +12,7 @@ from wtforms.validators import DataRequired, Length
 from auth_service.sessions import clear_session_cookie, complete_sign_in, find_session, revoke_session, session_token
 from berth.extensions import db
 from berth.hosts import safe_next_url
-from berth.models import User, record_event
+from berth.models import User, record_event, verify_password
 from berth.web import client_ip
 
 bp = Blueprint("login", __name__, url_prefix="/auth")
@@ -52,7 +52,7 @@ def login():
 
     email = form.email.data.strip().lower()
     user = db.session.execute(select(User).where(func.lower(User.email) == email)).scalar_one_or_none()
-    if user is None or not user.is_active or not user.check_password(form.password.data):
+    if not verify_password(user, form.password.data):
         record_event("auth.login_failed", f"Failed sign-in for {email}", actor="anonymous",
                      user_id=user.id if user else None, ip=client_ip())
         db.session.commit()

@@ -97,6 +97,25 @@ class User(db.Model):
         return self.name or self.email
 
 
+def verify_password(user, password):
+    """True if user is an active account with this password. It takes as long when there is no
+    such user, or the user has no password, as when the password is wrong: the time of the
+    answer must not tell which emails have accounts."""
+    stored = user.password_hash if user is not None and user.password_hash else _stand_in_hash()
+    matches = check_password_hash(stored, password)
+    return matches and user is not None and bool(user.password_hash) and user.is_active
+
+
+_STAND_IN_HASH = []
+
+
+def _stand_in_hash():
+    """A hash of a random password, made once per process, with the same method as real ones."""
+    if not _STAND_IN_HASH:
+        _STAND_IN_HASH.append(generate_password_hash(secrets.token_urlsafe(16)))
+    return _STAND_IN_HASH[0]
+
+
 class Session(db.Model):
     """A sign-in. The browser holds the random token; this row holds only its hash."""
 

@@ -225,3 +225,35 @@ def test_auth_web_and_worker_pods_are_annotated_for_scraping_their_own_metrics(m
     assert env["BERTH_WORKER_METRICS_PORT"] == str(metrics["containerPort"])
     assert env["BERTH_WORKER_METRICS_HOST"] == "0.0.0.0"  # reachable from the scraper, not loopback
     assert "prometheus.io/scrape" not in pods["berth-nginx"]["metadata"].get("annotations", {})
+
+
+def test_network_policies_let_only_nginx_reach_auth_and_web(manifests):
+    """Nothing enters the namespace unless a policy lets it: the world reaches nginx, nginx (and
+    a metrics scraper) reaches auth and web, and nothing else reaches any Berth pod."""
+    policies = {item["metadata"]["name"]: item["spec"] for item in _all(manifests, "NetworkPolicy")}
+    assert policies["berth-deny-ingress"] == {"podSelector": {}, "policyTypes": ["Ingress"]}
+    components = {item["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"]
+                  for item in _all(manifests, "Deployment")}
+
+    def admitted(component):
+        rules = []
+        for spec in policies.values():
+            selector = spec["podSelector"]
+            labels = {"app.kubernetes.io/name": "berth", "app.kubernetes.io/component": component}
+            if all(labels.get(key) == value for key, value in selector.get("matchLabels", {}).items()) and all(
+                    labels.get(expression["key"]) in expression["values"]
+                    for expression in selector.get("matchExpressions", [])):
+                rules += spec.get("ingress", [])
+        return rules
+
+    assert admitted("nginx") == [{"ports": [{"port": "http"}]}]  # from anywhere
+    for component in ("auth", "web"):
+        [rule] = admitted(component)
+        sources = rule["from"]
+        assert {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "berth",
+                                                "app.kubernetes.io/component": "nginx"}}} in sources
+        assert all("podSelector" in source or "namespaceSelector" in source for source in sources)
+        assert not any(source.get("podSelector") == {} for source in sources)
+    [worker_rule] = admitted("worker")
+    assert all("namespaceSelector" in source for source in worker_rule["from"])
+    assert components == {"auth", "web", "worker", "nginx"}

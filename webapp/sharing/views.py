@@ -5,6 +5,7 @@ from sqlalchemy import select
 from wtforms import SelectField, StringField
 from wtforms.validators import DataRequired
 
+from berth.accounts import user_groups
 from berth.access import AccessRefused, add_grant, grants_on, may_launch, revoke_grant
 from webapp.api.schemas import MAX_ID
 from berth.extensions import db
@@ -37,7 +38,9 @@ def own_tool(slug):
 @login_required
 def page(slug, form=None, status=200):
     template, host = own_tool(slug)
-    groups = db.session.execute(select(Group.name).order_by(Group.name)).scalars().all()
+    # Suggestions: the user's own groups. Only administrators may see every group's name.
+    groups = db.session.execute(select(Group.name).order_by(Group.name)).scalars().all() \
+        if g.user.is_admin else user_groups(g.user)
     return render_template("sharing.html", template=template, url=public_url(current_app.config, host),
                            instance=live_instance(host), grants=grants_on(host), groups=groups,
                            form=form or GrantForm(), revoke_form=RevokeForm()), status

@@ -429,8 +429,7 @@ SETTINGS = (
     # -- Processes
     Setting("BERTH_GUNICORN_WORKERS", PROCESSES, parse=parse_int, default=2, minimum=1,
             read_by=GUNICORN,
-            doc="gunicorn worker processes for the web app (and for the auth service with "
-                "`BERTH_AUTH_SERVER=gunicorn`)."),
+            doc="gunicorn worker processes for the auth service with `BERTH_AUTH_SERVER=gunicorn`."),
     Setting("BERTH_GUNICORN_THREADS", PROCESSES, parse=parse_int, default=8, minimum=1,
             read_by=GUNICORN,
             doc="Threads per gunicorn worker process (gthread workers, which keep nginx's "
@@ -451,6 +450,12 @@ SETTINGS = (
     Setting("BERTH_AUTH_THREADS", PROCESSES, parse=parse_int, default=4, minimum=1,
             read_by=f"`berth run` and {ENTRYPOINT} (`auth`)",
             doc="granian's blocking threads per auth worker process."),
+    Setting("BERTH_WEB_WORKERS", PROCESSES, parse=parse_int, default=2, minimum=1,
+            read_by=f"`berth run` and {ENTRYPOINT} (`web`)",
+            doc="granian worker processes for the web app."),
+    Setting("BERTH_WEB_THREADS", PROCESSES, parse=parse_int, default=8, minimum=1,
+            read_by=f"`berth run` and {ENTRYPOINT} (`web`)",
+            doc="granian's blocking threads per web worker process."),
     Setting("BERTH_WORKER_THREADS", PROCESSES, parse=parse_int, default=4, minimum=1,
             read_by=f"{ENTRYPOINT} (`worker`)",
             doc="Threads of the worker (`huey_consumer -w`): how many launch and stop steps one "

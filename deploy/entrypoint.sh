@@ -14,7 +14,11 @@ export BERTH_METRICS_DIR="${BERTH_METRICS_DIR:-/tmp/berth-metrics}"
 rm -rf "$BERTH_METRICS_DIR" && mkdir -p "$BERTH_METRICS_DIR"
 case "$command" in
   web)
-    exec gunicorn -c deploy/gunicorn.conf.py --bind "0.0.0.0:${BERTH_WEB_PORT:-8102}" "webapp:create_app()" "$@" ;;
+    # granian, as for auth: it writes a response's head and body in one system call
+    # (docs/decisions/0008).
+    exec granian --interface wsgi --host 0.0.0.0 --port "${BERTH_WEB_PORT:-8102}" \
+      --workers "${BERTH_WEB_WORKERS:-2}" --blocking-threads "${BERTH_WEB_THREADS:-8}" \
+      --no-ws --log-level warning --factory webapp:create_app "$@" ;;
   auth)
     # granian: a Rust HTTP server that keeps nginx's connections alive (docs/decisions/0008).
     if [ "${BERTH_AUTH_SERVER:-granian}" = "gunicorn" ]; then

@@ -64,19 +64,32 @@ def role_of(name):
     return role
 
 
+def granian_command(host, port, app, workers, threads):
+    """granian serving a WSGI factory: a Rust HTTP layer that keeps nginx's connections alive and
+    writes a response's head and body in one system call, so a server killed mid-request never
+    leaves nginx with a head and no body (docs/decisions/0008-auth-server.md)."""
+    return [str(BIN / "granian"), "--interface", "wsgi", "--host", host, "--port", str(port),
+            "--workers", str(workers), "--blocking-threads", str(threads),
+            "--no-ws", "--log-level", "warning", "--factory", app]
+
+
 def auth_server_command(env, host, port, app="auth_service:create_app"):
-    """The auth service's server: granian (Rust HTTP, keepalive, threads) or gunicorn gthread.
+    """The auth service's server: granian (the default) or gunicorn gthread.
 
     BERTH_AUTH_SERVER picks; see docs/decisions/0008-auth-server.md for the measurements. app is
     the WSGI factory granian serves (the benchmarks give it a no-op one, to measure the hop alone).
     """
     if env.get("BERTH_AUTH_SERVER", "granian") == "granian":
-        return [str(BIN / "granian"), "--interface", "wsgi", "--host", host, "--port", str(port),
-                "--workers", env.get("BERTH_AUTH_WORKERS", "2"),
-                "--blocking-threads", env.get("BERTH_AUTH_THREADS", "4"),
-                "--no-ws", "--log-level", "warning", "--factory", app]
+        return granian_command(host, port, app, env.get("BERTH_AUTH_WORKERS", "2"),
+                               env.get("BERTH_AUTH_THREADS", "4"))
     return [str(BIN / "gunicorn"), "-c", str(ROOT / "deploy" / "gunicorn.conf.py"),
             "--bind", f"{host}:{port}", "auth_service:create_app()"]
+
+
+def web_server_command(env, host, port):
+    """The web app's server: granian, BERTH_WEB_WORKERS processes of BERTH_WEB_THREADS threads."""
+    return granian_command(host, port, "webapp:create_app", env.get("BERTH_WEB_WORKERS", "2"),
+                           env.get("BERTH_WEB_THREADS", "8"))
 
 
 class Stack:
@@ -93,14 +106,13 @@ class Stack:
 
     # -- the components ---------------------------------------------------------------------
     def command(self, name):
-        gunicorn = [str(BIN / "gunicorn"), "-c", str(ROOT / "deploy" / "gunicorn.conf.py")]
         role = role_of(name)
         if role == "auth":
             return auth_server_command(self.env, "127.0.0.1",
                                        self.ports.get(name, self.env["BERTH_AUTH_PORT"]))
         if role == "web":
             port = self.ports.get(name, self.env["BERTH_WEB_PORT"])
-            return gunicorn + ["--bind", f"127.0.0.1:{port}", "webapp:create_app()"]
+            return web_server_command(self.env, "127.0.0.1", port)
         if role == "worker":
             return [str(BIN / "huey_consumer"), "berth.launch.tasks.huey", "-w", "4", "-k", "thread",
                     "-d", "0.05", "-m", "0.1", "-b", "1.1"]

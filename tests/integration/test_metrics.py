@@ -33,7 +33,7 @@ def stack(request, tmp_path_factory):
         "BERTH_METRICS_NETWORKS": "192.0.2.0/24",
         "BERTH_TRUSTED_HOPS": "1",
         "BERTH_TRUSTED_PROXIES": "127.0.0.1/32",
-        "BERTH_GUNICORN_WORKERS": "3",
+        "BERTH_WEB_WORKERS": "3",
         "BERTH_AUTH_WORKERS": "3",
         "BERTH_AUTH_SERVER": "gunicorn" if request.param == "postgres" else "granian",
         "BERTH_BACKENDS": "process",

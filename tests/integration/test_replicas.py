@@ -54,7 +54,7 @@ def replicated(postgres, redis_server, tmp_path_factory):
         # process per server keeps six servers and their restarts within a small machine.
         extra_env={"BERTH_BACKENDS": "process", "BERTH_SECRET_KEY": os.urandom(16).hex(),
                    "BERTH_PROXY_SECRET": os.urandom(16).hex(),
-                   "BERTH_GUNICORN_WORKERS": "1", "BERTH_AUTH_WORKERS": "1"})
+                   "BERTH_WEB_WORKERS": "1", "BERTH_AUTH_WORKERS": "1"})
     stack.prepare_database()
     stack.replica_ports = {name: free_port() for name in REPLICAS if role_of(name) != "worker"}
     stack.processes.render_nginx(

@@ -326,8 +326,14 @@ SETTINGS = (
     Setting("BERTH_ACTIVITY_INTERVAL", TOOLS, parse=parse_int, default=60, minimum=1,
             doc="A running tool's last activity, and a sign-in's last use, is written at most this "
                 "often (seconds), not on every request. The idle culler works from it."),
-    Setting("BERTH_LEASE_SECONDS", TOOLS, parse=parse_int, default=30, minimum=2,
-            doc="How long a worker holds a launch before another worker may take it over (seconds)."),
+    Setting("BERTH_LEASE_SECONDS", TOOLS, parse=parse_int, default=10, minimum=3,
+            doc="How long a launch stays with a worker that stopped renewing it (seconds). The "
+                "worker renews its leases every third of this; once a dead worker's lease runs "
+                "out, the next reconcile hands the launch to another worker."),
+    Setting("BERTH_RECONCILE_SECONDS", TOOLS, parse=parse_int, default=5, minimum=1,
+            doc="How often each worker reconciles (seconds): resumes launches whose worker died, "
+                "notices tools that died, finishes stops and removes orphans. A dead worker's "
+                "launches resume within `BERTH_LEASE_SECONDS` plus this."),
     Setting("BERTH_DEPLOYMENT", TOOLS, default="berth",
             doc="Names this installation in the labels of everything it starts, so that two Berths "
                 "on one host (or one engine, or one cluster) never adopt or remove each other's tools."),

@@ -62,7 +62,7 @@ def _make_stack(label, database_url, redis_url, tmp_root, docker_url, extra_env=
     # Directly in /tmp, not in pytest's 0700 folders: tools' own users pass through the data
     # directory to their homes. The stack removes it when it stops.
     data_dir = tempfile.mkdtemp(prefix=f"berth-{label}-")
-    settings = {"BERTH_LEASE_SECONDS": "4", "BERTH_WEB_WORKERS": "2", "BERTH_BACKENDS": "process,docker",
+    settings = {"BERTH_WEB_WORKERS": "2", "BERTH_BACKENDS": "process,docker",
                 "BERTH_DOCKER_URL": docker_url, **(extra_env or {})}
     return BerthStack(stack_env(data_dir, f"test-{label}-{os.getpid()}", TEST_CATALOGUE, database_url,
                                 redis_url, extra_env=settings))

@@ -151,7 +151,7 @@ def test_load_settings_defaults(tmp_path):
     assert settings["BERTH_SESSION_LIFETIME"] == 12 * 3600
     assert settings["BERTH_PORT_RANGE"] == (20000, 20999)
     assert settings["BERTH_ACTIVITY_INTERVAL"] == 60
-    assert settings["BERTH_LEASE_SECONDS"] == 30
+    assert settings["BERTH_LEASE_SECONDS"] == 10
     assert settings["BERTH_CATALOGUE"] is None
     assert settings["BERTH_DEPLOYMENT"] == "berth"
     assert settings["BERTH_TRUSTED_HOPS"] == 0
@@ -187,7 +187,7 @@ def test_load_settings_reads_the_environment(tmp_path):
     ("BERTH_SCHEME", "HTTPS", "must be one of http, https"),
     ("BERTH_SESSION_LIFETIME", "30", "below the minimum of 60"),
     ("BERTH_PORT_RANGE", "100-200", "must lie within 1024-65535"),
-    ("BERTH_LEASE_SECONDS", "1", "below the minimum of 2"),
+    ("BERTH_LEASE_SECONDS", "2", "below the minimum of 3"),
     ("BERTH_TRUSTED_HOPS", "6", "above the maximum of 5"),
     ("BERTH_ACTIVITY_INTERVAL", "soon", "is not a whole number"),
 ])

@@ -4,11 +4,17 @@ A launch moves QUEUED → SPAWNING → RUNNING, one recorded step at a time:
 
     <backend steps, e.g. allocate, start> → wait_healthy → RUNNING
 
-A worker first takes a lease on the instance with a conditional UPDATE. After each step it
-records the step's result and the next step in one conditional UPDATE that also checks the
-lease and the state. If the worker dies, its lease runs out and the reconciler enqueues the
-launch again; the next worker resumes at the recorded step, and the step being redone finds
-what the dead worker made (steps are idempotent). No in-process lock is involved.
+A worker first takes a lease on the instance with a conditional UPDATE, and its heartbeat
+keeps renewing it (leases.py). After each step it records the step's result and the next step
+in one conditional UPDATE that also checks the lease and the state. If the worker dies, its
+lease runs out and the reconciler enqueues the launch again; the next worker resumes at the
+recorded step, and the step being redone finds what the dead worker made (steps are
+idempotent), so a tool that had started is adopted, never killed. No in-process lock is
+involved.
+
+The spawn timeout measures the tool's own start: it counts from the later of the launch's start
+and this worker's taking it up, so time lost to a dead worker or a database outage is not
+charged to the tool. A transient database error is retried; it never fails a launch.
 """
 import logging
 import os
@@ -19,12 +25,13 @@ from datetime import timedelta
 
 from flask import current_app
 from sqlalchemy import or_
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from berth import metrics
 from berth.extensions import db
 from berth.models import State, ToolInstance, record_event, update_where, utcnow
 from berth.backends import LaunchFailed, get_backend
+from berth.launch.leases import is_transient, lease_seconds, leases, with_database_retries
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +41,6 @@ PROBE_INTERVAL = 0.05  # seconds between health probes while a tool starts
 
 def worker_id():
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
-def _lease_seconds():
-    return current_app.config["BERTH_LEASE_SECONDS"]
 
 
 def _claim(instance_id, me):
@@ -52,7 +55,7 @@ def _claim(instance_id, me):
             ToolInstance.lease_owner == me,
         ),
         lease_owner=me,
-        lease_expires_at=now + timedelta(seconds=_lease_seconds()),
+        lease_expires_at=now + timedelta(seconds=lease_seconds()),
         commit=True,
     )
 
@@ -65,23 +68,45 @@ def _fresh(instance_id):
 def advance_launch(instance_id, me=None):
     """Run a launch from its recorded step to RUNNING or FAILED. Safe to call any number of times."""
     me = me or worker_id()
+    taken_up_at = utcnow()
+    try:
+        return with_database_retries(lambda: _advance_claimed(instance_id, me, taken_up_at),
+                                     f"launch of instance {instance_id}")
+    except DBAPIError as error:
+        if not is_transient(error):
+            raise
+        return "database-unreachable"  # the lease runs out and the reconciler takes it up again
+    finally:
+        leases.release(instance_id, me)
+
+
+def _advance_claimed(instance_id, me, taken_up_at):
     if not _claim(instance_id, me):
         return "not-claimed"
+    leases.hold(instance_id, me)
     instance = _fresh(instance_id)
     try:
         backend = get_backend(instance.backend, current_app.config)
     except LaunchFailed as failure:
         return _fail(instance, failure, me)
     try:
-        return _advance(instance_id, backend, me)
+        return _advance(instance_id, backend, me, taken_up_at)
     except LaunchFailed as failure:
         return _fail(_fresh(instance_id), failure, me, backend)
-    except Exception as error:  # a bug or an outage: record it, or let the lease expire and retry
-        log.exception("launch of instance %s failed unexpectedly", instance_id)
-        db.session.rollback()
-        failure = LaunchFailed(f"Berth hit an internal error ({type(error).__name__}) while starting "
-                               "the tool. The operators can find the details in the worker's log.")
-        return _fail(_fresh(instance_id), failure, me, backend)
+    except DBAPIError as error:
+        if is_transient(error):
+            raise  # with_database_retries waits and resumes at the recorded step
+        return _fail_internally(instance_id, error, me, backend)
+    except Exception as error:  # noqa: BLE001 - a bug: record it, and leave nothing running
+        return _fail_internally(instance_id, error, me, backend)
+
+
+def _fail_internally(instance_id, error, me, backend):
+    log.exception("launch of instance %s failed unexpectedly", instance_id)
+    db.session.rollback()
+    failure = LaunchFailed(f"Berth hit an internal error ({type(error).__name__}) while starting "
+                           "the tool. The operators can find the details in the worker's log.")
+    return _fail(_fresh(instance_id), failure, me, backend)
 
 
 def transition(instance_id, *conditions, event=None, **values):
@@ -98,7 +123,7 @@ def transition(instance_id, *conditions, event=None, **values):
     return True
 
 
-def _advance(instance_id, backend, me):
+def _advance(instance_id, backend, me, taken_up_at):
     instance = _fresh(instance_id)
     if instance.state == State.QUEUED:
         first_step = backend.steps[0] if backend.steps else WAIT_STEP
@@ -112,9 +137,9 @@ def _advance(instance_id, backend, me):
         instance = _fresh(instance_id)
         if instance.state != State.SPAWNING or instance.lease_owner != me:
             return "stopped-elsewhere"
-        _check_deadline(instance)
+        _check_deadline(instance, taken_up_at)
         if instance.step == WAIT_STEP:
-            return _wait_healthy(instance, backend, me)
+            return _wait_healthy(instance, backend, me, taken_up_at)
         _run_step(instance, backend, me)
 
 
@@ -124,7 +149,7 @@ def _run_step(instance, backend, me):
     next_step = steps[steps.index(step) + 1]
     for attempt in range(5):
         changes = backend.run_step(step, instance)
-        values = {"step": next_step, "lease_expires_at": utcnow() + timedelta(seconds=_lease_seconds())}
+        values = {"step": next_step, "lease_expires_at": utcnow() + timedelta(seconds=lease_seconds())}
         if "backend_state" in changes:
             values["backend_state"] = {**(instance.backend_state or {}), **changes["backend_state"]}
         for key in ("port", "upstream"):
@@ -159,28 +184,22 @@ _STEP_MESSAGES = {
 }
 
 
-def _check_deadline(instance):
+def _check_deadline(instance, taken_up_at):
     timeout = instance.template.spawn_timeout
-    if instance.started_at and utcnow() > instance.started_at + timedelta(seconds=timeout):
+    since = max(instance.started_at or taken_up_at, taken_up_at)
+    if utcnow() > since + timedelta(seconds=timeout):
         raise LaunchFailed(f"The tool did not answer within its spawn timeout of {timeout} s.")
 
 
-def _wait_healthy(instance, backend, me):
-    lease = _lease_seconds()
-    renew_at = time.monotonic() + lease / 3
+def _wait_healthy(instance, backend, me, taken_up_at):
     while True:
         address = backend.check_ready(instance)
         if address:
             break
         time.sleep(PROBE_INTERVAL)
-        if time.monotonic() >= renew_at:
-            renew_at = time.monotonic() + lease / 3
-            if not update_where(ToolInstance, ToolInstance.id == instance.id,
-                                ToolInstance.state == State.SPAWNING, ToolInstance.lease_owner == me,
-                                commit=True, lease_expires_at=utcnow() + timedelta(seconds=lease)):
-                return "stopped-elsewhere"
-            instance = _fresh(instance.id)
-        _check_deadline(instance)
+        if leases.lost(instance.id, me):  # stopped, or taken over while this worker was paused
+            return "stopped-elsewhere"
+        _check_deadline(instance, taken_up_at)
 
     now = utcnow()
     seconds = (now - instance.started_at).total_seconds() if instance.started_at else 0
@@ -217,8 +236,11 @@ def begin_stop(instance, actor):
     The caller queues the stop itself (berth.launch.requests.request_stop, or the culler).
     """
     requested = ("instance.stop", "Stop requested", {"actor": actor, "user_id": instance.owner_id})
+    # No owner: a launch in progress sees the change at its next conditional update. The
+    # reconciler queues the stop again only if it is not finished within a lease.
     return transition(instance.id, ToolInstance.state.in_((State.QUEUED, State.SPAWNING, State.RUNNING)),
-                      event=requested, state=State.STOPPING)
+                      event=requested, state=State.STOPPING, lease_owner=None,
+                      lease_expires_at=utcnow() + timedelta(seconds=lease_seconds()))
 
 
 def stop_instance(instance_id):

@@ -1,12 +1,15 @@
 """Huey tasks: the worker's side of the launch path (webapp → task → backend → database).
 
 Tasks take ids, never ORM objects, and run inside an app context. The queue only carries
-messages: if one is lost, the periodic reconcile finds the instance in the database and
-enqueues it again. Run the worker with `huey_consumer berth.launch.tasks.huey -w 4 -k thread`.
+messages: if one is lost, the reconciler (every BERTH_RECONCILE_SECONDS, in each worker
+process) finds the instance in the database and enqueues it again. Nobody waits for a task's
+result, so none is stored. Run the worker with
+`huey_consumer berth.launch.tasks.huey -w 4 -k thread`.
 """
 import logging
 import os
 import threading
+import time
 from contextlib import nullcontext
 
 from flask import has_app_context
@@ -20,22 +23,128 @@ log = logging.getLogger(__name__)
 def _make_huey():
     settings = load_settings()
     if settings["BERTH_REDIS_URL"]:
-        return RedisHuey("berth", url=settings["BERTH_REDIS_URL"])
+        return RedisHuey("berth", url=settings["BERTH_REDIS_URL"], results=False)
     os.makedirs(settings["BERTH_DATA_DIR"], exist_ok=True)
-    return SqliteHuey("berth", filename=os.path.join(settings["BERTH_DATA_DIR"], "queue.db"))
+    return SqliteHuey("berth", filename=os.path.join(settings["BERTH_DATA_DIR"], "queue.db"),
+                      results=False)
 
 
 huey = _make_huey()
 
 
+class Outage:
+    """One log line when something Berth depends on stops answering, and one when it is back.
+
+    Between the two, the same failure is not logged again: a queue that is down for ten seconds
+    would otherwise fill the log with a traceback per poll of every worker thread."""
+
+    def __init__(self, what):
+        self.what = what
+        self.since = None
+        self._lock = threading.Lock()
+
+    def failed(self, error):
+        """True the first time only: the caller (or the filter) logs that one."""
+        with self._lock:
+            if self.since is not None:
+                return False
+            self.since = time.monotonic()
+        log.warning("%s unreachable (%s: %s); retrying quietly until it answers",
+                    self.what, type(error).__name__, str(error).splitlines()[0] if str(error) else "")
+        return True
+
+    def answered(self):
+        with self._lock:
+            if self.since is None:
+                return
+            seconds, self.since = time.monotonic() - self.since, None
+        log.warning("%s back after %.0f s", self.what, seconds)
+
+
+queue_outage = Outage("The queue (Redis)" if isinstance(huey, RedisHuey) else "The queue")
+database_outage = Outage("The database")
+
+
+class QuietQueueErrors(logging.Filter):
+    """Keeps huey's consumer from logging a traceback per poll while the queue is down."""
+
+    def filter(self, record):
+        error = record.exc_info[1] if record.exc_info else None
+        if error is None or not _is_connection_error(error):
+            return True
+        queue_outage.failed(error)
+        return False
+
+
+def _is_connection_error(error):
+    import sqlite3
+
+    try:
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+    except ImportError:  # pragma: no cover - redis is a dependency
+        RedisConnectionError = RedisTimeoutError = ()
+    return isinstance(error, (RedisConnectionError, RedisTimeoutError, sqlite3.OperationalError,
+                              ConnectionError))
+
+
+for _name in ("huey", "huey.consumer", "huey.consumer.Worker", "huey.consumer.Scheduler"):
+    logging.getLogger(_name).addFilter(QuietQueueErrors())
+
+_upkeep_lock = threading.Lock()
+_upkeep_thread = None
+
+
 @huey.on_startup()
-def serve_metrics():
-    """GET /metrics on BERTH_WORKER_METRICS_PORT, when set. Huey calls this in every worker
-    thread of huey_consumer (never in the web app, which imports this module to enqueue); the
-    server starts once per process."""
+def start_worker_services():
+    """GET /metrics on BERTH_WORKER_METRICS_PORT when set, and the reconciler's loop. Huey calls
+    this in every worker thread of huey_consumer (never in the web app, which imports this
+    module to enqueue); each starts once per process."""
+    global _upkeep_thread
     from berth import metrics
 
-    metrics.serve_worker_metrics(load_settings())
+    settings = load_settings()
+    metrics.serve_worker_metrics(settings)
+    with _upkeep_lock:
+        if _upkeep_thread is None:
+            _upkeep_thread = threading.Thread(target=_reconcile_forever, name="berth-reconciler",
+                                              args=(settings["BERTH_RECONCILE_SECONDS"],), daemon=True)
+            _upkeep_thread.start()
+
+
+def _reconcile_forever(period):
+    """Reconcile every period seconds. Several workers may do so at once: every action is a
+    conditional update, so the second to try a change finds it done."""
+    while True:
+        time.sleep(period)
+        try:
+            run_reconcile_once()
+        except Exception:  # noqa: BLE001 - the loop must outlive any one failure
+            log.exception("reconcile failed; trying again in %s s", period)
+
+
+def run_reconcile_once():
+    from sqlalchemy.exc import DBAPIError
+
+    from berth.launch.upkeep import reconcile as run_reconcile
+
+    try:
+        with _app_context():
+            actions = run_reconcile(enqueue_launch=enqueue_launch, enqueue_stop=enqueue_stop)
+    except DBAPIError as error:
+        database_outage.failed(error)
+        return None
+    database_outage.answered()
+    if queue_outage.since is not None:
+        try:
+            huey.pending_count()
+        except Exception:  # noqa: BLE001 - still down: the filter has said so once already
+            pass
+        else:
+            queue_outage.answered()
+    if actions:
+        log.info("reconcile: %s", actions)
+    return actions
 
 _app = None
 _app_lock = threading.Lock()
@@ -71,17 +180,6 @@ def stop(instance_id):
 
 
 @huey.periodic_task(crontab(minute="*"))
-def reconcile():
-    from berth.launch.upkeep import reconcile as run_reconcile
-
-    with _app_context():
-        actions = run_reconcile(enqueue_launch=enqueue_launch, enqueue_stop=enqueue_stop)
-        if actions:
-            log.info("reconcile: %s", actions)
-        return actions
-
-
-@huey.periodic_task(crontab(minute="*"))
 def cull_idle():
     from berth.launch.upkeep import cull_idle as run_cull
 
@@ -94,14 +192,21 @@ def cull_idle():
 
 def enqueue_launch(instance_id):
     """Queue a launch. If the queue is down, the reconciler picks the instance up later."""
-    try:
-        launch(instance_id)
-    except Exception:  # noqa: BLE001 - the database row is the source of truth, not the message
-        log.exception("could not enqueue launch of instance %s; the reconciler will", instance_id)
+    _enqueue(launch, instance_id)
 
 
 def enqueue_stop(instance_id):
+    _enqueue(stop, instance_id)
+
+
+def _enqueue(task, instance_id):
     try:
-        stop(instance_id)
-    except Exception:  # noqa: BLE001
-        log.exception("could not enqueue stop of instance %s; the reconciler will", instance_id)
+        task(instance_id)
+    except Exception as error:  # noqa: BLE001 - the database row is the source of truth, not the message
+        if _is_connection_error(error):
+            if queue_outage.failed(error) is False:
+                log.info("queue down: %s of instance %s left to the reconciler", task.name, instance_id)
+            return
+        log.exception("could not enqueue %s of instance %s; the reconciler will", task.name, instance_id)
+        return
+    queue_outage.answered()

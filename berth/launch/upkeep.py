@@ -1,4 +1,5 @@
-"""Upkeep that the worker runs every minute: the reconciler and the idle culler.
+"""Upkeep that the worker runs: the reconciler (every BERTH_RECONCILE_SECONDS) and the idle
+culler (every minute).
 
 Both read the database and the backends, then move instances through the state machine
 (state_machine.py) and queue what is left to do through the functions they are given, so
@@ -8,11 +9,12 @@ import logging
 from datetime import timedelta
 
 from flask import current_app
-from sqlalchemy import select
+from sqlalchemy import or_, select
 
 from berth import metrics
 from berth.backends import LaunchFailed, get_backend
 from berth.extensions import db
+from berth.launch.leases import REQUEUE_AFTER_SECONDS, lease_seconds
 from berth.launch.state_machine import begin_stop, transition
 from berth.models import State, ToolInstance, record_event, utcnow
 
@@ -53,18 +55,27 @@ def reconcile(enqueue_launch, enqueue_stop, actor="reconciler"):
                     log.warning("reconcile: could not clean up after %s: %s", instance.id, failure.reason)
         elif instance.state in (State.QUEUED, State.SPAWNING):
             lease_over = instance.lease_expires_at is None or instance.lease_expires_at < now
-            if lease_over and instance.created_at < grace:
-                record_event("reconcile.resume", f"Resuming the launch at step {instance.step or 'queued'}",
-                             actor=actor, instance_id=instance.id, user_id=instance.owner_id)
-                db.session.commit()
+            # Hand the launch back (no owner, so any worker may claim it) and queue it again,
+            # once: the condition keeps two reconcilers from both doing so.
+            resume = ("reconcile.resume", f"Resuming the launch at step {instance.step or 'queued'}",
+                      {"actor": actor, "user_id": instance.owner_id})
+            if lease_over and instance.created_at < grace and transition(
+                    instance.id, ToolInstance.state.in_((State.QUEUED, State.SPAWNING)),
+                    or_(ToolInstance.lease_expires_at.is_(None), ToolInstance.lease_expires_at < now),
+                    event=resume, lease_owner=None,
+                    lease_expires_at=now + timedelta(seconds=REQUEUE_AFTER_SECONDS)):
                 enqueue_launch(instance.id)
                 actions.append(("resumed", instance.id))
         elif instance.state == State.STOPPING:  # stop is idempotent: finishing it twice is harmless
-            record_event("reconcile.stop", "Finishing the stop", actor=actor, instance_id=instance.id,
-                         user_id=instance.owner_id)
-            db.session.commit()
-            enqueue_stop(instance.id)
-            actions.append(("stop-again", instance.id))
+            due = instance.lease_expires_at is None or instance.lease_expires_at < now
+            again = ("reconcile.stop", "Finishing the stop", {"actor": actor, "user_id": instance.owner_id})
+            if due and transition(instance.id, ToolInstance.state == State.STOPPING,
+                                  or_(ToolInstance.lease_expires_at.is_(None),
+                                      ToolInstance.lease_expires_at < now),
+                                  event=again,
+                                  lease_expires_at=now + timedelta(seconds=lease_seconds())):
+                enqueue_stop(instance.id)
+                actions.append(("stop-again", instance.id))
 
     for name in config["BERTH_BACKENDS"]:
         backend = get_backend(name, config)

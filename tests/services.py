@@ -7,6 +7,7 @@ one, or the session fails loudly saying what is missing.
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -81,7 +82,10 @@ class Postgres:
              "--no-sync", "--no-instructions"],
             check=True, capture_output=True, **self._as_user,
         )
-        log = open(self.dir / "postgres.log", "wb")
+        self._start()
+
+    def _start(self):
+        log = open(self.dir / "postgres.log", "ab")
         self.process = subprocess.Popen(
             [PG_BIN / "postgres", "-D", self.dir / "data", "-p", str(self.port), "-k", self.dir,
              "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "synchronous_commit=off",
@@ -94,6 +98,16 @@ class Postgres:
             if self.process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"PostgreSQL did not start; see {self.dir / 'postgres.log'}")
             time.sleep(0.1)
+
+    def restart(self, mode):
+        """Stop the server as `pg_ctl stop -m <mode>` does (fast: SIGINT, clients disconnected;
+        immediate: SIGQUIT, no clean shutdown, recovery at start), then start it again on the same
+        port. Returns how long it was down, in seconds."""
+        down_at = time.monotonic()
+        self.process.send_signal({"fast": signal.SIGINT, "immediate": signal.SIGQUIT}[mode])
+        self.process.wait(30)
+        self._start()
+        return time.monotonic() - down_at
 
     def create_database(self, name):
         subprocess.run(["psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-q",

@@ -7,6 +7,7 @@ one, or the session fails loudly saying what is missing.
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -81,7 +82,11 @@ class Postgres:
              "--no-sync", "--no-instructions"],
             check=True, capture_output=True, **self._as_user,
         )
-        log = open(self.dir / "postgres.log", "wb")
+        self.start()
+
+    def start(self):
+        """Start the server (again, after stop_immediately) on the same port and data."""
+        log = open(self.dir / "postgres.log", "ab")
         self.process = subprocess.Popen(
             [PG_BIN / "postgres", "-D", self.dir / "data", "-p", str(self.port), "-k", self.dir,
              "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "synchronous_commit=off",
@@ -95,9 +100,42 @@ class Postgres:
                 raise RuntimeError(f"PostgreSQL did not start; see {self.dir / 'postgres.log'}")
             time.sleep(0.1)
 
-    def create_database(self, name):
+    def pids(self):
+        """The postmaster and its children (the backends that hold clients' connections)."""
+        children = []
+        for entry in os.listdir("/proc"):
+            try:
+                if entry.isdigit() and int(stat_fields(entry)[1]) == self.process.pid:
+                    children.append(int(entry))
+            except OSError:
+                continue  # it ended meanwhile
+        return [self.process.pid, *children]
+
+    def pause(self):
+        """SIGSTOP the whole server: connections stay open, and nothing answers."""
+        for pid in self.pids():
+            os.kill(pid, signal.SIGSTOP)
+
+    def resume(self):
+        for pid in self.pids():
+            os.kill(pid, signal.SIGCONT)
+
+    def stop_immediately(self):
+        """pg_ctl stop -m immediate: every connection drops, as when the server crashes.
+
+        This server runs with synchronous_commit=off, so the last commits would be lost with it;
+        a checkpoint first keeps them, as a production server's synchronous commits are kept."""
+        self._sql("CHECKPOINT")
+        subprocess.run([PG_BIN / "pg_ctl", "stop", "-m", "immediate", "-D", self.dir / "data"],
+                       check=True, capture_output=True, **self._as_user)
+        self.process.wait(timeout=10)
+
+    def _sql(self, statement):
         subprocess.run(["psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-q",
-                        "-c", f"CREATE DATABASE {name}"], check=True, capture_output=True)
+                        "-c", statement], check=True, capture_output=True)
+
+    def create_database(self, name):
+        self._sql(f"CREATE DATABASE {name}")
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{name}"
 
     def stop(self):
@@ -256,3 +294,4 @@ class Dockerd:
         subprocess.run(["umount", self.dir / "exec" / "netns" / "default"], capture_output=True)
         subprocess.run(["umount", "-R", self.data_root], capture_output=True)
         shutil.rmtree(self.dir, ignore_errors=True)
+

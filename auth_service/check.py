@@ -12,6 +12,8 @@ auth_request_set:
   X-Berth-User-Id    the user, for the web app only (never sent to a tool)
   X-Berth-Login-Url  on 401: the percent-encoded login address for browsers
   X-Berth-Reason     on 403: why, for the forbidden page
+  Retry-After        on 503, when the database cannot be reached: nginx shows the
+                     temporarily-unavailable page
   X-Berth-User-Email, -Name, -Groups
                      for a tool whose template asks for identity headers: who is using it,
                      percent-encoded UTF-8 (groups comma-separated)
@@ -30,6 +32,7 @@ from datetime import datetime, timedelta, timezone
 from urllib.parse import quote
 
 from berth.addresses import allowed, parse_networks, request_client_address
+from berth.database import RETRY_AFTER_SECONDS, connect, connect_arguments
 from berth.hosts import MAX_NEXT_URL_LENGTH, is_main_host, parse_tool_host, public_url
 from berth.models import hash_token, utcnow
 from berth.tokens import bearer_token, token_allowed_on_main_host
@@ -119,8 +122,9 @@ class Database:
     PostgreSQL) prepared statements.
     """
 
-    def __init__(self, engine):
+    def __init__(self, engine, config):
         self.engine = engine
+        self.config = config
         self.dialect = engine.dialect.name
         self.local = threading.local()
         self.pyformat = engine.dialect.paramstyle == "pyformat"
@@ -129,11 +133,12 @@ class Database:
         return re.sub(r":(\w+)", r"%(\1)s", text) if self.pyformat else text
 
     def _connect(self):
-        cargs, cparams = self.engine.dialect.create_connect_args(self.engine.url)
-        connection = self.engine.dialect.loaded_dbapi.connect(*cargs, **cparams)
+        dialect = self.engine.dialect
+        cargs, cparams = dialect.create_connect_args(self.engine.url)
+        cparams.update(connect_arguments(self.config, self.dialect, self.engine.url.query.get("options")))
+        connection = connect(dialect, cargs, cparams, self.config) or dialect.loaded_dbapi.connect(*cargs, **cparams)
         if self.dialect == "sqlite":
             connection.isolation_level = None  # autocommit: every statement stands alone
-            connection.execute("PRAGMA busy_timeout = 5000")
         else:
             connection.autocommit = True
             connection.prepare_threshold = 0  # prepare at once: the same few statements, always
@@ -214,7 +219,7 @@ def _to_web(user_id, page="", instance_id="", session_id=""):
 
 
 _STATUS_LINES = {200: "200 OK", 401: "401 Unauthorized", 403: "403 Forbidden",
-                 500: "500 Internal Server Error"}
+                 500: "500 Internal Server Error", 503: "503 Service Unavailable"}
 
 
 class AuthCheck:
@@ -233,7 +238,7 @@ class AuthCheck:
         from berth.extensions import db
 
         with app.app_context():
-            self.database = Database(db.engine)
+            self.database = Database(db.engine, app.config)
         self._allowlists = {}
 
     def __call__(self, environ, start_response):
@@ -304,7 +309,12 @@ class AuthCheck:
                 return refusal
             if row.state == "RUNNING" and row.upstream:
                 self._record_activity(row, now)
-                return self._to_tool(row)
+                return self._to_tool(row, session_id="" if api_token else row.credential_id)
+        except self.database.engine.dialect.loaded_dbapi.OperationalError as failure:
+            # Unreachable, paused, or too slow (berth/database.py bounds each wait): nginx shows
+            # the temporarily-unavailable page, and the next request connects again.
+            log.error("auth check: the database is unavailable: %s", str(failure).strip())
+            return 503, [("Retry-After", str(RETRY_AFTER_SECONDS))]
         except self.database.engine.dialect.loaded_dbapi.Error:
             log.exception("auth check: the database failed")
             return 500, []
@@ -354,9 +364,11 @@ class AuthCheck:
             self._allowlists[key] = networks
         return networks
 
-    def _to_tool(self, row):
+    def _to_tool(self, row, session_id):
+        # The sign-in is for the page nginx shows when the tool does not answer (its restart
+        # form's CSRF token); nginx sends it to the web app only, never to the tool.
         status, headers = _answer(200, upstream=nginx_upstream(self.config, row.upstream),
-                                  user_id=row.user_id, instance_id=row.instance_id)
+                                  user_id=row.user_id, instance_id=row.instance_id, session_id=session_id)
         if row.identity_headers:
             groups = self.database.run(_GROUP_NAMES, {"user_id": row.user_id}, fetch="all")
             headers += [("X-Berth-User-Email", _encoded(row.email)),

@@ -9,6 +9,7 @@ from berth.settings import SettingError
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEMPLATES = os.path.join(ROOT, "nginx")
 STATIC_DIR = os.path.join(ROOT, "webapp", "static")
+AUTH_TIMEOUT_MARGIN = 3  # seconds nginx waits for the auth service beyond the statement timeout
 
 
 def render_nginx(config, *, listen=None, auth_servers=None, web_servers=None, standalone=False,
@@ -31,6 +32,8 @@ def render_nginx(config, *, listen=None, auth_servers=None, web_servers=None, st
         "tool_ports": range(config["BERTH_PORT_RANGE"][0], config["BERTH_PORT_RANGE"][1] + 1)
         if config["BERTH_TOOL_KEEPALIVE"] else [],
         "auth_cache_seconds": config["BERTH_AUTH_CACHE_SECONDS"],
+        # The auth service answers within a statement timeout (503 past it); a little more for it.
+        "auth_timeout": config["BERTH_DATABASE_STATEMENT_TIMEOUT"] + AUTH_TIMEOUT_MARGIN,
         "cache_dir": cache_dir or os.path.join(prefix or config["BERTH_DATA_DIR"], "auth-cache"),
     }
 

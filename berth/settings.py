@@ -235,6 +235,14 @@ SETTINGS = (
             default_doc="`sqlite:///<BERTH_DATA_DIR>/berth.db`",
             doc="The database. SQLite by default; `postgresql+psycopg://user:password@host/db` in "
                 "production."),
+    Setting("BERTH_DATABASE_CONNECT_TIMEOUT", DATA, parse=parse_int, default=3, minimum=2, maximum=60,
+            doc="Seconds a process waits to connect to PostgreSQL (libpq's `connect_timeout`; it "
+                "counts at least 2) before the request is answered 503, temporarily unavailable."),
+    Setting("BERTH_DATABASE_STATEMENT_TIMEOUT", DATA, parse=parse_int, default=4, minimum=1, maximum=3600,
+            doc="Longest wait in seconds for one database statement: PostgreSQL's `statement_timeout`, the "
+                "same bound on the client side (for a server that does not answer at all), and "
+                "SQLite's busy timeout. A request that runs out of it is answered 503. Migrations "
+                "are not bound."),
     Setting("BERTH_REDIS_URL", DATA, kind="URL",
             doc="Huey's queue uses Redis at this URL (`redis://host:6379/0`) when set, and a SQLite "
                 "file in the data folder otherwise."),
@@ -524,7 +532,6 @@ def load_settings(environ=os.environ):
     """Return the Flask config keys that BERTH_* variables set."""
     reading = _Reading(environ)
     settings = {setting.config_key: reading[setting.name] for setting in SETTINGS if setting.config_key}
-    settings["SQLALCHEMY_ENGINE_OPTIONS"] = {"pool_pre_ping": True}
     _check_sign_in(settings)
     return settings
 

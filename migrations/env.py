@@ -5,6 +5,8 @@ from flask import current_app
 
 from alembic import context
 
+from berth.database import unbounded
+
 # this is the Alembic Config object, which provides
 # access to the values within the .ini file in use.
 config = context.config
@@ -87,7 +89,8 @@ def run_migrations_online():
 
     connectable = get_engine()
 
-    with connectable.connect() as connection:
+    # A schema change may take longer than a request's statement (berth/database.py).
+    with connectable.connect() as connection, unbounded(connection):
         context.configure(
             connection=connection,
             target_metadata=get_metadata(),

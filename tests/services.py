@@ -64,9 +64,13 @@ def stop_process(process, timeout=10):
 
 
 class Postgres:
-    """A PostgreSQL 15 server in a temporary directory, owned by the postgres user."""
+    """A PostgreSQL 15 server in a temporary directory, owned by the postgres user.
 
-    def __init__(self):
+    Tuned for speed, it may lose its last commits in a crash (synchronous_commit=off), which a
+    production server never does; durable=True keeps them, for tests that crash it."""
+
+    def __init__(self, durable=False):
+        self.durable = durable
         if not (PG_BIN / "postgres").exists():
             raise RuntimeError("PostgreSQL 15 is not installed (apt-get install postgresql); "
                                "`make test` installs it")
@@ -82,13 +86,15 @@ class Postgres:
              "--no-sync", "--no-instructions"],
             check=True, capture_output=True, **self._as_user,
         )
-        self._start()
+        self.start()
 
-    def _start(self):
+    def start(self):
+        """Start the server (again, after stop_immediately) on the same port and data."""
         log = open(self.dir / "postgres.log", "ab")
         self.process = subprocess.Popen(
             [PG_BIN / "postgres", "-D", self.dir / "data", "-p", str(self.port), "-k", self.dir,
-             "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "synchronous_commit=off",
+             "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off",
+             "-c", f"synchronous_commit={'on' if self.durable else 'off'}",
              "-c", "full_page_writes=off", "-c", "max_connections=200"],
             stdout=subprocess.DEVNULL, stderr=log, **self._as_user,
         )
@@ -99,6 +105,36 @@ class Postgres:
                 raise RuntimeError(f"PostgreSQL did not start; see {self.dir / 'postgres.log'}")
             time.sleep(0.1)
 
+    def pids(self):
+        """The postmaster and its children (the backends that hold clients' connections)."""
+        children = []
+        for entry in os.listdir("/proc"):
+            try:
+                if entry.isdigit() and int(stat_fields(entry)[1]) == self.process.pid:
+                    children.append(int(entry))
+            except OSError:
+                continue  # it ended meanwhile
+        return [self.process.pid, *children]
+
+    def pause(self):
+        """SIGSTOP the whole server: connections stay open, and nothing answers."""
+        for pid in self.pids():
+            os.kill(pid, signal.SIGSTOP)
+
+    def resume(self):
+        for pid in self.pids():
+            os.kill(pid, signal.SIGCONT)
+
+    def stop_immediately(self):
+        """pg_ctl stop -m immediate: every connection drops, as when the server crashes.
+
+        This server runs with synchronous_commit=off, so the last commits would be lost with it;
+        a checkpoint first keeps them, as a production server's synchronous commits are kept."""
+        self._sql("CHECKPOINT")
+        subprocess.run([PG_BIN / "pg_ctl", "stop", "-m", "immediate", "-D", self.dir / "data"],
+                       check=True, capture_output=True, **self._as_user)
+        self.process.wait(timeout=10)
+
     def restart(self, mode):
         """Stop the server as `pg_ctl stop -m <mode>` does (fast: SIGINT, clients disconnected;
         immediate: SIGQUIT, no clean shutdown, recovery at start), then start it again on the same
@@ -106,12 +142,14 @@ class Postgres:
         down_at = time.monotonic()
         self.process.send_signal({"fast": signal.SIGINT, "immediate": signal.SIGQUIT}[mode])
         self.process.wait(30)
-        self._start()
+        self.start()
         return time.monotonic() - down_at
+    def _sql(self, statement):
+        subprocess.run(["psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-q",
+                        "-c", statement], check=True, capture_output=True)
 
     def create_database(self, name):
-        subprocess.run(["psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-q",
-                        "-c", f"CREATE DATABASE {name}"], check=True, capture_output=True)
+        self._sql(f"CREATE DATABASE {name}")
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{name}"
 
     def stop(self):
@@ -270,3 +308,4 @@ class Dockerd:
         subprocess.run(["umount", self.dir / "exec" / "netns" / "default"], capture_output=True)
         subprocess.run(["umount", "-R", self.data_root], capture_output=True)
         shutil.rmtree(self.dir, ignore_errors=True)
+

@@ -1,29 +1,42 @@
 """Tool-host pages, on any path of a tool host that is not running, and /__berth/ endpoints."""
-from flask import Blueprint, abort, current_app, g, jsonify, make_response, render_template, request
-from sqlalchemy import select
+import logging
+
+from flask import Blueprint, abort, current_app, g, jsonify, make_response, redirect, render_template, request
+from flask_wtf import FlaskForm
+from sqlalchemy import exc, select
 
 from berth.access import AccessRefused, check_open
+from berth.backends import LaunchFailed, get_backend
+from berth.database import RETRY_AFTER_SECONDS
 from berth.extensions import db
 from berth.hosts import is_main_host, parse_tool_host, strip_port
 from berth.launch.requests import (
     LaunchRefused,
     instance_events,
     latest_instance,
+    live_instance,
     mark_failure_shown,
     request_launch,
+    request_stop,
 )
 from berth.models import State, ToolTemplate, User
+
+log = logging.getLogger(__name__)
 
 bp = Blueprint("lifecycle", __name__, url_prefix="/__berth")
 
 # A page that polls sends this, so that a tab left open never launches the tool again.
 NO_LAUNCH_HEADER = "X-Berth-No-Launch"
+# After a restart, the spawning page starts the tool again once the stop is done when its
+# address has this fragment (a fragment never reaches a server; the page drops it first).
+RESTART_FRAGMENT = "berth-restart"
 
 
 def init_app(app):
     from berth.extensions import csrf
 
     csrf.exempt(forbidden)  # it only renders nginx's 403, for whatever method was refused
+    csrf.exempt(unavailable)  # likewise nginx's 500 from the auth check
 
     @app.before_request
     def tool_host_pages():
@@ -45,6 +58,26 @@ def init_app(app):
     @app.errorhandler(404)
     def not_found(error):
         return _error_page(404, "Not found", "There is nothing at this address.")
+
+    @app.errorhandler(exc.OperationalError)
+    @app.errorhandler(exc.TimeoutError)
+    def database_unavailable(error):
+        # The database is unreachable, paused or too slow (berth/database.py bounds each wait).
+        # Nothing was written; the pool connects again for the next request.
+        log.error("the database is unavailable: %s", str(error.orig if hasattr(error, "orig") else error).strip())
+        try:
+            db.session.rollback()
+        except exc.SQLAlchemyError:
+            pass
+        return _unavailable_page(RETRY_AFTER_SECONDS)
+
+
+def _unavailable_page(retry_after):
+    response = make_response(_error_page(
+        503, "Temporarily unavailable",
+        "Berth cannot reach its database just now. Nothing is lost: try again in a few seconds."))
+    response.headers["Retry-After"] = str(retry_after)
+    return response
 
 
 def _error_page(status, title, message):
@@ -153,3 +186,65 @@ def forbidden():
     """nginx shows this (status 403) when the auth service refuses a request."""
     reason = request.headers.get("X-Berth-Reason") or "You do not have access to this address."
     return _error_page(403, "No access", reason)
+
+
+@bp.route("/unavailable", methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"])
+def unavailable():
+    """nginx shows this (status 503) when the auth check could not answer: the database (or the
+    auth service itself) is unreachable. It reads nothing from the database."""
+    retry_after = request.headers.get("X-Berth-Retry-After", "")
+    return _unavailable_page(int(retry_after) if retry_after.isdigit() else RETRY_AFTER_SECONDS)
+
+
+class RestartForm(FlaskForm):
+    pass
+
+
+def _may_restart(template, owner):
+    """Who starts a tool may restart it: the owner of a personal one, anyone who may open a
+    shared one (the caller checked that, with _tool_of_request)."""
+    return owner is None or owner.id == g.user.id
+
+
+@bp.get("/not-answering")
+def not_answering():
+    """nginx shows this (status 502) when a running tool refused or dropped the connection."""
+    if g.user is None or not request.headers.get("X-Berth-Tool-Down"):
+        abort(404)  # only nginx's error page comes here; the auth check refuses a client's header
+    template, owner, host = _tool_of_request()
+    message = f"{template.name} is not answering. It may have stopped unexpectedly."
+    if not _is_navigation():
+        return jsonify(error=message), 502
+    instance = live_instance(host)
+    may_restart = instance is not None and instance.state == State.RUNNING and _may_restart(template, owner)
+    if not may_restart:
+        return _error_page(502, f"{template.name} is not answering",
+                           f"{message} Try again in a moment.")
+    return render_template("not_answering.html", template=template, message=message,
+                           restart_form=RestartForm()), 502
+
+
+@bp.post("/restart")
+def restart():
+    """Stop the tool of this host, then open it again (spawning.js starts it once stopped)."""
+    if g.user is None:
+        abort(401)
+    template, owner, host = _tool_of_request()
+    if not _may_restart(template, owner):
+        return _error_page(403, "No access", f"Only its owner can restart this {template.name}.")
+    instance = live_instance(host)
+    if instance is not None and instance.state == State.RUNNING:
+        if owner is None and _tool_alive(instance):
+            # Users do not stop a shared tool that others use (the culler and administrators do):
+            # only one that is gone.
+            return redirect("/", 303)
+        request_stop(instance, actor=f"user:{g.user.id}")
+    return redirect(f"/#{RESTART_FRAGMENT}", 303)
+
+
+def _tool_alive(instance):
+    try:
+        alive, _ = get_backend(instance.backend, current_app.config).is_alive(instance)
+    except LaunchFailed:
+        return False
+    return alive

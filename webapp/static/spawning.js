@@ -10,6 +10,18 @@
   var shown = progress.children.length;
   var delay = 100;
   var started = Date.now();
+  // Set by the not-answering page's restart (webapp/lifecycle/views.py RESTART_FRAGMENT): once
+  // the stop is done, open the address again, which starts the tool. Any other stopped tool
+  // stays stopped until someone asks.
+  var restarting = window.location.hash === "#berth-restart";
+
+  function reopen() {
+    if (restarting) {
+      window.location.replace(window.location.pathname + window.location.search);
+    } else {
+      window.location.reload();
+    }
+  }
 
   function render(events) {
     for (; shown < events.length; shown++) {
@@ -33,7 +45,11 @@
         render(status.events || []);
         panel.dataset.state = status.state || "";
         if (status.state === "RUNNING" || status.state === "FAILED") {
-          window.location.reload();
+          reopen();
+          return;
+        }
+        if ((status.state === "STOPPED" || status.state === null) && restarting) {
+          reopen();  // a navigation: the web app starts the tool afresh
           return;
         }
         if (status.state === "STOPPED" || status.state === null) {

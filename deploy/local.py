@@ -4,6 +4,7 @@
 (Supervisor). The tests and benchmarks use Stack directly, to start, kill and restart single
 components, or several replicas of one (`web-1`, `web-2`): a component they kill stays dead.
 """
+import ctypes
 import functools
 import os
 import secrets
@@ -44,15 +45,28 @@ def nginx_config_error(command):
     return result.stderr if result.returncode else None
 
 
-def start_process(command, log_path, env=None, cwd=ROOT):
+def start_process(command, log_path, env=None, cwd=ROOT, die_with_parent=False):
     """A child process in a session of its own (its whole group can be killed), by default in
-    the checkout, with its output appended to log_path."""
+    the checkout, with its output appended to log_path. With die_with_parent, the kernel sends it
+    SIGTERM when this process ends, even by SIGKILL (Linux only; start it from the main thread:
+    the kernel watches the thread that started it)."""
     with open(log_path, "ab") as log:
         return subprocess.Popen(command, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True,
+                                preexec_fn=_terminate_on_parent_death if die_with_parent else None,
                                 # The data directory is open to tools' users, for their homes:
                                 # what Berth's processes write in it is theirs alone.
                                 umask=0o077)
+
+
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
+PR_SET_PDEATHSIG = 1
+
+
+def _terminate_on_parent_death():
+    """Run in the child, between fork and exec: ask for SIGTERM when the parent dies."""
+    if _LIBC is not None:
+        _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 ROLES = ("auth", "web", "worker", "nginx")
@@ -69,9 +83,12 @@ def role_of(name):
 def granian_command(host, port, app, workers, threads):
     """granian serving a WSGI factory: a Rust HTTP layer that keeps nginx's connections alive and
     writes a response's head and body in one system call, so a server killed mid-request never
-    leaves nginx with a head and no body (docs/decisions/0008-auth-server.md)."""
+    leaves nginx with a head and no body (docs/decisions/0008-auth-server.md).
+
+    A worker still loading the app misses the stop signal, and granian would wait for it forever:
+    after 10 s it kills it."""
     return [str(BIN / "granian"), "--interface", "wsgi", "--host", host, "--port", str(port),
-            "--workers", str(workers), "--blocking-threads", str(threads),
+            "--workers", str(workers), "--blocking-threads", str(threads), "--workers-kill-timeout", "10",
             "--no-ws", "--log-level", "warning", "--factory", app]
 
 
@@ -95,10 +112,12 @@ def web_server_command(env, host, port):
 
 
 class Stack:
-    """Berth's processes, each started from the same environment (BERTH_* variables)."""
+    """Berth's processes, each started from the same environment (BERTH_* variables). With
+    die_with_parent, each gets SIGTERM when this process ends (start_process)."""
 
-    def __init__(self, env, data_dir, log_dir=None):
+    def __init__(self, env, data_dir, log_dir=None, die_with_parent=False):
         self.env = dict(env)
+        self.die_with_parent = die_with_parent
         self.data_dir = Path(data_dir)
         self.log_dir = Path(log_dir or self.data_dir / "logs")
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -141,7 +160,8 @@ class Stack:
         if port is not None:
             self.ports[name] = port
         self.processes[name] = start_process(self.command(name), self.log_path(name),
-                                             env={**self.env, **(extra_env or {})})
+                                             env={**self.env, **(extra_env or {})},
+                                             die_with_parent=self.die_with_parent)
         return self.processes[name]
 
     def start_all(self, config, stopping=None):
@@ -331,7 +351,8 @@ def run_local(config):
     env = {**os.environ, "BERTH_DATA_DIR": str(data_dir),
            "BERTH_AUTH_PORT": str(config["BERTH_AUTH_PORT"]),
            "BERTH_WEB_PORT": str(config["BERTH_WEB_PORT"])}
-    stack = Stack(env, data_dir)
+    # Should `berth run` itself be killed, its components stop too (their tools keep running).
+    stack = Stack(env, data_dir, die_with_parent=True)
     # Ctrl-C and SIGTERM only ask to stop: the stop happens in one place below, never halfway
     # through starting a process (which could then be left behind).
     stopping = StopRequest()

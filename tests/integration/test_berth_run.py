@@ -151,7 +151,7 @@ def _wait_until(condition, timeout, what):
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what}")
+            raise AssertionError(f"not within {timeout} s: {what() if callable(what) else what}")
         time.sleep(0.1)
 
 
@@ -210,3 +210,11 @@ def test_stopping_leaves_no_process_and_no_port_behind(fresh_run, sig):
     # The tool's process is gone (above), and with its namespace, whatever could listen in it.
     namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
     assert backend_state["namespace"] not in namespaces
+
+
+def test_a_killed_berth_run_takes_its_components_with_it(fresh_run):
+    """The kernel sends each component SIGTERM when `berth run` dies, even by SIGKILL."""
+    fresh_run.process.kill()
+    fresh_run.process.wait()
+    _wait_until(lambda: not fresh_run.leftovers(), 30, lambda: f"every component has stopped: {fresh_run.leftovers()}")
+    assert [port for port in fresh_run.ports if _listening(port)] == []

@@ -218,3 +218,40 @@ def test_a_killed_berth_run_takes_its_components_with_it(fresh_run):
     fresh_run.process.wait()
     _wait_until(lambda: not fresh_run.leftovers(), 30, lambda: f"every component has stopped: {fresh_run.leftovers()}")
     assert [port for port in fresh_run.ports if _listening(port)] == []
+
+
+class _DyingStack:
+    """Stands in for a Stack whose web component exits at once each time it starts."""
+
+    def __init__(self):
+        self.processes = {"web": object()}
+
+    def exited(self):
+        return {name: 1 for name in self.processes}
+
+    def kill(self, name):
+        del self.processes[name]
+
+    def start(self, name):
+        self.processes[name] = object()
+
+    def log_path(self, name):
+        return f"logs/{name}.log"
+
+
+def test_the_restart_delay_doubles_up_to_30_s_and_resets_once_up_a_minute(monkeypatch):
+    from deploy.local import Supervisor
+
+    clock = [1000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    lines = []
+    supervisor = Supervisor(_DyingStack(), say=lines.append)
+    for _ in range(7):
+        supervisor.check()                      # notices the exit
+        clock[0] += supervisor.due["web"] - clock[0]
+        supervisor.check()                      # restarts it
+    clock[0] += 60                              # up for a minute, then it dies again
+    supervisor.check()
+    assert [line.split("restarting in ")[1].split(" s")[0] for line in lines] == \
+        ["1", "2", "4", "8", "16", "30", "30", "1"]
+    assert lines[0] == "web exited with code 1; restarting in 1 s (see logs/web.log)"

@@ -1,6 +1,9 @@
 #!/bin/sh
 # One image, one process per container: web | auth | worker | migrate | nginx.
 # Settings come from BERTH_* variables (docs/configuration.md).
+# Every server is exec'd, so it is the container's PID 1: should it die, even by SIGKILL, the
+# kernel kills every other process of the container, granian's and gunicorn's workers included
+# (docs/operations.md, "berth run supervises its components").
 set -eu
 # The data directory is open to tools' users (their homes live in it); Berth's own files are not.
 umask 077
@@ -18,7 +21,7 @@ case "$command" in
     # (docs/decisions/0008).
     exec granian --interface wsgi --host 0.0.0.0 --port "${BERTH_WEB_PORT:-8102}" \
       --workers "${BERTH_WEB_WORKERS:-2}" --blocking-threads "${BERTH_WEB_THREADS:-8}" \
-      --no-ws --log-level warning --factory webapp:create_app "$@" ;;
+      --workers-kill-timeout 10 --no-ws --log-level warning --factory webapp:create_app "$@" ;;
   auth)
     # granian: a Rust HTTP server that keeps nginx's connections alive (docs/decisions/0008).
     if [ "${BERTH_AUTH_SERVER:-granian}" = "gunicorn" ]; then
@@ -26,7 +29,7 @@ case "$command" in
     fi
     exec granian --interface wsgi --host 0.0.0.0 --port "${BERTH_AUTH_PORT:-8101}" \
       --workers "${BERTH_AUTH_WORKERS:-2}" --blocking-threads "${BERTH_AUTH_THREADS:-4}" \
-      --no-ws --log-level warning --factory auth_service:create_app "$@" ;;
+      --workers-kill-timeout 10 --no-ws --log-level warning --factory auth_service:create_app "$@" ;;
   worker)
     exec huey_consumer berth.launch.tasks.huey -w "${BERTH_WORKER_THREADS:-4}" -k thread "$@" ;;
   migrate)

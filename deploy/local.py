@@ -1,8 +1,11 @@
 """Run the whole of Berth on this machine: nginx, auth, web and worker as child processes.
 
-`berth run` (and so `make run`) uses run_local. The tests and benchmarks use Stack directly,
-to start, kill and restart single components, or several replicas of one (`web-1`, `web-2`).
+`berth run` (and so `make run`) uses run_local, which restarts a component that dies
+(Supervisor). The tests and benchmarks use Stack directly, to start, kill and restart single
+components, or several replicas of one (`web-1`, `web-2`): a component they kill stays dead.
 """
+import ctypes
+import functools
 import os
 import secrets
 import shutil
@@ -42,15 +45,28 @@ def nginx_config_error(command):
     return result.stderr if result.returncode else None
 
 
-def start_process(command, log_path, env=None, cwd=ROOT):
+def start_process(command, log_path, env=None, cwd=ROOT, die_with_parent=False):
     """A child process in a session of its own (its whole group can be killed), by default in
-    the checkout, with its output appended to log_path."""
+    the checkout, with its output appended to log_path. With die_with_parent, the kernel sends it
+    SIGTERM when this process ends, even by SIGKILL (Linux only; start it from the main thread:
+    the kernel watches the thread that started it)."""
     with open(log_path, "ab") as log:
         return subprocess.Popen(command, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True,
+                                preexec_fn=_terminate_on_parent_death if die_with_parent else None,
                                 # The data directory is open to tools' users, for their homes:
                                 # what Berth's processes write in it is theirs alone.
                                 umask=0o077)
+
+
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
+PR_SET_PDEATHSIG = 1
+
+
+def _terminate_on_parent_death():
+    """Run in the child, between fork and exec: ask for SIGTERM when the parent dies."""
+    if _LIBC is not None:
+        _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 ROLES = ("auth", "web", "worker", "nginx")
@@ -67,9 +83,12 @@ def role_of(name):
 def granian_command(host, port, app, workers, threads):
     """granian serving a WSGI factory: a Rust HTTP layer that keeps nginx's connections alive and
     writes a response's head and body in one system call, so a server killed mid-request never
-    leaves nginx with a head and no body (docs/decisions/0008-auth-server.md)."""
+    leaves nginx with a head and no body (docs/decisions/0008-auth-server.md).
+
+    A worker still loading the app misses the stop signal, and granian would wait for it forever:
+    after 10 s it kills it."""
     return [str(BIN / "granian"), "--interface", "wsgi", "--host", host, "--port", str(port),
-            "--workers", str(workers), "--blocking-threads", str(threads),
+            "--workers", str(workers), "--blocking-threads", str(threads), "--workers-kill-timeout", "10",
             "--no-ws", "--log-level", "warning", "--factory", app]
 
 
@@ -93,10 +112,12 @@ def web_server_command(env, host, port):
 
 
 class Stack:
-    """Berth's processes, each started from the same environment (BERTH_* variables)."""
+    """Berth's processes, each started from the same environment (BERTH_* variables). With
+    die_with_parent, each gets SIGTERM when this process ends (start_process)."""
 
-    def __init__(self, env, data_dir, log_dir=None):
+    def __init__(self, env, data_dir, log_dir=None, die_with_parent=False):
         self.env = dict(env)
+        self.die_with_parent = die_with_parent
         self.data_dir = Path(data_dir)
         self.log_dir = Path(log_dir or self.data_dir / "logs")
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -138,28 +159,34 @@ class Stack:
         their own; a restart of the replica reuses it)."""
         if port is not None:
             self.ports[name] = port
-        self.processes[name] = start_process(self.command(name), self.log_dir / f"{name}.log",
-                                             env={**self.env, **(extra_env or {})})
+        self.processes[name] = start_process(self.command(name), self.log_path(name),
+                                             env={**self.env, **(extra_env or {})},
+                                             die_with_parent=self.die_with_parent)
         return self.processes[name]
 
-    def start_all(self, config):
-        """Render nginx's configuration, start every component, and wait until Berth answers."""
+    def start_all(self, config, stopping=None):
+        """Render nginx's configuration, start every component, and wait until Berth answers (or
+        stopping, a StopRequest, is set)."""
         self.render_nginx(config)
         for name in ROLES:
             self.start(name)
-        self.wait_ready(f"http://127.0.0.1:{config['BERTH_HTTP_PORT']}/healthz", host=config["BERTH_DOMAIN"])
+        self.wait_ready(f"http://127.0.0.1:{config['BERTH_HTTP_PORT']}/healthz", host=config["BERTH_DOMAIN"],
+                        stopping=stopping)
 
     def stop(self, name, sig=signal.SIGTERM, timeout=10):
+        """Ask the component to stop, wait up to timeout, then SIGKILL whatever is left of its
+        process group: its worker processes included, even those that outlived their parent."""
         process = self.processes.pop(name, None)
-        if process is None or process.poll() is not None:
+        if process is None:
             return
-        # huey_consumer finishes its tasks on SIGINT; the others stop cleanly on SIGTERM.
-        process.send_signal(signal.SIGINT if role_of(name) == "worker" and sig == signal.SIGTERM else sig)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        if exit_code(process) is None:
+            # huey_consumer finishes its tasks on SIGINT; the others stop cleanly on SIGTERM.
+            # os.kill, not send_signal: that would reap the process, and free its group's id.
+            os.kill(process.pid, signal.SIGINT if role_of(name) == "worker" and sig == signal.SIGTERM else sig)
+            deadline = time.monotonic() + timeout
+            while exit_code(process) is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+        kill_group(process)
 
     def kill(self, name):
         """SIGKILL the component's whole process group, as a container runtime kills a container.
@@ -168,26 +195,31 @@ class Stack:
         still serving on its port. The process backend starts tools in sessions of their own, so
         killing a worker leaves its tools running."""
         process = self.processes.pop(name, None)
-        if process is None:
-            return
-        try:
-            os.killpg(process.pid, signal.SIGKILL)  # start() made it the leader of its own group
-        except ProcessLookupError:
-            pass
-        process.wait()
+        if process is not None:
+            kill_group(process)
+
+    def exited(self):
+        """The components that have ended, name → exit code (-N: killed by signal N); not reaped,
+        so that stop() or kill() can still reach what is left of their process groups."""
+        codes = {name: exit_code(process) for name, process in self.processes.items()}
+        return {name: code for name, code in codes.items() if code is not None}
 
     def stop_all(self):
         order = ("nginx", "worker", "web", "auth")
         for name in sorted(self.processes, key=lambda name: order.index(role_of(name))):
             self.stop(name)
 
-    def wait_ready(self, url, host=None, timeout=30):
+    def log_path(self, name):
+        return self.log_dir / f"{name}.log"
+
+    def wait_ready(self, url, host=None, timeout=30, stopping=None):
+        """Wait until url answers 200; return early once stopping (a StopRequest) is set."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for name, process in self.processes.items():
-                if process.poll() is not None:
-                    raise RuntimeError(f"{name} exited with code {process.returncode}; see "
-                                       f"{self.log_dir / (name + '.log')}")
+        while time.monotonic() < deadline and not (stopping and stopping.is_set()):
+            exited = self.exited()
+            if exited:
+                name, code = next(iter(exited.items()))
+                raise RuntimeError(f"{name} exited with code {code}; see {self.log_path(name)}")
             try:
                 request = urllib.request.Request(url, headers={"Host": host} if host else {})
                 with urllib.request.urlopen(request, timeout=2) as response:
@@ -197,6 +229,65 @@ class Stack:
                 pass
             time.sleep(0.1)
         raise RuntimeError(f"Berth did not answer at {url} within {timeout} s")
+
+
+def exit_code(process):
+    """A child's exit code (-N: killed by signal N) once it has ended, else None. It is not
+    reaped: until wait(), its pid, and so the id of its process group, cannot be reused."""
+    if process.returncode is not None:
+        return process.returncode
+    status = os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    if status is None:
+        return None
+    return status.si_status if status.si_code == os.CLD_EXITED else -status.si_status
+
+
+def kill_group(process):
+    """SIGKILL what is left of the process group process leads (start_process made it lead one),
+    then reap process."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait()
+
+
+class Supervisor:
+    """Restarts a stack's components when they exit, as `berth run` wants (not the tests).
+
+    A component is restarted after a delay that doubles with each exit, from FIRST_DELAY up to
+    MAX_DELAY, and is back to FIRST_DELAY once it has stayed up for STEADY seconds. Before it
+    restarts, what is left of its process group is killed: worker processes that outlived their
+    server would still hold its port.
+    """
+
+    FIRST_DELAY, MAX_DELAY, STEADY = 1, 30, 60
+
+    def __init__(self, stack, say=functools.partial(print, flush=True)):
+        self.stack = stack
+        self.say = say
+        now = time.monotonic()
+        self.started = {name: now for name in stack.processes}
+        self.delays = {}   # name → the delay before its next restart, when it exits again
+        self.due = {}      # name → when it restarts (time.monotonic())
+
+    def check(self):
+        """Notice the components that have ended, and restart those whose delay has passed."""
+        now = time.monotonic()
+        for name, code in self.stack.exited().items():
+            self.stack.kill(name)
+            if now - self.started[name] >= self.STEADY:
+                self.delays.pop(name, None)
+            delay = self.delays.get(name, self.FIRST_DELAY)
+            self.delays[name] = min(2 * delay, self.MAX_DELAY)
+            self.due[name] = now + delay
+            self.say(f"{name} exited with code {code}; restarting in {delay} s "
+                     f"(see {self.stack.log_path(name)})")
+        for name, when in list(self.due.items()):
+            if now >= when:
+                del self.due[name]
+                self.started[name] = now
+                self.stack.start(name)
 
 
 def reset_metrics_dir(env):
@@ -235,9 +326,23 @@ def prepare_database(config, admin_email=None, admin_password=None):
         print(f"Catalogue {config['BERTH_CATALOGUE']}: {created} new, {updated} changed.")
 
 
-def run_local(config):
-    from berth.hosts import public_url
+class StopRequest:
+    """Set by a signal handler, read by the loops it ends. A plain flag: a threading.Event's
+    lock could be held by the very code the handler interrupts."""
 
+    def __init__(self):
+        self.requested = False
+
+    def set(self, *_signal_and_frame):
+        self.requested = True
+
+    def is_set(self):
+        return self.requested
+
+
+def run_local(config):
+    """`berth run`: prepare the database, start the stack, keep it running until Ctrl-C or
+    SIGTERM, then stop it and the process-backend tools it started."""
     data_dir = Path(config["BERTH_DATA_DIR"])
     admin_email = os.environ.get("BERTH_ADMIN_EMAIL", "admin@berth.localhost")
     admin_password = os.environ.get("BERTH_ADMIN_PASSWORD") or _remembered_password(data_dir)
@@ -246,33 +351,39 @@ def run_local(config):
     env = {**os.environ, "BERTH_DATA_DIR": str(data_dir),
            "BERTH_AUTH_PORT": str(config["BERTH_AUTH_PORT"]),
            "BERTH_WEB_PORT": str(config["BERTH_WEB_PORT"])}
-    stack = Stack(env, data_dir)
-
-    def shut_down(*_):
+    # Should `berth run` itself be killed, its components stop too (their tools keep running).
+    stack = Stack(env, data_dir, die_with_parent=True)
+    # Ctrl-C and SIGTERM only ask to stop: the stop happens in one place below, never halfway
+    # through starting a process (which could then be left behind).
+    stopping = StopRequest()
+    signal.signal(signal.SIGINT, stopping.set)
+    signal.signal(signal.SIGTERM, stopping.set)
+    try:
+        _start_and_supervise(stack, config, stopping, admin_email, admin_password)
+    finally:
         print("\nStopping Berth and the tools it started…", flush=True)
         stack.stop_all()
         stop_local_tools(config)
-        sys.exit(0)
 
-    signal.signal(signal.SIGINT, shut_down)
-    signal.signal(signal.SIGTERM, shut_down)
-    home = public_url(config, config["BERTH_DOMAIN"])
+
+def _start_and_supervise(stack, config, stopping, admin_email, admin_password):
+    """Start the stack, then restart its components as they exit, until stopping is set."""
+    from berth.hosts import public_url
+
     try:
-        stack.start_all(config)
-    except RuntimeError as error:
-        stack.stop_all()
+        stack.start_all(config, stopping)
+    except RuntimeError as error:  # a component that fails at once would only fail again
         raise SystemExit(str(error)) from None
-    print(f"\nBerth is running at {home}\n"
+    if stopping.is_set():
+        return
+    print(f"\nBerth is running at {public_url(config, config['BERTH_DOMAIN'])}\n"
           f"  sign in as {admin_email} with password {admin_password}\n"
           f"  logs: {stack.log_dir}\n"
           f"Press Ctrl-C to stop.\n", flush=True)
-    while True:
-        time.sleep(1)
-        for name, process in list(stack.processes.items()):
-            if process.poll() is not None:
-                print(f"{name} exited with code {process.returncode}; see {stack.log_dir / (name + '.log')}")
-                stack.stop_all()
-                sys.exit(1)
+    supervisor = Supervisor(stack)
+    while not stopping.is_set():
+        supervisor.check()
+        time.sleep(0.2)
 
 
 def _remembered_password(data_dir):
@@ -287,7 +398,8 @@ def _remembered_password(data_dir):
 
 
 def stop_local_tools(config, backends=("process",)):
-    """On Ctrl-C, end the process-backend tools too: on one machine, "stop" means everything."""
+    """When `berth run` stops, end the process-backend tools too: on one machine, "stop" means
+    everything."""
     from berth.launch.state_machine import begin_stop, stop_instance
     from berth.models import State, ToolInstance
     from berth.extensions import db

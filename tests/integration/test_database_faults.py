@@ -21,7 +21,7 @@ NAVIGATE = {"Sec-Fetch-Mode": "navigate"}
 
 @pytest.fixture(scope="module")
 def restartable_postgres():
-    server = Postgres()
+    server = Postgres(durable=True)  # a crash keeps what was committed, as in production
     yield server
     server.stop()
 

@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -263,16 +264,35 @@ def seal_data_dir(config):
 
 def _bundled_tools_runtime(config):
     """A copy of berth_tools (the demo tools) that tool users can read: Berth's own checkout may
-    sit where they cannot."""
+    sit where they cannot.
+
+    Launches run this at once, while tools already start from the copy: a file is only replaced
+    when it differs, and then whole (written aside, then renamed), so that a starting tool never
+    reads a file half written (an emptied module runs, does nothing and exits 0)."""
     runtime = Path(config["BERTH_DATA_DIR"]) / "tool-runtime"
     target = runtime / "berth_tools"
     runtime.mkdir(mode=0o755, exist_ok=True)
     os.chmod(runtime, 0o755)
-    shutil.copytree(BUNDLED_TOOLS, target, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
-    for folder, dirs, files in os.walk(target):
-        os.chmod(folder, 0o755)
+    for folder, dirs, files in os.walk(BUNDLED_TOOLS):
+        dirs[:] = [name for name in dirs if name != "__pycache__"]
+        copy_folder = target / Path(folder).relative_to(BUNDLED_TOOLS)
+        copy_folder.mkdir(mode=0o755, parents=True, exist_ok=True)
+        os.chmod(copy_folder, 0o755)
         for name in files:
-            os.chmod(os.path.join(folder, name), 0o644)
+            if name.endswith(".pyc"):
+                continue
+            content = (Path(folder) / name).read_bytes()
+            copy = copy_folder / name
+            try:
+                if copy.read_bytes() == content:
+                    continue
+            except OSError:
+                pass
+            fd, aside = tempfile.mkstemp(dir=copy_folder, prefix=f".{name}.")
+            with os.fdopen(fd, "wb") as written:
+                written.write(content)
+            os.chmod(aside, 0o644)
+            os.replace(aside, copy)
     return str(runtime)
 
 

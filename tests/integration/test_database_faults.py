@@ -9,6 +9,7 @@ The server is this module's own, so that restarting it disturbs no other test's 
 """
 import os
 import time
+from pathlib import Path
 
 import pytest
 
@@ -67,7 +68,20 @@ def test_a_database_restart_during_launches_fails_none_of_them(fault_stack, rest
               f"{sum(state == 'RUNNING' for state, _ in states.values())} of {LAUNCHES} launches running "
               f"{time.monotonic() - deadline + 90:.1f} s after the restart began")
         assert len(states) == LAUNCHES
-        assert {id: state for id, state in states.items() if state[0] != "RUNNING"} == {}
+        not_running = {id: state for id, state in states.items() if state[0] != "RUNNING"}
+        for id in not_running:
+            [row] = stack.query("SELECT backend_state FROM tool_instances WHERE id = :id", id=id)
+            pid = (row["backend_state"] or {}).get("pid")
+            stat = Path(f"/proc/{pid}/stat")
+            print(f"instance {id}: {row['backend_state']}; "
+                  f"/proc/{pid}/stat: {stat.read_text() if stat.exists() else 'gone'}")
+        if not_running:  # what happened to them, and what the reconciler did meanwhile
+            for event in stack.query("SELECT instance_id, kind, actor, message, created_at FROM events "
+                                     "WHERE kind LIKE 'reconcile.%' OR instance_id = ANY(:ids) ORDER BY id",
+                                     ids=list(not_running)):
+                print(f"instance {event['instance_id']}: {event['created_at']:%H:%M:%S.%f} {event['kind']} "
+                      f"({event['actor']}) {event['message']}")
+        assert not_running == {}
         for browser, user in zip(browsers, users):
             page = browser.get(stack.tool_url("echo", user, "/after-the-restart"), timeout=10)
             assert page.status_code == 200 and page.json()["path"] == "/after-the-restart"

@@ -57,10 +57,19 @@ def render_nginx(config, *, listen=None, auth_servers=None, web_servers=None, st
     )
 
 
-def prepare_prefix(prefix):
-    """Create the folders a standalone nginx writes to."""
+def prepare_prefix(prefix, workers_as=None):
+    """Create the folders a standalone nginx writes to.
+
+    With workers_as (nginx started as root, its workers as that user), the workers may pass
+    through the prefix and its folder to their temporary folders, which nginx itself hands to
+    them; nothing else in the prefix is theirs (its configuration holds the proxy secret)."""
     for sub in ("logs", "tmp/client_body", "tmp/proxy", "tmp/fastcgi", "tmp/uwsgi", "tmp/scgi"):
         os.makedirs(os.path.join(prefix, sub), exist_ok=True)
+        os.chmod(os.path.join(prefix, sub), 0o700)  # request and response bodies are nobody else's
+    if workers_as:
+        for folder in (os.path.dirname(os.path.abspath(prefix)), prefix, os.path.join(prefix, "tmp")):
+            os.chmod(folder, 0o711)
+        os.chmod(os.path.join(prefix, "logs"), 0o700)
 
 
 def _mime_types():

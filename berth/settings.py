@@ -403,6 +403,9 @@ SETTINGS = (
                 "token, `Authorization`, host and client address (`0`: never). Also the longest a "
                 "signed-out or revoked session can still reach a running tool, and how long a "
                 "stopped tool's address may answer 502 before the starting page shows."),
+    Setting("BERTH_NGINX_USER", NGINX, read_by="`berth run`", default="www-data", kind="user name",
+            doc="When `berth run` starts nginx as root, the user its worker processes run as: they "
+                "handle every request and never need root."),
     Setting("BERTH_NGINX_LISTEN", NGINX, read_by=f"{ENTRYPOINT} (`nginx`)", default="8080",
             kind="nginx `listen` address",
             doc="Where the image's nginx listens (passed to `berth nginx-conf --listen`)."),

@@ -28,13 +28,14 @@ def nginx_binary():
     return found
 
 
-def nginx_command(prefix, conf=None, error_log=None):
+def nginx_command(prefix, conf=None, error_log=None, workers_as="root"):
     """nginx in the foreground with this prefix; its configuration is prefix/nginx.conf unless
-    conf is given, its error log prefix/logs/error.log unless error_log is."""
+    conf is given, its error log prefix/logs/error.log unless error_log is. Started as root, its
+    worker processes run as the user workers_as (Berth's own nginx: BERTH_NGINX_USER)."""
     prefix = Path(prefix)
     directives = "daemon off;"
-    if os.geteuid() == 0:  # workers as nobody could not read a 0700 data directory
-        directives += " user root root;"
+    if os.geteuid() == 0:
+        directives += f" user {workers_as};"
     return [nginx_binary(), "-p", str(prefix), "-c", str(conf or prefix / "nginx.conf"),
             "-e", str(error_log or prefix / "logs" / "error.log"), "-g", directives]
 
@@ -124,6 +125,7 @@ class Stack:
         self.processes = {}
         reset_metrics_dir(self.env)
         self.ports = {}  # name → port, for replicas of auth and web started on ports of their own
+        self.nginx_user = self.env.get("BERTH_NGINX_USER") or "www-data"
 
     # -- the components ---------------------------------------------------------------------
     def command(self, name):
@@ -138,18 +140,20 @@ class Stack:
             return [str(BIN / "huey_consumer"), "berth.launch.tasks.huey", "-w", "4", "-k", "thread",
                     "-d", "0.05", "-m", "0.1", "-b", "1.1"]
         if role == "nginx":
-            return nginx_command(self.data_dir / "nginx")
+            return nginx_command(self.data_dir / "nginx", workers_as=self.nginx_user)
         raise ValueError(name)
 
     def render_nginx(self, config, **options):
         from berth.nginx_conf import prepare_prefix, render_nginx
 
         prefix = self.data_dir / "nginx"
-        prepare_prefix(prefix)
+        prepare_prefix(prefix, workers_as=self.nginx_user if os.geteuid() == 0 else None)
         text = render_nginx(config, standalone=True, prefix=str(prefix),
                             listen=options.pop("listen", f"127.0.0.1:{config['BERTH_HTTP_PORT']}"),
                             **options)
-        (prefix / "nginx.conf").write_text(text)
+        conf = prefix / "nginx.conf"
+        conf.write_text(text)
+        os.chmod(conf, 0o600)  # it holds the proxy secret; only the master (root) reads it
         error = nginx_config_error(self.command("nginx"))
         if error:
             raise SystemExit(f"nginx rejected the rendered configuration:\n{error}")

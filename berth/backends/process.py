@@ -253,7 +253,9 @@ def seal_data_dir(config):
     data_dir = Path(config["BERTH_DATA_DIR"])
     data_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(data_dir, 0o711)
-    public = {"homes", "tool-runtime"}
+    # nginx's prefix stays passable (0711) for its workers, which run as BERTH_NGINX_USER; what
+    # is in it is closed on its own (berth.nginx_conf.prepare_prefix).
+    public = {"homes", "tool-runtime", "nginx"}
     for entry in data_dir.iterdir():
         if entry.name in public or entry.is_symlink():
             continue

@@ -90,8 +90,10 @@ def test_a_hostile_tool_reaches_nothing_of_berth_or_of_other_users(stack, alice,
     plan = {
         "read": [str(stack.data_dir / name) for name in ("secret_key", "proxy_secret", "berth.db", "queue.db",
                                                          "admin_password")]
-                + [str(secret_note), str(stack.data_dir / "logs" / f"instance-{victim_row['id']}.err")],
-        "list": [str(stack.data_dir), str(homes), str(homes / bob["host_key"]), str(stack.data_dir / "logs")],
+                + [str(secret_note), str(stack.data_dir / "logs" / f"instance-{victim_row['id']}.err"),
+                   str(stack.data_dir / "nginx" / "nginx.conf")],  # it holds the proxy secret
+        "list": [str(stack.data_dir), str(homes), str(homes / bob["host_key"]), str(stack.data_dir / "logs"),
+                 str(stack.data_dir / "nginx"), str(stack.data_dir / "nginx" / "tmp" / "proxy")],
         "environ": berth_pids,
         "signal": berth_pids,
         "connect": targets,

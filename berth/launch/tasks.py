@@ -10,7 +10,7 @@ import logging
 import os
 import threading
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager
 
 from flask import has_app_context
 from huey import RedisHuey, SqliteHuey, crontab
@@ -150,17 +150,46 @@ _app = None
 _app_lock = threading.Lock()
 
 
+@contextmanager
 def _app_context():
-    """The worker's app context; inside a request (Huey's immediate mode in tests) reuse it."""
+    """The worker's app context; inside a request (Huey's immediate mode in tests) reuse it.
+
+    Leaving it ends the database session with a ROLLBACK. When the database went away meanwhile,
+    that ROLLBACK fails on the dead connection, after the task's work is done or left to the
+    reconciler: one line says so, never a traceback."""
     global _app
     if has_app_context():
-        return nullcontext()
+        yield
+        return
     with _app_lock:
         if _app is None:
             from berth.web import create_base_app
 
             _app = create_base_app("berth.worker")
-    return _app.app_context()
+    context = _app.app_context()
+    context.push()
+    try:
+        yield
+    finally:
+        _pop_quietly(context)
+
+
+def _pop_quietly(context):
+    from sqlalchemy.exc import DBAPIError
+
+    from berth.extensions import db
+
+    try:
+        context.pop()
+    except DBAPIError as error:
+        log.info("the database connection was lost before the task's session ended (%s); "
+                 "the pool replaces it", type(error.orig or error).__name__)
+        # The failed teardown left this context's session in the registry: drop it.
+        with context:
+            try:
+                db.session.remove()
+            except DBAPIError:
+                pass
 
 
 @huey.task()

@@ -4,8 +4,10 @@ Tasks take ids, never ORM objects, and run inside an app context. The queue only
 messages: if one is lost, the reconciler (every BERTH_RECONCILE_SECONDS, in each worker
 process) finds the instance in the database and enqueues it again. Nobody waits for a task's
 result, so none is stored. Run the worker with
-`huey_consumer berth.launch.tasks.huey -w 4 -k thread`.
+`huey_consumer berth.launch.tasks.huey -w 4 -k thread -g TERM -t 9` (deploy/entrypoint.sh):
+SIGTERM lets running steps go on for 9 s, then the launches still under way are handed back.
 """
+import atexit
 import logging
 import os
 import threading
@@ -110,6 +112,20 @@ def start_worker_services():
             _upkeep_thread = threading.Thread(target=_reconcile_forever, name="berth-reconciler",
                                               args=(settings["BERTH_RECONCILE_SECONDS"],), daemon=True)
             _upkeep_thread.start()
+            # At exit, not in huey's on_shutdown: that runs in each worker thread once its loop
+            # ends, which a thread still running a launch never reaches before the process exits.
+            atexit.register(hand_back_leases)
+
+
+def hand_back_leases():
+    """The worker is leaving (a graceful stop whose shutdown timeout ran out): its launches still
+    under way go back to the reconciler now, not once their leases run out."""
+    from berth.launch.leases import leases
+
+    with _app_context():
+        handed_back = leases.hand_back()
+    if handed_back:
+        log.warning("leaving with launches under way: handed back instances %s", handed_back)
 
 
 def _reconcile_forever(period):

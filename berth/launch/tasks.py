@@ -144,13 +144,6 @@ def run_reconcile_once():
 
     from berth.launch.upkeep import reconcile as run_reconcile
 
-    try:
-        with _app_context():
-            actions = run_reconcile(enqueue_launch=enqueue_launch, enqueue_stop=enqueue_stop)
-    except DBAPIError as error:
-        database_outage.failed(error)
-        return None
-    database_outage.answered()
     if queue_outage.since is not None:
         try:
             huey.pending_count()
@@ -158,6 +151,16 @@ def run_reconcile_once():
             pass
         else:
             queue_outage.answered()
+    try:
+        with _app_context():
+            # While the queue is down, what is to be queued waits for the first run once it is
+            # back, instead of REQUEUE_AFTER_SECONDS more.
+            actions = run_reconcile(enqueue_launch=enqueue_launch, enqueue_stop=enqueue_stop,
+                                    queue_down=queue_outage.since is not None)
+    except DBAPIError as error:
+        database_outage.failed(error)
+        return None
+    database_outage.answered()
     if actions:
         log.info("reconcile: %s", actions)
     return actions
@@ -236,12 +239,12 @@ def cull_idle():
 
 
 def enqueue_launch(instance_id):
-    """Queue a launch. If the queue is down, the reconciler picks the instance up later."""
-    _enqueue(launch, instance_id)
+    """Queue a launch; False if the queue did not take it (the reconciler picks it up later)."""
+    return _enqueue(launch, instance_id)
 
 
 def enqueue_stop(instance_id):
-    _enqueue(stop, instance_id)
+    return _enqueue(stop, instance_id)
 
 
 def _enqueue(task, instance_id):
@@ -251,7 +254,8 @@ def _enqueue(task, instance_id):
         if _is_connection_error(error):
             if queue_outage.failed(error) is False:
                 log.info("queue down: %s of instance %s left to the reconciler", task.name, instance_id)
-            return
+            return False
         log.exception("could not enqueue %s of instance %s; the reconciler will", task.name, instance_id)
-        return
+        return False
     queue_outage.answered()
+    return True

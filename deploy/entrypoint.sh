@@ -31,7 +31,10 @@ case "$command" in
       --workers "${BERTH_AUTH_WORKERS:-2}" --blocking-threads "${BERTH_AUTH_THREADS:-4}" \
       --workers-kill-timeout 10 --no-ws --log-level warning --factory auth_service:create_app "$@" ;;
   worker)
-    exec huey_consumer berth.launch.tasks.huey -w "${BERTH_WORKER_THREADS:-4}" -k thread "$@" ;;
+    # A container runtime sends SIGTERM, then SIGKILL ~10 s later: SIGTERM stops the worker
+    # gracefully, its running steps get 9 s, and the launches still under way are handed back
+    # to the other workers as it exits (berth/launch/tasks.py).
+    exec huey_consumer berth.launch.tasks.huey -w "${BERTH_WORKER_THREADS:-4}" -k thread -g TERM -t 9 "$@" ;;
   migrate)
     # Run once per release, as its own job: never at the start of each replica.
     berth db upgrade

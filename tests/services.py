@@ -159,14 +159,18 @@ class Postgres:
 
 class Redis:
     def __init__(self):
-        binary = shutil.which("redis-server")
-        if not binary:
+        self.binary = shutil.which("redis-server")
+        if not self.binary:
             raise RuntimeError("redis-server is not installed (apt-get install redis-server); "
                                "`make test` installs it")
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="berth-redis-")
+        self.start()
+
+    def start(self):
+        """Start the server (again, after halt) on the same port, empty: it keeps nothing on disk."""
         self.process = subprocess.Popen(
-            [binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--appendonly", "no",
+            [self.binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--appendonly", "no",
              "--dir", self.dir, "--daemonize", "no"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
@@ -175,8 +179,12 @@ class Redis:
     def url(self, db=0):
         return f"redis://127.0.0.1:{self.port}/{db}"
 
-    def stop(self):
+    def halt(self):
+        """Stop the server, keeping its port and folder for start()."""
         stop_process(self.process)
+
+    def stop(self):
+        self.halt()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

@@ -81,6 +81,7 @@ class LeaseKeeper:
         self._held = {}  # instance id → owner
         self._lost = set()
         self._lock = threading.Lock()
+        self._renewing = threading.Lock()  # held for a whole renewal pass (see hand_back)
         self._thread = None
         self._app = None
 
@@ -121,6 +122,10 @@ class LeaseKeeper:
                     db.session.remove()
 
     def renew(self, seconds):
+        with self._renewing:
+            self._renew(seconds)
+
+    def _renew(self, seconds):
         with self._lock:
             held = dict(self._held)
         expires = utcnow() + timedelta(seconds=seconds)
@@ -134,6 +139,30 @@ class LeaseKeeper:
                     if self._held.get(instance_id) == owner:
                         del self._held[instance_id]
                         self._lost.add((instance_id, owner))
+
+
+    def hand_back(self):
+        """End every lease this process holds now, for a worker that leaves with launches still
+        under way: the reconciler takes them up at its next run instead of once the leases run
+        out. Each only if this process still holds it. Returns the instance ids handed back."""
+        with self._lock:
+            held, self._held = dict(self._held), {}
+        # A renewal pass under way would extend a lease after it was handed back: let it end.
+        if self._renewing.acquire(timeout=2):
+            self._renewing.release()
+        handed_back = []
+        for instance_id, owner in held.items():
+            try:
+                if update_where(ToolInstance, ToolInstance.id == instance_id,
+                                ToolInstance.state.in_((State.QUEUED, State.SPAWNING)),
+                                ToolInstance.lease_owner == owner,
+                                lease_expires_at=utcnow(), commit=True):
+                    handed_back.append(instance_id)
+            except DBAPIError as error:  # the lease runs out by itself
+                db.session.rollback()
+                log.warning("could not hand back the lease on instance %s (%s); it runs out within "
+                            "%s s", instance_id, type(error.orig or error).__name__, lease_seconds())
+        return handed_back
 
 
 leases = LeaseKeeper()

@@ -4,13 +4,15 @@ Tasks take ids, never ORM objects, and run inside an app context. The queue only
 messages: if one is lost, the reconciler (every BERTH_RECONCILE_SECONDS, in each worker
 process) finds the instance in the database and enqueues it again. Nobody waits for a task's
 result, so none is stored. Run the worker with
-`huey_consumer berth.launch.tasks.huey -w 4 -k thread`.
+`huey_consumer berth.launch.tasks.huey -w 4 -k thread -g TERM -t 9` (deploy/entrypoint.sh):
+SIGTERM lets running steps go on for 9 s, then the launches still under way are handed back.
 """
+import atexit
 import logging
 import os
 import threading
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager
 
 from flask import has_app_context
 from huey import RedisHuey, SqliteHuey, crontab
@@ -110,6 +112,20 @@ def start_worker_services():
             _upkeep_thread = threading.Thread(target=_reconcile_forever, name="berth-reconciler",
                                               args=(settings["BERTH_RECONCILE_SECONDS"],), daemon=True)
             _upkeep_thread.start()
+            # At exit, not in huey's on_shutdown: that runs in each worker thread once its loop
+            # ends, which a thread still running a launch never reaches before the process exits.
+            atexit.register(hand_back_leases)
+
+
+def hand_back_leases():
+    """The worker is leaving (a graceful stop whose shutdown timeout ran out): its launches still
+    under way go back to the reconciler now, not once their leases run out."""
+    from berth.launch.leases import leases
+
+    with _app_context():
+        handed_back = leases.hand_back()
+    if handed_back:
+        log.warning("leaving with launches under way: handed back instances %s", handed_back)
 
 
 def _reconcile_forever(period):
@@ -128,13 +144,6 @@ def run_reconcile_once():
 
     from berth.launch.upkeep import reconcile as run_reconcile
 
-    try:
-        with _app_context():
-            actions = run_reconcile(enqueue_launch=enqueue_launch, enqueue_stop=enqueue_stop)
-    except DBAPIError as error:
-        database_outage.failed(error)
-        return None
-    database_outage.answered()
     if queue_outage.since is not None:
         try:
             huey.pending_count()
@@ -142,6 +151,16 @@ def run_reconcile_once():
             pass
         else:
             queue_outage.answered()
+    try:
+        with _app_context():
+            # While the queue is down, what is to be queued waits for the first run once it is
+            # back, instead of REQUEUE_AFTER_SECONDS more.
+            actions = run_reconcile(enqueue_launch=enqueue_launch, enqueue_stop=enqueue_stop,
+                                    queue_down=queue_outage.since is not None)
+    except DBAPIError as error:
+        database_outage.failed(error)
+        return None
+    database_outage.answered()
     if actions:
         log.info("reconcile: %s", actions)
     return actions
@@ -150,17 +169,46 @@ _app = None
 _app_lock = threading.Lock()
 
 
+@contextmanager
 def _app_context():
-    """The worker's app context; inside a request (Huey's immediate mode in tests) reuse it."""
+    """The worker's app context; inside a request (Huey's immediate mode in tests) reuse it.
+
+    Leaving it ends the database session with a ROLLBACK. When the database went away meanwhile,
+    that ROLLBACK fails on the dead connection, after the task's work is done or left to the
+    reconciler: one line says so, never a traceback."""
     global _app
     if has_app_context():
-        return nullcontext()
+        yield
+        return
     with _app_lock:
         if _app is None:
             from berth.web import create_base_app
 
             _app = create_base_app("berth.worker")
-    return _app.app_context()
+    context = _app.app_context()
+    context.push()
+    try:
+        yield
+    finally:
+        _pop_quietly(context)
+
+
+def _pop_quietly(context):
+    from sqlalchemy.exc import DBAPIError
+
+    from berth.extensions import db
+
+    try:
+        context.pop()
+    except DBAPIError as error:
+        log.info("the database connection was lost before the task's session ended (%s); "
+                 "the pool replaces it", type(error.orig or error).__name__)
+        # The failed teardown left this context's session in the registry: drop it.
+        with context:
+            try:
+                db.session.remove()
+            except DBAPIError:
+                pass
 
 
 @huey.task()
@@ -191,12 +239,12 @@ def cull_idle():
 
 
 def enqueue_launch(instance_id):
-    """Queue a launch. If the queue is down, the reconciler picks the instance up later."""
-    _enqueue(launch, instance_id)
+    """Queue a launch; False if the queue did not take it (the reconciler picks it up later)."""
+    return _enqueue(launch, instance_id)
 
 
 def enqueue_stop(instance_id):
-    _enqueue(stop, instance_id)
+    return _enqueue(stop, instance_id)
 
 
 def _enqueue(task, instance_id):
@@ -206,7 +254,8 @@ def _enqueue(task, instance_id):
         if _is_connection_error(error):
             if queue_outage.failed(error) is False:
                 log.info("queue down: %s of instance %s left to the reconciler", task.name, instance_id)
-            return
+            return False
         log.exception("could not enqueue %s of instance %s; the reconciler will", task.name, instance_id)
-        return
+        return False
     queue_outage.answered()
+    return True

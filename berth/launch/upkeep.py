@@ -16,13 +16,17 @@ from berth.backends import LaunchFailed, get_backend
 from berth.extensions import db
 from berth.launch.leases import REQUEUE_AFTER_SECONDS, lease_seconds
 from berth.launch.state_machine import begin_stop, transition
-from berth.models import State, ToolInstance, record_event, utcnow
+from berth.models import State, ToolInstance, record_event, update_where, utcnow
 
 log = logging.getLogger(__name__)
 
 
-def reconcile(enqueue_launch, enqueue_stop, actor="reconciler"):
+def reconcile(enqueue_launch, enqueue_stop, actor="reconciler", queue_down=False):
     """Make the database and the backends agree. Returns a list of what it did.
+
+    enqueue_launch and enqueue_stop return False when the queue did not take the message; the
+    instance is then left for the next run. While queue_down, launches and stops are not
+    queued at all, so that they are queued at the first run once the queue is back.
 
     - a RUNNING instance whose tool is gone becomes FAILED, with the reason;
     - a QUEUED or SPAWNING launch whose lease ran out (its worker died, or its queue message
@@ -53,6 +57,8 @@ def reconcile(enqueue_launch, enqueue_stop, actor="reconciler"):
                     get_backend(instance.backend, config).stop(instance)
                 except LaunchFailed as failure:
                     log.warning("reconcile: could not clean up after %s: %s", instance.id, failure.reason)
+        elif queue_down:
+            continue
         elif instance.state in (State.QUEUED, State.SPAWNING):
             lease_over = instance.lease_expires_at is None or instance.lease_expires_at < now
             # Hand the launch back (no owner, so any worker may claim it) and queue it again,
@@ -64,7 +70,9 @@ def reconcile(enqueue_launch, enqueue_stop, actor="reconciler"):
                     or_(ToolInstance.lease_expires_at.is_(None), ToolInstance.lease_expires_at < now),
                     event=resume, lease_owner=None,
                     lease_expires_at=now + timedelta(seconds=REQUEUE_AFTER_SECONDS)):
-                enqueue_launch(instance.id)
+                if enqueue_launch(instance.id) is False:
+                    _queue_at_next_run(instance.id, State.QUEUED, State.SPAWNING)
+                    continue
                 actions.append(("resumed", instance.id))
         elif instance.state == State.STOPPING:  # stop is idempotent: finishing it twice is harmless
             due = instance.lease_expires_at is None or instance.lease_expires_at < now
@@ -74,7 +82,9 @@ def reconcile(enqueue_launch, enqueue_stop, actor="reconciler"):
                                       ToolInstance.lease_expires_at < now),
                                   event=again,
                                   lease_expires_at=now + timedelta(seconds=lease_seconds())):
-                enqueue_stop(instance.id)
+                if enqueue_stop(instance.id) is False:
+                    _queue_at_next_run(instance.id, State.STOPPING)
+                    continue
                 actions.append(("stop-again", instance.id))
 
     for name in config["BERTH_BACKENDS"]:
@@ -102,6 +112,12 @@ def reconcile(enqueue_launch, enqueue_stop, actor="reconciler"):
             actions.append(("orphan-removed", instance_id))
     metrics.record_reconcile(actions)
     return actions
+
+
+def _queue_at_next_run(instance_id, *states):
+    """The queue refused the message: leave the instance due, not due in REQUEUE_AFTER_SECONDS."""
+    update_where(ToolInstance, ToolInstance.id == instance_id, ToolInstance.state.in_(states),
+                 ToolInstance.lease_owner.is_(None), lease_expires_at=None, commit=True)
 
 
 def cull_idle(enqueue_stop, actor="culler"):

@@ -91,3 +91,29 @@ def test_a_database_restart_during_launches_fails_none_of_them(fault_stack, rest
                 stack.stop_instance(row["id"])
         for browser in browsers:
             browser.close()
+
+
+def test_a_task_whose_connection_died_ends_without_a_traceback(restartable_postgres, monkeypatch, caplog):
+    """Leaving a task's app context rolls its session back; on a connection the server has
+    dropped that fails, after the task's work is done. One line at info level, and the next task
+    gets a working session."""
+    from berth.extensions import db
+    from berth.launch import tasks
+    from berth.web import create_base_app
+
+    url = restartable_postgres.create_database(f"berth_{os.urandom(3).hex()}")
+    app = create_base_app("berth.worker", {"SQLALCHEMY_DATABASE_URI": url})
+    monkeypatch.setattr(tasks, "_app", app)
+    caplog.set_level("INFO")
+    try:
+        with tasks._app_context():
+            backend = db.session.execute(db.text("SELECT pg_backend_pid()")).scalar()
+            restartable_postgres._sql(f"SELECT pg_terminate_backend({backend})")
+        lost = [record for record in caplog.records if "connection was lost" in record.getMessage()]
+        assert [(record.levelname, record.exc_info) for record in lost] == [("INFO", None)]
+        assert not any(record.exc_info for record in caplog.records)
+        with tasks._app_context():
+            assert db.session.execute(db.text("SELECT 1")).scalar() == 1
+    finally:
+        with app.app_context():
+            db.engine.dispose()

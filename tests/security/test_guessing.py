@@ -6,12 +6,14 @@ The waits are computed from the production settings, never shortened.
 """
 import json
 import re
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import requests
 
 from berth.throttle import delay
-from tests.actions import sign_in
+from tests.actions import form_token, post_login, sign_in
 from tests.integration.test_access import _FromAddress, behind_a_proxy  # noqa: F401 - a fixture
 
 WRONG = "That email and password do not match an active account."
@@ -118,3 +120,35 @@ def test_an_unknown_email_and_a_wrong_password_answer_alike(behind_a_proxy):
                (theirs.status_code, _alert(theirs), theirs.headers.get("Retry-After"))
     assert [answer.status_code for answer in answers[unknown]] == [401] * threshold + [429]
     assert _alert(answers[unknown][0]) == WRONG
+
+
+def test_racing_guesses_are_each_counted_and_cannot_all_slip_in(behind_a_proxy):
+    """Guesses fired at once, each from an address of its own: every one that was checked is
+    counted (no lost update), and the rest are refused, though all left before any answer."""
+    stack = behind_a_proxy
+    victim = stack.create_user()
+    guesses = 4 * stack.config["BERTH_SIGN_IN_ACCOUNT_FAILURES"]
+    browsers = []
+    for i in range(guesses):
+        browser = requests.Session()
+        browser.mount("http://", _FromAddress("127.0.0.2"))
+        browser.headers["X-Forwarded-For"] = f"192.0.2.{100 + i}"
+        browsers.append((browser, form_token(browser, f"{stack.base_url}/auth/login")))
+    start = threading.Barrier(guesses)
+
+    def guess(numbered):
+        number, (browser, token) = numbered
+        start.wait()
+        return post_login(browser, stack.base_url, token, victim["email"], f"guess-{number}").status_code
+
+    try:
+        with ThreadPoolExecutor(max_workers=guesses) as pool:
+            statuses = list(pool.map(guess, enumerate(browsers)))
+    finally:
+        for browser, _ in browsers:
+            browser.close()
+
+    assert set(statuses) == {401, 429}, statuses
+    [row] = stack.query("SELECT failures FROM sign_in_throttles WHERE key = :key",
+                        key=f"account:{victim['email'].lower()}")
+    assert row["failures"] == statuses.count(401)

@@ -75,7 +75,7 @@ def _claim(config, key, threshold, now):
         set_={"failures": count,
               "window_started_at": case((window_over, _at(now)), else_=_TABLE.c.window_started_at),
               "blocked_until": _blocked_until(config, count, threshold, now)},
-        where=(_TABLE.c.blocked_until.is_(None)) | (_TABLE.c.blocked_until <= now),
+        where=_TABLE.c.blocked_until.is_(None) | (_TABLE.c.blocked_until <= now),
     ).returning(_TABLE.c.failures)
     return db.session.execute(statement).first() is not None
 

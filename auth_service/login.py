@@ -10,6 +10,7 @@ from wtforms import EmailField, PasswordField, StringField
 from wtforms.validators import DataRequired, Length
 
 from auth_service.sessions import clear_session_cookie, complete_sign_in, find_session, revoke_session, session_token
+from berth import throttle
 from berth.extensions import db
 from berth.hosts import safe_next_url
 from berth.models import User, record_event, verify_password
@@ -28,13 +29,29 @@ class LogoutForm(FlaskForm):
     pass
 
 
-def _render_login(form, next_url, status=200, error=None):
+def _render_login(form, next_url, status=200, error=None, headers=None):
     config = current_app.config
     return render_template(
         "login.html", form=form, next_url=next_url, error=error,
         local_login=config["BERTH_LOCAL_LOGIN"], sso=bool(config["BERTH_OIDC_ISSUER"]),
         provider_name=config["BERTH_OIDC_PROVIDER_NAME"],
-    ), status
+    ), status, headers or {}
+
+
+# Where the refused attempts came from, for the page and the audit log.
+_TOO_MANY = {"account": "for this account", "address": "from your address"}
+
+
+def _refuse_guessing(form, next_url, email, user, address, refusal):
+    """Too many failed sign-ins for this email or from this address: 429, and when to try again."""
+    record_event("auth.login_throttled", f"Sign-in for {email} refused: too many failed sign-ins "
+                 f"{_TOO_MANY[refusal.kind]}", actor="anonymous", user_id=user.id if user else None,
+                 ip=address, throttle=refusal.kind, retry_after=refusal.retry_after)
+    db.session.commit()
+    unit = "second" if refusal.retry_after == 1 else "seconds"
+    return _render_login(form, next_url, 429, headers={"Retry-After": str(refusal.retry_after)},
+                         error=f"Too many failed sign-ins {_TOO_MANY[refusal.kind]}. "
+                               f"Wait {refusal.retry_after} {unit}, then try again.")
 
 
 @bp.route("/login", methods=["GET", "POST"])
@@ -52,15 +69,21 @@ def login():
 
     email = form.email.data.strip().lower()
     user = db.session.execute(select(User).where(func.lower(User.email) == email)).scalar_one_or_none()
+    address = client_ip()
+    refusal = throttle.claim_attempt(email, address)
+    db.session.commit()  # counted before the slow password check, so that racing guesses see it
+    if refusal is not None:
+        return _refuse_guessing(form, next_url, email, user, address, refusal)
     if not verify_password(user, form.password.data):
         record_event("auth.login_failed", f"Failed sign-in for {email}", actor="anonymous",
-                     user_id=user.id if user else None, ip=client_ip())
+                     user_id=user.id if user else None, ip=address)
         db.session.commit()
         return _render_login(form, next_url, 401,
                              error="That email and password do not match an active account.")
+    throttle.attempt_succeeded(email, address)
     if config["BERTH_LOCAL_LOGIN"] == "admins" and not user.is_admin:
         record_event("auth.login_failed", f"Password sign-in refused for {email}: not an administrator",
-                     actor="anonymous", user_id=user.id, ip=client_ip())
+                     actor="anonymous", user_id=user.id, ip=address)
         db.session.commit()
         return _render_login(form, next_url, 403, error="Password sign-in is for administrators only. "
                              f"Sign in with {config['BERTH_OIDC_PROVIDER_NAME']}.")

@@ -321,6 +321,19 @@ class Grant(db.Model):
         return self.user.email if self.user is not None else f"group {self.group.name}"
 
 
+class SignInThrottle(db.Model):
+    """Password sign-in attempts lately counted for one account or one client address
+    (berth/throttle.py): key is "account:<email>" or "address:<ip>"."""
+
+    __tablename__ = "sign_in_throttles"
+
+    key: Mapped[str] = mapped_column(String(400), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    window_started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # No attempt for this key is tried before then.
+    blocked_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
 class Event(db.Model):
     """The audit log and spawn progress. Rows are only ever added (the database enforces it)."""
 

@@ -282,6 +282,20 @@ SETTINGS = (
             doc="A sign-in unused this long ends (seconds, default 4 hours; `0`: no idle limit). Use "
                 "is recorded at most once per `BERTH_ACTIVITY_INTERVAL`, so this must be at least "
                 "twice that."),
+    Setting("BERTH_SIGN_IN_ACCOUNT_FAILURES", SIGN_IN, parse=parse_int, default=5, minimum=1,
+            doc="Failed password sign-ins for one email within `BERTH_SIGN_IN_WINDOW_SECONDS` after "
+                "which that email must wait: 1 second, then twice as long after each further failure, "
+                "up to `BERTH_SIGN_IN_MAX_DELAY_SECONDS`. Meanwhile the login page answers `429` with "
+                "`Retry-After`. Emails with no account are counted alike; a successful sign-in clears "
+                "the count."),
+    Setting("BERTH_SIGN_IN_ADDRESS_FAILURES", SIGN_IN, parse=parse_int, default=20, minimum=1,
+            doc="The same for one client address (as seen past `BERTH_TRUSTED_HOPS`), whatever the "
+                "emails tried, so that one address cannot guess at many accounts."),
+    Setting("BERTH_SIGN_IN_WINDOW_SECONDS", SIGN_IN, parse=parse_int, default=15 * 60, minimum=1,
+            doc="How long failed sign-ins are counted for (seconds, default 15 minutes); the count "
+                "starts afresh after it."),
+    Setting("BERTH_SIGN_IN_MAX_DELAY_SECONDS", SIGN_IN, parse=parse_int, default=5 * 60, minimum=1,
+            doc="The longest wait imposed after failed sign-ins (seconds, default 5 minutes)."),
     Setting("BERTH_OIDC_ISSUER", SIGN_IN, parse=parse_url,
             doc="Single sign-on over OpenID Connect: the provider's issuer URL; Berth reads "
                 "`<issuer>/.well-known/openid-configuration`. Unset: local accounts only."),

@@ -1,6 +1,6 @@
 """Starting and stopping tools, as the web app asks for it. The worker does the rest."""
 from flask import current_app
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from berth.launch import tasks
@@ -49,16 +49,34 @@ def choose_size(template, name=None):
     raise LaunchRefused(f"{template.name} has no size {name!r}; choose one of: {names}.", status=400)
 
 
+# The PostgreSQL advisory lock that serialises launches under a global limit (any constant
+# no other code takes; "berth" in ASCII).
+_GLOBAL_LAUNCH_LOCK = 0x6265727468
+
+
+def _serialise_launch(owner, everyone):
+    """Hold, until this transaction ends, the lock that makes counting then inserting atomic.
+
+    The first statement is a write to the owner's row: on PostgreSQL it locks that row, so one
+    user's racing launches queue; on SQLite it takes the database's write lock, which serialises
+    every launch (a read would not: SQLite reads run outside any transaction here, each seeing
+    its own moment). Under a global limit, PostgreSQL launches by different users must queue
+    too: one advisory lock for all.
+    """
+    db.session.execute(update(User).where(User.id == owner.id).values(id=User.id))
+    if everyone and db.engine.dialect.name == "postgresql":
+        db.session.execute(select(func.pg_advisory_xact_lock(_GLOBAL_LAUNCH_LOCK)))
+
+
 def _check_limits(owner, template):
     """Refuse a launch over the per-user or the global limit of live tools.
 
     Shared tools count towards the global limit only: they belong to everyone with access.
-
-    The owner's row is locked (FOR UPDATE on PostgreSQL; SQLite serialises writers anyway), so
-    two racing launches by one user cannot both squeeze under the limit.
+    Racing launches are serialised first (_serialise_launch), so none can squeeze under a limit
+    that another is about to fill.
     """
     config = current_app.config
-    db.session.execute(select(User.id).where(User.id == owner.id).with_for_update())
+    _serialise_launch(owner, everyone=bool(config["BERTH_MAX_TOOLS_TOTAL"]))
     per_user, total = config["BERTH_MAX_TOOLS_PER_USER"], config["BERTH_MAX_TOOLS_TOTAL"]
     live = ToolInstance.state.in_(State.LIVE)
     if per_user and not template.shared:

@@ -72,7 +72,7 @@ def test_parse_catalogue_accepts_the_demo_catalogue():
 def test_parse_catalogue_accepts_the_test_catalogue():
     tools = parse_catalogue(TEST_CATALOGUE.read_text())
     assert [t["slug"] for t in tools] == ["echo", "broken", "silent", "missing", "busybox", "echo-docker", "ghost",
-                                          "echo-api", "echo-team", "board", "fenced", "slow"]
+                                          "echo-api", "echo-team", "board", "fenced", "slow", "deaf"]
     assert [t["slug"] for t in tools if t["allow_api_tokens"]] == ["echo-api"]
     assert tools[2]["spawn_timeout"] == 2
 

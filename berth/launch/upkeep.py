@@ -6,6 +6,7 @@ Both read the database and the backends, then move instances through the state m
 that this module does not depend on the queue.
 """
 import logging
+import socket
 from datetime import timedelta
 
 from flask import current_app
@@ -19,6 +20,39 @@ from berth.launch.state_machine import begin_stop, transition
 from berth.models import State, ToolInstance, record_event, update_where, utcnow
 
 log = logging.getLogger(__name__)
+
+# A tool whose process runs but whose address refuses connections has lost its server. Refused,
+# never slow: a busy tool still accepts connections (its listening socket queues them), so no
+# tool is ended for being busy. It counts as gone once it has refused for this long.
+REFUSING_FOR_SECONDS = 10
+_refusing_since = {}  # instance id → when its address first refused (this process's own view)
+
+
+def refuses_connections(upstream):
+    """True if nothing listens at upstream (host:port): the connection is refused at once."""
+    host, _, port = (upstream or "").rpartition(":")
+    if not host or not port.isdigit():
+        return False
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=1):
+            return False
+    except ConnectionRefusedError:
+        return True
+    except OSError:  # a timeout or an unreachable network proves nothing about the tool
+        return False
+
+
+def _still_listening(instance, now):
+    """(alive, reason) for a RUNNING tool whose process runs: whether it still takes connections."""
+    if not refuses_connections(instance.upstream):
+        _refusing_since.pop(instance.id, None)
+        return True, ""
+    since = _refusing_since.setdefault(instance.id, now)
+    if now - since < timedelta(seconds=REFUSING_FOR_SECONDS):
+        return True, ""
+    _refusing_since.pop(instance.id, None)
+    return False, (f"The tool stopped answering: its address refused connections for "
+                   f"{REFUSING_FOR_SECONDS} s while its process still ran.")
 
 
 def reconcile(enqueue_launch, enqueue_stop, actor="reconciler", queue_down=False):
@@ -48,6 +82,8 @@ def reconcile(enqueue_launch, enqueue_stop, actor="reconciler", queue_down=False
                 alive, reason = get_backend(instance.backend, config).is_alive(instance)
             except LaunchFailed as failure:
                 alive, reason = False, failure.reason
+            if alive:
+                alive, reason = _still_listening(instance, now)
             gone = ("reconcile.gone", f"The tool was no longer running: {reason}",
                     {"actor": actor, "user_id": instance.owner_id})
             if not alive and transition(instance.id, ToolInstance.state == State.RUNNING, event=gone,

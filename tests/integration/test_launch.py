@@ -171,6 +171,18 @@ def test_reconciler_marks_a_dead_tool_failed(stack, alice):
     )[0]["message"]
 
 
+def test_a_tool_that_stops_listening_while_its_process_runs_is_noticed_and_ended(stack, alice):
+    browser = stack.login(alice)
+    assert stack.open_tool(browser, "deaf", alice, "/stop-listening").text == "listening"
+    host = _host(stack, "deaf", alice)
+    row = stack.instances(host)[-1]
+    # The worker's own reconciler (every 5 s) ends it once connections were refused for 10 s.
+    _wait_state(stack, host, ("FAILED",), timeout=10 + 5 + 15)
+    after = stack.instances(host)[-1]
+    assert "refused connections for 10 s" in after["error"]
+    _wait_gone(_backend_state(row)["pid"])
+
+
 def test_tool_sees_the_host_the_browser_sent_with_its_port(stack, alice):
     # Tools such as Jupyter compare Origin with Host; both must carry the public port.
     browser = stack.login(alice)

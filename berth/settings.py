@@ -390,6 +390,11 @@ SETTINGS = (
             doc="AWS region of the cluster."),
     Setting("BERTH_ECS_ENDPOINT_URL", BACKENDS, kind="URL",
             doc="Another ECS API endpoint; only for an emulator (the tests use moto)."),
+    Setting("BERTH_ECS_EFS_FILE_SYSTEM", BACKENDS, kind="EFS file system id",
+            doc="Homes for ECS tools: each user gets an access point of their own on this EFS file "
+                "system (`fs-...`), at `/berth-homes/<user>` and with the uid their process tools run "
+                "as, mounted at `/home/berth` (also `$HOME`) in every ECS tool of theirs. Unset: ECS "
+                "tools have no home that outlives them. Setup: deploy/ecs/README.md."),
     Setting("BERTH_ECS_API_ATTEMPTS", BACKENDS, parse=parse_int, default=8, minimum=1, maximum=30,
             doc="Throttling, IAM and ECS catching up, and \"no Fargate capacity\" are retried, at "
                 "most this many attempts per call; then the launch fails with AWS's last answer."),

@@ -41,6 +41,7 @@ from berth.launch.upkeep import reconcile
 from berth.models import Event, State, ToolInstance, ToolTemplate, User, utcnow
 from berth.backends import get_backend
 from berth.backends import ecs
+from berth.backends.sandbox import Sandbox
 from berth.backends.ecs import (
     client_token,
     is_capacity_failure,
@@ -219,10 +220,14 @@ def account(moto):
     ecs.register_task_definition(family="echo", networkMode="awsvpc", requiresCompatibilities=["FARGATE"],
                                  cpu="256", memory="512", containerDefinitions=[sidecar, container])
     ecs.register_task_definition(family="bridged", networkMode="bridge", containerDefinitions=[container])
-    yield SimpleNamespace(ecs=ecs, subnet=subnet, security_group=group, proxy=moto.proxy,
-                          endpoint=moto.proxy.url)
+    with mock.patch.dict(os.environ, AWS_ENV):
+        efs = boto3.client("efs", region_name=REGION, endpoint_url=moto.url)
+    file_system = efs.create_file_system(CreationToken="berth-homes", Encrypted=True)["FileSystemId"]
+    yield SimpleNamespace(ecs=ecs, efs=efs, file_system=file_system, subnet=subnet, security_group=group,
+                          proxy=moto.proxy, endpoint=moto.proxy.url)
     ec2.close()
     ecs.close()
+    efs.close()
 
 
 _clusters = itertools.count(1)
@@ -267,9 +272,12 @@ def app(tmp_path, aws, tool_server, monkeypatch):
         db.engine.dispose()
 
 
-def _new_instance(image="echo", size=None):
-    """A QUEUED launch of an ecs template, as the start page makes it."""
-    owner = User(email=f"ada-{os.urandom(3).hex()}@example.org", name="Ada")
+def _new_instance(image="echo", size=None, owner_id=None):
+    """A QUEUED launch of an ecs template, as the start page makes it: by a new user, or owner_id."""
+    if owner_id is None:
+        owner = User(email=f"ada-{os.urandom(3).hex()}@example.org", name="Ada")
+    else:
+        owner = db.session.get(User, owner_id)
     template = db.session.query(ToolTemplate).filter_by(image=image).one_or_none()
     if template is None:
         template = ToolTemplate(
@@ -587,3 +595,112 @@ def test_a_missing_cluster_setting_fails_the_launch_and_the_reconciler_carries_o
                                            "tools in.")
     assert reconcile(enqueue_launch=list().append, enqueue_stop=list().append, actor="test") == []
 
+
+
+# -- homes on EFS ------------------------------------------------------------------------------
+@pytest.fixture
+def homes(app, aws, monkeypatch):
+    """Berth with BERTH_ECS_EFS_FILE_SYSTEM set: ECS tools get their owner's home."""
+    monkeypatch.setitem(app.config, "BERTH_ECS_EFS_FILE_SYSTEM", aws.file_system)
+    return aws
+
+
+def _access_points(aws, home):
+    """The access points of one home (an owner's host key) in this deployment."""
+    deployment = f"test-ecs-{os.getpid()}"
+    points = aws.efs.describe_access_points(FileSystemId=aws.file_system)["AccessPoints"]
+    return [point for point in points
+            if {"Key": "berth:user", "Value": home} in point["Tags"]
+            and {"Key": "berth:deployment", "Value": deployment} in point["Tags"]]
+
+
+def _launched(owner_id=None):
+    instance_id = _new_instance(owner_id=owner_id)
+    assert advance_launch(instance_id) == "running"
+    return _instance(instance_id)
+
+
+def test_a_users_home_is_an_access_point_with_their_tool_uid_and_a_root_of_their_own(app, homes):
+    instance = _launched()
+
+    [point] = _access_points(homes, instance.owner.host_key)
+    uid = Sandbox(app.config).uid_for(instance)  # the uid their process tools run as
+    assert point["FileSystemId"] == homes.file_system
+    assert point["PosixUser"] == {"Uid": uid, "Gid": uid}
+    assert point["RootDirectory"] == {"Path": f"/berth-homes/{instance.owner.host_key}",
+                                      "CreationInfo": {"OwnerUid": uid, "OwnerGid": uid, "Permissions": "0700"}}
+
+
+def test_the_task_mounts_the_home_over_efs_with_transit_encryption_and_iam(app, homes):
+    instance = _launched()
+
+    [point] = _access_points(homes, instance.owner.host_key)
+    [task] = _tasks(homes, instance.id)
+    definition = homes.ecs.describe_task_definition(taskDefinition=task["taskDefinitionArn"])["taskDefinition"]
+    assert definition["family"] == f"berth-test-ecs-{os.getpid()}-echo-echo-{instance.owner.host_key}"
+    [volume] = definition["volumes"]
+    efs = volume["efsVolumeConfiguration"]
+    assert efs.pop("rootDirectory", "/") == "/"  # the access point's root: AWS tells it back as "/"
+    assert (volume["name"], efs) == ("berth-home", {
+        "fileSystemId": homes.file_system, "transitEncryption": "ENABLED",
+        "authorizationConfig": {"accessPointId": point["AccessPointId"], "iam": "ENABLED"}})
+    containers = {container["name"]: container for container in definition["containerDefinitions"]}
+    assert containers["tool"]["mountPoints"] == [
+        {"sourceVolume": "berth-home", "containerPath": "/home/berth", "readOnly": False}]
+    assert containers["tool"]["workingDirectory"] == "/home/berth"
+    assert not containers["log-router"].get("mountPoints")  # only the tool's container has the home
+    assert (definition["networkMode"], definition["cpu"], definition["memory"]) == ("awsvpc", "256", "512")
+    [override] = task["overrides"]["containerOverrides"]
+    assert {"name": "HOME", "value": "/home/berth"} in override["environment"]
+
+
+def test_launching_again_for_the_same_user_reuses_their_access_point_and_task_definition(app, homes):
+    first = _launched()
+    assert begin_stop(first, actor="test") and stop_instance(first.id) == "stopped"
+
+    second = _launched(owner_id=first.owner_id)
+
+    assert len(_access_points(homes, first.owner.host_key)) == 1
+    assert len(homes.proxy.requests("CreateAccessPoint")) == 1
+    assert len(homes.proxy.requests("RegisterTaskDefinition")) == 1  # the same content: no new revision
+    assert _tasks(homes, first.id)[0]["taskDefinitionArn"] == _tasks(homes, second.id)[0]["taskDefinitionArn"]
+
+
+def test_two_users_get_two_access_points_and_two_task_definitions(app, homes):
+    ada, bob = _launched(), _launched()
+
+    [ada_point], [bob_point] = _access_points(homes, ada.owner.host_key), _access_points(homes, bob.owner.host_key)
+    assert ada_point["AccessPointId"] != bob_point["AccessPointId"]
+    assert ada_point["PosixUser"] != bob_point["PosixUser"]
+    assert _tasks(homes, ada.id)[0]["taskDefinitionArn"] != _tasks(homes, bob.id)[0]["taskDefinitionArn"]
+
+
+def test_a_lost_create_access_point_answer_gets_the_first_one_back_through_the_client_token(app, homes):
+    homes.proxy.lose_answer("CreateAccessPoint")  # EFS makes the access point; its answer is lost
+
+    instance = _launched()
+
+    calls = homes.proxy.requests("CreateAccessPoint")
+    assert len(calls) == 2 and calls[0]["ClientToken"] == calls[1]["ClientToken"]
+    [point] = _access_points(homes, instance.owner.host_key)
+    definition = homes.ecs.describe_task_definition(
+        taskDefinition=_tasks(homes, instance.id)[0]["taskDefinitionArn"])["taskDefinition"]
+    assert definition["volumes"][0]["efsVolumeConfiguration"]["authorizationConfig"]["accessPointId"] == \
+        point["AccessPointId"]
+
+
+def test_the_reconciler_never_removes_a_home(app, homes):
+    instance = _launched()
+    assert begin_stop(instance, actor="test") and stop_instance(instance.id) == "stopped"
+
+    reconcile(enqueue_launch=list().append, enqueue_stop=list().append, actor="test")
+
+    assert len(_access_points(homes, instance.owner.host_key)) == 1
+    assert [name for name, _ in homes.proxy.calls if "Delete" in name or "Deregister" in name] == []
+
+
+def test_without_a_file_system_tasks_run_the_templates_own_task_definition(app, aws):
+    instance = _launched()
+
+    assert _tasks(aws, instance.id)[0]["taskDefinitionArn"].endswith(":task-definition/echo:1")
+    assert aws.proxy.requests("DescribeAccessPoints") == aws.proxy.requests("RegisterTaskDefinition") == []

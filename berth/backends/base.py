@@ -4,6 +4,17 @@ import socket
 from abc import ABC, abstractmethod
 
 
+CONTAINER_HOME = "/home/berth"  # where a container's tool (docker, ecs) finds its owner's home; also $HOME
+
+
+def home_name(instance):
+    """The name of the home a tool works in: its owner's host key, a home all their tools share,
+    or, for a shared tool, shared-<slug>, the tool's own, so that no visitor's files end up in it."""
+    if instance.template.shared:
+        return f"shared-{instance.template.slug}"
+    return instance.owner.host_key
+
+
 class LaunchFailed(Exception):
     """A launch cannot go on. `reason` is shown to the user; `detail` (e.g. stderr) below it."""
 

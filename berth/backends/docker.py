@@ -19,12 +19,11 @@ import hashlib
 import io
 import tarfile
 
-from berth.backends.base import Backend, LaunchFailed, allocate_port, probe_http
+from berth.backends.base import CONTAINER_HOME, Backend, LaunchFailed, allocate_port, home_name, probe_http
 from berth.backends.placeholders import fill
 from berth.backends.sandbox import DOCKER_LINK_PREFIX, Sandbox
 
 LABEL = "berth.deployment"
-CONTAINER_HOME = "/home/berth"  # where every docker tool finds its owner's home; also $HOME
 
 
 class DockerBackend(Backend):
@@ -162,7 +161,7 @@ class DockerBackend(Backend):
         reconciler never removes a volume."""
         import docker
 
-        owner = f"shared-{instance.template.slug}" if instance.template.shared else instance.owner.host_key
+        owner = home_name(instance)
         name = f"berth-{self.config['BERTH_DEPLOYMENT']}-home-{owner}"
         try:
             self.client.volumes.get(name)

@@ -12,6 +12,9 @@ One launch step, then the launcher's wait:
                then probes the template's health path at <address>:<port>. That address is
                recorded as the upstream nginx proxies to.
 
+With BERTH_ECS_EFS_FILE_SYSTEM set, every tool has its owner's home at /home/berth, on EFS, as
+docker tools have theirs in a named volume; see _home_task_definition.
+
 Every task is tagged berth:deployment, berth:instance, berth:template and berth:owner (its
 startedBy names the deployment and the instance too), so the reconciler can list what this
 Berth runs and find orphans both ways. A task that stops by itself is reported with its stoppedReason and the
@@ -28,14 +31,16 @@ RunTask's failures), tested with recorded real responses in tests/fixtures/ecs/:
 the tests run against (moto) gives tasks addresses that lead nowhere.
 """
 import hashlib
+import json
 import logging
 import random
 import re
 import time
 
 from berth.models import State
-from berth.backends.base import Backend, LaunchFailed, probe_http
+from berth.backends.base import CONTAINER_HOME, Backend, LaunchFailed, home_name, probe_http
 from berth.backends.placeholders import fill
+from berth.backends.sandbox import Sandbox
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +48,14 @@ TAG_DEPLOYMENT = "berth:deployment"
 TAG_INSTANCE = "berth:instance"
 TAG_TEMPLATE = "berth:template"
 TAG_OWNER = "berth:owner"
+TAG_USER = "berth:user"  # an access point's home: the owner's host key, or shared-<template slug>
+TAG_CONTENT = "berth:content"  # a home task definition's fingerprint: see _home_task_definition
+HOMES_ROOT = "/berth-homes"  # on the file system, each access point's root is <this>/<home>
+HOME_VOLUME = "berth-home"  # the volume's name in a home task definition
+# What RegisterTaskDefinition takes of what DescribeTaskDefinition tells.
+_REGISTERED_FIELDS = ("taskRoleArn", "executionRoleArn", "networkMode", "containerDefinitions", "volumes",
+                      "placementConstraints", "requiresCompatibilities", "cpu", "memory", "pidMode", "ipcMode",
+                      "proxyConfiguration", "inferenceAccelerators", "ephemeralStorage", "runtimePlatform")
 DEFAULT_PORT = 8888
 PROBE_INTERVAL = 0.05  # seconds between health probes within one check_ready
 MAX_BACKOFF = 10.0  # seconds: the longest wait between two attempts of one call
@@ -65,9 +78,11 @@ class AwsUnavailable(LaunchFailed):
 class AwsRefused(LaunchFailed):
     """AWS answered a call with a final error; `answer` is its code and message."""
 
-    def __init__(self, reason, answer):
+    def __init__(self, reason, answer, code="", response=None):
         super().__init__(reason)
         self.answer = answer
+        self.code = code
+        self.response = response or {}
 
 
 # -- reading AWS's answers (pure; tested with recorded real responses) -------------------------
@@ -176,6 +191,53 @@ def tool_container(task_definition, port):
     raise LaunchFailed(f"The task definition {task_definition.get('taskDefinitionArn')} has no container.")
 
 
+def home_family(deployment, template_slug, home):
+    """The task-definition family of one template's tasks with one home mounted: at most 255
+    letters, digits, - and _."""
+    family = re.sub(r"[^A-Za-z0-9_-]", "-", f"berth-{deployment}-{template_slug}-{home}")
+    if len(family) > 255:
+        family = f"{family[:238]}-{hashlib.sha256(family.encode()).hexdigest()[:16]}"
+    return family
+
+
+def access_point_token(deployment, file_system, home):
+    """CreateAccessPoint's ClientToken for one home: the same in every worker and every launch,
+    so that a create redone after a crash (before the new access point was found by its tags)
+    gets the first one back instead of making a second."""
+    digest = hashlib.sha256(f"{deployment}\0{file_system}\0{home}".encode()).hexdigest()
+    return f"berth-home-{digest}"[:64]
+
+
+def with_home(task_definition, container, family, file_system, access_point):
+    """RegisterTaskDefinition's parameters: the template's task definition, with the home's EFS
+    access point as a volume, mounted at /home/berth (also the working directory) in container.
+
+    Transit encryption and IAM authorization are on: the task role then needs
+    elasticfilesystem:ClientMount and ClientWrite (deploy/ecs/README.md)."""
+    params = {field: task_definition[field] for field in _REGISTERED_FIELDS if task_definition.get(field)}
+    params["family"] = family
+    volume = {"name": HOME_VOLUME, "efsVolumeConfiguration": {
+        "fileSystemId": file_system, "transitEncryption": "ENABLED",
+        "authorizationConfig": {"accessPointId": access_point, "iam": "ENABLED"}}}
+    params["volumes"] = [other for other in params.get("volumes") or [] if other.get("name") != HOME_VOLUME] + [volume]
+    definitions = []
+    for definition in params["containerDefinitions"]:
+        if definition.get("name") == container:
+            mounts = [mount for mount in definition.get("mountPoints") or []
+                      if mount.get("containerPath") != CONTAINER_HOME]
+            definition = {**definition, "workingDirectory": CONTAINER_HOME, "mountPoints": mounts + [
+                {"sourceVolume": HOME_VOLUME, "containerPath": CONTAINER_HOME, "readOnly": False}]}
+        definitions.append(definition)
+    params["containerDefinitions"] = definitions
+    return params
+
+
+def fingerprint(params):
+    """A digest of a task definition's parameters: AWS adds defaults to what it tells back, so
+    Berth compares what it registered, recorded in a tag, rather than what DescribeTaskDefinition says."""
+    return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:32]
+
+
 def _worth_retrying(error):
     """True for an answer that only says "not yet": throttling, a server fault, IAM catching up."""
     code = error.response.get("Error", {}).get("Code", "")
@@ -198,7 +260,7 @@ class EcsBackend(Backend):
 
     def __init__(self, config):
         super().__init__(config)
-        self._client = None
+        self._clients = {}
 
     # -- the API client ---------------------------------------------------------------------
     @property
@@ -213,8 +275,16 @@ class EcsBackend(Backend):
         return self.config["BERTH_DEPLOYMENT"]
 
     @property
+    def file_system(self):
+        """The EFS file system that holds the homes, or None: then tools have none on ECS."""
+        return self.config.get("BERTH_ECS_EFS_FILE_SYSTEM")
+
+    @property
     def client(self):
-        if self._client is None:
+        return self._client_for("ecs")
+
+    def _client_for(self, service):
+        if service not in self._clients:
             try:
                 import boto3
                 from botocore.config import Config
@@ -225,15 +295,15 @@ class EcsBackend(Backend):
             options = Config(retries={"mode": "standard", "total_max_attempts": 1},  # _call retries
                              connect_timeout=5, read_timeout=30, user_agent_extra="berth")
             try:
-                self._client = boto3.session.Session().client(
-                    "ecs", region_name=self.config.get("BERTH_ECS_REGION"),
+                self._clients[service] = boto3.session.Session().client(
+                    service, region_name=self.config.get("BERTH_ECS_REGION"),
                     endpoint_url=self.config.get("BERTH_ECS_ENDPOINT_URL"), config=options)
             except NoRegionError:
                 raise LaunchFailed("The ecs backend needs a region: set BERTH_ECS_REGION.") from None
-        return self._client
+        return self._clients[service]
 
-    def _call(self, operation, **params):
-        """One ECS API call, tried again with backoff while AWS throttles or has not caught up."""
+    def _call(self, operation, service="ecs", **params):
+        """One ECS (or EFS) API call, tried again with backoff while AWS throttles or has not caught up."""
         from botocore.exceptions import ClientError, HTTPClientError
         from botocore.exceptions import ConnectionError as AwsConnectionError
 
@@ -241,10 +311,11 @@ class EcsBackend(Backend):
         action = "".join(part.title() for part in operation.split("_"))
         for attempt in range(1, attempts + 1):
             try:
-                return getattr(self.client, operation)(**params)
+                return getattr(self._client_for(service), operation)(**params)
             except ClientError as error:
                 if not _worth_retrying(error):
-                    raise AwsRefused(f"AWS refused {action}: {_error_text(error)}", _error_text(error)) from None
+                    raise AwsRefused(f"AWS refused {action}: {_error_text(error)}", _error_text(error),
+                                     error.response.get("Error", {}).get("Code", ""), error.response) from None
                 last = _error_text(error)
             except (AwsConnectionError, HTTPClientError) as error:
                 last = str(error)
@@ -278,14 +349,18 @@ class EcsBackend(Backend):
         if task_definition.get("networkMode") != "awsvpc":
             raise LaunchFailed(f"The task definition {task_definition['taskDefinitionArn']} uses network "
                                f"mode {task_definition.get('networkMode') or 'bridge'}; Fargate needs awsvpc.")
+        container = tool_container(task_definition, port)
+        task_definition_arn = template.image
+        if self.file_system:
+            task_definition_arn = self._home_task_definition(instance, task_definition, container)
         params = {
             "cluster": self.cluster,
-            "taskDefinition": template.image,
+            "taskDefinition": task_definition_arn,
             "launchType": "FARGATE",
             "count": 1,
             "startedBy": started_by(self.deployment, instance.id),
             "networkConfiguration": {"awsvpcConfiguration": self._network()},
-            "overrides": self._overrides(instance, tool_container(task_definition, port), port),
+            "overrides": self._overrides(instance, container, port, home=bool(self.file_system)),
             "tags": [
                 {"key": TAG_DEPLOYMENT, "value": self.deployment},
                 {"key": TAG_INSTANCE, "value": str(instance.id)},
@@ -308,6 +383,68 @@ class EcsBackend(Backend):
         raise LaunchFailed(f"AWS Fargate had no capacity for the task in {attempts} attempts: "
                            f"{run_task_failure(failures).rstrip('.')}. Reload the page to try again later.")
 
+    # -- homes on EFS -----------------------------------------------------------------------
+    def _home_task_definition(self, instance, task_definition, container):
+        """The ARN of the template's task definition with the owner's home mounted.
+
+        A volume's access point is part of the task definition (RunTask cannot override it), so
+        each (template, home) has a family of its own, berth-<deployment>-<template>-<home>.
+        A new revision is registered only when what it would hold changes (the template's task
+        definition, the access point), found by the fingerprint tag of the family's latest
+        revision: launches reuse it, and the revisions stay as few as those changes. Two
+        workers racing may register one identical revision each, which is harmless.
+        """
+        home = home_name(instance)
+        access_point = self._access_point(instance, home)
+        family = home_family(self.deployment, instance.template.slug, home)
+        params = with_home(task_definition, container, family, self.file_system, access_point)
+        digest = fingerprint(params)
+        try:
+            latest = self._call("describe_task_definition", taskDefinition=family, include=["TAGS"])
+        except AwsRefused:  # no revision yet: ECS answers a ClientException
+            latest = {}
+        if {"key": TAG_CONTENT, "value": digest} in (latest.get("tags") or []):
+            return latest["taskDefinition"]["taskDefinitionArn"]
+        tags = [{"key": TAG_DEPLOYMENT, "value": self.deployment}, {"key": TAG_TEMPLATE, "value": instance.template.slug},
+                {"key": TAG_USER, "value": home}, {"key": TAG_CONTENT, "value": digest}]
+        try:
+            registered = self._call("register_task_definition", tags=tags, **params)
+        except AwsRefused as refusal:
+            raise LaunchFailed(f"AWS refused the task definition that mounts the home: {refusal.answer}") from None
+        return registered["taskDefinition"]["taskDefinitionArn"]
+
+    def _access_point(self, instance, home):
+        """The id of the home's EFS access point, made the first time: every file goes through it
+        as the tool's uid (the one its owner's process tools run as), under /berth-homes/<home>,
+        created 0700 and owned by that uid. Found by its tags; the reconciler never removes one."""
+        file_system, token = self.file_system, None
+        while True:
+            page = self._call("describe_access_points", service="efs", FileSystemId=file_system,
+                              **({"NextToken": token} if token else {}))
+            for point in page.get("AccessPoints") or []:
+                tags = {tag.get("Key"): tag.get("Value") for tag in point.get("Tags") or []}
+                if (tags.get(TAG_DEPLOYMENT) == self.deployment and tags.get(TAG_USER) == home
+                        and point.get("LifeCycleState") in ("available", "creating", "updating")):
+                    return point["AccessPointId"]
+            token = page.get("NextToken")
+            if not token:
+                break
+        uid = Sandbox(self.config).uid_for(instance)
+        try:
+            created = self._call(
+                "create_access_point", service="efs", FileSystemId=file_system,
+                ClientToken=access_point_token(self.deployment, file_system, home),
+                PosixUser={"Uid": uid, "Gid": uid},
+                RootDirectory={"Path": f"{HOMES_ROOT}/{home}",
+                               "CreationInfo": {"OwnerUid": uid, "OwnerGid": uid, "Permissions": "0700"}},
+                Tags=[{"Key": TAG_DEPLOYMENT, "Value": self.deployment}, {"Key": TAG_USER, "Value": home}])
+        except AwsRefused as refusal:
+            if refusal.code == "AccessPointAlreadyExists" and refusal.response.get("AccessPointId"):
+                return refusal.response["AccessPointId"]  # the same token: made by an earlier attempt
+            raise LaunchFailed(f"AWS could not make the home on EFS file system {file_system}: "
+                               f"{refusal.answer}") from None
+        return created["AccessPointId"]
+
     def _network(self):
         subnets = list(self.config.get("BERTH_ECS_SUBNETS") or ())
         if not subnets:
@@ -319,7 +456,7 @@ class EcsBackend(Backend):
         return network
 
     @staticmethod
-    def _overrides(instance, container, port):
+    def _overrides(instance, container, port, home=False):
         """Command and environment from the template, cpu and memory from the size.
 
         Deterministic (sorted environment), because AWS answers a repeated clientToken with the
@@ -327,6 +464,8 @@ class EcsBackend(Backend):
         """
         command, env = fill(instance, port)
         env["PORT"] = str(port)
+        if home:
+            env["HOME"] = CONTAINER_HOME
         container_override = {"name": container,
                               "environment": [{"name": key, "value": env[key]} for key in sorted(env)]}
         if command:

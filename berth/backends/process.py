@@ -18,7 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from berth.backends.base import Backend, LaunchFailed, allocate_port, probe_http, tail_of_file
+from berth.backends.base import (Backend, LaunchFailed, allocate_port, home_name, probe_http,
+                                 tail_of_file)
 from berth.backends.placeholders import fill
 from berth.backends.sandbox import Sandbox
 
@@ -242,10 +243,7 @@ class ProcessBackend(Backend):
 def home_of(config, instance):
     """The home a tool works in: its owner's, which every tool of theirs shares, or, for a
     shared tool, the tool's own, so that no visitor's files end up in it."""
-    root = Path(config["BERTH_HOMES_DIR"])
-    if instance.template.shared:
-        return root / f"shared-{instance.template.slug}"
-    return root / instance.owner.host_key
+    return Path(config["BERTH_HOMES_DIR"]) / home_name(instance)
 
 
 def seal_data_dir(config):

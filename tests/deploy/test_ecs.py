@@ -97,7 +97,9 @@ def test_only_the_worker_has_a_task_role(definitions):
     actions = {action for statement in policy["Statement"] for action in
                ([statement["Action"]] if isinstance(statement["Action"], str) else statement["Action"])}
     assert {"ecs:RunTask", "ecs:DescribeTasks", "ecs:StopTask", "ecs:ListTasks", "ecs:TagResource",
-            "ecs:DescribeTaskDefinition", "iam:PassRole"} == actions
+            "ecs:DescribeTaskDefinition", "ecs:RegisterTaskDefinition", "iam:PassRole",
+            "elasticfilesystem:DescribeAccessPoints", "elasticfilesystem:CreateAccessPoint",
+            "elasticfilesystem:TagResource"} == actions
 
 
 def test_auth_and_web_are_health_checked_and_named_for_nginx(definitions):

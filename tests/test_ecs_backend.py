@@ -24,14 +24,13 @@ from types import SimpleNamespace
 from unittest import mock
 
 import boto3
-import flask_migrate
 import pytest
 import requests
 from moto.server import ThreadedMotoServer
 from sqlalchemy import update
 
+from tests.apps import migrated_app
 from tests.aws_proxy import AwsProxy
-from webapp import create_app
 from berth.catalogue import CatalogueError, parse_catalogue
 from berth.settings import load_settings
 from berth.extensions import db
@@ -264,12 +263,8 @@ def app(tmp_path, aws, tool_server, monkeypatch):
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     monkeypatch.setattr(ecs, "task_address", stand_in(tool_server))
-    app = create_app()
-    with app.app_context():
-        flask_migrate.upgrade()
+    with migrated_app() as app:
         yield app
-        db.session.remove()
-        db.engine.dispose()
 
 
 def _new_instance(image="echo", size=None, owner_id=None):

@@ -2,7 +2,7 @@
 import json
 from functools import wraps
 
-from flask import Blueprint, abort, flash, g, redirect, render_template, request, url_for
+from flask import Blueprint, abort, current_app, flash, g, redirect, render_template, request, url_for
 from sqlalchemy import func, or_, select
 
 from berth.accounts import groups_by_user, set_user_flags, user_sessions
@@ -13,6 +13,7 @@ from webapp.admin.changes import (ChangeRefused, add_member, create_group, creat
                                   templates_using, update_template)
 from webapp.admin.forms import ActionForm, GroupForm, MemberForm, TemplateForm
 from berth.extensions import db
+from berth.homes import home_usage
 from berth.launch.requests import instance_events, request_stop
 from berth.models import Group, Membership, State, ToolInstance, ToolTemplate, User
 
@@ -94,8 +95,11 @@ def users():
                                         func.lower(User.name).contains(search.lower(), autoescape=True)))
     rows, more = reports.page_of(statement, _page_number())
     groups = groups_by_user(rows)
+    homes = None
+    if "process" in current_app.config["BERTH_BACKENDS"]:
+        homes = home_usage(current_app.config["BERTH_HOMES_DIR"], [person.host_key for person in rows])
     return render_template("admin/users.html", section="users", users=rows, more=more, page=_page_number(),
-                           search=search, groups=groups)
+                           search=search, groups=groups, homes=homes)
 
 
 @bp.get("/users/<int:user_id>")

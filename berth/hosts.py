@@ -69,6 +69,31 @@ def tool_host(slug, host_key, domain):
     return f"{slug}.{domain}" if host_key is None else f"{slug}-{host_key}.{domain}"
 
 
+def session_cookie_name(config):
+    """The platform session cookie: host-only on the main host, and with HTTPS under the
+    __Host- prefix, which a browser accepts only from that very host (never from a tool's)."""
+    prefix = "__Host-" if config["BERTH_SCHEME"] == "https" else ""
+    return prefix + config["BERTH_SESSION_COOKIE"]
+
+
+def tool_cookie_name(config):
+    """The cookie that signs a browser in on one tool host, set there by the sign-in hand-off."""
+    return session_cookie_name(config) + "_tool"
+
+
+def _unsafe_redirect(value):
+    # nginx answers 502 when an upstream's headers outgrow one page (4 KiB by default), so a
+    # longer Location would turn a successful sign-in into an error.
+    return not value or any(ch in value for ch in "\\\r\n\t\x00") or len(value) > MAX_NEXT_URL_LENGTH
+
+
+def safe_relative_path(value):
+    """value if it is a path on the same host ("/…", never "//…" or a backslash trick), else None."""
+    if _unsafe_redirect(value) or not value.startswith("/") or value.startswith("//"):
+        return None
+    return value
+
+
 def public_url(config, host, path="/"):
     """The address a browser uses for a host, with the public scheme and port."""
     scheme = config["BERTH_SCHEME"]
@@ -88,13 +113,9 @@ def safe_next_url(config, value):
 
     domain = config["BERTH_DOMAIN"]
     home = public_url(config, domain)
-    if not value or any(ch in value for ch in "\\\r\n\t\x00"):
+    if _unsafe_redirect(value):
         return home
-    # nginx answers 502 when an upstream's headers outgrow one page (4 KiB by default), so a
-    # longer Location would turn a successful sign-in into an error.
-    if len(value) > MAX_NEXT_URL_LENGTH:
-        return home
-    if value.startswith("/") and not value.startswith("//"):
+    if safe_relative_path(value):
         return public_url(config, domain, value)
     try:
         parts = urlsplit(value)

@@ -168,6 +168,15 @@ class BerthStack:
         """A requests.Session signed in as user, through nginx and the login form."""
         return signed_in(self.base_url, user["email"], user["password"])
 
+    def hand_off(self, browser, slug, user):
+        """Sign browser in on the tool host through the sign-in hand-off, as its first navigation
+        there does, without opening the tool; the tool host's status answer."""
+        answer = browser.get(f"{self.base_url}/auth/handoff", params={"host": self.tool_host(slug, user),
+                                                                      "next": "/__berth/status"}, timeout=10)
+        if answer.status_code != 200:
+            raise RuntimeError(f"the hand-off to {slug} answered {answer.status_code}: {answer.text[:300]}")
+        return answer
+
     def open_tool(self, browser, slug, user, path="/", timeout=20):
         """Navigate to a tool as a browser does, wait until the tool itself answers; return that response."""
         url = self.tool_url(slug, user, path)

@@ -52,8 +52,11 @@ def complete_sign_in(user, next_url, method):
 
 
 def session_token():
-    """The session token in this request's cookie, or None."""
-    return request.cookies.get(session_cookie_name(current_app.config))
+    """The session token in this request's cookie, or None; None too when the browser sends two
+    copies (one planted beside the real one), as the auth check refuses them: signing in again
+    then replaces both."""
+    copies = request.cookies.getlist(session_cookie_name(current_app.config))
+    return copies[0] if len(copies) == 1 else None
 
 
 def find_session(token):

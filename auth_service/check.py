@@ -37,7 +37,7 @@ from urllib.parse import quote
 from berth.addresses import allowed, parse_networks, request_client_address
 from berth.database import RETRY_AFTER_SECONDS, connect, connect_arguments
 from berth.hosts import (MAX_NEXT_URL_LENGTH, is_main_host, parse_tool_host, public_url, session_cookie_name,
-                         strip_port, tool_cookie_name)
+                         strip_port, tool_cookie_name, tools_domain)
 from berth.models import hash_token, utcnow
 from berth.tokens import bearer_token, token_allowed_on_main_host
 
@@ -287,7 +287,7 @@ class AuthCheck:
             return _forbidden(f"The request carries a reserved header ({name}).")
 
         main_host = is_main_host(host, config["BERTH_DOMAIN"])
-        tool = None if main_host else parse_tool_host(host, config["BERTH_DOMAIN"])
+        tool = None if main_host else parse_tool_host(host, tools_domain(config))
         # A Berth API token in Authorization wins over the cookie; any other Authorization (a
         # tool's own scheme) is left alone for the tool. The main host reads the session
         # cookie, a tool host only its own tool cookie: a session cookie there is ignored.

@@ -27,7 +27,7 @@ from sqlalchemy import update
 from auth_service.sessions import find_session, session_token
 from berth.extensions import db
 from berth.hosts import (is_main_host, parse_tool_host, public_url, safe_relative_path, strip_port,
-                         tool_cookie_name)
+                         tool_cookie_name, tools_domain)
 from berth.models import ToolSignIn, hash_token, utcnow
 
 CODE_LIFETIME = 60  # seconds from the main host's redirect to the tool host's answer
@@ -54,7 +54,7 @@ def issue():
         return _refused("The sign-in hand-off starts on Berth's main address.", 404)
     host = strip_port(request.args.get("host", ""))
     next_path = safe_relative_path(request.args.get("next", "/"))
-    if parse_tool_host(host, config["BERTH_DOMAIN"]) is None:
+    if parse_tool_host(host, tools_domain(config)) is None:
         return _refused("That is not the address of a tool on this Berth.")
     if next_path is None:
         return _refused("The page to return to must be a path on the tool's own address.")
@@ -75,7 +75,7 @@ def redeem():
     """On a tool host: redeem the code once, set this host's cookie, go on to the path."""
     config = current_app.config
     host = strip_port(request.host)
-    if parse_tool_host(host, config["BERTH_DOMAIN"]) is None:
+    if parse_tool_host(host, tools_domain(config)) is None:
         return _refused("The sign-in hand-off ends on a tool's address.", 404)
     next_path = safe_relative_path(request.args.get("next", "/"))
     if next_path is None:

@@ -1,4 +1,5 @@
-"""Tool addresses: <slug>-<host_key>.<domain> for a personal tool, <slug>.<domain> for a shared one.
+"""Tool addresses: <slug>-<host_key>.<domain> for a personal tool, <slug>.<domain> for a shared one,
+where <domain> is BERTH_TOOLS_DOMAIN when set, else BERTH_DOMAIN (see tools_domain).
 
 The auth service and the web app both read a tool host with the same function, so that
 they always agree on which tool and which owner a request is for.
@@ -62,6 +63,11 @@ def parse_tool_host(host, domain):
         slug, host_key = label.rsplit("-", 1)
         return ToolHost(slug=slug, host_key=host_key) if SLUG_PATTERN.match(slug) else None
     return ToolHost(slug=label, host_key=None) if SLUG_PATTERN.match(label) else None
+
+
+def tools_domain(config):
+    """The parent domain of tool hosts: BERTH_TOOLS_DOMAIN when set, else BERTH_DOMAIN."""
+    return config.get("BERTH_TOOLS_DOMAIN") or config["BERTH_DOMAIN"]
 
 
 def tool_host(slug, host_key, domain):
@@ -128,6 +134,6 @@ def safe_next_url(config, value):
     if (port or default_port) != config["BERTH_HTTP_PORT"]:
         return home
     host = (parts.hostname or "").lower()
-    if host != domain and parse_tool_host(host, domain) is None:
+    if host != domain and parse_tool_host(host, tools_domain(config)) is None:
         return home
     return value

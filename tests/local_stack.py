@@ -160,7 +160,7 @@ class BerthStack:
         """The tool's host name for user: <slug>-<key>.berth.localhost."""
         from berth.hosts import tool_host
 
-        return tool_host(slug, user["host_key"], DOMAIN)
+        return tool_host(slug, user["host_key"], self.env.get("BERTH_TOOLS_DOMAIN") or DOMAIN)
 
     def tool_url(self, slug, user, path="/"):
         return f"http://{self.tool_host(slug, user)}:{self.port}{path}"

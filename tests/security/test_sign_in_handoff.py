@@ -16,6 +16,7 @@ from berth.extensions import db
 from berth.models import User
 from berth.settings import load_settings
 from tests.actions import csrf_token, post_form, sign_in
+from tests.conftest import _make_stack
 from tests.local_stack import TOOL_COOKIE
 
 SESSION = "berth_session"
@@ -227,6 +228,39 @@ def test_a_browser_that_is_not_signed_in_signs_in_first_then_lands_on_the_tool(s
         assert signed_in.status_code == 200
         assert signed_in.url == stack.tool_url("echo", alice, path)
         assert signed_in.json()["state"] is None
+
+
+# -- BERTH_TOOLS_DOMAIN: tools on a domain of their own -------------------------------------------
+
+@pytest.fixture(scope="module")
+def separate_tools_domain(dockerd, tmp_path_factory):
+    """A Berth whose tools live under berth-tools.localhost, apart from berth.localhost."""
+    stack = _make_stack("tools", None, None, tmp_path_factory.mktemp("tools"), dockerd.url,
+                        extra_env={"BERTH_TOOLS_DOMAIN": "berth-tools.localhost"})
+    stack.start()
+    yield stack
+    stack.stop()
+
+
+def test_with_a_tools_domain_of_its_own_tools_open_through_the_hand_off(separate_tools_domain):
+    stack = separate_tools_domain
+    user = stack.create_user()
+    host = stack.tool_host("echo", user)
+    assert host == f"echo-{user['host_key']}.berth-tools.localhost"
+    with stack.login(user) as browser:
+        assert f"http://{host}:{stack.port}/" in browser.get(stack.base_url + "/", timeout=10).text
+        seen = stack.open_tool(browser, "echo", user, "/headers").json()
+        assert seen["cookies"] == {} and SESSION not in str(seen)
+        assert {c.domain for c in browser.cookies if c.name == TOOL_COOKIE} == {host}
+        assert {c.domain for c in browser.cookies if c.name == SESSION} == {"berth.localhost"}
+        # Under the main domain, a tool-shaped name is no tool any more.
+        old = browser.get(f"http://echo-{user['host_key']}.berth.localhost:{stack.port}/", allow_redirects=False,
+                          timeout=10)
+        assert old.status_code == 404
+        # A hand-off only ever leads to the tools domain.
+        wrong = browser.get(f"{stack.base_url}/auth/handoff", allow_redirects=False, timeout=10,
+                            params={"host": f"echo-{user['host_key']}.berth.localhost", "next": "/"})
+        assert wrong.status_code == 400
 
 
 # -- over HTTPS, in process --------------------------------------------------------------------

@@ -282,7 +282,8 @@ SETTINGS = (
                 "(everyone else uses single sign-on), `off`. `admins` and `off` need "
                 "`BERTH_OIDC_ISSUER`."),
     Setting("BERTH_SESSION_COOKIE", SIGN_IN, default="berth_session",
-            doc="Name of the platform session cookie, scoped to the parent domain."),
+            doc="Name of the platform session cookie, host-only on the main host (`__Host-<name>` "
+                "with `https`); tool hosts get `<name>_tool` through the sign-in hand-off."),
     Setting("BERTH_SESSION_LIFETIME", SIGN_IN, parse=parse_int, default=12 * 3600, minimum=60,
             doc="Absolute lifetime of a sign-in, in seconds (default 12 hours)."),
     Setting("BERTH_SESSION_IDLE_LIFETIME", SIGN_IN, parse=parse_int, default=4 * 3600, minimum=0,

@@ -171,11 +171,13 @@ class BerthStack:
 
     def hand_off(self, browser, slug, user):
         """Sign browser in on the tool host through the sign-in hand-off, as its first navigation
-        there does, without opening the tool; the tool host's status answer."""
-        answer = browser.get(f"{self.base_url}/auth/handoff", params={"host": self.tool_host(slug, user),
-                                                                      "next": "/__berth/status"}, timeout=10)
-        if answer.status_code != 200:
-            raise RuntimeError(f"the hand-off to {slug} answered {answer.status_code}: {answer.text[:300]}")
+        there does, without opening the tool; the tool host's status answer (403 for a user who
+        may not open the tool: the cookie only says who they are)."""
+        host = self.tool_host(slug, user)
+        answer = browser.get(f"{self.base_url}/auth/handoff", params={"host": host, "next": "/__berth/status"},
+                             timeout=10)
+        if not [cookie for cookie in browser.cookies if cookie.name == TOOL_COOKIE and cookie.domain == host]:
+            raise RuntimeError(f"the hand-off to {host} answered {answer.status_code}: {answer.text[:300]}")
         return answer
 
     def navigate(self, browser, url, **headers):

@@ -2,8 +2,9 @@
 
 Request path: nginx → auth_service (GET /auth/check, see check.py) → tool or webapp.
 It depends on the core (berth/) and never on the web app.
-It also serves /auth/login and /auth/logout for local accounts, and single sign-on over
-OpenID Connect under /auth/oidc/ (oidc.py). It reads users, sessions, API tokens and
+It also serves /auth/login and /auth/logout for local accounts, single sign-on over
+OpenID Connect under /auth/oidc/ (oidc.py), and the sign-in hand-off to tool hosts
+(/auth/handoff on the main host, /__berth/handoff on tool hosts; handoff.py). It reads users, sessions, API tokens and
 instances; it writes sessions, users from single sign-on, and (throttled) last use and activity.
 """
 import os
@@ -18,9 +19,10 @@ def create_app(test_config=None):
     app = create_base_app(__name__, test_config,
                           template_dirs=[os.path.join(os.path.dirname(__file__), "templates")])
 
-    from auth_service import check, login
+    from auth_service import check, handoff, login
 
     app.register_blueprint(login.bp)
+    app.register_blueprint(handoff.bp)
     if app.config["BERTH_OIDC_ISSUER"]:
         # authlib and requests cost about 16 MB in every auth process: loaded only with single
         # sign-on. Without it, /auth/oidc/* is not found (404), as oidc.py's views answer then.

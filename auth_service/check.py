@@ -1,7 +1,9 @@
 """GET /auth/check: nginx's auth_request subrequest, on every request to Berth.
 
 This is the hot path. It parses no session machinery and runs one indexed query that
-answers both "who is this" and "where does this host go": by the session cookie, or, for a
+answers both "who is this" and "where does this host go": on the main host by the session
+cookie (host-only there); on a tool host by that host's own tool cookie, which the sign-in
+hand-off set (auth_service/handoff.py) and which holds only while its session does; or, for a
 request with `Authorization: Bearer berth_...`, by the personal API token (the same query
 over api_tokens; the cookie is then ignored). Tokens reach the API on the main host and the
 tools whose template allows them. The answer is carried in headers that nginx picks up with
@@ -10,7 +12,8 @@ auth_request_set:
   X-Berth-Upstream   where nginx proxies: a tool's address, or the web app
   X-Berth-Page       on tool hosts, which lifecycle page the web app shows
   X-Berth-User-Id    the user, for the web app only (never sent to a tool)
-  X-Berth-Login-Url  on 401: the percent-encoded login address for browsers
+  X-Berth-Login-Url  on 401: where browsers go to sign in: the login page for the main host,
+                     the sign-in hand-off for a tool host
   X-Berth-Reason     on 403: why, for the forbidden page
   Retry-After        on 503, when the database cannot be reached: nginx shows the
                      temporarily-unavailable page
@@ -33,7 +36,8 @@ from urllib.parse import quote
 
 from berth.addresses import allowed, parse_networks, request_client_address
 from berth.database import RETRY_AFTER_SECONDS, connect, connect_arguments
-from berth.hosts import MAX_NEXT_URL_LENGTH, is_main_host, parse_tool_host, public_url
+from berth.hosts import (MAX_NEXT_URL_LENGTH, is_main_host, parse_tool_host, public_url, session_cookie_name,
+                         strip_port, tool_cookie_name, tools_domain)
 from berth.models import hash_token, utcnow
 from berth.tokens import bearer_token, token_allowed_on_main_host
 
@@ -64,13 +68,13 @@ _ANSWER_SQL = """
                                             WHERE m.user_id = u.id))) AS granted,
            i.id AS instance_id, i.state AS state, i.upstream AS upstream,
            i.last_activity_at AS last_activity_at
-    FROM {credentials} s
+    FROM {credentials}
     JOIN users u ON u.id = s.user_id
     LEFT JOIN tool_templates t ON t.slug = :slug
     LEFT JOIN users o ON o.host_key = :host_key
     LEFT JOIN tool_instances i ON i.host = :host
          AND i.state IN ('QUEUED', 'SPAWNING', 'RUNNING', 'STOPPING')
-    WHERE s.token_hash = :token_hash
+    WHERE {credential_hash} = :token_hash
       AND s.revoked_at IS NULL
       AND s.expires_at > :now{idle_condition}
       AND u.is_active
@@ -81,9 +85,15 @@ _COLUMNS = ("user_id", "credential_id", "seen_at", "email", "name", "template_id
 _TIMESTAMPS = ("seen_at", "last_activity_at")
 
 # A session also ends when it has not been used for BERTH_SESSION_IDLE_LIFETIME.
-_ANSWER = _ANSWER_SQL.format(credentials="sessions", seen="last_seen_at",
-                             idle_condition="\n      AND s.last_seen_at > :idle_cutoff")
-_TOKEN_ANSWER = _ANSWER_SQL.format(credentials="api_tokens", seen="last_used_at", idle_condition="")
+_IDLE_CONDITION = "\n      AND s.last_seen_at > :idle_cutoff"
+_ANSWER = _ANSWER_SQL.format(credentials="sessions s", credential_hash="s.token_hash", seen="last_seen_at",
+                             idle_condition=_IDLE_CONDITION)
+# A tool cookie: good on its own host only, and only while its session is live.
+_TOOL_COOKIE_ANSWER = _ANSWER_SQL.format(
+    credentials="tool_sign_ins c\n    JOIN sessions s ON s.id = c.session_id AND c.host = :host",
+    credential_hash="c.token_hash", seen="last_seen_at", idle_condition=_IDLE_CONDITION)
+_TOKEN_ANSWER = _ANSWER_SQL.format(credentials="api_tokens s", credential_hash="s.token_hash",
+                                   seen="last_used_at", idle_condition="")
 _NO_IDLE_LIMIT = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 # Marks a session or token as used, at most once per BERTH_ACTIVITY_INTERVAL (like _TOUCH).
@@ -191,7 +201,9 @@ def _answer(status, **headers):
                     for name, value in headers.items()]
 
 
-def _unauthorised(config, host, uri):
+def _unauthorised(config, host, uri, tool=None):
+    if tool is not None:
+        return _to_handoff(config, host, uri)
     original = public_url(config, host, uri or "/")
     if len(original) > MAX_NEXT_URL_LENGTH:
         # The login page would refuse so long a "next" anyway (safe_next_url), and encoded it
@@ -199,6 +211,15 @@ def _unauthorised(config, host, uri):
         return _answer(401, login_url=public_url(config, config["BERTH_DOMAIN"], "/auth/login"))
     login = public_url(config, config["BERTH_DOMAIN"], "/auth/login?next=" + quote(original, safe=""))
     return _answer(401, login_url=login)
+
+
+def _to_handoff(config, host, uri):
+    """A browser without this tool host's cookie is sent to the main host, which signs it in
+    there (auth_service/handoff.py) and sends it back to the same path."""
+    path = uri if uri and uri.startswith("/") and len(uri) <= MAX_NEXT_URL_LENGTH else "/"
+    handoff = public_url(config, config["BERTH_DOMAIN"],
+                         f"/auth/handoff?host={quote(strip_port(host), safe='')}&next={quote(path, safe='')}")
+    return _answer(401, login_url=handoff)
 
 
 def _forbidden(reason, user_id=""):
@@ -233,8 +254,8 @@ class AuthCheck:
         self.flask_app = app.wsgi_app
         self.config = app.config
         self.secret = app.config["BERTH_PROXY_SECRET"].encode()
-        self.cookie = re.compile(
-            r"(?:^|;)\s*" + re.escape(app.config["BERTH_SESSION_COOKIE"]) + r"\s*=\s*([^;]*)")
+        self.session_cookie = _cookie_pattern(session_cookie_name(app.config))
+        self.tool_cookie = _cookie_pattern(tool_cookie_name(app.config))
         from berth.extensions import db
 
         with app.app_context():
@@ -265,24 +286,25 @@ class AuthCheck:
             name = "-".join(part.title() for part in forged[0][5:].split("_"))
             return _forbidden(f"The request carries a reserved header ({name}).")
 
+        main_host = is_main_host(host, config["BERTH_DOMAIN"])
+        tool = None if main_host else parse_tool_host(host, tools_domain(config))
         # A Berth API token in Authorization wins over the cookie; any other Authorization (a
-        # tool's own scheme) is left alone for the tool.
+        # tool's own scheme) is left alone for the tool. The main host reads the session
+        # cookie, a tool host only its own tool cookie: a session cookie there is ignored.
         api_token = bearer_token(environ.get("HTTP_AUTHORIZATION"))
         token = api_token
         if not token:
-            copies = self.cookie.findall(environ.get("HTTP_COOKIE", ""))
+            copies = (self.tool_cookie if tool else self.session_cookie).findall(environ.get("HTTP_COOKIE", ""))
             if len(copies) > 1:
-                # A page on another subdomain planted a second one: trust neither (fail closed).
+                # A page on another host planted a second one: trust neither (fail closed).
                 return _forbidden("This browser sends two Berth session cookies, so Berth trusts "
                                   "neither. Clear this site's cookies, then sign in again.")
             token = copies[0].strip().strip('"') if copies else None  # quoted, as cookies may be
         if not token or len(token) > 200:
-            return _unauthorised(config, host, uri)
+            return _unauthorised(config, host, uri, tool)
 
-        main_host = is_main_host(host, config["BERTH_DOMAIN"])
         if api_token and main_host and not token_allowed_on_main_host(uri):
             return _forbidden("API tokens are accepted only for the API, under /api/.")
-        tool = None if main_host else parse_tool_host(host, config["BERTH_DOMAIN"])
         now = utcnow()
         idle = config["BERTH_SESSION_IDLE_LIFETIME"]
         params = {
@@ -294,10 +316,11 @@ class AuthCheck:
         }
         if not api_token:
             params["idle_cutoff"] = now - timedelta(seconds=idle) if idle else _NO_IDLE_LIMIT
+        query = _TOKEN_ANSWER if api_token else _TOOL_COOKIE_ANSWER if tool else _ANSWER
         try:
-            row = self.database.row(_TOKEN_ANSWER if api_token else _ANSWER, params)
+            row = self.database.row(query, params)
             if row is None:
-                return _unauthorised(config, host, uri)
+                return _unauthorised(config, host, uri, None if api_token else tool)
             self._record_seen("api_tokens" if api_token else "sessions", row, now)
             to_web = functools.partial(_to_web, row.user_id, session_id="" if api_token else row.credential_id)
             if tool is None:
@@ -413,6 +436,11 @@ def _foreign_websocket(config, host, environ):
     if origin is None or all(part.strip() == own for part in origin.split(",")):
         return None
     return _forbidden(f"A WebSocket to this tool must come from its own pages, not from {origin[:200]}.")
+
+
+def _cookie_pattern(name):
+    """Every copy of the cookie name in a Cookie header."""
+    return re.compile(r"(?:^|;)\s*" + re.escape(name) + r"\s*=\s*([^;]*)")
 
 
 def _group_list(rows):

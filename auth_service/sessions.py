@@ -7,6 +7,7 @@ from sqlalchemy import select
 
 from berth.accounts import live_session_filter
 from berth.extensions import db
+from berth.hosts import session_cookie_name
 from berth.models import Session, User, hash_token, record_event, revoke_where, utcnow
 from berth.web import client_ip
 
@@ -51,8 +52,11 @@ def complete_sign_in(user, next_url, method):
 
 
 def session_token():
-    """The session token in this request's cookie, or None."""
-    return request.cookies.get(current_app.config["BERTH_SESSION_COOKIE"])
+    """The session token in this request's cookie, or None; None too when the browser sends two
+    copies (one planted beside the real one), as the auth check refuses them: signing in again
+    then replaces both."""
+    copies = request.cookies.getlist(session_cookie_name(current_app.config))
+    return copies[0] if len(copies) == 1 else None
 
 
 def find_session(token):
@@ -74,25 +78,23 @@ def revoke_session(token):
 
 
 def set_session_cookie(response, token, config):
-    response.set_cookie(
-        config["BERTH_SESSION_COOKIE"],
-        token,
-        max_age=config["BERTH_SESSION_LIFETIME"],
-        # Scoped to the parent domain, so the same sign-in reaches every tool host.
-        domain=config["BERTH_DOMAIN"],
-        path="/",
-        secure=config["BERTH_SCHEME"] == "https",
-        httponly=True,
-        samesite="Lax",
-    )
+    """The session cookie, host-only on the main host (no Domain): no tool host ever receives
+    it; tool hosts get cookies of their own through the sign-in hand-off (handoff.py)."""
+    _clear_parent_domain_cookie(response, config)
+    response.set_cookie(session_cookie_name(config), token, max_age=config["BERTH_SESSION_LIFETIME"],
+                        **_cookie_scope(config))
 
 
 def clear_session_cookie(response, config):
-    response.delete_cookie(
-        config["BERTH_SESSION_COOKIE"],
-        domain=config["BERTH_DOMAIN"],
-        path="/",
-        secure=config["BERTH_SCHEME"] == "https",
-        httponly=True,
-        samesite="Lax",
-    )
+    _clear_parent_domain_cookie(response, config)
+    response.delete_cookie(session_cookie_name(config), **_cookie_scope(config))
+
+
+def _clear_parent_domain_cookie(response, config):
+    # Earlier versions scoped the cookie to the parent domain: a browser that still holds one
+    # would send it beside the host-only one, and be refused for two session cookies.
+    response.delete_cookie(config["BERTH_SESSION_COOKIE"], domain=config["BERTH_DOMAIN"], **_cookie_scope(config))
+
+
+def _cookie_scope(config):
+    return {"path": "/", "secure": config["BERTH_SCHEME"] == "https", "httponly": True, "samesite": "Lax"}

@@ -1,4 +1,5 @@
-"""Tool addresses: <slug>-<host_key>.<domain> for a personal tool, <slug>.<domain> for a shared one.
+"""Tool addresses: <slug>-<host_key>.<domain> for a personal tool, <slug>.<domain> for a shared one,
+where <domain> is BERTH_TOOLS_DOMAIN when set, else BERTH_DOMAIN (see tools_domain).
 
 The auth service and the web app both read a tool host with the same function, so that
 they always agree on which tool and which owner a request is for.
@@ -64,9 +65,39 @@ def parse_tool_host(host, domain):
     return ToolHost(slug=label, host_key=None) if SLUG_PATTERN.match(label) else None
 
 
+def tools_domain(config):
+    """The parent domain of tool hosts: BERTH_TOOLS_DOMAIN when set, else BERTH_DOMAIN."""
+    return config.get("BERTH_TOOLS_DOMAIN") or config["BERTH_DOMAIN"]
+
+
 def tool_host(slug, host_key, domain):
     """The address of a tool: personal with the owner's host_key, shared with None."""
     return f"{slug}.{domain}" if host_key is None else f"{slug}-{host_key}.{domain}"
+
+
+def session_cookie_name(config):
+    """The platform session cookie: host-only on the main host, and with HTTPS under the
+    __Host- prefix, which a browser accepts only from that very host (never from a tool's)."""
+    prefix = "__Host-" if config["BERTH_SCHEME"] == "https" else ""
+    return prefix + config["BERTH_SESSION_COOKIE"]
+
+
+def tool_cookie_name(config):
+    """The cookie that signs a browser in on one tool host, set there by the sign-in hand-off."""
+    return session_cookie_name(config) + "_tool"
+
+
+def _unsafe_redirect(value):
+    # nginx answers 502 when an upstream's headers outgrow one page (4 KiB by default), so a
+    # longer Location would turn a successful sign-in into an error.
+    return not value or any(ch in value for ch in "\\\r\n\t\x00") or len(value) > MAX_NEXT_URL_LENGTH
+
+
+def safe_relative_path(value):
+    """value if it is a path on the same host ("/…", never "//…" or a backslash trick), else None."""
+    if _unsafe_redirect(value) or not value.startswith("/") or value.startswith("//"):
+        return None
+    return value
 
 
 def public_url(config, host, path="/"):
@@ -88,13 +119,9 @@ def safe_next_url(config, value):
 
     domain = config["BERTH_DOMAIN"]
     home = public_url(config, domain)
-    if not value or any(ch in value for ch in "\\\r\n\t\x00"):
+    if _unsafe_redirect(value):
         return home
-    # nginx answers 502 when an upstream's headers outgrow one page (4 KiB by default), so a
-    # longer Location would turn a successful sign-in into an error.
-    if len(value) > MAX_NEXT_URL_LENGTH:
-        return home
-    if value.startswith("/") and not value.startswith("//"):
+    if safe_relative_path(value):
         return public_url(config, domain, value)
     try:
         parts = urlsplit(value)
@@ -107,6 +134,6 @@ def safe_next_url(config, value):
     if (port or default_port) != config["BERTH_HTTP_PORT"]:
         return home
     host = (parts.hostname or "").lower()
-    if host != domain and parse_tool_host(host, domain) is None:
+    if host != domain and parse_tool_host(host, tools_domain(config)) is None:
         return home
     return value

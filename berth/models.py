@@ -138,6 +138,28 @@ class Session(db.Model):
     user: Mapped[User] = relationship()
 
 
+class ToolSignIn(db.Model):
+    """A platform sign-in carried to one tool host by the sign-in hand-off (auth_service/handoff.py).
+
+    The main host issues a one-time code for (session, host); the tool host redeems it once
+    and sets its own host-only cookie, whose hash is then stored here. The row lives and dies
+    with its session: the auth check accepts the cookie only on this host and only while the
+    session is live, so signing out or revoking the session ends every tool cookie at once.
+    """
+
+    __tablename__ = "tool_sign_ins"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    session_id: Mapped[int] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"), index=True)
+    host: Mapped[str] = mapped_column(String(255))
+    code_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    code_expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # Set when the code is redeemed (once: a conditional UPDATE); the tool host's cookie.
+    token_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    redeemed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
 class ApiToken(db.Model):
     """A personal API token. Shown once at creation; this row holds only its hash."""
 

@@ -4,6 +4,7 @@ import re
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
+from berth.hosts import session_cookie_name, tool_cookie_name, tools_domain
 from berth.settings import SettingError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -22,11 +23,15 @@ def render_nginx(config, *, listen=None, auth_servers=None, web_servers=None, st
         raise SettingError(f"BERTH_DOMAIN={domain!r} is not a plain host name")
     context = {
         "domain": domain,
-        "domain_regex": re.escape(domain),
+        "tools_domain": tools_domain(config),
+        "tools_domain_regex": re.escape(tools_domain(config)),
         "listen": listen or str(config["BERTH_HTTP_PORT"]),
         "auth_servers": auth_servers or [f"127.0.0.1:{config['BERTH_AUTH_PORT']}"],
         "web_servers": web_servers or [f"127.0.0.1:{config['BERTH_WEB_PORT']}"],
-        "cookie_name": re.escape(config["BERTH_SESSION_COOKIE"]),
+        # Every name a Berth cookie has had: with or without __Host-, the session's or a tool host's.
+        "berth_cookies": "(?:__Host-)?" + re.escape(config["BERTH_SESSION_COOKIE"]) + "(?:_tool)?",
+        "session_cookie": re.escape(session_cookie_name(config)),
+        "tool_cookie": re.escape(tool_cookie_name(config)),
         "proxy_secret": config["BERTH_PROXY_SECRET"],
         "static_dir": STATIC_DIR,
         "tool_ports": range(config["BERTH_PORT_RANGE"][0], config["BERTH_PORT_RANGE"][1] + 1)

@@ -7,6 +7,7 @@ configuration reference, docs/configuration.md, is generated from it (`berth set
 a message naming the variable and the value, rather than being guessed at.
 """
 import os
+import re
 import secrets
 import tempfile
 from dataclasses import dataclass
@@ -206,9 +207,15 @@ SETTINGS = (
             doc="Parent domain. The main host is this name; tools live at `<slug>-<user>.<domain>` "
                 "(shared ones at `<slug>.<domain>`). Needs wildcard DNS in production; `*.localhost` "
                 "resolves to loopback, so the default needs none."),
+    Setting("BERTH_TOOLS_DOMAIN", ADDRESSES, parse=parse_lowercase, kind="host name",
+            doc="Parent domain of the tool hosts, when they should not live under `BERTH_DOMAIN`: "
+                "tools are then at `<slug>-<user>.<tools domain>`, on a registrable domain of their "
+                "own (as GitHub serves user content), so that no tool's page can set or read a "
+                "cookie of the main host's site at all. Needs wildcard DNS and a TLS certificate for "
+                "it. Unset: `BERTH_DOMAIN`."),
     Setting("BERTH_SCHEME", ADDRESSES, choices=("http", "https"), default="http",
             doc="Scheme browsers use to reach nginx (`https` behind TLS). With `https` the session "
-                "cookie is `Secure`."),
+                "cookie and the tool hosts' cookies are `Secure`, under the `__Host-` prefix."),
     _port("BERTH_HTTP_PORT", ADDRESSES, default=8080,
           doc="Port browsers use to reach nginx; part of every public address. docker-compose.yml "
               "also publishes nginx on it."),
@@ -275,7 +282,8 @@ SETTINGS = (
                 "(everyone else uses single sign-on), `off`. `admins` and `off` need "
                 "`BERTH_OIDC_ISSUER`."),
     Setting("BERTH_SESSION_COOKIE", SIGN_IN, default="berth_session",
-            doc="Name of the platform session cookie, scoped to the parent domain."),
+            doc="Name of the platform session cookie, host-only on the main host (`__Host-<name>` "
+                "with `https`); tool hosts get `<name>_tool` through the sign-in hand-off."),
     Setting("BERTH_SESSION_LIFETIME", SIGN_IN, parse=parse_int, default=12 * 3600, minimum=60,
             doc="Absolute lifetime of a sign-in, in seconds (default 12 hours)."),
     Setting("BERTH_SESSION_IDLE_LIFETIME", SIGN_IN, parse=parse_int, default=4 * 3600, minimum=0,
@@ -555,12 +563,22 @@ def load_settings(environ=os.environ):
     reading = _Reading(environ)
     settings = {setting.config_key: reading[setting.name] for setting in SETTINGS if setting.config_key}
     _check_sign_in(settings)
+    _check_tools_domain(settings)
     return settings
 
 
 def metrics_dir(environ=os.environ):
     """BERTH_METRICS_DIR, or <BERTH_DATA_DIR>/metrics."""
     return read_setting("BERTH_METRICS_DIR", environ)
+
+
+def _check_tools_domain(settings):
+    domain, tools = settings["BERTH_DOMAIN"], settings["BERTH_TOOLS_DOMAIN"]
+    if tools and not re.fullmatch(r"[a-z0-9-]+(\.[a-z0-9-]+)*", tools):
+        raise SettingError(f"BERTH_TOOLS_DOMAIN={tools!r} is not a plain host name")
+    if tools and tools != domain and domain.endswith("." + tools):
+        raise SettingError(f"BERTH_DOMAIN={domain!r} must not lie under BERTH_TOOLS_DOMAIN={tools!r}: the "
+                           "main host would read as a tool's address")
 
 
 def _check_sign_in(settings):

@@ -27,6 +27,7 @@ from tests.actions import signed_in
 from tests.services import free_port
 
 DOMAIN = "berth.localhost"
+TOOL_COOKIE = "berth_session_tool"  # a tool host's own cookie, set by the sign-in hand-off
 
 
 def loopback_names():
@@ -159,7 +160,7 @@ class BerthStack:
         """The tool's host name for user: <slug>-<key>.berth.localhost."""
         from berth.hosts import tool_host
 
-        return tool_host(slug, user["host_key"], DOMAIN)
+        return tool_host(slug, user["host_key"], self.env.get("BERTH_TOOLS_DOMAIN") or DOMAIN)
 
     def tool_url(self, slug, user, path="/"):
         return f"http://{self.tool_host(slug, user)}:{self.port}{path}"
@@ -167,6 +168,34 @@ class BerthStack:
     def login(self, user):
         """A requests.Session signed in as user, through nginx and the login form."""
         return signed_in(self.base_url, user["email"], user["password"])
+
+    def hand_off(self, browser, slug, user):
+        """Sign browser in on the tool host through the sign-in hand-off, as its first navigation
+        there does, without opening the tool; the tool host's status answer (403 for a user who
+        may not open the tool: the cookie only says who they are)."""
+        host = self.tool_host(slug, user)
+        answer = browser.get(f"{self.base_url}/auth/handoff", params={"host": host, "next": "/__berth/status"},
+                             timeout=10)
+        if not [cookie for cookie in browser.cookies if cookie.name == TOOL_COOKIE and cookie.domain == host]:
+            raise RuntimeError(f"the hand-off to {host} answered {answer.status_code}: {answer.text[:300]}")
+        return answer
+
+    def navigate(self, browser, url, **headers):
+        """A browser's top-level navigation to url, its answer not followed. On a tool host that
+        the browser has no cookie for yet, the sign-in hand-off runs first, as a browser follows it."""
+        headers = {"Sec-Fetch-Mode": "navigate", **headers}
+        answer = browser.get(url, headers=headers, allow_redirects=False, timeout=10)
+        if answer.status_code == 302 and answer.headers["Location"].startswith(f"{self.base_url}/auth/handoff?"):
+            code = browser.get(answer.headers["Location"], allow_redirects=False, timeout=10)
+            browser.get(code.headers["Location"], allow_redirects=False, timeout=10)
+            answer = browser.get(url, headers=headers, allow_redirects=False, timeout=10)
+        return answer
+
+    @staticmethod
+    def tool_cookie(browser, host):
+        """The cookie that signs browser in on this tool host (set by the sign-in hand-off)."""
+        return next(cookie.value for cookie in browser.cookies
+                    if cookie.name == TOOL_COOKIE and cookie.domain == host)
 
     def open_tool(self, browser, slug, user, path="/", timeout=20):
         """Navigate to a tool as a browser does, wait until the tool itself answers; return that response."""

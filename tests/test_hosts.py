@@ -1,8 +1,9 @@
 """Tool addresses and the post-login redirect: berth/hosts.py, with no services running."""
 import pytest
 
-from berth.hosts import (ToolHost, is_main_host, parse_tool_host, public_url, safe_next_url, slug_problem,
-                          tool_host)
+from berth.hosts import (ToolHost, is_main_host, parse_tool_host, public_url, safe_next_url, safe_relative_path,
+                         session_cookie_name, slug_problem, tool_cookie_name, tool_host, tools_domain)
+from berth.settings import SettingError, load_settings
 
 DOMAIN = "berth.localhost"
 HOME = "http://berth.localhost:8080/"
@@ -243,3 +244,47 @@ def test_safe_next_url_sends_open_redirect_tricks_and_very_long_values_home(valu
 def test_safe_next_url_keeps_a_long_but_reasonable_path():
     value = "/" + "a" * 1500
     assert safe_next_url(CONFIG, value) == "http://berth.localhost:8080" + value
+
+
+# -- cookies, relative paths and BERTH_TOOLS_DOMAIN ----------------------------------------
+
+def test_cookie_names_carry_the_host_prefix_only_over_https():
+    config = {**CONFIG, "BERTH_SESSION_COOKIE": "berth_session"}
+    assert (session_cookie_name(config), tool_cookie_name(config)) == ("berth_session", "berth_session_tool")
+    config["BERTH_SCHEME"] = "https"
+    assert session_cookie_name(config) == "__Host-berth_session"
+    assert tool_cookie_name(config) == "__Host-berth_session_tool"
+
+
+@pytest.mark.parametrize("value, safe", [
+    ("/", True), ("/lab?x=1&y=%20", True), ("/a//b", True),
+    ("", False), (None, False), ("//evil.example", False), ("///evil.example", False),
+    ("/\\evil.example", False), ("https://evil.example/", False), ("lab", False),
+    ("/x\r\nSet-Cookie: a=1", False), ("/" + "a" * 2000, False),
+])
+def test_safe_relative_path_keeps_the_browser_on_the_same_host(value, safe):
+    assert safe_relative_path(value) == (value if safe else None)
+
+
+def test_a_tools_domain_of_its_own_holds_the_tool_hosts():
+    config = {**CONFIG, "BERTH_TOOLS_DOMAIN": "berth-tools.example"}
+    assert tools_domain(config) == "berth-tools.example" and tools_domain(CONFIG) == DOMAIN
+    assert parse_tool_host("echo-0a1b2c3d.berth-tools.example", tools_domain(config)) == ToolHost("echo", "0a1b2c3d")
+    tool = "http://echo-0a1b2c3d.berth-tools.example:8080/lab"
+    assert safe_next_url(config, tool) == tool
+    # Under the main domain, a tool-shaped name is no longer a tool host.
+    assert safe_next_url(config, "http://echo-0a1b2c3d.berth.localhost:8080/") == HOME
+    assert safe_next_url(config, "http://berth.localhost:8080/x") == "http://berth.localhost:8080/x"
+
+
+@pytest.mark.parametrize("tools, message", [
+    ("localhost", "must not lie under BERTH_TOOLS_DOMAIN"),
+    ("tools_domain.example", "is not a plain host name"),
+    (".example", "is not a plain host name"),
+])
+def test_a_tools_domain_that_cannot_work_is_refused(tmp_path, tools, message):
+    with pytest.raises(SettingError) as error:
+        load_settings({"BERTH_DATA_DIR": str(tmp_path), "BERTH_TOOLS_DOMAIN": tools})
+    assert message in str(error.value)
+    settings = load_settings({"BERTH_DATA_DIR": str(tmp_path), "BERTH_TOOLS_DOMAIN": "Tools.Example"})
+    assert settings["BERTH_TOOLS_DOMAIN"] == "tools.example"

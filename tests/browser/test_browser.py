@@ -6,7 +6,7 @@ for people to look at; no assertion depends on them.
 """
 import re
 import time
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 import pytest
 from playwright.sync_api import expect
@@ -74,10 +74,12 @@ def test_login_catalogue_launch_spawning_then_tool(stack, page, screenshot):
     deep = stack.tool_url("echo", user, "/deep/link?x=1&y=two")
     gate = StatusGate(page)
 
-    # Signed out, a tool's address sends the browser to the login page, which remembers it.
+    # Signed out, a tool's address sends the browser through the sign-in hand-off to the login
+    # page, which remembers the way back.
     page.goto(deep)
     expect(page).to_have_url(re.compile("^" + re.escape(stack.base_url + "/auth/login?next=")))
-    assert parse_qs(urlsplit(page.url).query)["next"] == [deep]
+    assert parse_qs(urlsplit(page.url).query)["next"] == [
+        f"/auth/handoff?host={host}&next={quote('/deep/link?x=1&y=two', safe='')}"]
     expect(page.get_by_role("heading", level=1)).to_have_text("Sign in")
     screenshot(page, "login")
 

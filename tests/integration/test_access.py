@@ -15,6 +15,7 @@ from requests.adapters import HTTPAdapter
 from tests.actions import post_form
 from tests.conftest import DOMAIN, _make_stack
 from tests.integration.test_launch import _wait_state
+from tests.local_stack import TOOL_COOKIE, BerthStack
 
 COOKIE = "berth_session"
 
@@ -47,14 +48,14 @@ def _join(stack, group_name, user):
                 "VALUES (:g, :u, 'local', CURRENT_TIMESTAMP)", g=row["id"], u=user["id"])
 
 
-def _token(browser):
-    return next(cookie.value for cookie in browser.cookies if cookie.name == COOKIE)
 
 
 def _websocket_status(url, browser):
     """101 when the handshake succeeds, else the status nginx answered."""
     try:
-        socket = websocket.create_connection(url.replace("http://", "ws://", 1), cookie=f"{COOKIE}={_token(browser)}",
+        host = url.split("//", 1)[1].split(":", 1)[0]
+        socket = websocket.create_connection(url.replace("http://", "ws://", 1),
+                                             cookie=f"{TOOL_COOKIE}={BerthStack.tool_cookie(browser, host)}",
                                              header=["Origin: " + url.split("/ws")[0]], timeout=10)
     except websocket.WebSocketBadStatusException as refused:
         return refused.status_code
@@ -78,10 +79,6 @@ def _events(stack, kind, **data):
 
 def _shared_url(stack, slug, path="/"):
     return f"http://{slug}.{DOMAIN}:{stack.port}{path}"
-
-
-def _navigate(browser, url):
-    return browser.get(url, headers={"Sec-Fetch-Mode": "navigate"}, allow_redirects=False, timeout=10)
 
 
 # -- the permission matrix ----------------------------------------------------------------------
@@ -110,7 +107,7 @@ def test_permission_matrix_for_a_shared_personal_tool_over_http_and_websocket(st
 
     # The tool sees neither the platform session nor who the user is (its template did not ask).
     seen = browsers["grantee"].get(stack.tool_url("echo", owner, "/headers"), timeout=10).json()
-    assert COOKIE not in seen["cookies"]
+    assert COOKIE not in seen["cookies"] and TOOL_COOKIE not in seen["cookies"]
     assert not {"X-Berth-User-Id", "X-Berth-User-Email", "X-Berth-Proxy-Secret"} & set(seen["headers"])
 
     # The grants are recorded, with who made them.
@@ -152,7 +149,7 @@ def test_a_grantee_cannot_start_the_owners_stopped_tool(stack, alice, bob):
     owner = stack.login(alice)
     assert _share(stack, owner, "echo", "user", bob["email"]).status_code == 302
     grantee = stack.login(bob)
-    page = _navigate(grantee, stack.tool_url("echo", alice))
+    page = stack.navigate(grantee, stack.tool_url("echo", alice))
     assert page.status_code == 503
     assert "Only its owner can start it." in page.text
     assert stack.instances(stack.tool_host("echo", alice)) == []
@@ -197,7 +194,7 @@ def test_a_template_restricted_to_a_group(stack):
                                as_outsider.get(stack.base_url + "/api/tools", timeout=10).json()["tools"]]
 
     # The outsider's own address for it is refused by the auth service: 403, not a starting page.
-    page = _navigate(as_outsider, stack.tool_url("echo-team", outsider))
+    page = stack.navigate(as_outsider, stack.tool_url("echo-team", outsider))
     assert page.status_code == 403
     assert "You are not in a group that may use Team echo." in page.text
     assert _websocket_status(stack.tool_url("echo-team", outsider, "/ws"), as_outsider) == 403
@@ -235,7 +232,7 @@ def test_a_shared_tool_is_opened_by_two_users_at_once(stack):
 
     def visit(index):
         start.wait()
-        answers[index] = _navigate(browsers[index], _shared_url(stack, "board"))
+        answers[index] = stack.navigate(browsers[index], _shared_url(stack, "board"))
 
     threads = [threading.Thread(target=visit, args=(index,)) for index in (0, 1)]
     for thread in threads:
@@ -255,7 +252,7 @@ def test_a_shared_tool_is_opened_by_two_users_at_once(stack):
     assert _websocket_status(_shared_url(stack, "board", "/ws"), browsers[1]) == 101
 
     # Its personal-looking address is no tool, and the catalogue offers no Stop for it.
-    assert _navigate(browsers[0], stack.tool_url("board", first)).status_code == 404
+    assert stack.navigate(browsers[0], stack.tool_url("board", first)).status_code == 404
     card = browsers[0].get(stack.base_url + "/", timeout=10).text.split('data-slug="board"')[1].split("</li>")[0]
     assert "Open" in card and "Stop" not in card
 

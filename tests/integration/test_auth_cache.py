@@ -11,6 +11,7 @@ import requests
 from tests.actions import post_form
 from tests.conftest import _make_stack
 from tests.integration.test_launch import _host, _launch_until
+from tests.local_stack import TOOL_COOKIE
 
 CACHE_SECONDS = 2
 
@@ -39,6 +40,7 @@ def test_a_cached_answer_is_never_served_to_another_user(cached):
     as_alice, as_bob = cached.login(alice), cached.login(bob)
     cached.open_tool(as_alice, "echo", alice, "/headers")
     cached.open_tool(as_bob, "echo", bob, "/headers")
+    cached.hand_off(as_bob, "echo", alice)
     for _ in range(5):
         assert as_alice.get(cached.tool_url("echo", alice, "/headers")).status_code == 200
         refused = as_bob.get(cached.tool_url("echo", alice, "/headers"), headers={"Accept": "application/json"})
@@ -55,11 +57,12 @@ def test_after_logout_a_cached_answer_lasts_at_most_the_cache_lifetime(cached):
     cached.open_tool(browser, "echo", alice, "/headers")
     url = cached.tool_url("echo", alice, "/headers")
     assert browser.get(url).status_code == 200  # now cached
-    old_cookie = browser.cookies.get("berth_session")
+    host = cached.tool_host("echo", alice)
+    old_cookie = cached.tool_cookie(browser, host)
     post_form(browser, cached.base_url + "/auth/logout")
     signed_out_at = time.monotonic()
     replay = requests.Session()
-    replay.cookies.set("berth_session", old_cookie, domain="berth.localhost")
+    replay.cookies.set(TOOL_COOKIE, old_cookie, domain=host)
     deadline = signed_out_at + CACHE_SECONDS + 1.5
     while True:
         status = replay.get(url, headers={"Accept": "application/json"}).status_code

@@ -10,22 +10,26 @@ import requests
 import websocket
 
 from tests.actions import csrf_token
+from tests.local_stack import TOOL_COOKIE
 
-COOKIE = "berth_session"
+SESSION = "berth_session"  # the platform session, on the main host only
+COOKIE = TOOL_COOKIE  # what signs a browser in on a tool host: that host's own cookie
 
 
 @pytest.fixture(scope="module")
 def running_echo(berth_stack):
-    """A user whose echo tool runs, and their session token; shared by the read-only tests here."""
+    """A user whose echo tool runs, their tool cookie there and their session token; shared by
+    the read-only tests here."""
     user = berth_stack.create_user()
     with berth_stack.login(user) as browser:
         berth_stack.open_tool(browser, "echo", user)
         token = _token(browser)
-    return user, token
+        session = _token(browser, SESSION)
+    return user, token, session
 
 
-def _token(browser):
-    return next(c.value for c in browser.cookies if c.name == COOKIE)
+def _token(browser, name=COOKIE):
+    return next(c.value for c in browser.cookies if c.name == name)
 
 
 def _get(url, cookie=None, **headers):
@@ -92,7 +96,7 @@ class Recorder:
 # -- the platform session cookie never reaches a tool -----------------------------------------
 
 def test_platform_cookie_is_stripped_wherever_it_sits_in_the_cookie_header(stack, running_echo):
-    user, token = running_echo
+    user, token, _ = running_echo
     url = stack.tool_url("echo", user, "/headers")
     cases = {
         "first": (f"{COOKIE}={token}; a=1; b=2", {"a": "1", "b": "2"}),
@@ -111,10 +115,15 @@ def test_platform_cookie_is_stripped_wherever_it_sits_in_the_cookie_header(stack
         assert token not in json.dumps(seen), case
     # With only the platform cookie, the tool gets no Cookie header at all.
     assert "Cookie" not in _seen_by_tool(_get(url, f"{COOKIE}={token}"))["headers"]
+    # Nor does a platform session cookie that reaches a tool host (one scoped to the whole
+    # domain, as earlier versions set it, or planted there) ever pass, whatever its name.
+    for stray in (SESSION, "__Host-" + SESSION, "__Host-" + COOKIE):
+        seen = _seen_by_tool(_get(url, f"a=1; {stray}=stray-value; {COOKIE}={token}; b=2"))
+        assert seen["cookies"] == {"a": "1", "b": "2"}, stray
 
 
 def test_platform_cookie_is_stripped_when_split_over_two_cookie_headers(stack, running_echo):
-    user, token = running_echo
+    user, token, _ = running_echo
     host = stack.tool_url("echo", user).split("//")[1].rstrip("/")
     for headers in (["a=1", f"{COOKIE}={token}"], [f"{COOKIE}={token}", "a=1"]):
         connection = http.client.HTTPConnection("127.0.0.1", stack.port, timeout=10)
@@ -137,7 +146,7 @@ def test_platform_cookie_is_stripped_when_split_over_two_cookie_headers(stack, r
 
 
 def test_lookalike_cookie_names_reach_the_tool_untouched(stack, running_echo):
-    user, token = running_echo
+    user, token, _ = running_echo
     cookie = f"xberth_session=keep; {COOKIE}={token}; {COOKIE}_x=also; {COOKIE.upper()}x=third"
     seen = _seen_by_tool(_get(stack.tool_url("echo", user, "/headers"), cookie))
     assert seen["cookies"] == {"xberth_session": "keep", f"{COOKIE}_x": "also", f"{COOKIE.upper()}x": "third"}
@@ -155,18 +164,14 @@ def test_a_tools_own_berth_session_cookie_never_lets_the_platform_one_through(st
         [header] = _set_cookie_headers(planted)
         name, value, attributes = _attributes(header)
         assert (name, value) == (COOKIE, "chosen-by-the-tool") and "domain" not in attributes  # host-only
-        copies = [c for c in browser.cookies if c.name == COOKIE]
-        assert sorted(c.value for c in copies) == sorted([token, "chosen-by-the-tool"])
-
-        # The browser now sends both copies to the tool host: Berth trusts neither, and nothing
-        # reaches the tool.
+        # On its own host, a tool's cookie replaces Berth's for that host (nothing stops a
+        # server's Set-Cookie there): that signs the browser out of this tool host only.
+        assert [c.value for c in browser.cookies if c.name == COOKIE] == ["chosen-by-the-tool"]
         answer = browser.get(stack.tool_url("echo", alice, "/headers"),
                              headers={"Accept": "application/json"}, allow_redirects=False, timeout=10)
-        assert answer.request.headers["Cookie"].count(f"{COOKIE}=") == 2
-        assert answer.status_code == 403
-        assert "two Berth session cookies" in answer.text
-        assert token not in answer.text
-        # The tool's copy stays on the tool's host: the catalogue still knows the user.
+        assert answer.status_code == 401
+        assert "chosen-by-the-tool" not in answer.text
+        # The platform session is untouched: the catalogue still knows the user.
         assert browser.get(stack.base_url + "/", allow_redirects=False, timeout=10).status_code == 200
 
     url = stack.tool_url("echo", alice, "/headers")
@@ -176,7 +181,7 @@ def test_a_tools_own_berth_session_cookie_never_lets_the_platform_one_through(st
         assert refused.status_code == 403, both
         assert token not in refused.text
     # More copies than nginx strips: refused outright rather than leaked.
-    three = _get(url, f"{COOKIE}={token}; {COOKIE}=one; {COOKIE}=two", Accept="text/html")
+    three = _get(url, f"{COOKIE}={token}; {COOKIE}=one; {SESSION}=two; {COOKIE}=three", Accept="text/html")
     assert three.status_code == 400
     assert "Too many Berth session cookies" in three.text
     assert token not in three.text
@@ -200,7 +205,7 @@ RESERVED = [
 
 
 def test_forged_berth_headers_are_refused_before_the_tool(stack, running_echo):
-    user, token = running_echo
+    user, token, _ = running_echo
     url = stack.tool_url("echo", user, "/headers")
     for name in RESERVED:
         answer = _get(url, f"{COOKIE}={token}", Accept="text/html", **{name: f"forged-{name}"})
@@ -222,7 +227,7 @@ def test_forged_identity_headers_are_refused_on_the_main_host(stack, alice, bob)
 
 
 def test_the_proxy_secret_and_berth_headers_never_reach_the_tool(stack, running_echo):
-    user, token = running_echo
+    user, token, _ = running_echo
     url = stack.tool_url("echo", user, "/headers")
     secret = stack.app.config["BERTH_PROXY_SECRET"]
     plain = _seen_by_tool(_get(url, f"{COOKIE}={token}"))
@@ -258,9 +263,9 @@ def test_another_users_tool_is_forbidden_and_never_reached(stack, alice, bob):
         assert [(method, path) for method, path, _ in recorder.requests] == [("GET", "/mine")]
 
         with stack.login(bob) as intruder:
+            # bob's browser gets a cookie for alice's tool host (it only says who he is)...
+            page = stack.navigate(intruder, stack.tool_url("echo", alice, "/bob-was-here"))
             bob_cookie = f"{COOKIE}={_token(intruder)}"
-            page = intruder.get(stack.tool_url("echo", alice, "/bob-was-here"), allow_redirects=False,
-                                timeout=10)
             assert page.status_code == 403
             assert "belongs to another user, who has not shared it with you." in page.text
             posted = intruder.post(stack.tool_url("echo", alice, "/bob-posted"), data=b"x" * 5000,
@@ -289,7 +294,7 @@ def test_a_tools_cookies_for_the_parent_domain_are_narrowed_to_its_own_host(stac
     tool_host = stack.tool_host("echo", alice)
     with stack.login(alice) as browser:
         stack.open_tool(browser, "echo", alice)
-        token = _token(browser)
+        token = _token(browser, SESSION)
         for domain in ("berth.localhost", ".berth.localhost", "BERTH.localhost",
                        "echo-00000000.berth.localhost"):
             answer = browser.get(stack.tool_url("echo", alice, "/set-cookie"),
@@ -303,7 +308,7 @@ def test_a_tools_cookies_for_the_parent_domain_are_narrowed_to_its_own_host(stac
 
         # Not even the platform's own cookie can be replaced by a tool.
         hijack = browser.get(stack.tool_url("echo", alice, "/set-cookie"),
-                             params={"name": COOKIE, "value": "from-the-tool", "domain": "berth.localhost"},
+                             params={"name": SESSION, "value": "from-the-tool", "domain": "berth.localhost"},
                              headers={"Accept": "application/json"}, timeout=10)
         [header] = _set_cookie_headers(hijack)
         assert _attributes(header)[2]["domain"] == tool_host
@@ -311,14 +316,14 @@ def test_a_tools_cookies_for_the_parent_domain_are_narrowed_to_its_own_host(stac
         assert home.status_code == 200
         assert alice["email"].split("@")[0] in home.text
         for_main_host = [(c.name, c.value) for c in browser.cookies if c.domain.lstrip(".") == "berth.localhost"]
-        assert (COOKIE, token) in for_main_host
+        assert (SESSION, token) in for_main_host
         assert not [name for name, value in for_main_host if name == "tool_pref" or value == "from-the-tool"]
 
 
 # -- only nginx may talk to Berth's services ----------------------------------------------------
 
 def test_direct_requests_to_the_web_app_and_auth_service_are_refused(stack, running_echo):
-    user, token = running_echo
+    user, token, session = running_echo
     web = f"http://127.0.0.1:{stack.env['BERTH_WEB_PORT']}"
     auth = f"http://127.0.0.1:{stack.env['BERTH_AUTH_PORT']}"
     tool_host = stack.tool_url("echo", user).split("//")[1].rstrip("/")
@@ -327,7 +332,7 @@ def test_direct_requests_to_the_web_app_and_auth_service_are_refused(stack, runn
     # A real CSRF token, fetched through nginx, and the sign-in it is bound to, so that only
     # the missing proxy secret can be what refuses the direct POST below.
     with requests.Session() as browser:
-        browser.cookies.set(COOKIE, token, domain=".berth.localhost", path="/")
+        browser.cookies.set(SESSION, session, domain="berth.localhost", path="/")
         catalogue = browser.get(stack.base_url + "/", timeout=10)
         csrf = csrf_token(catalogue.text)
     [sign_in] = stack.query("SELECT id FROM sessions WHERE user_id = :id AND revoked_at IS NULL", id=user["id"])
@@ -357,7 +362,7 @@ def test_direct_requests_to_the_web_app_and_auth_service_are_refused(stack, runn
 
 
 def test_the_internal_auth_location_cannot_be_reached_from_outside(stack, running_echo):
-    user, token = running_echo
+    user, token, _ = running_echo
     cookie = f"{COOKIE}={token}"
     for base in (stack.base_url, stack.tool_url("echo", user).rstrip("/")):
         for path in ("/__berth_auth", "/__berth_auth?x=1", "//__berth_auth", "/%5F%5Fberth_auth"):

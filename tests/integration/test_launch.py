@@ -64,6 +64,7 @@ def test_first_visit_shows_spawning_page_then_the_tool_at_the_same_address(stack
 
 def test_status_polling_never_launches_a_stopped_tool(stack, alice):
     browser = stack.login(alice)
+    stack.hand_off(browser, "echo", alice)
     status = browser.get(stack.tool_url("echo", alice, "/__berth/status"),
                          headers={"X-Berth-No-Launch": "1", "Accept": "application/json"})
     assert status.json()["state"] is None

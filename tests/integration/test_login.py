@@ -34,9 +34,17 @@ def _set_cookies(response, name):
     return found
 
 
+def _session_cookie(response):
+    """The session cookie a sign-in sets, beside the deletion of any copy scoped to the whole
+    domain (which earlier versions set): (value, attributes)."""
+    [legacy] = [cookie for cookie in _set_cookies(response, COOKIE) if "domain" in cookie[1]]
+    assert legacy[0] == "" and legacy[1]["max-age"] == "0" and legacy[1]["domain"] == "berth.localhost"
+    [cookie] = [cookie for cookie in _set_cookies(response, COOKIE) if "domain" not in cookie[1]]
+    return cookie
+
+
 def _session_token(response):
-    [(value, _)] = _set_cookies(response, COOKIE)
-    return value
+    return _session_cookie(response)[0]
 
 
 def _hash(token):
@@ -54,9 +62,13 @@ def _login_redirect(stack, original):
     return f"{stack.base_url}/auth/login?next={quote(original, safe='')}"
 
 
+def _handoff_redirect(stack, host, path):
+    return f"{stack.base_url}/auth/handoff?host={host}&next={quote(path, safe='')}"
+
+
 # -- the login form -----------------------------------------------------------------------
 
-def test_login_form_sets_a_session_cookie_for_the_domain_and_redirects_to_next(stack, alice):
+def test_login_form_sets_a_host_only_session_cookie_and_redirects_to_next(stack, alice):
     with requests.Session() as browser:
         form = browser.get(f"{stack.base_url}/auth/login", headers={"Accept": "text/html"}, timeout=10)
         # Flask's CSRF cookie is host-only: a browser keeps it on the main host, away from tools.
@@ -65,11 +77,11 @@ def test_login_form_sets_a_session_cookie_for_the_domain_and_redirects_to_next(s
         answer = _post_login(stack, browser, csrf_token(form.text), alice, next_url="/?tab=mine")
         assert answer.status_code == 302
         assert answer.headers["Location"] == f"{stack.base_url}/?tab=mine"
-        [(token, attributes)] = _set_cookies(answer, COOKIE)
+        token, attributes = _session_cookie(answer)
         assert len(token) >= 40
         assert "httponly" in attributes
         assert attributes["samesite"] == "Lax"
-        assert attributes["domain"] == "berth.localhost"
+        assert "domain" not in attributes  # host-only: no tool host ever receives it
         assert attributes["path"] == "/"
         assert "secure" not in attributes  # plain http: a Secure cookie would never come back
 
@@ -77,10 +89,13 @@ def test_login_form_sets_a_session_cookie_for_the_domain_and_redirects_to_next(s
         assert catalogue.status_code == 200
         assert alice["email"].split("@")[0] in catalogue.text
         assert "Echo" in catalogue.text
-        # One sign-in reaches every tool host too.
-        status = browser.get(stack.tool_url("echo", alice, "/__berth/status"),
-                             headers={"Accept": "application/json"}, timeout=10)
+        # One sign-in reaches every tool host too, through the sign-in hand-off.
+        status = browser.get(stack.tool_url("echo", alice, "/__berth/status"), headers={"Accept": "text/html"},
+                             timeout=10)
         assert status.status_code == 200
+        assert [answer.url.split("?")[0] for answer in status.history] == [
+            stack.tool_url("echo", alice, "/__berth/status"), f"{stack.base_url}/auth/handoff",
+            stack.tool_url("echo", alice, "/__berth/handoff")]
         assert status.json()["state"] is None
 
     # The database keeps only the hash of the token.
@@ -175,6 +190,7 @@ def test_logout_asks_first_then_revokes_the_session_everywhere_at_once(stack, al
     with stack.login(alice) as browser:
         stack.open_tool(browser, "echo", alice)
         token = next(c.value for c in browser.cookies if c.name == COOKIE)
+        tool_token = next(c.value for c in browser.cookies if c.name == COOKIE + "_tool")
 
         confirm = browser.get(stack.base_url + "/auth/logout", allow_redirects=False, timeout=10)
         assert confirm.status_code == 200
@@ -188,23 +204,24 @@ def test_logout_asks_first_then_revokes_the_session_everywhere_at_once(stack, al
                            data={"csrf_token": csrf_token(confirm.text)})
         assert out.status_code == 302
         assert out.headers["Location"].endswith("/auth/login?signed_out=1")
-        [(value, attributes)] = _set_cookies(out, COOKIE)
-        assert value == "" and attributes["max-age"] == "0" and attributes["domain"] == "berth.localhost"
+        value, attributes = _session_cookie(out)
+        assert value == "" and attributes["max-age"] == "0"
 
     [row] = stack.query("SELECT revoked_at FROM sessions WHERE token_hash = :h", h=_hash(token))
     assert row["revoked_at"] is not None
     assert stack.query("SELECT id FROM events WHERE kind = 'auth.logout' AND user_id = :id", id=alice["id"])
 
-    # A copy of the old cookie (another tab, a stolen value) is refused at once, everywhere.
+    # A copy of the old cookies (another tab, a stolen value) is refused at once, everywhere.
     old = f"{COOKIE}={token}"
     main = _get(stack.base_url + "/", old, Accept="application/json")
     assert main.status_code == 401
-    tool = _get(stack.tool_url("echo", alice, "/headers"), old, Accept="application/json")
+    old_tool = f"{COOKIE}_tool={tool_token}"
+    tool = _get(stack.tool_url("echo", alice, "/headers"), old_tool, Accept="application/json")
     assert tool.status_code == 401
     assert tool.json()["error"] == "Sign-in required."
-    page = _get(stack.tool_url("echo", alice, "/headers"), old, Accept="text/html")
+    page = _get(stack.tool_url("echo", alice, "/headers"), old_tool, Accept="text/html")
     assert page.status_code == 302
-    assert page.headers["Location"].startswith(stack.base_url + "/auth/login?next=")
+    assert page.headers["Location"].startswith(stack.base_url + "/auth/handoff?host=")
 
 
 # -- where `next` may send the browser --------------------------------------------------------
@@ -286,15 +303,18 @@ def test_a_missing_or_bad_session_sends_browsers_to_login_and_api_clients_a_401(
     }[kind]
     if value is None:
         value = _expired_session(stack, alice)
-    cookie = f"other=1; {COOKIE}={value}; more=2"
-    for original in (f"{stack.base_url}/reports/q?x=1&y=a%20b",
-                     stack.tool_url("echo", alice, "/deep/link?x=1&y=a%20b")):
-        login_url = _login_redirect(stack, original)
-
+    path = "/deep/link?x=1&y=a%20b"
+    tool = stack.tool_url("echo", alice, path)
+    # The main host reads the session cookie; a tool host its own cookie, and sends a browser
+    # without a good one through the sign-in hand-off, which comes back to the same path.
+    for original, name, login_url in (
+            (f"{stack.base_url}{path}", COOKIE, _login_redirect(stack, f"{stack.base_url}{path}")),
+            (tool, COOKIE + "_tool", _handoff_redirect(stack, stack.tool_host("echo", alice), path))):
+        cookie = f"other=1; {name}={value}; more=2"
         page = _get(original, cookie, Accept="text/html,application/xhtml+xml,*/*;q=0.8")
         assert page.status_code == 302, (original, page.text)
         assert page.headers["Location"] == login_url
-        assert "next=http%3A%2F%2F" in login_url and "%3Fx%3D1%26y%3Da%2520b" in login_url
+        assert "next=" in login_url and "%3Fx%3D1%26y%3Da%2520b" in login_url
 
         api = _get(original, cookie, Accept="application/json")
         xhr = _get(original, cookie, Accept="text/html", **{"X-Requested-With": "XMLHttpRequest"})
@@ -304,12 +324,18 @@ def test_a_missing_or_bad_session_sends_browsers_to_login_and_api_clients_a_401(
             assert "Location" not in answer.headers
             assert answer.json() == {"error": "Sign-in required.", "login_url": login_url}
 
-    # The login page the browser lands on will send it back to the original address.
+    # The login page the browser lands on will send it back to the original address, through
+    # the hand-off for a tool host.
     with requests.Session() as browser:
         form = browser.get(login_url, headers={"Accept": "text/html"}, timeout=10)
-        assert html.unescape(NEXT_FIELD.search(form.text).group(1)) == original
-        answer = _post_login(stack, browser, csrf_token(form.text), alice, next_url=original)
-        assert answer.headers["Location"] == original
+        back = html.unescape(NEXT_FIELD.search(form.text).group(1))
+        assert back == login_url
+        answer = _post_login(stack, browser, csrf_token(form.text), alice, next_url=back)
+        assert answer.headers["Location"] == login_url
+        handoff = browser.get(login_url, allow_redirects=False, timeout=10)
+        assert handoff.headers["Location"].startswith(stack.tool_url("echo", alice, "/__berth/handoff?code="))
+        landed = browser.get(handoff.headers["Location"], allow_redirects=False, timeout=10)
+        assert landed.status_code == 302 and landed.headers["Location"] == tool
 
 
 def test_healthz_is_open_and_the_catalogue_asks_for_sign_in(stack):

@@ -13,6 +13,7 @@ import pytest
 import requests
 
 from tests.actions import post_form
+from tests.local_stack import TOOL_COOKIE
 from tests.oidc_provider import ProviderForms
 from tests.services import wait_for_port
 
@@ -252,7 +253,8 @@ def test_logout_ends_the_session_everywhere_and_signs_out_at_the_provider(stack,
         token = _session_token(sso.sign_in(browser, account))
         user = _user(stack, account["email"])
         tool_status = stack.tool_url("echo", user, "/__berth/status")
-        assert browser.get(tool_status, headers={"Accept": "application/json"}, timeout=10).status_code == 200
+        assert stack.hand_off(browser, "echo", user).status_code == 200
+        tool_token = stack.tool_cookie(browser, stack.tool_host("echo", user))
 
         out = post_form(browser, f"{stack.base_url}/auth/logout", allow_redirects=False)
         assert out.status_code == 302
@@ -266,7 +268,8 @@ def test_logout_ends_the_session_everywhere_and_signs_out_at_the_provider(stack,
         # Berth's session is over at once, on the main host and on every tool host.
         old = {"Cookie": f"{COOKIE}={token}", "Accept": "application/json"}
         assert requests.get(stack.base_url + "/", headers=old, timeout=10).status_code == 401
-        assert requests.get(tool_status, headers=old, timeout=10).status_code == 401
+        old_tool = {"Cookie": f"{TOOL_COOKIE}={tool_token}", "Accept": "application/json"}
+        assert requests.get(tool_status, headers=old_tool, timeout=10).status_code == 401
 
         # The provider asks, signs out, and comes back to Berth.
         ask = browser.get(out.headers["Location"], timeout=10)

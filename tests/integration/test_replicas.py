@@ -272,6 +272,8 @@ def test_killing_replicas_under_load_loses_no_request_session_or_launch(replicat
     for user, browser in standing:
         stack.open_tool(browser, "echo", user)
     launching = [(user, _sign_in(stack, record, user)) for user in users[STANDING_USERS:]]
+    for user, browser in launching:  # signed in on the tool host too, as a first visit does
+        stack.hand_off(browser, "echo", user)
     sessions = [*standing, *launching]
 
     done = threading.Event()

@@ -44,6 +44,7 @@ def test_a_session_unused_for_the_idle_lifetime_ends(stack, alice):
     idle = int(stack.app.config["BERTH_SESSION_IDLE_LIFETIME"])
     with stack.login(alice) as browser:
         tool = stack.tool_url("echo", alice, "/__berth/status")
+        stack.hand_off(browser, "echo", alice)
         assert _status(stack, browser, stack.base_url + "/") == 200
         _shift(stack, browser, "last_seen_at", timedelta(seconds=idle - 120))
         assert _status(stack, browser, tool) == 200  # used in time: it carries on, and counts as used now
@@ -87,6 +88,7 @@ def test_the_account_page_lists_sessions_and_ends_another_one_at_once(stack, ali
     assert _status(stack, phone, stack.base_url + "/") == 200
     phone_id = _row(stack, phone)["id"]
     tool = stack.tool_url("echo", alice, "/__berth/status")
+    stack.hand_off(phone, "echo", alice)
 
     page = laptop.get(f"{stack.base_url}/account", timeout=10)
     assert page.status_code == 200

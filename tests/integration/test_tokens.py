@@ -154,8 +154,9 @@ def test_tools_take_tokens_only_when_their_template_allows_it_and_never_see_them
     assert allowed.status_code == 200, allowed.text
     seen = {name.lower(): value for name, value in allowed.json()["headers"].items()}
     assert "authorization" not in seen and token not in str(allowed.json())
-    # A tool's own Authorization scheme passes through untouched (the session cookie decides).
+    # A tool's own Authorization scheme passes through untouched (the tool host's cookie decides).
     with stack.login(alice) as browser:
+        stack.hand_off(browser, "echo-api", alice)
         own = browser.get(stack.tool_url("echo-api", alice, "/headers"), timeout=10,
                           headers={"Authorization": "Bearer the-tools-own-token"})
         assert own.json()["headers"]["Authorization"] == "Bearer the-tools-own-token"

@@ -133,6 +133,7 @@ def test_a_dead_tool_gets_berths_page_with_a_restart_for_its_owner_only(faulty):
     assert xhr.status_code == 502 and "not answering" in xhr.json()["error"]
 
     grantee = faulty.login(bob)
+    faulty.hand_off(grantee, "echo", alice)
     neutral, _ = _timed_get(grantee, faulty.tool_url("echo", alice), headers=navigate)
     assert neutral.status_code == 502 and "Echo is not answering" in neutral.text
     assert "Restart" not in neutral.text and csrf_token(neutral.text) is None

@@ -5,7 +5,7 @@ import os
 import pytest
 import websocket
 
-COOKIE = "berth_session"
+COOKIE = "berth_session_tool"  # a tool host's own cookie, from the sign-in hand-off
 
 
 def _ws_url(stack, user, path="/ws"):

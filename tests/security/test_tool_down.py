@@ -22,11 +22,13 @@ def test_another_user_cannot_restart_a_tool_through_its_restart_form(stack, alic
     restart = stack.tool_url("echo", alice, "/__berth/restart")
 
     grantee = stack.login(bob)
+    stack.hand_off(grantee, "echo", alice)
     own_token = form_token(grantee, f"{stack.base_url}/")  # a good token, for bob's own sign-in
     refused = grantee.post(restart, data={"csrf_token": own_token}, allow_redirects=False, timeout=10)
     assert refused.status_code == 403 and "Only its owner" in refused.text
 
     stranger = stack.login(stack.create_user())
+    assert stack.hand_off(stranger, "echo", alice).status_code == 403
     token = form_token(stranger, f"{stack.base_url}/")
     assert stranger.post(restart, data={"csrf_token": token}, allow_redirects=False,
                          timeout=10).status_code == 403  # the auth check: not shared with them

@@ -118,10 +118,48 @@ def test_a_tool_page_cannot_slip_its_authors_session_into_a_signed_in_visitor(st
     outcome = _visit(chromium, stack, victim, _evil_url(
         stack, attacker, domain=stack.env["BERTH_DOMAIN"], session=session, session_cookie="berth_session"))
     assert "planted session" in outcome["log"]
-    # The browser kept the visitor's own HttpOnly cookie at /, and the catalogue is theirs.
-    assert outcome["catalogue_status"] == 200
-    assert victim["email"].split("@")[0] in outcome["catalogue_text"] and attacker["email"] not in outcome["catalogue_text"]
-    # Where the planted copy is sent beside it, Berth trusts neither: never the attacker's account.
-    assert outcome["account_status"] == 403
-    assert "two Berth session cookies" in outcome["account_text"]
-    assert attacker["email"] not in outcome["account_text"]
+    # The visitor's own cookie is host-only, so the planted copy for the whole domain sits beside
+    # it (plain HTTP has no __Host- prefix to refuse it): wherever both are sent, Berth trusts
+    # neither, and never shows the attacker's account.
+    for name in ("catalogue", "account"):
+        assert outcome[f"{name}_status"] == 403, name
+        assert "two Berth session cookies" in outcome[f"{name}_text"]
+        assert attacker["email"] not in outcome[f"{name}_text"]
+
+
+def test_chromium_never_sends_the_platform_session_to_a_tool_host(stack, chromium, attack_setup):
+    """The session cookie is host-only: real Chromium keeps it for the main host alone, and a
+    tool host gets a cookie of its own, for that host alone, from the sign-in hand-off."""
+    attacker = attack_setup[0]
+    visitor = stack.create_user()
+    _share_hostile_tool(stack, attacker, visitor)
+    tool_host = stack.tool_host("hostile", attacker)
+    context = chromium.new_context()
+    try:
+        page = context.new_page()
+        page.set_default_timeout(20_000)
+        _sign_in(page, stack, visitor)
+        sent = []
+        page.on("request", lambda request: sent.append(request))
+        landed = page.goto(stack.tool_url("hostile", attacker, "/"))
+        assert landed.status == 200 and page.url == stack.tool_url("hostile", attacker, "/")
+        # Through the hand-off: tool host, main host, tool host's /__berth/handoff, tool host.
+        hosts = [request.url.split("//", 1)[1].split(":", 1)[0] for request in sent]
+        assert hosts == [tool_host, "berth.localhost", tool_host, tool_host], hosts
+        # What Chromium sent to the tool host, as it sent it: never the session cookie.
+        for request in sent:
+            cookies = request.all_headers().get("cookie", "")
+            names = {part.split("=", 1)[0].strip() for part in cookies.split(";") if part.strip()}
+            if request.url.startswith(stack.tool_url("hostile", attacker, "")):
+                assert "berth_session" not in names, (request.url, names)
+            else:
+                assert "berth_session_tool" not in names, (request.url, names)
+        assert "berth_session_tool" in names  # the last request, the tool's own page
+        # Chromium's own cookie store agrees: each cookie is for one host only.
+        for_tool = {cookie["name"]: cookie for cookie in context.cookies(stack.tool_url("hostile", attacker))}
+        for_main = {cookie["name"]: cookie for cookie in context.cookies(stack.base_url)}
+        assert "berth_session" not in for_tool and "berth_session_tool" not in for_main
+        assert for_tool["berth_session_tool"]["domain"] == tool_host and for_tool["berth_session_tool"]["httpOnly"]
+        assert for_main["berth_session"]["domain"] == "berth.localhost" and for_main["berth_session"]["httpOnly"]
+    finally:
+        context.close()

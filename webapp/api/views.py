@@ -10,7 +10,7 @@ from berth.accounts import groups_by_user, set_user_flags, user_groups
 from webapp.api.openapi import document
 from webapp.api.schemas import MAX_ID, body_errors
 from berth.extensions import csrf, db
-from berth.hosts import public_url, tool_host
+from berth.hosts import public_url, tool_host, tools_domain
 from berth.launch.requests import LaunchRefused, instance_events, request_launch, request_stop
 from berth.models import Grant, State, ToolInstance, ToolTemplate, User
 from berth.tokens import TokenError, create_token, is_expired, revoke_token, user_tokens
@@ -143,8 +143,7 @@ def _time(value):
 
 def _host_for(template, user):
     """The address of user's tool of this template: their own, or the shared one."""
-    return tool_host(template.slug, None if template.shared else user.host_key,
-                     current_app.config["BERTH_DOMAIN"])
+    return tool_host(template.slug, None if template.shared else user.host_key, tools_domain(current_app.config))
 
 
 def _tool_json(template, user):

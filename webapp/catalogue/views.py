@@ -6,7 +6,7 @@ from sqlalchemy import select
 
 from berth.access import grants_to, launchable_templates, may_launch
 from berth.extensions import db
-from berth.hosts import public_url, tool_host
+from berth.hosts import public_url, tool_host, tools_domain
 from webapp.identity import login_required
 from berth.launch.requests import LaunchRefused, live_instance, request_launch, request_stop
 from berth.models import State, ToolInstance, ToolTemplate
@@ -27,7 +27,7 @@ class LaunchForm(FlaskForm):
 def index():
     """The tools this user may launch (shared ones at their common address), and those shared with them."""
     config = current_app.config
-    domain = config["BERTH_DOMAIN"]
+    domain = tools_domain(config)
     templates = launchable_templates(g.user)
     hosts = {template.id: tool_host(template.slug, None if template.shared else g.user.host_key, domain)
              for template in templates}
@@ -72,7 +72,7 @@ def launch(slug):
     if not may_launch(g.user, template):
         return render_template("message.html", title=f"{template.name} was not started",
                                message=f"You are not in a group that may use {template.name}."), 403
-    domain = current_app.config["BERTH_DOMAIN"]
+    domain = tools_domain(current_app.config)
     host = tool_host(template.slug, None if template.shared else g.user.host_key, domain)
     try:
         request_launch(template, g.user, host, actor=f"user:{g.user.id}", size_name=form.size.data or None)

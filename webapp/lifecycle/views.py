@@ -9,7 +9,7 @@ from berth.access import AccessRefused, check_open
 from berth.backends import LaunchFailed, get_backend
 from berth.database import RETRY_AFTER_SECONDS
 from berth.extensions import db
-from berth.hosts import is_main_host, parse_tool_host, strip_port
+from berth.hosts import is_main_host, parse_tool_host, strip_port, tools_domain
 from berth.launch.requests import (
     LaunchRefused,
     instance_events,
@@ -100,7 +100,7 @@ def _tool_of_request():
     refused those; never trust one layer alone.
     """
     config = current_app.config
-    parsed = parse_tool_host(request.host, config["BERTH_DOMAIN"])
+    parsed = parse_tool_host(request.host, tools_domain(config))
     if parsed is None:
         abort(404)
     template = db.session.execute(

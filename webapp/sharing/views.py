@@ -9,7 +9,7 @@ from berth.accounts import user_groups
 from berth.access import AccessRefused, add_grant, grants_on, may_launch, revoke_grant
 from webapp.api.schemas import MAX_ID
 from berth.extensions import db
-from berth.hosts import public_url, tool_host
+from berth.hosts import public_url, tool_host, tools_domain
 from webapp.identity import login_required
 from berth.launch.requests import live_instance
 from berth.models import Grant, Group, ToolTemplate
@@ -31,7 +31,7 @@ def own_tool(slug):
     template = db.session.execute(select(ToolTemplate).where(ToolTemplate.slug == slug)).scalar_one_or_none()
     if template is None or template.shared or not may_launch(g.user, template):
         abort(404)
-    return template, tool_host(template.slug, g.user.host_key, current_app.config["BERTH_DOMAIN"])
+    return template, tool_host(template.slug, g.user.host_key, tools_domain(current_app.config))
 
 
 @bp.get("/<slug>")

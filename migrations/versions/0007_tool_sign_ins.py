@@ -1,16 +1,16 @@
 """Tool sign-ins: per-host cookies for tool hosts, issued by the sign-in hand-off
 
-Revision ID: 0006
-Revises: 0005
-Create Date: 2026-12-10 10:00:00
+Revision ID: 0007
+Revises: 0006
+Create Date: 2026-12-07 00:00:00
 
 """
 from alembic import op
 import sqlalchemy as sa
 
 
-revision = '0006'
-down_revision = '0005'
+revision = '0007'
+down_revision = '0006'
 branch_labels = None
 depends_on = None
 

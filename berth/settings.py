@@ -234,12 +234,12 @@ SETTINGS = (
 
     # -- Data and secrets
     Setting("BERTH_DATA_DIR", DATA, parse=parse_path, default="var", kind="folder",
-            doc="Where the SQLite database, Huey's queue file, generated secrets, tool logs and tool "
-                "working folders live; a relative path is taken from the working directory. The "
-                "image sets `/home/berth/data`."),
+            doc="Where the SQLite database and Huey's queue file (in its `database` folder), "
+                "generated secrets, logs and users' homes live; a relative path is taken from the "
+                "working directory. The image sets `/home/berth/data`."),
     Setting("BERTH_DATABASE_URL", DATA, key="SQLALCHEMY_DATABASE_URI", kind="SQLAlchemy URL",
-            default=lambda settings: f"sqlite:///{settings['BERTH_DATA_DIR']}/berth.db",
-            default_doc="`sqlite:///<BERTH_DATA_DIR>/berth.db`",
+            default=lambda settings: f"sqlite:///{sqlite_folder(settings['BERTH_DATA_DIR'])}/berth.db",
+            default_doc="`sqlite:///<BERTH_DATA_DIR>/database/berth.db`",
             doc="The database. SQLite by default; `postgresql+psycopg://user:password@host/db` in "
                 "production."),
     Setting("BERTH_DATABASE_CONNECT_TIMEOUT", DATA, parse=parse_int, default=3, minimum=2, maximum=60,
@@ -390,7 +390,13 @@ SETTINGS = (
             doc="Subnet ids of every task's network interface (awsvpc); at least one. nginx "
                 "reaches a task at its private IPv4 address."),
     Setting("BERTH_ECS_SECURITY_GROUPS", BACKENDS, parse=parse_list, default="",
-            doc="Security-group ids of every task's network interface."),
+            doc="Security-group ids of every task's network interface: let in nginx and the worker "
+                "only, and let out nothing beyond the VPC's endpoints (`ToolsSecurityGroup` of "
+                "`deploy/ecs/security-groups.json`)."),
+    Setting("BERTH_ECS_EGRESS_SECURITY_GROUPS", BACKENDS, parse=parse_list, default="",
+            doc="Security-group ids added for a tool whose template allows egress (`egress: true`): "
+                "those that let it reach beyond the VPC (`ToolsEgressSecurityGroup`). Unset, such a "
+                "tool gets only `BERTH_ECS_SECURITY_GROUPS`, like any other."),
     Setting("BERTH_ECS_ASSIGN_PUBLIC_IP", BACKENDS, parse=parse_boolean, default=False,
             doc="Give each task a public IP too: needed only in subnets without a NAT or VPC "
                 "endpoints to pull images."),
@@ -500,6 +506,11 @@ SETTINGS = (
     Setting("BERTH_WEB_THREADS", PROCESSES, parse=parse_int, default=8, minimum=1,
             read_by=f"`berth run` and {ENTRYPOINT} (`web`)",
             doc="granian's blocking threads per web worker process."),
+    Setting("BERTH_SERVICE_USER", PROCESSES, read_by="`berth run`", default="berth", kind="user name",
+            doc="When `berth run` runs as root, the auth service and the web app run as this user, "
+                "never as root (created as a system user when missing). Only the worker keeps root, "
+                "to give each tool a user and a network of its own. It must be able to run Berth's "
+                "Python: `make run` builds `.venv` on `/usr/bin/python3` for this reason."),
     Setting("BERTH_WORKER_THREADS", PROCESSES, parse=parse_int, default=4, minimum=1,
             read_by=f"{ENTRYPOINT} (`worker`)",
             doc="Threads of the worker (`huey_consumer -w`): how many launch and stop steps one "
@@ -565,6 +576,13 @@ def load_settings(environ=os.environ):
     _check_sign_in(settings)
     _check_tools_domain(settings)
     return settings
+
+
+def sqlite_folder(data_dir):
+    """The folder of the SQLite database and queue: a folder of their own, which the auth service
+    and the web app may write (SQLite writes its journal beside the database), inside a data
+    directory they may not."""
+    return os.path.join(data_dir, "database")
 
 
 def metrics_dir(environ=os.environ):

@@ -7,6 +7,7 @@ components, or several replicas of one (`web-1`, `web-2`): a component they kill
 import ctypes
 import functools
 import os
+import pwd
 import secrets
 import shutil
 import signal
@@ -46,18 +47,26 @@ def nginx_config_error(command):
     return result.stderr if result.returncode else None
 
 
-def start_process(command, log_path, env=None, cwd=ROOT, die_with_parent=False):
+def start_process(command, log_path, env=None, cwd=ROOT, die_with_parent=False, account=None,
+                  umask=0o077):
     """A child process in a session of its own (its whole group can be killed), by default in
     the checkout, with its output appended to log_path. With die_with_parent, the kernel sends it
     SIGTERM when this process ends, even by SIGKILL (Linux only; start it from the main thread:
-    the kernel watches the thread that started it)."""
+    the kernel watches the thread that started it). With account (a pwd entry), it runs as that
+    user and its group, with no other groups.
+
+    The data directory is open to tools' users, for their homes: by default (umask) what Berth's
+    processes write in it is theirs alone."""
+    as_user = {}
+    if account is not None:
+        as_user = {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
+        env = {**(env or os.environ), "HOME": account.pw_dir, "USER": account.pw_name,
+               "LOGNAME": account.pw_name}
     with open(log_path, "ab") as log:
         return subprocess.Popen(command, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True,
                                 preexec_fn=_terminate_on_parent_death if die_with_parent else None,
-                                # The data directory is open to tools' users, for their homes:
-                                # what Berth's processes write in it is theirs alone.
-                                umask=0o077)
+                                umask=umask, **as_user)
 
 
 _LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
@@ -71,6 +80,95 @@ def _terminate_on_parent_death():
 
 
 ROLES = ("auth", "web", "worker", "nginx")
+# Under root, these run as BERTH_SERVICE_USER: they answer every request and need no privilege.
+# The worker keeps root to give each tool a user and a network of its own; nginx's master keeps
+# it to bind ports, its workers run as BERTH_NGINX_USER.
+UNPRIVILEGED_ROLES = ("auth", "web")
+
+
+def service_account(name):
+    """The pwd entry of the user Berth's auth service and web app run as when started by root,
+    created as a system user (no home, no shell) when missing."""
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        result = subprocess.run(["useradd", "--system", "--user-group", "--no-create-home",
+                                 "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin", name],
+                                capture_output=True, text=True)
+        if result.returncode != 0 and "already exists" not in result.stderr:
+            raise SystemExit(f"BERTH_SERVICE_USER={name}: no such user, and `useradd` could not "
+                             f"create it: {result.stderr.strip() or result.returncode}")
+        entry = pwd.getpwnam(name)
+    if entry.pw_uid == 0 or entry.pw_gid == 0:
+        raise SystemExit(f"BERTH_SERVICE_USER={name} is root or in root's group: name a user of its own")
+    return entry
+
+
+_ABLE_TO_RUN = set()
+
+
+def check_account_runs_python(account, env):
+    """Refuse, in one line, a service user that cannot run Berth's Python: it would only fail
+    later, in a log, one component at a time."""
+    if (account.pw_uid, sys.executable) in _ABLE_TO_RUN:
+        return
+    result = subprocess.run([sys.executable, "-c", "import auth_service, webapp"], cwd=ROOT,
+                            env={**env, "HOME": account.pw_dir}, user=account.pw_uid, group=account.pw_gid, extra_groups=[],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        reason = (result.stderr.strip().splitlines() or [f"exit code {result.returncode}"])[-1]
+        raise SystemExit(f"BERTH_SERVICE_USER={account.pw_name} cannot run Berth's Python "
+                         f"({sys.executable}, from {ROOT}): {reason}. Build the virtualenv on a Python "
+                         "every user may run (`make run` uses /usr/bin/python3), in a folder they may "
+                         "read.")
+    _ABLE_TO_RUN.add((account.pw_uid, sys.executable))
+
+
+def share_state_with(account, env):
+    """Hand the service user what the auth service and the web app write: the SQLite database's
+    folder (inside the data directory, or the database's own files elsewhere) and the metrics
+    folder. The worker, which stays root, writes there too: SQLite gives the journals it creates
+    as root to the database's owner, and the metrics folder's group is the service user's (setgid),
+    so that the web app's /metrics can read the worker's counters (the worker's umask is 027)."""
+    from sqlalchemy.engine import make_url
+
+    from berth.settings import metrics_dir, read_setting, sqlite_folder
+
+    data_dir = Path(read_setting("BERTH_DATA_DIR", env)).resolve()
+    owned = []
+    url = make_url(read_setting("BERTH_DATABASE_URL", env))
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        database = Path(url.database).resolve()
+        if database.parent == data_dir / "database":
+            database.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if database.parent == data_dir / "database" or data_dir in database.parent.parents:
+            owned.append(database.parent)
+        owned += [database.parent / f"{database.name}{suffix}" for suffix in ("", "-journal", "-wal", "-shm")]
+    if not read_setting("BERTH_REDIS_URL", env):
+        queue_folder = Path(sqlite_folder(data_dir))
+        queue_folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # An empty file is an empty SQLite database. Made here, it is the service user's before
+        # the worker, as root, opens it first.
+        (queue_folder / "queue.db").touch(mode=0o600)
+        owned += [queue_folder] + [queue_folder / f"queue.db{suffix}" for suffix in ("", "-journal", "-wal", "-shm")]
+    if url.get_backend_name() == "sqlite" and owned and owned[0] != database.parent:
+        folder = database.parent.stat()
+        if folder.st_uid != account.pw_uid and not folder.st_mode & 0o002:
+            raise SystemExit(f"BERTH_DATABASE_URL: the auth service and the web app run as "
+                             f"{account.pw_name}, and SQLite writes its journal beside {database}, in a "
+                             f"folder they cannot write. Give the database a folder of its own, as the "
+                             f"default does (<BERTH_DATA_DIR>/database/berth.db).")
+    for path in owned:
+        if path.is_dir() and not path.is_symlink():
+            os.chown(path, account.pw_uid, account.pw_gid)
+            os.chmod(path, 0o700)
+        elif path.exists() and not path.is_symlink():
+            os.chown(path, account.pw_uid, account.pw_gid)
+            os.chmod(path, 0o600)
+    metrics = Path(metrics_dir(env))
+    metrics.mkdir(parents=True, exist_ok=True)
+    os.chown(metrics, account.pw_uid, account.pw_gid)
+    os.chmod(metrics, 0o2750)
 
 
 def role_of(name):
@@ -126,6 +224,16 @@ class Stack:
         reset_metrics_dir(self.env)
         self.ports = {}  # name → port, for replicas of auth and web started on ports of their own
         self.nginx_user = self.env.get("BERTH_NGINX_USER") or "www-data"
+        self.account = None
+        if os.geteuid() == 0:
+            from berth.settings import read_setting
+
+            self.account = service_account(self.env.get("BERTH_SERVICE_USER") or "berth")
+            # Generated secrets are files only root reads: the service user gets them from here.
+            for name in ("BERTH_SECRET_KEY", "BERTH_PROXY_SECRET"):
+                self.env[name] = read_setting(name, self.env)
+            share_state_with(self.account, self.env)
+            check_account_runs_python(self.account, self.env)
 
     # -- the components ---------------------------------------------------------------------
     def command(self, name):
@@ -163,9 +271,16 @@ class Stack:
         their own; a restart of the replica reuses it)."""
         if port is not None:
             self.ports[name] = port
-        self.processes[name] = start_process(self.command(name), self.log_path(name),
-                                             env={**self.env, **(extra_env or {})},
-                                             die_with_parent=self.die_with_parent)
+        env = {**self.env, **(extra_env or {})}
+        account, umask = None, 0o077
+        if self.account is not None and role_of(name) in UNPRIVILEGED_ROLES:
+            share_state_with(self.account, env)  # the database may have been created since
+            account = self.account
+        elif self.account is not None and role_of(name) == "worker":
+            umask = 0o027  # its counters, readable by the service user's group (share_state_with)
+        self.processes[name] = start_process(self.command(name), self.log_path(name), env=env,
+                                             die_with_parent=self.die_with_parent, account=account,
+                                             umask=umask)
         return self.processes[name]
 
     def start_all(self, config, stopping=None):
@@ -348,6 +463,8 @@ def run_local(config):
     """`berth run`: prepare the database, start the stack, keep it running until Ctrl-C or
     SIGTERM, then stop it and the process-backend tools it started."""
     data_dir = Path(config["BERTH_DATA_DIR"])
+    if not os.environ.get("BERTH_DATABASE_URL"):
+        move_legacy_sqlite_files(data_dir)
     admin_email = os.environ.get("BERTH_ADMIN_EMAIL", "admin@berth.localhost")
     admin_password = os.environ.get("BERTH_ADMIN_PASSWORD") or _remembered_password(data_dir)
     prepare_database(config, admin_email, admin_password)
@@ -368,6 +485,22 @@ def run_local(config):
         print("\nStopping Berth and the tools it started…", flush=True)
         stack.stop_all()
         stop_local_tools(config)
+
+
+def move_legacy_sqlite_files(data_dir):
+    """Earlier versions kept the SQLite database and queue in the data directory itself: move them
+    to its `database` folder, where the default now looks, before anything opens them."""
+    from berth.settings import sqlite_folder
+
+    folder = Path(sqlite_folder(data_dir))
+    for name in ("berth.db", "queue.db"):
+        old, new = Path(data_dir) / name, folder / name
+        if old.is_file() and not old.is_symlink() and not new.exists():
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            for suffix in ("", "-journal", "-wal", "-shm"):
+                if Path(f"{old}{suffix}").exists():
+                    os.replace(f"{old}{suffix}", f"{new}{suffix}")
+            print(f"Moved {old} to {new}.", flush=True)
 
 
 def _start_and_supervise(stack, config, stopping, admin_email, admin_password):

@@ -145,7 +145,7 @@ def test_load_settings_defaults(tmp_path):
     assert settings["BERTH_HTTP_PORT"] == 8080
     assert settings["BERTH_AUTH_PORT"] == 8101
     assert settings["BERTH_WEB_PORT"] == 8102
-    assert settings["SQLALCHEMY_DATABASE_URI"] == f"sqlite:///{tmp_path}/berth.db"
+    assert settings["SQLALCHEMY_DATABASE_URI"] == f"sqlite:///{tmp_path}/database/berth.db"
     assert settings["BERTH_REDIS_URL"] is None
     assert settings["BERTH_SESSION_COOKIE"] == "berth_session"
     assert settings["BERTH_SESSION_LIFETIME"] == 12 * 3600
@@ -200,7 +200,7 @@ def test_load_settings_fails_loudly_naming_the_variable(tmp_path, name, raw, wor
 
 def test_load_settings_derives_the_database_and_metrics_folder_from_the_data_directory(tmp_path):
     settings = load_settings({"BERTH_DATA_DIR": str(tmp_path / "data")})
-    assert settings["SQLALCHEMY_DATABASE_URI"] == f"sqlite:///{tmp_path}/data/berth.db"
+    assert settings["SQLALCHEMY_DATABASE_URI"] == f"sqlite:///{tmp_path}/data/database/berth.db"
     assert settings["BERTH_METRICS_DIR"] == str(tmp_path / "data" / "metrics")
     assert (tmp_path / "data" / "secret_key").exists()
 

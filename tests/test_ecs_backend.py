@@ -370,6 +370,24 @@ def test_task_runs_the_templates_command_environment_and_size_in_the_tool_contai
                                                    _instance(instance_id).created_at, 1)
 
 
+def test_only_a_template_that_allows_egress_gets_the_egress_security_groups(app, aws, monkeypatch):
+    """A tool reaches beyond the VPC only through the groups BERTH_ECS_EGRESS_SECURITY_GROUPS
+    names, and only when its template says `egress: true`; every other tool has the tools' group
+    alone, which lets in nginx and the worker and lets out nothing else."""
+    app.config["BERTH_ECS_EGRESS_SECURITY_GROUPS"] = ("sg-egress",)
+    closed = _new_instance()
+    assert advance_launch(closed) == "running"
+    opened = _new_instance(image="echo-open")
+    template = _instance(opened).template
+    template.egress, template.image = True, "echo"
+    db.session.commit()
+    assert advance_launch(opened) == "running"
+    first, second = aws.proxy.requests("RunTask")[-2:]
+    assert first["networkConfiguration"]["awsvpcConfiguration"]["securityGroups"] == [aws.security_group]
+    assert second["networkConfiguration"]["awsvpcConfiguration"]["securityGroups"] == [aws.security_group,
+                                                                                       "sg-egress"]
+
+
 # -- idempotency -------------------------------------------------------------------------------
 def test_redoing_the_run_task_step_adopts_the_task_it_started(app, aws):
     instance_id = _new_instance()

@@ -359,7 +359,7 @@ class EcsBackend(Backend):
             "launchType": "FARGATE",
             "count": 1,
             "startedBy": started_by(self.deployment, instance.id),
-            "networkConfiguration": {"awsvpcConfiguration": self._network()},
+            "networkConfiguration": {"awsvpcConfiguration": self._network(template)},
             "overrides": self._overrides(instance, container, port, home=bool(self.file_system)),
             "tags": [
                 {"key": TAG_DEPLOYMENT, "value": self.deployment},
@@ -445,14 +445,20 @@ class EcsBackend(Backend):
                                f"{refusal.answer}") from None
         return created["AccessPointId"]
 
-    def _network(self):
+    def _network(self, template):
+        """The task's network interface: the tools' subnets and security groups, and those that
+        let it reach beyond the VPC only when its template allows egress."""
         subnets = list(self.config.get("BERTH_ECS_SUBNETS") or ())
         if not subnets:
             raise LaunchFailed("BERTH_ECS_SUBNETS is empty: a Fargate task needs at least one subnet.")
         network = {"subnets": subnets,
                    "assignPublicIp": "ENABLED" if self.config.get("BERTH_ECS_ASSIGN_PUBLIC_IP") else "DISABLED"}
-        if self.config.get("BERTH_ECS_SECURITY_GROUPS"):
-            network["securityGroups"] = list(self.config["BERTH_ECS_SECURITY_GROUPS"])
+        groups = list(self.config.get("BERTH_ECS_SECURITY_GROUPS") or ())
+        if template.egress:
+            groups += [group for group in self.config.get("BERTH_ECS_EGRESS_SECURITY_GROUPS") or ()
+                       if group not in groups]
+        if groups:
+            network["securityGroups"] = groups
         return network
 
     @staticmethod

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from flask import has_app_context
 from huey import RedisHuey, SqliteHuey, crontab
 
-from berth.settings import load_settings
+from berth.settings import load_settings, sqlite_folder
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +26,9 @@ def _make_huey():
     settings = load_settings()
     if settings["BERTH_REDIS_URL"]:
         return RedisHuey("berth", url=settings["BERTH_REDIS_URL"], results=False)
-    os.makedirs(settings["BERTH_DATA_DIR"], exist_ok=True)
-    return SqliteHuey("berth", filename=os.path.join(settings["BERTH_DATA_DIR"], "queue.db"),
+    folder = sqlite_folder(settings["BERTH_DATA_DIR"])
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    return SqliteHuey("berth", filename=os.path.join(folder, "queue.db"),
                       results=False)
 
 

@@ -14,7 +14,7 @@ from flask.sessions import SecureCookieSessionInterface
 from jinja2 import ChoiceLoader, FileSystemLoader
 
 from berth.addresses import request_client_address
-from berth.database import bound_engine, engine_options
+from berth.database import bound_engine, engine_options, make_sqlite_folder
 from berth.extensions import csrf, db, migrate
 from berth.hosts import public_url
 from berth.settings import load_settings
@@ -40,6 +40,7 @@ def create_base_app(import_name, test_config=None, template_dirs=()):
     app.config["SESSION_COOKIE_SECURE"] = app.config["BERTH_SCHEME"] == "https"
     app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS",
                           engine_options(app.config, app.config["SQLALCHEMY_DATABASE_URI"]))
+    make_sqlite_folder(app.config["SQLALCHEMY_DATABASE_URI"])
     db.init_app(app)
     with app.app_context():
         bound_engine(db.engine, app.config)

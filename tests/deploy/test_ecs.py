@@ -140,3 +140,77 @@ def test_auth_web_and_worker_are_labelled_for_scraping_their_own_metrics(definit
     assert env["BERTH_WORKER_METRICS_PORT"] == "9102"
     assert env["BERTH_WORKER_METRICS_HOST"] == "0.0.0.0"
     assert [mapping["name"] for mapping in worker["portMappings"]] == ["metrics"]
+
+
+# -- security groups: who may reach whom ------------------------------------------------------
+
+def _security_group_rules():
+    """{(kind, group): [(peer, from port, to port)]} of security-groups.json, kind "in" or "out";
+    a peer is another group's logical name or a CIDR."""
+    template = json.loads((ECS / "security-groups.json").read_text())
+    rules = {}
+    for resource in template["Resources"].values():
+        kind = {"AWS::EC2::SecurityGroupIngress": "in", "AWS::EC2::SecurityGroupEgress": "out"}.get(resource["Type"])
+        if kind is None:
+            continue
+        properties = resource["Properties"]
+        peer = properties.get("SourceSecurityGroupId") or properties.get("DestinationSecurityGroupId") \
+            or properties.get("CidrIp")
+        peer = peer["Ref"] if isinstance(peer, dict) else peer
+        rules.setdefault((kind, properties["GroupId"]["Ref"]), []).append(
+            (peer, properties["FromPort"], properties["ToPort"]))
+    return template, rules
+
+
+def test_tools_let_in_nginx_and_the_worker_only_and_never_each_other():
+    template, rules = _security_group_rules()
+    tools_in = rules[("in", "ToolsSecurityGroup")]
+    assert {peer for peer, *_ in tools_in} == {"NginxSecurityGroup", "WorkerSecurityGroup"}
+    # No group admits itself: one tool never reaches another, one replica never needs to.
+    for (kind, group), peers in rules.items():
+        assert all(peer != group for peer, *_ in peers), group
+    # Berth's internals let in only what must reach them.
+    assert {peer for peer, *_ in rules[("in", "AuthSecurityGroup")]} == {"NginxSecurityGroup"}
+    assert {peer for peer, *_ in rules[("in", "WebSecurityGroup")]} == {"NginxSecurityGroup"}
+    assert ("in", "WorkerSecurityGroup") not in rules
+    assert "ToolsSecurityGroup" not in {peer for peer, *_ in rules[("in", "DatabaseSecurityGroup")]}
+    assert "ToolsSecurityGroup" not in {peer for peer, *_ in rules[("in", "RedisSecurityGroup")]}
+
+
+def test_tools_reach_nothing_beyond_the_vpc_unless_their_template_allows_egress():
+    template, rules = _security_group_rules()
+    resources = template["Resources"]
+    # The inline rule replaces AWS's default allow-all egress with one that matches nothing.
+    assert resources["ToolsSecurityGroup"]["Properties"]["SecurityGroupEgress"] == [
+        {"IpProtocol": "-1", "CidrIp": "127.0.0.1/32",
+         "Description": "nothing: the default allow-all egress is removed"}]
+    assert {peer for peer, *_ in rules[("out", "ToolsSecurityGroup")]} == {"EndpointsSecurityGroup",
+                                                                          "EfsSecurityGroup"}
+    opened = resources["ToolsEgressSecurityGroup"]["Properties"]["SecurityGroupEgress"]
+    assert [rule["CidrIp"] for rule in opened] == ["0.0.0.0/0"]
+
+
+def test_the_security_groups_deploy_and_the_tools_group_names_its_two_peers():
+    """CloudFormation (as moto models it) creates the stack, and the tools' group, as EC2 then
+    describes it, admits exactly nginx's and the worker's groups. moto skips the stand-alone
+    egress rules (it does not model them), which the test above reads from the template."""
+    import warnings
+
+    import boto3
+    from moto import mock_aws
+
+    with mock_aws(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*AWS::EC2::SecurityGroupEgress.*")
+        ec2 = boto3.client("ec2", region_name="eu-west-2")
+        cloudformation = boto3.client("cloudformation", region_name="eu-west-2")
+        vpc = ec2.create_vpc(CidrBlock="10.30.0.0/16")["Vpc"]["VpcId"]
+        cloudformation.create_stack(StackName="berth-security-groups",
+                                    TemplateBody=(ECS / "security-groups.json").read_text(),
+                                    Parameters=[{"ParameterKey": "VpcId", "ParameterValue": vpc}])
+        [stack] = cloudformation.describe_stacks(StackName="berth-security-groups")["Stacks"]
+        assert stack["StackStatus"] == "CREATE_COMPLETE"
+        ids = {output["OutputKey"]: output["OutputValue"] for output in stack["Outputs"]}
+        [tools] = ec2.describe_security_groups(GroupIds=[ids["ToolsSecurityGroup"]])["SecurityGroups"]
+        peers = {pair["GroupId"] for rule in tools["IpPermissions"] for pair in rule["UserIdGroupPairs"]}
+        assert peers == {ids["NginxSecurityGroup"], ids["WorkerSecurityGroup"]}
+        assert all(not rule["IpRanges"] for rule in tools["IpPermissions"])

@@ -116,7 +116,7 @@ def _queue_length(stack):
     if stack.env.get("BERTH_REDIS_URL"):
         with redis.Redis.from_url(stack.env["BERTH_REDIS_URL"]) as client:
             return client.llen(HUEY_REDIS_QUEUE)
-    with closing(sqlite3.connect(stack.data_dir / "queue.db")) as connection:
+    with closing(sqlite3.connect(stack.data_dir / "database" / "queue.db")) as connection:
         return connection.execute("SELECT count(*) FROM task").fetchone()[0]
 
 
@@ -126,7 +126,7 @@ def _lose_the_queue(stack):
         with redis.Redis.from_url(stack.env["BERTH_REDIS_URL"]) as client:
             client.flushdb()
     else:
-        with closing(sqlite3.connect(stack.data_dir / "queue.db")) as connection:
+        with closing(sqlite3.connect(stack.data_dir / "database" / "queue.db")) as connection:
             connection.execute("DELETE FROM task")
             connection.commit()
     assert _queue_length(stack) == 0

@@ -46,7 +46,7 @@ def hostile_catalogue(berth_stack):
         "    spawn_timeout: 60\n")
     loaded = berth_stack.berth("catalogue", "load", str(catalogue))
     assert loaded.returncode == 0, loaded.stderr
-    yield
+    yield str(catalogue)
     shutil.rmtree(folder)
 
 
@@ -88,11 +88,11 @@ def test_a_hostile_tool_reaches_nothing_of_berth_or_of_other_users(stack, alice,
     low, high = (int(part) for part in stack.env["BERTH_PORT_RANGE"].split("-"))
     berth_pids = _berth_pids(stack) + [victim_state["pid"]]
     plan = {
-        "read": [str(stack.data_dir / name) for name in ("secret_key", "proxy_secret", "berth.db", "queue.db",
-                                                         "admin_password")]
+        "read": [str(stack.data_dir / name) for name in ("secret_key", "proxy_secret", "database/berth.db",
+                                                         "database/queue.db", "admin_password")]
                 + [str(secret_note), str(stack.data_dir / "logs" / f"instance-{victim_row['id']}.err"),
                    str(stack.data_dir / "nginx" / "nginx.conf")],  # it holds the proxy secret
-        "list": [str(stack.data_dir), str(homes), str(homes / bob["host_key"]), str(stack.data_dir / "logs"),
+        "list": [str(stack.data_dir), str(homes), str(homes / bob["host_key"]), str(stack.data_dir / "logs"), str(stack.data_dir / "database"),
                  str(stack.data_dir / "nginx"), str(stack.data_dir / "nginx" / "tmp" / "proxy")],
         "environ": berth_pids,
         "signal": berth_pids,

@@ -163,3 +163,58 @@ def test_chromium_never_sends_the_platform_session_to_a_tool_host(stack, chromiu
         assert for_main["berth_session"]["domain"] == "berth.localhost" and for_main["berth_session"]["httpOnly"]
     finally:
         context.close()
+
+
+# -- The default install: tools on a site of their own ------------------------------------------
+
+@pytest.fixture(scope="module")
+def tools_site(dockerd, tmp_path_factory, hostile_catalogue):
+    """A Berth as `make run` starts it: tools under berth-tools.localhost, another site than
+    berth.localhost (BERTH_TOOLS_DOMAIN)."""
+    from tests.conftest import _make_stack
+
+    stack = _make_stack("tools-site", None, None, tmp_path_factory.mktemp("tools-site"), dockerd.url,
+                        extra_env={"BERTH_TOOLS_DOMAIN": "berth-tools.localhost"})
+    stack.start()
+    loaded = stack.berth("catalogue", "load", hostile_catalogue)
+    assert loaded.returncode == 0, loaded.stderr
+    yield stack
+    stack.stop()
+
+
+@pytest.mark.parametrize("domain", ["berth.localhost", "localhost", "berth-tools.localhost"])
+def test_on_a_tools_site_a_tool_page_plants_no_session_even_for_a_visitor_who_signs_out(
+        tools_site, chromium, domain):
+    """The attack that plain HTTP allows under one domain: a tool's page writes the author's
+    session for the whole domain, and a visitor who is signed out (or signs out) then works in
+    the author's account. With tools on a site of their own, Chromium refuses the cookie for
+    Berth's host or a parent of it: after signing out, the visitor is simply signed out."""
+    stack = tools_site
+    attacker, visitor = stack.create_user(), stack.create_user()
+    as_attacker = stack.login(attacker)
+    stack.open_tool(as_attacker, "hostile", attacker)
+    session = as_attacker.cookies.get("berth_session")
+    _share_hostile_tool(stack, attacker, visitor)
+    context = chromium.new_context()
+    try:
+        page = context.new_page()
+        page.set_default_timeout(20_000)
+        _sign_in(page, stack, visitor)
+        page.goto(_evil_url(stack, attacker, domain=domain, session=session, session_cookie="berth_session"))
+        page.wait_for_selector("body[data-done=yes]")
+        assert "planted session" in page.inner_text("#log")
+        # Still themself on Berth's pages: nothing was planted beside their own cookie.
+        answer = page.goto(stack.base_url + "/account")
+        assert answer.status == 200 and visitor["email"] in page.inner_text("body")
+        assert attacker["email"] not in page.inner_text("body")
+        planted = [cookie for cookie in context.cookies(stack.base_url) if cookie["value"] == session]
+        assert planted == [], planted
+        # Signed out, and so with no cookie of their own to collide with, they are not the author.
+        page.get_by_role("navigation").get_by_role("link", name="Sign out").click()
+        page.get_by_role("button", name="Sign out").click()
+        for path in ("/", "/account"):
+            page.goto(stack.base_url + path)
+            assert "/auth/login" in page.url, page.url
+            assert attacker["email"] not in page.inner_text("body")
+    finally:
+        context.close()

@@ -1,6 +1,7 @@
 """Render nginx's configuration from the templates in nginx/ (see `berth nginx-conf`)."""
 import os
 import re
+from datetime import datetime, timezone
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
@@ -96,6 +97,7 @@ def render_nginx(config, *, listen=None, auth_servers=None, web_servers=None, st
         "static_dir": STATIC_DIR,
         "tool_ports": loopback_tool_ports(config),
         "tuning": tuning(config, standalone),
+        "rendered_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "auth_cache_seconds": config["BERTH_AUTH_CACHE_SECONDS"],
         # The auth service answers within a statement timeout (503 past it); a little more for it.
         "auth_timeout": config["BERTH_DATABASE_STATEMENT_TIMEOUT"] + AUTH_TIMEOUT_MARGIN,

@@ -25,6 +25,7 @@ def create_app(test_config=None):
     log_requests(app)
 
     from berth import metrics
+    from berth.launch.tasks import huey
     from webapp import identity
     from webapp.account import views as account
     from webapp.admin import views as admin
@@ -34,7 +35,7 @@ def create_app(test_config=None):
     from webapp.sharing import views as sharing
 
     identity.init_app(app)
-    metrics.init_app(app)
+    metrics.init_app(app, queue=huey)
     app.register_blueprint(catalogue.bp)
     app.register_blueprint(account.bp)
     app.register_blueprint(admin.bp)

@@ -155,6 +155,7 @@ def run_reconcile_once():
     from sqlalchemy.exc import DBAPIError
 
     from berth.launch.upkeep import reconcile as run_reconcile
+    from berth.status import heartbeat
 
     if queue_outage.since is not None:
         try:
@@ -169,6 +170,7 @@ def run_reconcile_once():
             # back, instead of REQUEUE_AFTER_SECONDS more.
             actions = run_reconcile(enqueue_launch=enqueue_launch, enqueue_stop=enqueue_stop,
                                     queue_down=queue_outage.since is not None)
+            heartbeat(reconcile_actions=len(actions))  # for the admin status page and /metrics
     except DBAPIError as error:
         database_outage.failed(error)
         return None

@@ -482,7 +482,7 @@ SETTINGS = (
             doc="nginx keeps connections to loopback tools alive, through one `upstream` block per "
                 "port of `BERTH_PORT_RANGE` ([decision 0005](decisions/0005-tool-keepalive.md)), "
                 "rendered only where tools listen on loopback ports: single-user process tools and "
-                "docker host networking ([decision 0013](decisions/0013-nginx-for-operators.md)). "
+                "docker host networking ([decision 0014](decisions/0014-nginx-for-operators.md)). "
                 "Turn off to render a smaller configuration there."),
     Setting("BERTH_AUTH_CACHE_SECONDS", NGINX, parse=parse_int, default=0, minimum=0, maximum=60,
             doc="nginx caches the auth answer for a *running* tool this long, keyed on the session "

@@ -11,6 +11,7 @@ import os
 
 from flask import request
 
+from berth.logs import RequestIds, configure as configure_logging
 from berth.web import create_base_app, require_proxy_secret
 
 
@@ -49,5 +50,11 @@ def create_app(test_config=None):
     from berth import metrics
 
     metrics.init_app(app, database=False)
-    app.wsgi_app = metrics.TimedAuthCheck(check.AuthCheck(app), web_upstream=check.WEB_UPSTREAM)
+    app.wsgi_app = RequestIds(metrics.TimedAuthCheck(check.AuthCheck(app), web_upstream=check.WEB_UPSTREAM))
     return app
+
+
+def create_server_app():
+    """create_app for a server process (granian, gunicorn), with Berth's log lines (berth/logs.py)."""
+    configure_logging("auth")
+    return create_app()

@@ -39,6 +39,7 @@ from berth.database import RETRY_AFTER_SECONDS, connect, connect_arguments
 from berth.hosts import (MAX_NEXT_URL_LENGTH, is_main_host, parse_tool_host, public_url, session_cookie_name,
                          strip_port, tool_cookie_name, tools_domain)
 from berth.models import hash_token, utcnow
+from berth.nginx_conf import loopback_tool_ports
 from berth.tokens import bearer_token, token_allowed_on_main_host
 
 WEB_UPSTREAM = "berth_web"  # the name of the web app's upstream block in nginx/berth.conf.j2
@@ -272,6 +273,10 @@ class AuthCheck:
         else:
             status, headers = self.answer(environ)
             body = b""
+            if status == 403:  # a refusal is worth a line: who was refused what, and why
+                reason = next((value for name, value in headers if name == "X-Berth-Reason"), "")
+                log.info("auth check: 403 for %s%s: %s", environ.get("HTTP_X_ORIGINAL_HOST", "")[:200],
+                         environ.get("HTTP_X_ORIGINAL_URI", "")[:200].encode("unicode_escape").decode(), reason)
         headers.append(("Content-Length", str(len(body))))
         start_response(_STATUS_LINES.get(status, str(status)), headers)
         return [body]
@@ -460,8 +465,6 @@ def _encoded(value):
 def nginx_upstream(config, address):
     """The nginx upstream for a tool address: its keepalive block when it has one (berth.conf.j2)."""
     host, _, port = address.rpartition(":")
-    if host == "127.0.0.1" and config["BERTH_TOOL_KEEPALIVE"] and port.isdigit():
-        low, high = config["BERTH_PORT_RANGE"]
-        if low <= int(port) <= high:
-            return f"berth_tool_{port}"
+    if host == "127.0.0.1" and port.isdigit() and int(port) in loopback_tool_ports(config):
+        return f"berth_tool_{port}"
     return address

@@ -177,7 +177,9 @@ def start_berth_nginx(run, config, cache_seconds, auth_server=None, name=None):
 
     def configuration(prefix, port):
         prepare_prefix(prefix)
-        return render_nginx({**config, "BERTH_AUTH_CACHE_SECONDS": cache_seconds}, standalone=True,
+        # No access log, as the plain nginx it is measured against has none.
+        return render_nginx({**config, "BERTH_AUTH_CACHE_SECONDS": cache_seconds,
+                             "BERTH_NGINX_ACCESS_LOG": "off"}, standalone=True,
                             prefix=str(prefix), listen=f"127.0.0.1:{port}",
                             auth_servers=[auth_server] if auth_server else None)
 

@@ -34,6 +34,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from prometheus_client import CollectorRegistry, Counter, Histogram, multiprocess, values
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
+from sqlalchemy.exc import DBAPIError
 
 from berth.settings import SettingError, metrics_dir
 
@@ -227,23 +228,80 @@ class _InstancesCollector:
         yield family
 
 
-def exposition(accept="", database=True):
+class _StatusCollector:
+    """The admin status page's facts (berth/status.py), read when scraped: whether the database
+    and the queue answer, the queue's depth, the workers' heartbeats, the reconciler's last run,
+    and, scraped through nginx, when its configuration was rendered and its workers started."""
+
+    def __init__(self, queue, nginx_header=None):
+        from flask import current_app
+
+        self.config = current_app.config
+        self.queue = queue
+        self.nginx_header = nginx_header
+
+    def describe(self):
+        return []  # nothing is read when registering
+
+    def collect(self):
+        from berth import status
+
+        def gauge(name, documentation, value, labels=()):
+            family = GaugeMetricFamily(name, documentation, labels=list(labels))
+            if value is not None:
+                family.add_metric([], value)
+            return family
+
+        yield gauge("berth_database_up", "1 when the database answers.", int(status.database_part().ok))
+        if self.queue is not None:
+            reachable, depth, _what = status.queue_state(self.config, self.queue)
+            yield gauge("berth_queue_up", "1 when the queue (Redis, or the SQLite file) answers.", int(reachable))
+            yield gauge("berth_queue_depth", "Messages waiting in the queue for a worker.", depth)
+        try:
+            found = status.workers(self.config)
+        except DBAPIError:
+            from berth.extensions import db
+
+            db.session.rollback()
+            found = None
+        if found is not None:
+            yield gauge("berth_workers_alive", "Workers that reported within three reconciler periods.",
+                        found.alive)
+            heartbeats = GaugeMetricFamily("berth_worker_last_heartbeat_timestamp_seconds",
+                                           "When each worker seen in the last day last reported.",
+                                           labels=["worker"])
+            for row in found.rows:
+                heartbeats.add_metric([row.name], row.seen_at.timestamp())
+            yield heartbeats
+            yield gauge("berth_reconciler_last_run_timestamp_seconds", "When a worker last reconciled.",
+                        found.last_reconcile.timestamp() if found.last_reconcile else None)
+        rendered_at, started_at = status.nginx_state(self.nginx_header)
+        yield gauge("berth_nginx_config_rendered_timestamp_seconds",
+                    "When the configuration of the nginx that answered this scrape was rendered.",
+                    rendered_at.timestamp() if rendered_at else None)
+        yield gauge("berth_nginx_workers_started_timestamp_seconds",
+                    "When that nginx's worker processes started: its last start or reload (one machine only).",
+                    started_at.timestamp() if started_at else None)
+
+
+def exposition(accept="", database=True, nginx_header=None, queue=None):
     """(body, content type): the counters of every process that writes into this process's
-    BERTH_METRICS_DIR, summed, plus the database gauges when `database` (the web app only, so
-    that per-process scraping does not report them several times), in the format the scraper
-    asks for in Accept (Prometheus text 0.0.4 by default, or OpenMetrics)."""
+    BERTH_METRICS_DIR, summed, plus the database gauges and the status facts when `database`
+    (the web app only, so that per-process scraping does not report them several times), in the
+    format the scraper asks for in Accept (Prometheus text 0.0.4 by default, or OpenMetrics)."""
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry, path=start().directory)
     if database:
         registry.register(_InstancesCollector())
+        registry.register(_StatusCollector(queue, nginx_header))
     encode, content_type = choose_encoder(accept)
     return encode(registry), content_type
 
 
-def metrics_response(accept="", database=True):
+def metrics_response(accept="", database=True, nginx_header=None, queue=None):
     from flask import Response
 
-    body, content_type = exposition(accept, database)
+    body, content_type = exposition(accept, database, nginx_header, queue)
     return Response(body, content_type=content_type)
 
 
@@ -303,11 +361,12 @@ def access_refused(config, headers, peer=""):
     return 403, "Metrics are served only to addresses in BERTH_METRICS_NETWORKS."
 
 
-def init_app(app, database=True):
+def init_app(app, database=True, queue=None):
     """Start counting in the app's BERTH_METRICS_DIR, and serve GET /metrics on this Flask app,
     behind access_refused and nothing else: the app's proxy-secret check leaves the endpoint
     "metrics" to it (a scraper may come directly). The web app's also reports the database
-    gauges; the auth service's does not."""
+    gauges and the status facts (with queue, the Huey of berth.launch.tasks: its depth); the
+    auth service's does not."""
     from flask import Response, request
 
     start(app.config["BERTH_METRICS_DIR"])
@@ -317,7 +376,9 @@ def init_app(app, database=True):
         if refused is not None:
             status, reason = refused
             return Response(reason + "\n", status=status, mimetype="text/plain")
-        return metrics_response(request.headers.get("Accept", ""), database)
+        # nginx's own facts only from nginx: a scraper at the port could send anything.
+        nginx_header = request.headers.get("X-Berth-Nginx") if _through_nginx(app.config, request.headers) else None
+        return metrics_response(request.headers.get("Accept", ""), database, nginx_header, queue)
 
     app.add_url_rule("/metrics", "metrics", metrics_view, methods=["GET"])
 

@@ -356,6 +356,21 @@ class SignInThrottle(db.Model):
     blocked_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
+class WorkerHeartbeat(db.Model):
+    """One worker process, as it last reported itself (berth/status.py): written at every pass of
+    its reconciler loop, read by the admin status page and /metrics. A row unseen for a day is
+    removed."""
+
+    __tablename__ = "worker_heartbeats"
+
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)  # host:pid
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    # The end of its reconciler's last run that reached the database, and what it did then.
+    reconciled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    reconcile_actions: Mapped[int] = mapped_column(Integer, default=0)
+
+
 class Event(db.Model):
     """The audit log and spawn progress. Rows are only ever added (the database enforces it)."""
 

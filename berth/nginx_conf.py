@@ -1,6 +1,7 @@
 """Render nginx's configuration from the templates in nginx/ (see `berth nginx-conf`)."""
 import os
 import re
+from datetime import datetime, timezone
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
@@ -13,8 +14,68 @@ STATIC_DIR = os.path.join(ROOT, "webapp", "static")
 AUTH_TIMEOUT_MARGIN = 3  # seconds nginx waits for the auth service beyond the statement timeout
 
 
+def loopback_tool_ports(config):
+    """The ports of BERTH_PORT_RANGE that get a keepalive upstream block each: only where tools
+    listen on loopback ports (process tools in single-user isolation, docker host networking)
+    and BERTH_TOOL_KEEPALIVE is on; elsewhere tools have addresses of their own, and the blocks
+    would never be used."""
+    backends = config["BERTH_BACKENDS"]
+    on_loopback = (("process" in backends and config["BERTH_TOOL_ISOLATION"] == "single-user")
+                   or ("docker" in backends and config.get("BERTH_DOCKER_NETWORK") == "host"))
+    if not (config["BERTH_TOOL_KEEPALIVE"] and on_loopback):
+        return range(0)
+    low, high = config["BERTH_PORT_RANGE"]
+    return range(low, high + 1)
+
+
+def tuning(config, standalone):
+    """The operator's nginx settings (the nginx group of berth/settings.py), for the templates.
+    Unset, the access log of a standalone nginx.conf is under its prefix; included in an
+    operator's own http block, Berth's servers keep that block's access_log."""
+    access_log_format = config["BERTH_NGINX_ACCESS_LOG_FORMAT"] or (
+        "berth_json" if config["BERTH_LOG_FORMAT"] == "json" else "berth")
+    return {
+        "client_max_body_size": config["BERTH_NGINX_CLIENT_MAX_BODY_SIZE"],
+        "proxy_connect_timeout": config["BERTH_NGINX_PROXY_CONNECT_TIMEOUT"],
+        "proxy_read_timeout": config["BERTH_NGINX_PROXY_READ_TIMEOUT"],
+        "proxy_send_timeout": config["BERTH_NGINX_PROXY_SEND_TIMEOUT"],
+        "proxy_buffer_size": config["BERTH_NGINX_PROXY_BUFFER_SIZE"],
+        "proxy_buffers": config["BERTH_NGINX_PROXY_BUFFERS"],
+        "proxy_busy_buffers_size": _busy_buffers_size(config),
+        "resolver": config["BERTH_NGINX_RESOLVER"],
+        "access_log": config["BERTH_NGINX_ACCESS_LOG"] or ("logs/access.log" if standalone else None),
+        "access_log_format": access_log_format,
+        "include_dir": config["BERTH_NGINX_INCLUDE_DIR"],
+    }
+
+
+DEFAULT_PROXY_BUFFERS = "8 4k"  # nginx's own on this platform (one memory page each)
+
+
+def _busy_buffers_size(config):
+    """proxy_busy_buffers_size for the buffer settings, or None when neither is set. nginx wants it
+    at least the head buffer and one body buffer, and less than all body buffers but one: with a
+    large head buffer, the body buffers must grow too, which is said here rather than by nginx."""
+    head, buffers = config["BERTH_NGINX_PROXY_BUFFER_SIZE"], config["BERTH_NGINX_PROXY_BUFFERS"]
+    if not head and not buffers:
+        return None
+    count, size = (buffers or DEFAULT_PROXY_BUFFERS).split()
+    busy = max(_bytes(head or "4k"), _bytes(size))
+    if busy > (int(count) - 1) * _bytes(size):
+        raise SettingError(f"BERTH_NGINX_PROXY_BUFFERS={buffers or DEFAULT_PROXY_BUFFERS!r} is too small "
+                           f"for BERTH_NGINX_PROXY_BUFFER_SIZE={head!r}: all buffers but one must hold "
+                           "at least the head buffer")
+    return f"{busy // 1024}k" if busy % 1024 == 0 else str(busy)
+
+
+def _bytes(size):
+    """An nginx size in bytes."""
+    factor = {"k": 1024, "m": 1024 ** 2, "g": 1024 ** 3}.get(size[-1].lower(), 1)
+    return int(size.rstrip("kKmMgG")) * factor
+
+
 def render_nginx(config, *, listen=None, auth_servers=None, web_servers=None, standalone=False,
-                 prefix=None, access_log="off", worker_processes="auto", cache_dir=None):
+                 prefix=None, worker_processes="auto", cache_dir=None):
     """The http-level configuration, or with standalone=True a complete nginx.conf under prefix."""
     environment = Environment(loader=FileSystemLoader(TEMPLATES), undefined=StrictUndefined,
                               keep_trailing_newline=True, autoescape=False)
@@ -34,8 +95,9 @@ def render_nginx(config, *, listen=None, auth_servers=None, web_servers=None, st
         "tool_cookie": re.escape(tool_cookie_name(config)),
         "proxy_secret": config["BERTH_PROXY_SECRET"],
         "static_dir": STATIC_DIR,
-        "tool_ports": range(config["BERTH_PORT_RANGE"][0], config["BERTH_PORT_RANGE"][1] + 1)
-        if config["BERTH_TOOL_KEEPALIVE"] else [],
+        "tool_ports": loopback_tool_ports(config),
+        "tuning": tuning(config, standalone),
+        "rendered_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "auth_cache_seconds": config["BERTH_AUTH_CACHE_SECONDS"],
         # The auth service answers within a statement timeout (503 past it); a little more for it.
         "auth_timeout": config["BERTH_DATABASE_STATEMENT_TIMEOUT"] + AUTH_TIMEOUT_MARGIN,
@@ -57,7 +119,6 @@ def render_nginx(config, *, listen=None, auth_servers=None, web_servers=None, st
         berth_conf=berth_conf,
         prefix=prefix,
         mime_types=_mime_types(),
-        access_log=access_log,
         worker_processes=worker_processes,
     )
 

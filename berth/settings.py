@@ -144,6 +144,64 @@ def parse_url(name, default, environ=os.environ):
     return value.rstrip("/")
 
 
+def parse_nginx_size(name, default, environ=os.environ):
+    """An nginx size: 0, 512, 64k, 10m, 1g."""
+    value = _raw(name, environ) or default
+    if value is not None and not re.fullmatch(r"\d+[kKmMgG]?", value):
+        raise SettingError(f"{name}={value!r} is not an nginx size like 10m, 64k or 0")
+    return value
+
+
+def parse_nginx_time(name, default, environ=os.environ):
+    """An nginx time: 60s, 500ms, 1h, 1h30m."""
+    value = _raw(name, environ) or default
+    if not re.fullmatch(r"\d+|(?:\d+(?:ms|s|m|h|d))+", value):
+        raise SettingError(f"{name}={value!r} is not an nginx time like 60s, 500ms or 1h")
+    return value
+
+
+def parse_nginx_buffers(name, default, environ=os.environ):
+    """nginx's proxy_buffers: a number and a size, "8 16k"."""
+    value = _raw(name, environ) or default
+    if value is not None and not re.fullmatch(r"\d+\s+\d+[kKmM]?", value):
+        raise SettingError(f"{name}={value!r} is not a number and a size like '8 16k'")
+    return None if value is None else " ".join(value.split())
+
+
+_RESOLVER_WORD = re.compile(r"(?:valid=(?:\d+|(?:\d+(?:ms|s|m|h|d))+)|ipv6=(?:on|off)|ipv4=(?:on|off)"
+                            r"|\[[0-9a-fA-F:.]+\](?::\d+)?|[A-Za-z0-9.-]+(?::\d+)?)")
+
+
+def parse_nginx_resolver(name, default, environ=os.environ):
+    """DNS servers for nginx's resolver, with its options: "10.96.0.10 valid=10s ipv6=off"."""
+    value = _raw(name, environ)
+    if value is None:
+        return default
+    words = value.split()
+    bad = [word for word in words if not _RESOLVER_WORD.fullmatch(word)]
+    if bad or all("=" in word for word in words):
+        raise SettingError(f"{name}={value!r} is not a resolver like '10.96.0.10 valid=10s' "
+                           f"(addresses, then valid=, ipv6=off)")
+    return " ".join(words)
+
+
+def parse_nginx_log(name, default, environ=os.environ):
+    """Where nginx writes a log: off, a file (relative: to nginx's prefix) or syslog:server=..."""
+    value = _raw(name, environ) or default
+    if value is not None and not re.fullmatch(r"[^\s;{}'\"\\$#]+", value):
+        raise SettingError(f"{name}={value!r} is not a file, syslog:server=... or off "
+                           "(no spaces, quotes, ;, {, }, $ or #)")
+    return value
+
+
+def parse_nginx_name(name, default, environ=os.environ):
+    """The name of something declared in nginx's configuration (a log_format)."""
+    value = _raw(name, environ)
+    if value is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+        raise SettingError(f"{name}={value!r} is not an nginx name (letters, digits and _)")
+    return value or default
+
+
 # -- the definition --------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -428,14 +486,63 @@ SETTINGS = (
     # -- nginx
     Setting("BERTH_TOOL_KEEPALIVE", NGINX, parse=parse_boolean, default=True,
             doc="nginx keeps connections to loopback tools alive, through one `upstream` block per "
-                "port of `BERTH_PORT_RANGE` ([decision 0005](decisions/0005-tool-keepalive.md)). "
-                "Turn off to render a smaller configuration, or where tools are not on loopback "
-                "ports (docker-compose.yml)."),
+                "port of `BERTH_PORT_RANGE` ([decision 0005](decisions/0005-tool-keepalive.md)), "
+                "rendered only where tools listen on loopback ports: single-user process tools and "
+                "docker host networking ([decision 0014](decisions/0014-nginx-for-operators.md)). "
+                "Turn off to render a smaller configuration there."),
     Setting("BERTH_AUTH_CACHE_SECONDS", NGINX, parse=parse_int, default=0, minimum=0, maximum=60,
             doc="nginx caches the auth answer for a *running* tool this long, keyed on the session "
                 "token, `Authorization`, host and client address (`0`: never). Also the longest a "
                 "signed-out or revoked session can still reach a running tool, and how long a "
                 "stopped tool's address may answer 502 before the starting page shows."),
+    # nginx's knobs, rendered into nginx/snippets/tuning.conf.j2 and logging.conf.j2.
+    Setting("BERTH_NGINX_CLIENT_MAX_BODY_SIZE", NGINX, parse=parse_nginx_size, default="0",
+            kind="nginx size",
+            doc="Largest request body nginx lets through to a tool (`client_max_body_size`; `0`: no "
+                "limit, tools handle their own data). Berth's own pages keep their small limits."),
+    Setting("BERTH_NGINX_PROXY_CONNECT_TIMEOUT", NGINX, parse=parse_nginx_time, default="60s",
+            kind="nginx time",
+            doc="How long nginx waits to connect to a tool or to the web app (`proxy_connect_timeout`)."),
+    Setting("BERTH_NGINX_PROXY_READ_TIMEOUT", NGINX, parse=parse_nginx_time, default="1h",
+            kind="nginx time",
+            doc="How long a tool may stay silent on an open request (`proxy_read_timeout`): long "
+                "polls, WebSockets and slow downloads stay open this long without a byte."),
+    Setting("BERTH_NGINX_PROXY_SEND_TIMEOUT", NGINX, parse=parse_nginx_time, default="1h",
+            kind="nginx time",
+            doc="How long nginx may wait for a tool to take the next part of a request "
+                "(`proxy_send_timeout`)."),
+    Setting("BERTH_NGINX_PROXY_BUFFER_SIZE", NGINX, parse=parse_nginx_size, kind="nginx size",
+            default_doc="nginx's own (one memory page)",
+            doc="Buffer for the head of a tool's answer (`proxy_buffer_size`): raise it for tools "
+                "that send very large headers (nginx answers 502 `upstream sent too big header`)."),
+    Setting("BERTH_NGINX_PROXY_BUFFERS", NGINX, parse=parse_nginx_buffers, kind="number and nginx size",
+            default_doc="nginx's own (`8 4k` or `8 8k`)",
+            doc="`proxy_buffers` for answers nginx buffers, as `8 16k`."),
+    Setting("BERTH_NGINX_RESOLVER", NGINX, parse=parse_nginx_resolver, kind="DNS servers and options",
+            doc="DNS servers nginx asks while it runs (`resolver`), as `10.96.0.10 valid=10s "
+                "ipv6=off`: needed where upstream names must be looked up again while nginx runs, "
+                "as on Kubernetes. Unset: names are resolved once, when nginx starts."),
+    Setting("BERTH_NGINX_ACCESS_LOG", NGINX, parse=parse_nginx_log,
+            kind="file, `syslog:server=…` or `off`",
+            default_doc="`logs/access.log` in a standalone nginx.conf (`berth run`, the image); "
+                        "included in your own `http` block: your `access_log`",
+            doc="nginx's access log for Berth's hosts: a file (relative to nginx's prefix; the "
+                "image links it to its standard output), `syslog:server=host`, or `off`. Each line "
+                "has the user id, the instance id, the upstream's time and the request id that the "
+                "auth service and web app log too ([docs/operations.md](operations.md#logs))."),
+    Setting("BERTH_NGINX_ACCESS_LOG_FORMAT", NGINX, parse=parse_nginx_name,
+            kind="nginx `log_format` name",
+            default_doc="`berth`, or `berth_json` with `BERTH_LOG_FORMAT=json`",
+            doc="The access log's format: `berth` (text), `berth_json`, or one of your own defined "
+                "with `log_format` in a snippet of `BERTH_NGINX_INCLUDE_DIR/http.d`."),
+    Setting("BERTH_NGINX_INCLUDE_DIR", NGINX, parse=parse_path, kind="folder",
+            doc="Your own nginx configuration, kept out of the rendered file: `http.d/*.conf` is "
+                "included at the `http` level (after Berth's maps, before its servers), "
+                "`server.d/*.conf` inside each of Berth's servers (the main host and the tool "
+                "hosts), both read when nginx starts or reloads. A snippet may add what Berth "
+                "does not set at that level; for what it does set, use the setting above (nginx "
+                "refuses a directive set twice in one block, and `nginx -t` says which) "
+                "([docs/operations.md](operations.md#tuning-nginx))."),
     Setting("BERTH_NGINX_USER", NGINX, read_by="`berth run`", default="www-data", kind="user name",
             doc="When `berth run` starts nginx as root, the user its worker processes run as: they "
                 "handle every request and never need root."),
@@ -487,6 +594,10 @@ SETTINGS = (
     Setting("BERTH_LOG_LEVEL", PROCESSES, parse=parse_lowercase, default="info",
             choices=("debug", "info", "warning", "error", "critical"), read_by=GUNICORN,
             doc="gunicorn's log level."),
+    Setting("BERTH_LOG_FORMAT", PROCESSES, choices=("text", "json"), default="text",
+            doc="Log lines of every Berth process (auth, web, worker, `berth run`) and nginx's "
+                "access log: `text`, or `json`, one object per line with `time`, `level`, "
+                "`process`, `logger`, `message` and, during a request, `request_id`."),
     Setting("BERTH_AUTH_SERVER", PROCESSES, read_by=f"`berth run` and {ENTRYPOINT}",
             default_doc="`granian` (`auth`); `auth:8101` (`nginx`)",
             kind="`granian` or `gunicorn`; host:port",

@@ -21,15 +21,15 @@ case "$command" in
     # (docs/decisions/0008).
     exec granian --interface wsgi --host 0.0.0.0 --port "${BERTH_WEB_PORT:-8102}" \
       --workers "${BERTH_WEB_WORKERS:-2}" --blocking-threads "${BERTH_WEB_THREADS:-8}" \
-      --workers-kill-timeout 10 --no-ws --log-level warning --factory webapp:create_app "$@" ;;
+      --workers-kill-timeout 10 --no-ws --log-level warning --log-config deploy/granian-logging.json --factory webapp:create_server_app "$@" ;;
   auth)
     # granian: a Rust HTTP server that keeps nginx's connections alive (docs/decisions/0008).
     if [ "${BERTH_AUTH_SERVER:-granian}" = "gunicorn" ]; then
-      exec gunicorn -c deploy/gunicorn.conf.py --bind "0.0.0.0:${BERTH_AUTH_PORT:-8101}" "auth_service:create_app()" "$@"
+      exec gunicorn -c deploy/gunicorn.conf.py --bind "0.0.0.0:${BERTH_AUTH_PORT:-8101}" "auth_service:create_server_app()" "$@"
     fi
     exec granian --interface wsgi --host 0.0.0.0 --port "${BERTH_AUTH_PORT:-8101}" \
       --workers "${BERTH_AUTH_WORKERS:-2}" --blocking-threads "${BERTH_AUTH_THREADS:-4}" \
-      --workers-kill-timeout 10 --no-ws --log-level warning --factory auth_service:create_app "$@" ;;
+      --workers-kill-timeout 10 --no-ws --log-level warning --log-config deploy/granian-logging.json --factory auth_service:create_server_app "$@" ;;
   worker)
     # A container runtime sends SIGTERM, then SIGKILL ~10 s later: SIGTERM stops the worker
     # gracefully, its running steps get 9 s, and the launches still under way are handed back
@@ -54,6 +54,7 @@ case "$command" in
         --out "$prefix/nginx.conf"
     fi
     ln -sf /dev/stderr "$prefix/logs/error.log"  # the container's log, not a file in it
+    ln -sf /dev/stdout "$prefix/logs/access.log"  # BERTH_NGINX_ACCESS_LOG's default, likewise
     exec nginx -p "$prefix" -c "$prefix/nginx.conf" -e stderr -g "daemon off;" ;;
   *)
     exec "$command" "$@" ;;

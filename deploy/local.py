@@ -5,7 +5,6 @@
 components, or several replicas of one (`web-1`, `web-2`): a component they kill stays dead.
 """
 import ctypes
-import functools
 import os
 import pwd
 import secrets
@@ -188,10 +187,11 @@ def granian_command(host, port, app, workers, threads):
     after 10 s it kills it."""
     return [str(BIN / "granian"), "--interface", "wsgi", "--host", host, "--port", str(port),
             "--workers", str(workers), "--blocking-threads", str(threads), "--workers-kill-timeout", "10",
-            "--no-ws", "--log-level", "warning", "--factory", app]
+            "--no-ws", "--log-level", "warning", "--log-config", str(ROOT / "deploy" / "granian-logging.json"),
+            "--factory", app]
 
 
-def auth_server_command(env, host, port, app="auth_service:create_app"):
+def auth_server_command(env, host, port, app="auth_service:create_server_app"):
     """The auth service's server: granian (the default) or gunicorn gthread.
 
     BERTH_AUTH_SERVER picks; see docs/decisions/0008-auth-server.md for the measurements. app is
@@ -201,12 +201,12 @@ def auth_server_command(env, host, port, app="auth_service:create_app"):
         return granian_command(host, port, app, env.get("BERTH_AUTH_WORKERS", "2"),
                                env.get("BERTH_AUTH_THREADS", "4"))
     return [str(BIN / "gunicorn"), "-c", str(ROOT / "deploy" / "gunicorn.conf.py"),
-            "--bind", f"{host}:{port}", "auth_service:create_app()"]
+            "--bind", f"{host}:{port}", "auth_service:create_server_app()"]
 
 
 def web_server_command(env, host, port):
     """The web app's server: granian, BERTH_WEB_WORKERS processes of BERTH_WEB_THREADS threads."""
-    return granian_command(host, port, "webapp:create_app", env.get("BERTH_WEB_WORKERS", "2"),
+    return granian_command(host, port, "webapp:create_server_app", env.get("BERTH_WEB_WORKERS", "2"),
                            env.get("BERTH_WEB_THREADS", "8"))
 
 
@@ -382,9 +382,9 @@ class Supervisor:
 
     FIRST_DELAY, MAX_DELAY, STEADY = 1, 30, 60
 
-    def __init__(self, stack, say=functools.partial(print, flush=True)):
+    def __init__(self, stack, say=None):
         self.stack = stack
-        self.say = say
+        self.say = say or say_line
         now = time.monotonic()
         self.started = {name: now for name in stack.processes}
         self.delays = {}   # name → the delay before its next restart, when it exits again
@@ -407,6 +407,22 @@ class Supervisor:
                 del self.due[name]
                 self.started[name] = now
                 self.stack.start(name)
+
+
+def say_line(message):
+    """One of `berth run`'s own lines: as written with BERTH_LOG_FORMAT=text, else a JSON log line."""
+    from berth.settings import read_setting
+
+    if read_setting("BERTH_LOG_FORMAT") == "json":
+        import logging
+
+        from berth.logs import configure
+
+        if not logging.getLogger().handlers:
+            configure("berth", stream=sys.stdout)
+        logging.getLogger("berth.run").info(message.strip())
+    else:
+        print(message, flush=True)
 
 
 def reset_metrics_dir(env):
@@ -442,7 +458,7 @@ def prepare_database(config, admin_email=None, admin_password=None):
             created, updated = load_catalogue(Path(config["BERTH_CATALOGUE"]).read_text())
         except (OSError, CatalogueError) as error:
             raise SystemExit(f"BERTH_CATALOGUE={config['BERTH_CATALOGUE']}: {error}") from None
-        print(f"Catalogue {config['BERTH_CATALOGUE']}: {created} new, {updated} changed.")
+        say_line(f"Catalogue {config['BERTH_CATALOGUE']}: {created} new, {updated} changed.")
 
 
 class StopRequest:
@@ -482,7 +498,7 @@ def run_local(config):
     try:
         _start_and_supervise(stack, config, stopping, admin_email, admin_password)
     finally:
-        print("\nStopping Berth and the tools it started…", flush=True)
+        say_line("\nStopping Berth and the tools it started…")
         stack.stop_all()
         stop_local_tools(config)
 
@@ -513,10 +529,10 @@ def _start_and_supervise(stack, config, stopping, admin_email, admin_password):
         raise SystemExit(str(error)) from None
     if stopping.is_set():
         return
-    print(f"\nBerth is running at {public_url(config, config['BERTH_DOMAIN'])}\n"
-          f"  sign in as {admin_email} with password {admin_password}\n"
-          f"  logs: {stack.log_dir}\n"
-          f"Press Ctrl-C to stop.\n", flush=True)
+    say_line(f"\nBerth is running at {public_url(config, config['BERTH_DOMAIN'])}\n"
+             f"  sign in as {admin_email} with password {admin_password}\n"
+             f"  logs: {stack.log_dir}\n"
+             f"Press Ctrl-C to stop.\n")
     supervisor = Supervisor(stack)
     while not stopping.is_set():
         supervisor.check()

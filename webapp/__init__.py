@@ -11,6 +11,7 @@ import os
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from berth.extensions import db
+from berth.logs import RequestIds, configure as configure_logging, log_requests
 from berth.web import SignInBoundSessions, create_base_app
 
 
@@ -20,9 +21,11 @@ def create_app(test_config=None):
     app.session_interface = SignInBoundSessions()
     # nginx is in front (plus BERTH_TRUSTED_HOPS proxies before it): trust exactly that many.
     hops = 1 + app.config["BERTH_TRUSTED_HOPS"]
-    app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=0)
+    app.wsgi_app = RequestIds(ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=0))
+    log_requests(app)
 
     from berth import metrics
+    from berth.launch.tasks import huey
     from webapp import identity
     from webapp.account import views as account
     from webapp.admin import views as admin
@@ -32,7 +35,7 @@ def create_app(test_config=None):
     from webapp.sharing import views as sharing
 
     identity.init_app(app)
-    metrics.init_app(app)
+    metrics.init_app(app, queue=huey)
     app.register_blueprint(catalogue.bp)
     app.register_blueprint(account.bp)
     app.register_blueprint(admin.bp)
@@ -48,3 +51,9 @@ def create_app(test_config=None):
         return {"status": "ok"}
 
     return app
+
+
+def create_server_app():
+    """create_app for a server process (granian), with Berth's log lines (berth/logs.py)."""
+    configure_logging("web")
+    return create_app()

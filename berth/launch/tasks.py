@@ -16,6 +16,7 @@ from contextlib import contextmanager
 
 from flask import has_app_context
 from huey import RedisHuey, SqliteHuey, crontab
+from huey.consumer_options import ConsumerConfig
 
 from berth.settings import load_settings, sqlite_folder
 
@@ -94,6 +95,17 @@ def _is_connection_error(error):
 for _name in ("huey", "huey.consumer", "huey.consumer.Worker", "huey.consumer.Scheduler"):
     logging.getLogger(_name).addFilter(QuietQueueErrors())
 
+
+def _berth_logging(_consumer_config, logger=None):
+    """huey_consumer sets up its logging after importing this module: Berth's instead, so that
+    its own lines too follow BERTH_LOG_FORMAT and BERTH_LOG_LEVEL (berth/logs.py)."""
+    from berth.logs import configure
+
+    configure("worker")
+
+
+ConsumerConfig.setup_logger = _berth_logging
+
 _upkeep_lock = threading.Lock()
 _upkeep_thread = None
 
@@ -144,6 +156,7 @@ def run_reconcile_once():
     from sqlalchemy.exc import DBAPIError
 
     from berth.launch.upkeep import reconcile as run_reconcile
+    from berth.status import heartbeat
 
     if queue_outage.since is not None:
         try:
@@ -158,6 +171,7 @@ def run_reconcile_once():
             # back, instead of REQUEUE_AFTER_SECONDS more.
             actions = run_reconcile(enqueue_launch=enqueue_launch, enqueue_stop=enqueue_stop,
                                     queue_down=queue_outage.since is not None)
+            heartbeat(reconcile_actions=len(actions))  # for the admin status page and /metrics
     except DBAPIError as error:
         database_outage.failed(error)
         return None

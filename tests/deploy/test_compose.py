@@ -287,5 +287,41 @@ def test_kubernetes_nginx_runs_its_rendered_configmap_in_the_image(deployment, t
             nginx.remove(force=True)
 
 
+def _healthy(deployment, service, count, timeout=120):
+    """Wait until count containers of service report healthy."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with closing(deployment.engine.client()) as client:
+            found = client.containers.list(filters={"label": [f"com.docker.compose.project={PROJECT}",
+                                                              f"com.docker.compose.service={service}"]})
+            states = [container.attrs["State"].get("Health", {}).get("Status") for container in found]
+        if states.count("healthy") == count:
+            return found
+        assert time.monotonic() < deadline, f"{service}: {states}\n{deployment.logs(service)[-3000:]}"
+        time.sleep(1)
+
+
+def test_scaled_out_auth_and_web_serve_once_nginx_reloads(deployment):
+    """docs/operations.md, "Scaling out": scale auth and web, then SIGHUP to nginx, which finds
+    the new replicas by name; requests then reach every web replica, and none fails meanwhile."""
+    scale = [*deployment.compose, "up", "--detach", "--no-recreate"]
+    deployment.run(*scale, "--scale", "auth=2", "--scale", "web=2")
+    try:
+        _healthy(deployment, "auth", 2)
+        webs = _healthy(deployment, "web", 2)
+        deployment.run(*deployment.compose, "kill", "-s", "HUP", "nginx")
+        browser = _sign_in(deployment)
+        answers = [browser.get(f"{deployment.base_url}/", timeout=10).status_code for _ in range(40)]
+        assert answers == [200] * 40
+        # The web app logs each page it answers: both replicas answered some of them.
+        for web in webs:
+            served = [line for line in web.logs().decode("utf-8", "replace").splitlines()
+                      if "berth.requests: GET / 200" in line]
+            assert served, web.name
+    finally:
+        deployment.run(*scale, "--scale", "auth=1", "--scale", "web=1")
+        deployment.run(*deployment.compose, "kill", "-s", "HUP", "nginx")
+
+
 def _address(container):
     return container["NetworkSettings"]["Networks"][f"{PROJECT}_control"]["IPAddress"]

@@ -23,7 +23,7 @@ from tests.local_stack import BerthStack, stack_env
 BERTH = Path(sys.executable).parent / "berth"
 CATALOGUE = Path(__file__).resolve().parent.parent / "catalogue.yml"
 # What each component's command line holds, to find its server (the leader of its group).
-COMMANDS = {"web": "webapp:create_app", "auth": "auth_service:create_app"}
+COMMANDS = {"web": "webapp:create_server_app", "auth": "auth_service:create_server_app"}
 
 
 class BerthRun:

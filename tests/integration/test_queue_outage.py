@@ -5,7 +5,8 @@ same port, empty, as a restarted Redis without persistence is. Every launch must
 RUNNING: the database is the source of truth, and the reconciler queues again whatever the
 queue lost or never got. Meanwhile the worker logs the outage once and its end once, and the
 web app logs no traceback for the launches asked for while Redis was down. Then FLUSHALL with
-launches queued: none is lost either.
+launches queued: none is lost either. And 30 s without Redis cost an idle worker at most 30 log
+lines.
 
 The Redis server is this module's own, so that stopping it disturbs no other test's stack.
 """
@@ -129,6 +130,26 @@ def test_a_redis_outage_during_launches_loses_none_of_them(queue_stack, own_redi
         if own_redis.process.poll() is not None:
             own_redis.start()
         _finish(stack, launches)
+
+
+def test_thirty_seconds_without_redis_cost_at_most_thirty_worker_log_lines(queue_stack, own_redis):
+    """An idle Berth whose Redis is down for 30 s: the worker says so once, and once that it is
+    back, not once per poll (its four threads poll every 0.1 s at most)."""
+    stack = queue_stack
+    before = len(_log(stack, "worker").splitlines())
+    own_redis.halt()
+    try:
+        time.sleep(30)
+    finally:
+        own_redis.start()
+    deadline = time.monotonic() + 15
+    while "The queue (Redis) back after" not in "\n".join(_log(stack, "worker").splitlines()[before:]):
+        assert time.monotonic() < deadline, "the worker never said the queue was back"
+        time.sleep(0.5)
+    lines = _log(stack, "worker").splitlines()[before:]
+    print(f"\nRedis down 30 s: the worker logged {len(lines)} lines")
+    assert len(lines) <= 30, "\n".join(lines)
+    assert len([line for line in lines if "The queue (Redis) unreachable" in line]) == 1, "\n".join(lines)
 
 
 def _wait_for_steps(stack, launches, step, timeout=30):

@@ -368,3 +368,15 @@ def audit_csv():
         abort(400, " ".join(errors.values()))
     return reports.csv_response(f"berth-audit-{period.first}-{period.last}.csv", reports.AUDIT_HEADER,
                                 reports.audit_rows(conditions))
+
+
+# -- status -----------------------------------------------------------------------------------
+
+@bp.get("/status")
+@admin_required
+def status():
+    from berth.launch.tasks import huey
+    from berth.status import gather
+
+    facts = gather(current_app.config, huey, request.headers.get("X-Berth-Nginx"))
+    return render_template("admin/status.html", section="status", **facts)

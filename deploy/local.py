@@ -516,7 +516,7 @@ def move_legacy_sqlite_files(data_dir):
             for suffix in ("", "-journal", "-wal", "-shm"):
                 if Path(f"{old}{suffix}").exists():
                     os.replace(f"{old}{suffix}", f"{new}{suffix}")
-            print(f"Moved {old} to {new}.", flush=True)
+            say_line(f"Moved {old} to {new}.")
 
 
 def _start_and_supervise(stack, config, stopping, admin_email, admin_password):

@@ -8,7 +8,7 @@ import hashlib
 import secrets
 from datetime import datetime, timezone
 
-from sqlalchemy import (JSON, Boolean, CheckConstraint, Column, ForeignKey, Index, Integer, String, Table, Text,
+from sqlalchemy import (JSON, BigInteger, Boolean, CheckConstraint, Column, ForeignKey, Index, Integer, String, Table, Text,
                         UniqueConstraint, delete, func, text, update)
 from sqlalchemy import DateTime as _DateTime
 from sqlalchemy.orm import Mapped, mapped_column, relationship
@@ -354,6 +354,20 @@ class SignInThrottle(db.Model):
     window_started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     # No attempt for this key is tried before then.
     blocked_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class FolderUsage(db.Model):
+    """What a home or team folder on the process backend held when the worker last measured it
+    (berth/homes.py): the pages read it here, since only the worker may read every home."""
+
+    __tablename__ = "folder_usage"
+
+    path: Mapped[str] = mapped_column(String(1024), primary_key=True)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    # False when the walk stopped at its time budget or met folders it could not read: then
+    # size_bytes is a lower bound.
+    complete: Mapped[bool] = mapped_column(Boolean)
+    measured_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 class Event(db.Model):

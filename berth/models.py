@@ -8,7 +8,7 @@ import hashlib
 import secrets
 from datetime import datetime, timezone
 
-from sqlalchemy import (JSON, Boolean, CheckConstraint, Column, ForeignKey, Index, Integer, String, Table, Text,
+from sqlalchemy import (JSON, BigInteger, Boolean, CheckConstraint, Column, ForeignKey, Index, Integer, String, Table, Text,
                         UniqueConstraint, delete, func, text, update)
 from sqlalchemy import DateTime as _DateTime
 from sqlalchemy.orm import Mapped, mapped_column, relationship
@@ -356,6 +356,7 @@ class SignInThrottle(db.Model):
     blocked_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
+<<<<<<< HEAD
 class WorkerHeartbeat(db.Model):
     """One worker process, as it last reported itself (berth/status.py): written at every pass of
     its reconciler loop, read by the admin status page and /metrics. A row unseen for a day is
@@ -369,6 +370,20 @@ class WorkerHeartbeat(db.Model):
     # The end of its reconciler's last run that reached the database, and what it did then.
     reconciled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     reconcile_actions: Mapped[int] = mapped_column(Integer, default=0)
+=======
+class FolderUsage(db.Model):
+    """What a home or team folder on the process backend held when the worker last measured it
+    (berth/homes.py): the pages read it here, since only the worker may read every home."""
+
+    __tablename__ = "folder_usage"
+
+    path: Mapped[str] = mapped_column(String(1024), primary_key=True)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    # False when the walk stopped at its time budget or met folders it could not read: then
+    # size_bytes is a lower bound.
+    complete: Mapped[bool] = mapped_column(Boolean)
+    measured_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+>>>>>>> usage
 
 
 class Event(db.Model):

@@ -253,6 +253,22 @@ def cull_idle():
         return stopped
 
 
+@huey.periodic_task(crontab(minute="*/5"))
+def measure_storage():
+    """What each home (and team folder) on the process backend holds, for the admin pages: the
+    worker may read them all, the web app may not (berth/homes.py)."""
+    from flask import current_app
+
+    from berth.homes import record_usage
+
+    with _app_context():
+        config = current_app.config
+        if "process" not in config["BERTH_BACKENDS"]:
+            return 0
+        roots = [config["BERTH_HOMES_DIR"]] + ([config["BERTH_TEAMS_DIR"]] if config.get("BERTH_TEAMS_DIR") else [])
+        return record_usage(roots)
+
+
 def enqueue_launch(instance_id):
     """Queue a launch; False if the queue did not take it (the reconciler picks it up later)."""
     return _enqueue(launch, instance_id)

@@ -114,3 +114,21 @@ def test_the_service_user_owns_the_database_and_counters_and_nothing_else(stack)
         assert (info.st_uid, stat.S_IMODE(info.st_mode)) == (account.pw_uid, 0o700)
         for name in ("berth.db", "queue.db"):
             assert os.stat(data_dir / "database" / name).st_uid == account.pw_uid, name
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can run Berth's services as another user")
+def test_the_service_user_cannot_enter_a_users_home(stack, alice):
+    """The web app shows what homes hold only as the worker measured them (berth/homes.py): it
+    may not read them itself."""
+    import subprocess
+    import sys
+
+    account = pwd.getpwnam(stack.env.get("BERTH_SERVICE_USER") or "berth")
+    with stack.login(alice) as browser:
+        stack.open_tool(browser, "echo", alice)
+    home = Path(stack.config["BERTH_HOMES_DIR"]) / alice["host_key"]
+    assert home.is_dir()
+    result = subprocess.run([sys.executable, "-c", "import os, sys; os.listdir(sys.argv[1])", str(home)],
+                            user=account.pw_uid, group=account.pw_gid, extra_groups=[],
+                            capture_output=True, text=True, cwd="/")
+    assert result.returncode != 0 and "PermissionError" in result.stderr

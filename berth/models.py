@@ -356,7 +356,6 @@ class SignInThrottle(db.Model):
     blocked_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
-<<<<<<< HEAD
 class WorkerHeartbeat(db.Model):
     """One worker process, as it last reported itself (berth/status.py): written at every pass of
     its reconciler loop, read by the admin status page and /metrics. A row unseen for a day is
@@ -370,7 +369,8 @@ class WorkerHeartbeat(db.Model):
     # The end of its reconciler's last run that reached the database, and what it did then.
     reconciled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     reconcile_actions: Mapped[int] = mapped_column(Integer, default=0)
-=======
+
+
 class FolderUsage(db.Model):
     """What a home or team folder on the process backend held when the worker last measured it
     (berth/homes.py): the pages read it here, since only the worker may read every home."""
@@ -383,7 +383,6 @@ class FolderUsage(db.Model):
     # size_bytes is a lower bound.
     complete: Mapped[bool] = mapped_column(Boolean)
     measured_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
->>>>>>> usage
 
 
 class Event(db.Model):

@@ -193,6 +193,16 @@ def _without_password(url):
     return re.sub(r"(//[^/@:]*:)[^/@]*@", r"\1***@", url)
 
 
+def parse_ip_address(name, default, environ=os.environ):
+    import ipaddress
+
+    value = parse_string(name, default, environ)
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise SettingError(f"{name}={value!r} is not an IP address like 127.0.0.1 or 0.0.0.0") from None
+
+
 def check_data_dir(path, name="BERTH_DATA_DIR"):
     """Create the data folder if need be and make sure this process may write in it."""
     try:
@@ -291,6 +301,11 @@ SETTINGS = (
     Setting("BERTH_TRUSTED_PROXIES", ADDRESSES, parse=parse_networks, default="",
             doc="Where those proxies are. When set, a hop counts as trusted only from these "
                 "addresses, so that a client reaching nginx directly cannot pose as a proxy."),
+    Setting("BERTH_HTTP_BIND", ADDRESSES, parse=parse_ip_address, default="127.0.0.1", kind="IP address",
+            read_by=f"`berth run` and {DOCKER_COMPOSE}",
+            doc="The host address nginx listens on with `berth run`, and that docker-compose.yml "
+                "publishes nginx's port on: `127.0.0.1` serves this machine only; `0.0.0.0` (or `::`) "
+                "serves other machines too, as a try on a remote VM needs."),
 
     # -- Data and secrets
     Setting("BERTH_DATA_DIR", DATA, parse=parse_path, default="var", kind="folder",
@@ -326,8 +341,10 @@ SETTINGS = (
                 "without it is refused. The same value on every replica and in nginx's rendered "
                 "configuration."),
     Setting("BERTH_CATALOGUE", DATA, kind="file",
+            default_doc="`berth run`: `deploy/demo-catalogue.yml` (`none`: no catalogue); unset "
+                        "elsewhere",
             doc="A YAML catalogue of tool templates, loaded by `berth run` when it starts and by the "
-                "image's `migrate` command (`make run` sets the demo one)."),
+                "image's `migrate` command; `berth check` checks it."),
     Setting("BERTH_ADMIN_EMAIL", DATA, kind="email address", read_by=f"`berth run` and {ENTRYPOINT} (`migrate`)",
             default_doc="`admin@berth.localhost` with `berth run`; unset in the image",
             doc="The administrator account that `berth run` creates or resets at start, and the "
@@ -407,7 +424,8 @@ SETTINGS = (
     Setting("BERTH_TOOL_PYTHON", TOOLS, default="/usr/bin/python3", kind="path",
             doc="The interpreter `{python}` names in an isolated tool's command. Tools' users must be "
                 "able to execute it: a virtualenv in a root-only folder will not do. `make run` "
-                "builds `.venv-tools` on Debian's Python, with JupyterLab, and sets this."),
+                "builds `.venv-tools` on Debian's Python, with JupyterLab; `berth run` uses it when "
+                "this is unset and it exists."),
     Setting("BERTH_HOMES_DIR", TOOLS, parse=parse_path, kind="folder",
             default=lambda settings: os.path.join(settings["BERTH_DATA_DIR"], "homes"),
             default_doc="`<BERTH_DATA_DIR>/homes`",
@@ -592,9 +610,6 @@ SETTINGS = (
     Setting("BERTH_DOCKER_SOCKET", COMPOSE, read_by=DOCKER_COMPOSE, default="/var/run/docker.sock",
             kind="file",
             doc="The Docker socket mounted into the worker, and only the worker."),
-    Setting("BERTH_HTTP_BIND", COMPOSE, read_by=DOCKER_COMPOSE, default="127.0.0.1", kind="IP address",
-            doc="Host address nginx's port (`BERTH_HTTP_PORT`) is published on; `0.0.0.0` to reach "
-                "it from other machines."),
 )
 
 GROUPS = (ADDRESSES, DATA, SIGN_IN, TOOLS, BACKENDS, LIMITS, NGINX, METRICS, PROCESSES, COMPOSE)
@@ -637,6 +652,15 @@ def load_settings(environ=os.environ):
     _check_sign_in(settings)
     _check_tools_domain(settings)
     return settings
+
+
+def load_settings_or_exit(environ=os.environ):
+    """load_settings for a process that serves or works (web, auth, worker, `berth`): a bad
+    setting ends it with one line naming the setting, and no traceback."""
+    try:
+        return load_settings(environ)
+    except SettingError as error:
+        raise SystemExit(f"Error: {error}") from None
 
 
 def setting_problems(environ=os.environ):

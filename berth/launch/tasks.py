@@ -17,13 +17,13 @@ from contextlib import contextmanager
 from flask import has_app_context
 from huey import RedisHuey, SqliteHuey, crontab
 
-from berth.settings import load_settings
+from berth.settings import load_settings, load_settings_or_exit
 
 log = logging.getLogger(__name__)
 
 
 def _make_huey():
-    settings = load_settings()
+    settings = load_settings_or_exit()
     if settings["BERTH_REDIS_URL"]:
         return RedisHuey("berth", url=settings["BERTH_REDIS_URL"], results=False)
     os.makedirs(settings["BERTH_DATA_DIR"], exist_ok=True)

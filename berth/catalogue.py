@@ -203,22 +203,46 @@ def parse_catalogue(text):
         if isinstance(entry, dict) and isinstance(entry.get("slug"), str):
             label += f" ({entry['slug']})"
         node = nodes[index - 1] if index <= len(nodes) else None
-        try:
-            fields = validate_entry(entry)
-        except CatalogueError as error:
-            problems.append((_line_of(node, error.field), f"{label}: {error}", error.field))
+        errors = _entry_errors(entry)
+        if errors:
+            problems += [(_line_of(node, error.field), f"{label}: {error}", error.field) for error in errors]
             if isinstance(entry, dict) and isinstance(entry.get("slug"), str):
                 seen.add(entry["slug"])
             continue
+        fields = validate_entry(entry)
         if fields["slug"] in seen:
             problems.append((_line_of(node, "slug"), f"{label}: slug {fields['slug']!r} appears twice", "slug"))
         seen.add(fields["slug"])
         parsed.append(fields)
     if problems:
+        problems.sort(key=lambda problem: problem[0] or 0)  # in the file's order; unknown lines first
         error = CatalogueError("\n".join(message for _, message, _ in problems), problems[0][2])
         error.problems = [(line, message) for line, message, _ in problems]
         raise error
     return parsed
+
+
+# What stands in for a faulty field that an entry cannot do without, to look for the next error.
+_STAND_INS = {"slug": "x", "name": "x", "command": ["x"], "image": "x"}
+
+
+def _entry_errors(entry):
+    """Every field error in one entry: validate_entry names the first; with that field set right
+    (or left out, for its default), it names the next, and so on."""
+    errors, entry = [], entry
+    while True:
+        try:
+            validate_entry(entry)
+            return errors
+        except CatalogueError as error:
+            if any(error.field == earlier.field for earlier in errors):
+                return errors
+            errors.append(error)
+            if error.field is None:
+                return errors
+            entry = {key: value for key, value in entry.items() if key != error.field}
+            if error.field in _STAND_INS:
+                entry[error.field] = _STAND_INS[error.field]
 
 
 def _entry_nodes(root):

@@ -53,7 +53,7 @@ def berth_data_dir(pid):
     data_dir = _environ(pid).get("BERTH_DATA_DIR")
     if data_dir:
         return data_dir
-    words = _command_line(pid).split()
+    words = command_line(pid).split()
     if "-p" in words[:-1]:
         prefix = Path(words[words.index("-p") + 1])
         if (prefix.parent / LOCK_FILE).exists():
@@ -97,7 +97,8 @@ def _environ(pid):
     return dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item)
 
 
-def _command_line(pid):
+def command_line(pid):
+    """The command line of process pid, its words joined by spaces ("" once it has gone)."""
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
@@ -105,7 +106,7 @@ def _command_line(pid):
 
 
 def _program(pid):
-    words = _command_line(pid).split()
+    words = command_line(pid).split()
     return os.path.basename(words[0]).rstrip(":") if words else "a process"
 
 

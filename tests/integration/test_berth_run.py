@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from deploy.clashes import command_line
 from tests.local_stack import BerthStack, stack_env
 from tests.services import free_port
 
@@ -60,7 +61,7 @@ class BerthRun:
     def component(self, role):
         """The pid of the server of auth or web: a child of `berth run`."""
         children = [pid for pid in _pids() if _parent(pid) == self.process.pid
-                    and COMMANDS[role] in _cmdline(pid)]
+                    and COMMANDS[role] in command_line(pid)]
         assert len(children) == 1, (role, children)
         return children[0]
 
@@ -84,7 +85,7 @@ class BerthRun:
                 continue
             if pid != os.getpid() and _state(pid) != "Z" and (
                     any(mark in seen for mark in marks) or cwd.startswith(str(self.data_dir))):
-                found.append((pid, _cmdline(pid)))
+                found.append((pid, command_line(pid)))
         return found
 
     def close(self):
@@ -125,13 +126,6 @@ def _state(pid):
 
 def _parent(pid):
     return int(_stat(pid)[1])
-
-
-def _cmdline(pid):
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
 
 
 def _group_alive(group):

@@ -341,8 +341,7 @@ SETTINGS = (
                 "without it is refused. The same value on every replica and in nginx's rendered "
                 "configuration."),
     Setting("BERTH_CATALOGUE", DATA, kind="file",
-            default_doc="`berth run`: `deploy/demo-catalogue.yml` (`none`: no catalogue); unset "
-                        "elsewhere",
+            default_doc="`berth run`: `deploy/demo-catalogue.yml`; unset elsewhere",
             doc="A YAML catalogue of tool templates, loaded by `berth run` when it starts and by the "
                 "image's `migrate` command; `berth check` checks it."),
     Setting("BERTH_ADMIN_EMAIL", DATA, kind="email address", read_by=f"`berth run` and {ENTRYPOINT} (`migrate`)",

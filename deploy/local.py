@@ -375,6 +375,7 @@ def run_local(config):
     """`berth run`: refuse a clash with another Berth, prepare the database, start the stack,
     keep it running until Ctrl-C or SIGTERM, then stop it and the process-backend tools it started."""
     from berth.settings import read_setting
+    from deploy.checks import database_problems, redis_problems
     from deploy.clashes import Clash, check_ports_free, listen_address, lock_data_dir
 
     data_dir = Path(config["BERTH_DATA_DIR"])
@@ -384,18 +385,18 @@ def run_local(config):
         check_ports_free(_ports_needed(config, bind))
     except Clash as error:
         raise SystemExit(f"Error: {error}") from None
-    # Unset, the catalogue is the demo one, as with `make run`; `none` loads none.
-    catalogue = os.environ.get("BERTH_CATALOGUE", "").strip() or str(DEMO_CATALOGUE)
-    config = {**config, "BERTH_CATALOGUE": None if catalogue.lower() == "none" else catalogue}
+    # Migrations wait on the database without a bound: first make sure that it answers at all.
+    problems = database_problems(config, schema=False) + redis_problems(config["BERTH_REDIS_URL"])
+    if problems:
+        raise SystemExit(f"Error: {problems[0]}")
+    config = {**config, "BERTH_CATALOGUE": config["BERTH_CATALOGUE"] or str(DEMO_CATALOGUE)}
     admin_email = os.environ.get("BERTH_ADMIN_EMAIL", "admin@berth.localhost")
     admin_password = os.environ.get("BERTH_ADMIN_PASSWORD") or _remembered_password(data_dir)
     prepare_database(config, admin_email, admin_password)
 
     env = {**os.environ, "BERTH_DATA_DIR": str(data_dir),
            "BERTH_AUTH_PORT": str(config["BERTH_AUTH_PORT"]),
-           "BERTH_WEB_PORT": str(config["BERTH_WEB_PORT"]),
-           # Each component labels tools alike, even were the data folder's label file lost.
-           "BERTH_DEPLOYMENT": config["BERTH_DEPLOYMENT"]}
+           "BERTH_WEB_PORT": str(config["BERTH_WEB_PORT"])}
     if not os.environ.get("BERTH_TOOL_PYTHON", "").strip() and TOOLS_PYTHON.exists():
         env["BERTH_TOOL_PYTHON"] = str(TOOLS_PYTHON)
     # Should `berth run` itself be killed, its components stop too (their tools keep running).

@@ -21,7 +21,7 @@ import requests
 
 from deploy.clashes import command_line
 from tests.local_stack import BerthStack, stack_env
-from tests.services import free_port
+from tests.services import free_port, wait_for_port
 
 BERTH = Path(sys.executable).parent / "berth"
 CATALOGUE = Path(__file__).resolve().parent.parent / "catalogue.yml"
@@ -325,3 +325,23 @@ def test_a_port_held_by_another_program_is_named(tmp_path):
     assert line == (f"Error: BERTH_AUTH_PORT: port {port} on 127.0.0.1 is taken by "
                     f"{Path(sys.executable).name} (pid {os.getpid()}); stop it, or set BERTH_AUTH_PORT "
                     "to a free port")
+
+
+def test_berth_is_ready_only_when_its_own_nginx_answers(tmp_path):
+    """Another program answering 200 on the port (another Berth's nginx, say) is not this stack."""
+    from deploy.local import Stack
+
+    port = free_port()
+    other = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    stack = Stack({**os.environ, "BERTH_DATA_DIR": str(tmp_path)}, tmp_path)
+    stack.processes["nginx"] = subprocess.Popen(["sleep", "60"], start_new_session=True)  # listens nowhere
+    try:
+        wait_for_port(port, process=other, what="the other server")
+        with pytest.raises(RuntimeError, match=f"did not answer at http://127.0.0.1:{port}/ within 3 s"):
+            stack.wait_ready(f"http://127.0.0.1:{port}/", timeout=3, listener="nginx")
+        stack.wait_ready(f"http://127.0.0.1:{port}/", timeout=3)  # anyone will do, without a listener
+    finally:
+        stack.kill("nginx")
+        other.kill()
+        other.wait()

@@ -304,7 +304,7 @@ SETTINGS = (
     Setting("BERTH_HTTP_BIND", ADDRESSES, parse=parse_ip_address, default="127.0.0.1", kind="IP address",
             read_by=f"`berth run` and {DOCKER_COMPOSE}",
             doc="The host address nginx listens on with `berth run`, and that docker-compose.yml "
-                "publishes nginx's port on: `127.0.0.1` serves this machine only; `0.0.0.0` (or `::`) "
+                "publishes nginx's port on: `127.0.0.1` serves this machine only; `0.0.0.0` "
                 "serves other machines too, as a try on a remote VM needs."),
 
     # -- Data and secrets

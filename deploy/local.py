@@ -170,14 +170,17 @@ class Stack:
                                              die_with_parent=self.die_with_parent)
         return self.processes[name]
 
-    def start_all(self, config, stopping=None, listen=None):
-        """Render nginx's configuration (listening on listen, by default 127.0.0.1 and
-        BERTH_HTTP_PORT), start every component, and wait until this stack's nginx answers (or
-        stopping, a StopRequest, is set)."""
-        self.render_nginx(config, **({"listen": listen} if listen else {}))
+    def start_all(self, config, stopping=None, bind="127.0.0.1"):
+        """Render nginx's configuration (listening on bind and BERTH_HTTP_PORT), start every
+        component, and wait until this stack's nginx answers (or stopping, a StopRequest, is set)."""
+        from deploy.clashes import listen_address
+
+        port = config["BERTH_HTTP_PORT"]
+        self.render_nginx(config, listen=listen_address(bind, port))
         for name in ROLES:
             self.start(name)
-        self.wait_ready(f"http://127.0.0.1:{config['BERTH_HTTP_PORT']}/healthz", host=config["BERTH_DOMAIN"],
+        reachable_at = "127.0.0.1" if bind in ("0.0.0.0", "::") else bind
+        self.wait_ready(f"http://{listen_address(reachable_at, port)}/healthz", host=config["BERTH_DOMAIN"],
                         stopping=stopping, listener="nginx")
 
     def stop(self, name, sig=signal.SIGTERM, timeout=10):
@@ -376,7 +379,7 @@ def run_local(config):
     keep it running until Ctrl-C or SIGTERM, then stop it and the process-backend tools it started."""
     from berth.settings import read_setting
     from deploy.checks import database_problems, redis_problems
-    from deploy.clashes import Clash, check_ports_free, listen_address, lock_data_dir
+    from deploy.clashes import Clash, check_ports_free, lock_data_dir
 
     data_dir = Path(config["BERTH_DATA_DIR"])
     bind = read_setting("BERTH_HTTP_BIND")
@@ -407,8 +410,7 @@ def run_local(config):
     signal.signal(signal.SIGINT, stopping.set)
     signal.signal(signal.SIGTERM, stopping.set)
     try:
-        _start_and_supervise(stack, config, stopping, admin_email, admin_password,
-                             listen=listen_address(bind, config["BERTH_HTTP_PORT"]))
+        _start_and_supervise(stack, config, stopping, admin_email, admin_password, bind)
     finally:
         print("\nStopping Berth and the tools it started…", flush=True)
         stack.stop_all()
@@ -427,12 +429,12 @@ def _ports_needed(config, bind):
     return ports
 
 
-def _start_and_supervise(stack, config, stopping, admin_email, admin_password, listen):
+def _start_and_supervise(stack, config, stopping, admin_email, admin_password, bind):
     """Start the stack, then restart its components as they exit, until stopping is set."""
     from berth.hosts import public_url
 
     try:
-        stack.start_all(config, stopping, listen=listen)
+        stack.start_all(config, stopping, bind=bind)
     except RuntimeError as error:  # a component that fails at once would only fail again
         raise SystemExit(str(error)) from None
     if stopping.is_set():

@@ -254,6 +254,36 @@ def test_gunicorn_stops_on_a_bad_setting_with_one_line_naming_it(tmp_path, name,
     assert "Traceback" not in result.stderr
 
 
+def _server_output(command, tmp_path, name, raw):
+    result = subprocess.run(
+        command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), "BERTH_DATA_DIR": str(tmp_path), name: raw},
+        capture_output=True, text=True, timeout=60)
+    return result.returncode, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("name, raw, message", [
+    ("BERTH_DOMAIN", "bad_domain!", "Error: BERTH_DOMAIN='bad_domain!' is not a plain host name"),
+    ("BERTH_REDIS_URL", "localhost:6379", "Error: BERTH_REDIS_URL='localhost:6379' is not a Redis URL"),
+])
+def test_the_worker_stops_on_a_bad_setting_with_one_line_naming_it(tmp_path, name, raw, message):
+    code, output = _server_output([str(Path(sys.executable).parent / "huey_consumer"), "berth.launch.tasks.huey"],
+                                  tmp_path, name, raw)
+    assert code == 1
+    [line] = output.splitlines()
+    assert line.startswith(message)
+
+
+@pytest.mark.parametrize("app", ["webapp:create_app", "auth_service:create_app"])
+def test_granian_stops_on_a_bad_setting_naming_it_without_a_traceback(tmp_path, app):
+    from deploy.local import granian_command
+
+    command = granian_command("127.0.0.1", 0, app, workers=1, threads=1)
+    code, output = _server_output(command, tmp_path, "BERTH_DATABASE_URL", "nonsense://x")
+    assert code != 0
+    assert "Error: BERTH_DATABASE_URL='nonsense://x' names a database driver that is not installed" in output
+    assert "Traceback" not in output
+
+
 # -- the persistent secret --------------------------------------------------------------
 
 def test_persistent_secret_is_generated_once_and_reused(tmp_path):

@@ -12,16 +12,17 @@ TEST_PACKAGES := nginx iproute2 iptables util-linux python3-aiohttp redis-server
 .PHONY: run test test-fast bench clean
 
 $(BIN)/activate:
-	@deploy/install-system-packages.sh python3-venv
+	deploy/install-system-packages.sh python3-venv
+	echo "Creating the Python environment $(VENV)…"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
 $(VENV)/.installed-test: $(BIN)/activate setup.cfg pyproject.toml
-	$(BIN)/pip install -q -e '.[test]'
+	deploy/pip-quietly.sh "Installing Berth and its test tools into $(VENV)" $(BIN)/pip install -e '.[test]'
 	touch $@
 
 $(VENV)/.installed: $(BIN)/activate setup.cfg pyproject.toml
-	$(BIN)/pip install -q -e .
+	deploy/pip-quietly.sh "Installing Berth into $(VENV)" $(BIN)/pip install -e .
 	touch $@
 
 # The demo tools' interpreter. Tools run as users of their own, who cannot execute a venv built
@@ -29,16 +30,20 @@ $(VENV)/.installed: $(BIN)/activate setup.cfg pyproject.toml
 TOOLS_VENV ?= .venv-tools
 $(TOOLS_VENV)/.installed:
 	@deploy/install-system-packages.sh python3-venv python3-aiohttp
+	echo "Creating the demo tools' Python environment $(TOOLS_VENV)…"
 	/usr/bin/python3 -m venv --system-site-packages $(TOOLS_VENV)
-	$(TOOLS_VENV)/bin/pip install -q 'jupyterlab>=4'
+	deploy/pip-quietly.sh "Installing JupyterLab into $(TOOLS_VENV)" $(TOOLS_VENV)/bin/pip install 'jupyterlab>=4'
 	touch $@
+
+# Each stage says what it does in one line; pip's own output goes to the screen only if it fails.
+.SILENT: $(BIN)/activate $(VENV)/.installed-test $(VENV)/.installed $(TOOLS_VENV)/.installed run
 
 ## make run: Berth on http://berth.localhost:8080/ with the demo catalogue (Ctrl-C stops it).
 ## Tools live on a site of their own, *.berth-tools.localhost, so that no tool's page can set a
 ## cookie for Berth's (BERTH_TOOLS_DOMAIN; set it empty for tools under berth.localhost).
 run: $(VENV)/.installed $(TOOLS_VENV)/.installed
-	@deploy/install-system-packages.sh $(RUN_PACKAGES)
-	BERTH_CATALOGUE=$${BERTH_CATALOGUE:-deploy/demo-catalogue.yml} \
+	deploy/install-system-packages.sh $(RUN_PACKAGES)
+	echo "Starting Berth (berth run)…"
 	BERTH_TOOLS_DOMAIN=$${BERTH_TOOLS_DOMAIN-berth-tools.localhost} \
 	BERTH_TOOL_PYTHON=$${BERTH_TOOL_PYTHON:-$(abspath $(TOOLS_VENV))/bin/python} $(BIN)/berth run
 
@@ -52,7 +57,7 @@ test: $(VENV)/.installed-test
 ## make bench: proxied throughput and latency, as ratios to plain nginx (and to JupyterHub's
 ## configurable-http-proxy) measured in the same run; bench/README.md lists the other benchmarks
 bench: $(VENV)/.installed-test
-	@deploy/install-system-packages.sh nginx wrk nodejs npm curl
+	@deploy/install-system-packages.sh nginx:nginx wrk:wrk node:nodejs npm:npm curl:curl
 	$(BIN)/python -m bench.proxy
 
 clean:

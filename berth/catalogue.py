@@ -30,7 +30,7 @@ owner's home, on the process and docker backends; {python}, an interpreter the t
 run, on the process backend only. Any other lower-case name in braces, or one the entry's
 backend does not fill, is an error.
 
-Every entry is checked before anything is written. An error names the entry and the field.
+Every entry is checked before anything is written. Each error names the entry, the field and its line.
 """
 import re
 
@@ -51,6 +51,11 @@ class CatalogueError(ValueError):
     def __init__(self, message, field=None):
         super().__init__(message)
         self.field = field
+        self.problems = [(None, message)]  # (line or None, message) for each problem found
+
+    def lines(self, path):
+        """One line per problem, as compilers name a place: path:line: message."""
+        return [f"{path}:{line}: {message}" if line else f"{path}: {message}" for line, message in self.problems]
 
 
 def _top(field):
@@ -179,28 +184,83 @@ def _sizes(value):
 
 
 def parse_catalogue(text):
-    """Validate a catalogue document and return a list of template field dicts."""
+    """Validate a catalogue document and return a list of template field dicts.
+
+    Every entry is checked: the CatalogueError lists each problem found (its problems: (line,
+    message) pairs, line being where the entry or the faulty field starts, or None)."""
     try:
         document = yaml.safe_load(text)
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as error:
         raise CatalogueError(f"the file is not valid YAML: {error}") from None
     entries = document.get("tools") if isinstance(document, dict) else document
     if not isinstance(entries, list):
         raise CatalogueError("the file must hold a list of tools under the key 'tools'")
-    parsed, seen = [], set()
+    nodes = _entry_nodes(root)
+    parsed, seen, problems = [], set(), []
     for index, entry in enumerate(entries, start=1):
         label = f"entry {index}"
         if isinstance(entry, dict) and isinstance(entry.get("slug"), str):
             label += f" ({entry['slug']})"
-        try:
-            fields = validate_entry(entry)
-        except CatalogueError as error:
-            raise CatalogueError(f"{label}: {error}", error.field) from None
+        node = nodes[index - 1] if index <= len(nodes) else None
+        errors = _entry_errors(entry)
+        if errors:
+            problems += [(_line_of(node, error.field), f"{label}: {error}", error.field) for error in errors]
+            if isinstance(entry, dict) and isinstance(entry.get("slug"), str):
+                seen.add(entry["slug"])
+            continue
+        fields = validate_entry(entry)
         if fields["slug"] in seen:
-            raise CatalogueError(f"{label}: slug {fields['slug']!r} appears twice", "slug")
+            problems.append((_line_of(node, "slug"), f"{label}: slug {fields['slug']!r} appears twice", "slug"))
         seen.add(fields["slug"])
         parsed.append(fields)
+    if problems:
+        problems.sort(key=lambda problem: problem[0] or 0)  # in the file's order; unknown lines first
+        error = CatalogueError("\n".join(message for _, message, _ in problems), problems[0][2])
+        error.problems = [(line, message) for line, message, _ in problems]
+        raise error
     return parsed
+
+
+# What stands in for a faulty field that an entry cannot do without, to look for the next error.
+_STAND_INS = {"slug": "x", "name": "x", "command": ["x"], "image": "x"}
+
+
+def _entry_errors(entry):
+    """Every field error in one entry: validate_entry names the first; with that field set right
+    (or left out, for its default), it names the next, and so on."""
+    errors, entry = [], entry
+    while True:
+        try:
+            validate_entry(entry)
+            return errors
+        except CatalogueError as error:
+            if any(error.field == earlier.field for earlier in errors):
+                return errors
+            errors.append(error)
+            if error.field is None:
+                return errors
+            entry = {key: value for key, value in entry.items() if key != error.field}
+            if error.field in _STAND_INS:
+                entry[error.field] = _STAND_INS[error.field]
+
+
+def _entry_nodes(root):
+    """The YAML nodes of the entries, in order (under the key tools, or the document itself)."""
+    if isinstance(root, yaml.MappingNode):
+        root = next((value for key, value in root.value if key.value == "tools"), None)
+    return list(root.value) if isinstance(root, yaml.SequenceNode) else []
+
+
+def _line_of(node, field):
+    """The line (from 1) where field starts in the entry's node, else where the entry starts."""
+    if node is None:
+        return None
+    if isinstance(node, yaml.MappingNode) and field:
+        for key, value in node.value:
+            if key.value == field:
+                return key.start_mark.line + 1
+    return node.start_mark.line + 1
 
 
 def load_catalogue(text, actor="cli"):

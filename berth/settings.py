@@ -6,6 +6,7 @@ configuration reference, docs/configuration.md, is generated from it (`berth set
 `python -m berth.settings`); a test fails when the two differ. A bad value stops the process with
 a message naming the variable and the value, rather than being guessed at.
 """
+import hashlib
 import os
 import re
 import secrets
@@ -202,6 +203,75 @@ def parse_nginx_name(name, default, environ=os.environ):
     return value or default
 
 
+def parse_host_name(name, default, environ=os.environ):
+    """A DNS name in lower case, made of labels of letters, digits and hyphens."""
+    value = parse_lowercase(name, default, environ)
+    if value is not None and not re.fullmatch(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*",
+                                              value):
+        raise SettingError(f"{name}={value!r} is not a plain host name")
+    return value
+
+
+def parse_database_url(name, default, environ=os.environ):
+    """A SQLAlchemy URL whose database driver is installed."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    value = _raw(name, environ)
+    if value is None:
+        return default
+    try:
+        make_url(value).get_dialect()
+    except (NoSuchModuleError, ImportError) as error:
+        raise SettingError(f"{name}={_without_password(value)!r} names a database driver that is not "
+                           f"installed ({str(error).splitlines()[0]})") from None
+    except ArgumentError:
+        raise SettingError(f"{name}={_without_password(value)!r} is not a database URL like "
+                           "postgresql+psycopg://user:password@host/db or sqlite:////path/berth.db") from None
+    return value
+
+
+def parse_redis_url(name, default, environ=os.environ):
+    value = _raw(name, environ)
+    if value is None:
+        return default
+    parts = urlsplit(value)
+    if parts.scheme not in ("redis", "rediss", "unix") or not (parts.hostname or parts.path):
+        raise SettingError(f"{name}={_without_password(value)!r} is not a Redis URL like "
+                           "redis://host:6379/0 (or rediss://, unix://)")
+    try:
+        parts.port
+    except ValueError:
+        raise SettingError(f"{name}={_without_password(value)!r} has a port that is not a number") from None
+    return value
+
+
+def _without_password(url):
+    """A URL as an error message may show it: its password replaced by ***."""
+    return re.sub(r"(//[^/@:]*:)[^/@]*@", r"\1***@", url)
+
+
+def parse_ip_address(name, default, environ=os.environ):
+    import ipaddress
+
+    value = parse_string(name, default, environ)
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise SettingError(f"{name}={value!r} is not an IP address like 127.0.0.1 or 0.0.0.0") from None
+
+
+def check_data_dir(path, name="BERTH_DATA_DIR"):
+    """Create the data folder if need be and make sure this process may write in it."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as error:
+        raise SettingError(f"{name}={path}: cannot write there ({error.strerror})") from None
+    return path
+
+
 # -- the definition --------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -261,11 +331,11 @@ DOCKER_COMPOSE = "`docker compose`"
 
 SETTINGS = (
     # -- Addresses and ports
-    Setting("BERTH_DOMAIN", ADDRESSES, parse=parse_lowercase, default="berth.localhost", kind="host name",
+    Setting("BERTH_DOMAIN", ADDRESSES, parse=parse_host_name, default="berth.localhost", kind="host name",
             doc="Parent domain. The main host is this name; tools live at `<slug>-<user>.<domain>` "
                 "(shared ones at `<slug>.<domain>`). Needs wildcard DNS in production; `*.localhost` "
                 "resolves to loopback, so the default needs none."),
-    Setting("BERTH_TOOLS_DOMAIN", ADDRESSES, parse=parse_lowercase, kind="host name",
+    Setting("BERTH_TOOLS_DOMAIN", ADDRESSES, parse=parse_host_name, kind="host name",
             doc="Parent domain of the tool hosts, when they should not live under `BERTH_DOMAIN`: "
                 "tools are then at `<slug>-<user>.<tools domain>`, on a registrable domain of their "
                 "own (as GitHub serves user content), so that no tool's page can set or read a "
@@ -289,6 +359,11 @@ SETTINGS = (
     Setting("BERTH_TRUSTED_PROXIES", ADDRESSES, parse=parse_networks, default="",
             doc="Where those proxies are. When set, a hop counts as trusted only from these "
                 "addresses, so that a client reaching nginx directly cannot pose as a proxy."),
+    Setting("BERTH_HTTP_BIND", ADDRESSES, parse=parse_ip_address, default="127.0.0.1", kind="IP address",
+            read_by=f"`berth run` and {DOCKER_COMPOSE}",
+            doc="The host address nginx listens on with `berth run`, and that docker-compose.yml "
+                "publishes nginx's port on: `127.0.0.1` serves this machine only; `0.0.0.0` "
+                "serves other machines too, as a try on a remote VM needs."),
 
     # -- Data and secrets
     Setting("BERTH_DATA_DIR", DATA, parse=parse_path, default="var", kind="folder",
@@ -296,6 +371,7 @@ SETTINGS = (
                 "generated secrets, logs and users' homes live; a relative path is taken from the "
                 "working directory. The image sets `/home/berth/data`."),
     Setting("BERTH_DATABASE_URL", DATA, key="SQLALCHEMY_DATABASE_URI", kind="SQLAlchemy URL",
+            parse=parse_database_url,
             default=lambda settings: f"sqlite:///{sqlite_folder(settings['BERTH_DATA_DIR'])}/berth.db",
             default_doc="`sqlite:///<BERTH_DATA_DIR>/database/berth.db`",
             doc="The database. SQLite by default; `postgresql+psycopg://user:password@host/db` in "
@@ -308,7 +384,7 @@ SETTINGS = (
                 "same bound on the client side (for a server that does not answer at all), and "
                 "SQLite's busy timeout. A request that runs out of it is answered 503. Migrations "
                 "are not bound."),
-    Setting("BERTH_REDIS_URL", DATA, kind="URL",
+    Setting("BERTH_REDIS_URL", DATA, kind="Redis URL", parse=parse_redis_url,
             doc="Huey's queue uses Redis at this URL (`redis://host:6379/0`) when set, and a SQLite "
                 "file in the data folder otherwise."),
     Setting("BERTH_SECRET_KEY", DATA, key="SECRET_KEY", kind="secret",
@@ -323,8 +399,9 @@ SETTINGS = (
                 "without it is refused. The same value on every replica and in nginx's rendered "
                 "configuration."),
     Setting("BERTH_CATALOGUE", DATA, kind="file",
+            default_doc="`berth run`: `deploy/demo-catalogue.yml`; unset elsewhere",
             doc="A YAML catalogue of tool templates, loaded by `berth run` when it starts and by the "
-                "image's `migrate` command (`make run` sets the demo one)."),
+                "image's `migrate` command; `berth check` checks it."),
     Setting("BERTH_ADMIN_EMAIL", DATA, kind="email address", read_by=f"`berth run` and {ENTRYPOINT} (`migrate`)",
             default_doc="`admin@berth.localhost` with `berth run`; unset in the image",
             doc="The administrator account that `berth run` creates or resets at start, and the "
@@ -404,7 +481,8 @@ SETTINGS = (
     Setting("BERTH_TOOL_PYTHON", TOOLS, default="/usr/bin/python3", kind="path",
             doc="The interpreter `{python}` names in an isolated tool's command. Tools' users must be "
                 "able to execute it: a virtualenv in a root-only folder will not do. `make run` "
-                "builds `.venv-tools` on Debian's Python, with JupyterLab, and sets this."),
+                "builds `.venv-tools` on Debian's Python, with JupyterLab; `berth run` uses it when "
+                "this is unset and it exists."),
     Setting("BERTH_HOMES_DIR", TOOLS, parse=parse_path, kind="folder",
             default=lambda settings: os.path.join(settings["BERTH_DATA_DIR"], "homes"),
             default_doc="`<BERTH_DATA_DIR>/homes`",
@@ -422,9 +500,16 @@ SETTINGS = (
             doc="How often each worker reconciles (seconds): resumes launches whose worker died, "
                 "notices tools that died, finishes stops and removes orphans. A dead worker's "
                 "launches resume within `BERTH_LEASE_SECONDS` plus this."),
-    Setting("BERTH_DEPLOYMENT", TOOLS, default="berth",
+    Setting("BERTH_DEPLOYMENT", TOOLS, default=lambda settings: _default_deployment(settings["BERTH_DATA_DIR"]),
+            default_doc="`berth-` and 8 hex digits of the data folder's path, kept in "
+                        "`<BERTH_DATA_DIR>/deployment`; `berth` for a data folder that Berth used before "
+                        "it kept that file",
             doc="Names this installation in the labels of everything it starts, so that two Berths "
-                "on one host (or one engine, or one cluster) never adopt or remove each other's tools."),
+                "on one host (or one engine, or one cluster) never adopt or remove each other's tools. "
+                "The default differs per data folder, so two `berth run` on one machine keep apart; "
+                "a data folder from before keeps `berth`, the label its tools were started with. Set "
+                "it, to the same value in every process, when the processes do not share one data "
+                "folder (the deploy files do)."),
 
     # -- Backends
     Setting("BERTH_BACKENDS", BACKENDS, parse=parse_list, default="process",
@@ -646,9 +731,6 @@ SETTINGS = (
     Setting("BERTH_DOCKER_SOCKET", COMPOSE, read_by=DOCKER_COMPOSE, default="/var/run/docker.sock",
             kind="file",
             doc="The Docker socket mounted into the worker, and only the worker."),
-    Setting("BERTH_HTTP_BIND", COMPOSE, read_by=DOCKER_COMPOSE, default="127.0.0.1", kind="IP address",
-            doc="Host address nginx's port (`BERTH_HTTP_PORT`) is published on; `0.0.0.0` to reach "
-                "it from other machines."),
 )
 
 GROUPS = (ADDRESSES, DATA, SIGN_IN, TOOLS, BACKENDS, LIMITS, NGINX, METRICS, PROCESSES, COMPOSE)
@@ -658,6 +740,10 @@ GROUP_INTROS = {
              "Berth's own processes never read them.",
 }
 _BY_NAME = {setting.name: setting for setting in SETTINGS}
+# The deployment label is read before the rest: a new data folder is told from a former one by
+# the files that other defaults (the secrets) create in it.
+_READING_ORDER = ("BERTH_DATA_DIR", "BERTH_DEPLOYMENT") + tuple(
+    setting.name for setting in SETTINGS if setting.name not in ("BERTH_DATA_DIR", "BERTH_DEPLOYMENT"))
 
 
 class _Reading:
@@ -683,7 +769,7 @@ def read_setting(name, environ=os.environ):
 def load_settings(environ=os.environ):
     """Return the Flask config keys that BERTH_* variables set."""
     reading = _Reading(environ)
-    settings = {setting.config_key: reading[setting.name] for setting in SETTINGS if setting.config_key}
+    settings = {_BY_NAME[name].config_key: reading[name] for name in _READING_ORDER if _BY_NAME[name].config_key}
     _check_sign_in(settings)
     _check_tools_domain(settings)
     return settings
@@ -694,6 +780,32 @@ def sqlite_folder(data_dir):
     and the web app may write (SQLite writes its journal beside the database), inside a data
     directory they may not."""
     return os.path.join(data_dir, "database")
+def load_settings_or_exit(environ=os.environ):
+    """load_settings for a process that serves or works (web, auth, worker, `berth`): a bad
+    setting ends it with one line naming the setting, and no traceback."""
+    try:
+        return load_settings(environ)
+    except SettingError as error:
+        raise SystemExit(f"Error: {error}") from None
+
+
+def setting_problems(environ=os.environ):
+    """Every setting that cannot be used, as load_settings would name it, and a data folder this
+    process cannot write in; [] when all is well. For `berth check`."""
+    reading = _Reading(environ)
+    problems = []
+    for name in _READING_ORDER:
+        try:
+            reading[name]
+        except SettingError as error:  # a setting that others derive from fails again with them
+            problems += [str(error)] if str(error) not in problems else []
+    if not problems:
+        try:
+            check_data_dir(reading["BERTH_DATA_DIR"])
+            load_settings(environ)  # the settings that must agree with each other
+        except SettingError as error:
+            problems.append(str(error))
+    return problems
 
 
 def metrics_dir(environ=os.environ):
@@ -703,8 +815,6 @@ def metrics_dir(environ=os.environ):
 
 def _check_tools_domain(settings):
     domain, tools = settings["BERTH_DOMAIN"], settings["BERTH_TOOLS_DOMAIN"]
-    if tools and not re.fullmatch(r"[a-z0-9-]+(\.[a-z0-9-]+)*", tools):
-        raise SettingError(f"BERTH_TOOLS_DOMAIN={tools!r} is not a plain host name")
     if tools and tools != domain and domain.endswith("." + tools):
         raise SettingError(f"BERTH_DOMAIN={domain!r} must not lie under BERTH_TOOLS_DOMAIN={tools!r}: the "
                            "main host would read as a tool's address")
@@ -734,13 +844,35 @@ def _persistent_secret(data_dir, filename):
 
     Production sets BERTH_SECRET_KEY and BERTH_PROXY_SECRET, so that replicas share them.
     """
+    return _persistent_value(data_dir, filename, lambda: secrets.token_urlsafe(32))
+
+
+# Files only a data folder that Berth has run from holds (the database, the queue, the secrets).
+_FORMER_INSTALLATION_FILES = ("berth.db", "queue.db", "secret_key", "proxy_secret")
+FORMER_DEFAULT_DEPLOYMENT = "berth"
+
+
+def _default_deployment(data_dir):
+    """The label of a data folder's tools, kept in it: its tools carry the label they were
+    started with, so it never changes once chosen, even if the folder moves."""
+    def choose():
+        if any((Path(data_dir) / name).exists() for name in _FORMER_INSTALLATION_FILES):
+            return FORMER_DEFAULT_DEPLOYMENT  # tools started before the label was per folder
+        digest = hashlib.sha256(os.path.realpath(data_dir).encode()).hexdigest()
+        return f"berth-{digest[:8]}"
+
+    return _persistent_value(data_dir, "deployment", choose)
+
+
+def _persistent_value(data_dir, filename, make):
+    """The value kept in data_dir/filename, or make()'s, written there first."""
     path = Path(data_dir) / filename
     try:
         return _read_secret(path)
     except FileNotFoundError:
         pass
-    path.parent.mkdir(parents=True, exist_ok=True)
-    value = secrets.token_urlsafe(32)
+    check_data_dir(data_dir)
+    value = make()
     # Written in full under a private name (mkstemp: mode 0600), then linked into place.
     # link() fails when the name exists, so when two processes race at first start, both end
     # up with the winner's value, and no process ever reads a file that is still empty.
@@ -758,10 +890,15 @@ def _persistent_secret(data_dir, filename):
 
 
 def _read_secret(path):
-    value = path.read_text().strip()
+    try:
+        value = path.read_text().strip()
+    except (FileNotFoundError, NotADirectoryError):
+        raise FileNotFoundError(path) from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise SettingError(f"{path}: cannot read it ({getattr(error, 'strerror', None) or error})") from None
     if not value:
         # An empty proxy secret would let requests that bypass nginx through.
-        raise SettingError(f"{path} is empty: delete it and Berth will generate a new secret")
+        raise SettingError(f"{path} is empty: delete it and Berth will generate a new one")
     return value
 
 

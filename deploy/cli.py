@@ -1,17 +1,24 @@
-"""`berth`: the operator's command line (a Flask CLI group).
+"""`berth`: the operator's command line.
 
+    berth check                         check the settings, catalogue, database and Redis
     berth db upgrade                    apply migrations (run once per release, as its own job)
     berth catalogue load FILE           upsert tool templates from YAML, all or nothing
     berth create-admin EMAIL --password P
     berth create-user EMAIL --password P
     berth nginx-conf [--standalone --prefix DIR] [--out FILE]
     berth run                           the embedded default: nginx, auth, web and worker together
+
+A plain click group, not Flask's: the commands that need the app build it (with_appcontext, from
+the ScriptInfo the group hands them), and Flask's development options stay out of `--help`. An
+error an operator can fix (a setting, the database or Redis out of reach, no schema yet) ends the
+command with one line naming it (deploy/checks.py), never a traceback.
 """
+import os
 import sys
 
 import click
 from flask import current_app
-from flask.cli import FlaskGroup, with_appcontext
+from flask.cli import ScriptInfo, with_appcontext
 from sqlalchemy import func, select
 
 from berth.extensions import db, migrate
@@ -19,27 +26,76 @@ from berth.web import create_base_app
 from berth.models import User, record_event
 
 
-def _create_app(*_args, **_kwargs):
-    from berth.settings import SettingError
-
-    try:
-        app = create_base_app("berth.cli")
-    except SettingError as error:
-        # A bad BERTH_* value: say which and stop, without a traceback, whichever path asked
-        # for the app (Flask prints other exceptions in `berth --help` as tracebacks).
-        click.echo(f"Error: {error}", err=True)
-        raise SystemExit(1) from None
+def _create_app():
+    app = create_base_app("berth.cli")
     migrate.bind(app)  # `berth db …`: Flask-Migrate is imported only for the CLI (berth/extensions.py)
     return app
 
 
-@click.group(cls=FlaskGroup, create_app=_create_app, add_default_commands=False,
-             add_version_option=False, load_dotenv=False, set_debug_flag=False)
+class BerthGroup(click.Group):
+    """Berth's commands, listed in the order they are defined, each failing in one line."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        extra.setdefault("obj", ScriptInfo(create_app=_create_app, set_debug_flag=False,
+                                           load_dotenv_defaults=False))
+        return super().make_context(info_name, args, parent=parent, **extra)
+
+    def list_commands(self, ctx):
+        return list(self.commands)
+
+    def invoke(self, ctx):
+        from deploy.checks import operator_message
+
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as error:
+            message = operator_message(error)
+            if message is None:
+                raise
+            raise click.ClickException(message) from None
+
+
+@click.group(cls=BerthGroup)
 def cli():
-    """Berth: operator commands. Settings come from BERTH_* environment variables."""
+    """Berth: operator commands. Settings come from BERTH_* environment variables
+    (docs/configuration.md); `berth check` checks them."""
 
 
-@cli.group()
+@cli.command("check", short_help="Check the settings, catalogue, database and Redis.")
+def check():
+    """Check every setting, the catalogue (BERTH_CATALOGUE), and that the database (with the
+    newest schema) and Redis answer, within a few seconds each. Starts nothing. Prints one line per
+    problem and exits 1 if there is any."""
+    from berth.settings import load_settings, setting_problems
+    from deploy.checks import catalogue_problems, database_problems, redis_problems
+
+    problems = setting_problems(os.environ)
+    if not problems:
+        config = load_settings(os.environ)
+        problems += catalogue_problems(config["BERTH_CATALOGUE"])
+        problems += database_problems(config)
+        problems += redis_problems(config["BERTH_REDIS_URL"])
+    for problem in problems:
+        click.echo(problem, err=True)
+    if problems:
+        raise SystemExit(1)
+    click.echo("Berth's configuration is good: settings, catalogue, database and Redis.")
+
+
+def _database_commands():
+    """Flask-Migrate's `berth db` group (upgrade, downgrade, current, …)."""
+    from flask_migrate.cli import db as database
+
+    database.short_help = "Database migrations: berth db upgrade."
+    return database
+
+
+cli.add_command(_database_commands())
+
+
+@cli.group(short_help="Tool templates: berth catalogue load FILE.")
 def catalogue():
     """Tool templates."""
 
@@ -61,7 +117,8 @@ def catalogue_load(path):
     try:
         created, updated = load_catalogue(text)
     except CatalogueError as error:
-        raise click.ClickException(f"{path}: {error}. Nothing was loaded.") from None
+        click.echo("\n".join(error.lines(path)), err=True)
+        raise click.ClickException("Nothing was loaded.") from None
     click.echo(f"Catalogue loaded from {path}: {created} new, {updated} changed.")
 
 
@@ -89,7 +146,8 @@ def _save_user(email, password, is_admin):
 def _account_command(name, is_admin, who):
     """`berth create-admin` and `berth create-user`: the same command but for the administrator flag."""
 
-    @cli.command(name, help=f"Create {who} with a local password (or reset an existing one).")
+    @cli.command(name, help=f"Create {who} with a local password (or reset an existing one).",
+                 short_help=f"Create {who}, or reset their password.")
     @click.argument("email")
     @click.option("--password", required=True, help="At least 8 characters.")
     @with_appcontext
@@ -103,7 +161,7 @@ create_admin = _account_command("create-admin", is_admin=True, who="an administr
 create_user = _account_command("create-user", is_admin=False, who="a user")
 
 
-@cli.command("nginx-conf")
+@cli.command("nginx-conf", short_help="Render nginx's configuration.")
 @click.option("--standalone", is_flag=True, help="A complete nginx.conf, not just the http-level part.")
 @click.option("--prefix", type=click.Path(file_okay=False), help="nginx's prefix, with --standalone.")
 @click.option("--listen", help="nginx's listen address. Default: BERTH_HTTP_PORT.")
@@ -138,7 +196,7 @@ def nginx_conf(standalone, prefix, listen, auth_servers, web_servers, out):
         sys.stdout.write(text)
 
 
-@cli.command("reconcile")
+@cli.command("reconcile", short_help="Make the database and the backends agree now.")
 @with_appcontext
 def reconcile():
     """Make the database and the backends agree now (the worker also does this every minute)."""
@@ -152,7 +210,7 @@ def reconcile():
                or "Nothing to do.")
 
 
-@cli.command("cull")
+@cli.command("cull", short_help="Stop idle tools now.")
 @with_appcontext
 def cull():
     """Stop idle tools now (the worker also does this every minute)."""
@@ -163,7 +221,7 @@ def cull():
     click.echo(f"Stopping idle instances: {', '.join(map(str, stopped))}" if stopped else "No idle tools.")
 
 
-@cli.command("run")
+@cli.command("run", short_help="Run the whole of Berth on this machine (Ctrl-C stops it).")
 @with_appcontext
 def run():
     """Run everything on this machine: migrate, load the catalogue, start nginx, auth, web, worker."""
@@ -172,9 +230,10 @@ def run():
     run_local(current_app.config)
 
 
-@cli.command("settings-doc", with_appcontext=False)
+@cli.command("settings-doc", short_help="Print the configuration reference (Markdown).")
 def settings_doc():
     """Print the configuration reference, docs/configuration.md, from the settings' definition."""
     from berth.settings import reference
 
     sys.stdout.write(reference())
+

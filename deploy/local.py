@@ -5,6 +5,7 @@
 components, or several replicas of one (`web-1`, `web-2`): a component they kill stays dead.
 """
 import ctypes
+import logging
 import os
 import pwd
 import secrets
@@ -13,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -229,8 +231,9 @@ class Stack:
             from berth.settings import read_setting
 
             self.account = service_account(self.env.get("BERTH_SERVICE_USER") or "berth")
-            # Generated secrets are files only root reads: the service user gets them from here.
-            for name in ("BERTH_SECRET_KEY", "BERTH_PROXY_SECRET"):
+            # Generated secrets (and the deployment label) are files only root reads: the service
+            # user gets them from here.
+            for name in ("BERTH_SECRET_KEY", "BERTH_PROXY_SECRET", "BERTH_DEPLOYMENT"):
                 self.env[name] = read_setting(name, self.env)
             share_state_with(self.account, self.env)
             check_account_runs_python(self.account, self.env)
@@ -283,14 +286,18 @@ class Stack:
                                              umask=umask)
         return self.processes[name]
 
-    def start_all(self, config, stopping=None):
-        """Render nginx's configuration, start every component, and wait until Berth answers (or
-        stopping, a StopRequest, is set)."""
-        self.render_nginx(config)
+    def start_all(self, config, stopping=None, bind="127.0.0.1"):
+        """Render nginx's configuration (listening on bind and BERTH_HTTP_PORT), start every
+        component, and wait until this stack's nginx answers (or stopping, a StopRequest, is set)."""
+        from deploy.clashes import listen_address
+
+        port = config["BERTH_HTTP_PORT"]
+        self.render_nginx(config, listen=listen_address(bind, port))
         for name in ROLES:
             self.start(name)
-        self.wait_ready(f"http://127.0.0.1:{config['BERTH_HTTP_PORT']}/healthz", host=config["BERTH_DOMAIN"],
-                        stopping=stopping)
+        reachable_at = "127.0.0.1" if bind in ("0.0.0.0", "::") else bind
+        self.wait_ready(f"http://{listen_address(reachable_at, port)}/healthz", host=config["BERTH_DOMAIN"],
+                        stopping=stopping, listener="nginx")
 
     def stop(self, name, sig=signal.SIGTERM, timeout=10):
         """Ask the component to stop, wait up to timeout, then SIGKILL whatever is left of its
@@ -328,11 +335,20 @@ class Stack:
         for name in sorted(self.processes, key=lambda name: order.index(role_of(name))):
             self.stop(name)
 
+    def _listens(self, name, url):
+        """Whether the component name (its process group) holds the listening socket of url's port."""
+        from deploy.clashes import listening_pids
+
+        process = self.processes.get(name)
+        port = urllib.parse.urlsplit(url).port
+        return process is not None and any(_group_of(pid) == process.pid for pid in listening_pids(port))
+
     def log_path(self, name):
         return self.log_dir / f"{name}.log"
 
-    def wait_ready(self, url, host=None, timeout=30, stopping=None):
-        """Wait until url answers 200; return early once stopping (a StopRequest) is set."""
+    def wait_ready(self, url, host=None, timeout=30, stopping=None, listener=None):
+        """Wait until url answers 200, from the component named listener if given (not another
+        program on its port); return early once stopping (a StopRequest) is set."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and not (stopping and stopping.is_set()):
             exited = self.exited()
@@ -342,12 +358,19 @@ class Stack:
             try:
                 request = urllib.request.Request(url, headers={"Host": host} if host else {})
                 with urllib.request.urlopen(request, timeout=2) as response:
-                    if response.status == 200:
+                    if response.status == 200 and (listener is None or self._listens(listener, url)):
                         return
             except OSError:
                 pass
             time.sleep(0.1)
         raise RuntimeError(f"Berth did not answer at {url} within {timeout} s")
+
+
+def _group_of(pid):
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None
 
 
 def exit_code(process):
@@ -443,7 +466,11 @@ def prepare_database(config, admin_email=None, admin_password=None):
     from berth.extensions import db
     from berth.models import User
 
-    upgrade(directory=str(ROOT / "migrations"))
+    logging.disable(logging.INFO)  # Alembic's line per migration: `berth db upgrade` shows them
+    try:
+        upgrade(directory=str(ROOT / "migrations"))
+    finally:
+        logging.disable(logging.NOTSET)
     if admin_email:
         user = db.session.execute(
             select(User).where(func.lower(User.email) == admin_email.lower())
@@ -475,12 +502,31 @@ class StopRequest:
         return self.requested
 
 
+DEMO_CATALOGUE = ROOT / "deploy" / "demo-catalogue.yml"
+TOOLS_PYTHON = ROOT / ".venv-tools" / "bin" / "python"  # built by `make run`, with JupyterLab
+
+
 def run_local(config):
-    """`berth run`: prepare the database, start the stack, keep it running until Ctrl-C or
-    SIGTERM, then stop it and the process-backend tools it started."""
+    """`berth run`: refuse a clash with another Berth, prepare the database, start the stack,
+    keep it running until Ctrl-C or SIGTERM, then stop it and the process-backend tools it started."""
+    from berth.settings import read_setting
+    from deploy.checks import database_problems, redis_problems
+    from deploy.clashes import Clash, check_ports_free, lock_data_dir
+
     data_dir = Path(config["BERTH_DATA_DIR"])
+    bind = read_setting("BERTH_HTTP_BIND")
+    try:
+        lock = lock_data_dir(data_dir)  # held until this process ends
+        check_ports_free(_ports_needed(config, bind))
+    except Clash as error:
+        raise SystemExit(f"Error: {error}") from None
     if not os.environ.get("BERTH_DATABASE_URL"):
-        move_legacy_sqlite_files(data_dir)
+        move_legacy_sqlite_files(data_dir)  # before anything opens (and so creates) the new one
+    # Migrations wait on the database without a bound: first make sure that it answers at all.
+    problems = database_problems(config, schema=False) + redis_problems(config["BERTH_REDIS_URL"])
+    if problems:
+        raise SystemExit(f"Error: {problems[0]}")
+    config = {**config, "BERTH_CATALOGUE": config["BERTH_CATALOGUE"] or str(DEMO_CATALOGUE)}
     admin_email = os.environ.get("BERTH_ADMIN_EMAIL", "admin@berth.localhost")
     admin_password = os.environ.get("BERTH_ADMIN_PASSWORD") or _remembered_password(data_dir)
     prepare_database(config, admin_email, admin_password)
@@ -488,6 +534,8 @@ def run_local(config):
     env = {**os.environ, "BERTH_DATA_DIR": str(data_dir),
            "BERTH_AUTH_PORT": str(config["BERTH_AUTH_PORT"]),
            "BERTH_WEB_PORT": str(config["BERTH_WEB_PORT"])}
+    if not os.environ.get("BERTH_TOOL_PYTHON", "").strip() and TOOLS_PYTHON.exists():
+        env["BERTH_TOOL_PYTHON"] = str(TOOLS_PYTHON)
     # Should `berth run` itself be killed, its components stop too (their tools keep running).
     stack = Stack(env, data_dir, die_with_parent=True)
     # Ctrl-C and SIGTERM only ask to stop: the stop happens in one place below, never halfway
@@ -496,11 +544,12 @@ def run_local(config):
     signal.signal(signal.SIGINT, stopping.set)
     signal.signal(signal.SIGTERM, stopping.set)
     try:
-        _start_and_supervise(stack, config, stopping, admin_email, admin_password)
+        _start_and_supervise(stack, config, stopping, admin_email, admin_password, bind)
     finally:
         say_line("\nStopping Berth and the tools it started…")
         stack.stop_all()
         stop_local_tools(config)
+        lock.close()
 
 
 def move_legacy_sqlite_files(data_dir):
@@ -520,11 +569,24 @@ def move_legacy_sqlite_files(data_dir):
 
 
 def _start_and_supervise(stack, config, stopping, admin_email, admin_password):
+
+def _ports_needed(config, bind):
+    """(setting, host, port) of each port `berth run` listens on."""
+    ports = [("BERTH_HTTP_PORT", bind, config["BERTH_HTTP_PORT"]),
+             ("BERTH_AUTH_PORT", "127.0.0.1", config["BERTH_AUTH_PORT"]),
+             ("BERTH_WEB_PORT", "127.0.0.1", config["BERTH_WEB_PORT"])]
+    if config.get("BERTH_WORKER_METRICS_PORT"):
+        ports.append(("BERTH_WORKER_METRICS_PORT", config["BERTH_WORKER_METRICS_HOST"],
+                      config["BERTH_WORKER_METRICS_PORT"]))
+    return ports
+
+
+def _start_and_supervise(stack, config, stopping, admin_email, admin_password, bind):
     """Start the stack, then restart its components as they exit, until stopping is set."""
     from berth.hosts import public_url
 
     try:
-        stack.start_all(config, stopping)
+        stack.start_all(config, stopping, bind=bind)
     except RuntimeError as error:  # a component that fails at once would only fail again
         raise SystemExit(str(error)) from None
     if stopping.is_set():

@@ -287,3 +287,41 @@ def test_an_error_names_its_field_for_the_admin_form(fields, field):
     with pytest.raises(CatalogueError) as error:
         parse_catalogue(entry(**fields))
     assert error.value.field == field
+
+
+def test_parse_catalogue_reports_every_error_at_once_with_its_line():
+    text = """tools:
+  - slug: a
+    name: 7
+    command: [x, '{nope}']
+    port: nine
+    colour: red
+  - slug: b
+    name: B
+  - {slug: Bad!, name: C, command: [x]}
+  - {slug: fine, name: Fine, command: [x]}
+  - slug: a
+    name: A
+    command: [x]
+"""
+    with pytest.raises(CatalogueError) as error:
+        parse_catalogue(text)
+    assert error.value.lines("tools.yml") == [
+        "tools.yml:3: entry 1 (a): name must be a non-empty string",
+        "tools.yml:4: entry 1 (a): command[2]: {nope} is not a placeholder Berth fills (it fills {port}, {ip}, "
+        "{python}, {home})",
+        "tools.yml:5: entry 1 (a): port must be a whole number",
+        "tools.yml:6: entry 1 (a): unknown field 'colour' (known: api_tokens, backend, command, description, "
+        "egress, enabled, env, groups, health_path, identity_headers, idle_timeout, image, ip_allowlist, name, "
+        "port, shared, sizes, slug, spawn_timeout)",
+        "tools.yml:7: entry 2 (b): command is required for the process backend",
+        "tools.yml:9: entry 3 (Bad!): slug must start with a letter and hold only a-z, 0-9 and single hyphens",
+        "tools.yml:11: entry 5 (a): slug 'a' appears twice",
+    ]
+    assert error.value.field == "name"  # the first, for a form
+
+
+def test_a_catalogue_error_without_a_place_names_the_file_alone():
+    with pytest.raises(CatalogueError) as error:
+        parse_catalogue("tools: 3")
+    assert error.value.lines("tools.yml") == ["tools.yml: the file must hold a list of tools under the key 'tools'"]

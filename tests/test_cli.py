@@ -4,6 +4,7 @@ import os
 import shutil
 import sqlite3
 import subprocess
+import time
 import sys
 from contextlib import closing
 from pathlib import Path
@@ -182,8 +183,8 @@ tools:
 """)
     result = berth("catalogue", "load", path)
     assert result.exit_code != 0
-    assert result.output == (f"Error: {path}: entry 2 (jupyter): spawn_timeout must be a whole number. "
-                             "Nothing was loaded.\n")
+    assert result.output == (f"{path}:9: entry 2 (jupyter): spawn_timeout must be a whole number\n"
+                             "Error: Nothing was loaded.\n")
     assert query(data_dir, "SELECT count(*) FROM tool_templates") == [(0,)]
     assert query(data_dir, "SELECT count(*) FROM events") == [(0,)]
 
@@ -309,7 +310,7 @@ def test_nginx_conf_refuses_a_bad_domain(berth, domain):
 # -- bad settings -----------------------------------------------------------------------
 
 @pytest.mark.parametrize("args", [["nginx-conf"], ["db", "upgrade"], ["create-admin", "a@b.org", "--password", "12345678"],
-                                  ["catalogue", "load", "x.yml"], ["--help"]])
+                                  ["catalogue", "load", "x.yml"], ["reconcile"], ["cull"], ["run"]])
 def test_a_bad_setting_is_named_without_a_traceback(berth, args):
     result = berth(*args, BERTH_HTTP_PORT="eighty")
     assert result.exit_code != 0
@@ -320,3 +321,89 @@ def test_a_bad_scheme_is_named(berth):
     result = berth("nginx-conf", BERTH_SCHEME="gopher")
     assert result.exit_code != 0
     assert "Error: BERTH_SCHEME='gopher' must be one of http, https" in result.output
+
+
+# -- berth check, and one line for every bad setting ----------------------------------------
+
+BAD_SETTINGS = [
+    ({"BERTH_DATABASE_URL": "nonsense://x"}, "BERTH_DATABASE_URL='nonsense://x' names a database driver"),
+    ({"BERTH_DATABASE_URL": "postgresql+psycopg://berth:pw@127.0.0.1:1/berth"},
+     "BERTH_DATABASE_URL: the database does not answer"),
+    ({"BERTH_REDIS_URL": "localhost:6379"}, "BERTH_REDIS_URL='localhost:6379' is not a Redis URL"),
+    ({"BERTH_DOMAIN": "bad_domain!"}, "BERTH_DOMAIN='bad_domain!' is not a plain host name"),
+    ({"BERTH_DATA_DIR": "/proc/berth"}, "BERTH_DATA_DIR=/proc/berth: cannot write there"),
+    ({"BERTH_HTTP_PORT": "eighty"}, "BERTH_HTTP_PORT='eighty' is not a whole number"),
+]
+
+
+def _berth_process(args, env, cwd):
+    """`berth ARGS` as an operator runs it: its own process, its exit code, its output and time."""
+    env = {**os.environ, **env}
+    started = time.monotonic()
+    done = subprocess.run([str(BERTH), *args], env=env, capture_output=True, text=True, timeout=60, cwd=cwd)
+    return done, time.monotonic() - started
+
+
+@pytest.mark.parametrize("bad, line", BAD_SETTINGS, ids=lambda value: next(iter(value)) if isinstance(value, dict) else "")
+@pytest.mark.parametrize("command", [["check"], ["reconcile"], ["catalogue", "load", str(DEMO_CATALOGUE)], ["run"]])
+def test_a_bad_setting_stops_any_command_in_one_line_within_10_s(data_dir, bad, line, command):
+    env = {**{k: v for k, v in _env(data_dir).items() if v is not None}, **bad}
+    done, seconds = _berth_process(command, env, data_dir)
+    assert done.returncode == 1, done
+    assert done.stdout == ""
+    [shown] = done.stderr.splitlines()  # `berth check` lists problems; the others say Error:
+    assert shown.removeprefix("Error: ").startswith(line), done.stderr
+    assert seconds < 10
+
+
+def test_a_redis_that_does_not_answer_is_named_by_check(berth):
+    result = berth("check", BERTH_REDIS_URL="redis://127.0.0.1:1/0")
+    assert result.exit_code == 1
+    assert result.output.splitlines() == ["BERTH_REDIS_URL: Redis does not answer "
+                                          "(Error 111 connecting to 127.0.0.1:1. Connection refused.)"]
+
+
+def test_check_names_every_problem_at_once(berth, data_dir):
+    catalogue = write(data_dir / "tools.yml", "tools:\n  - slug: a\n    name: A\n    command: [x]\n    port: nine\n"
+                                              "  - {slug: b, name: B}\n  - {slug: Bad!, name: C, command: [x]}\n")
+    result = berth("check", BERTH_HTTP_PORT="0", BERTH_SCHEME="ftp", BERTH_REDIS_URL="redis:")
+    assert result.exit_code == 1
+    assert result.output.splitlines() == [
+        "BERTH_SCHEME='ftp' must be one of http, https",
+        "BERTH_HTTP_PORT=0 is below the minimum of 1",
+        "BERTH_REDIS_URL='redis:' is not a Redis URL like redis://host:6379/0 (or rediss://, unix://)",
+    ]
+    result = berth("check", BERTH_CATALOGUE=catalogue)
+    assert result.exit_code == 1
+    assert result.output.splitlines() == [
+        f"BERTH_CATALOGUE={catalogue}:5: entry 1 (a): port must be a whole number",
+        f"BERTH_CATALOGUE={catalogue}:6: entry 2 (b): command is required for the process backend",
+        f"BERTH_CATALOGUE={catalogue}:7: entry 3 (Bad!): slug must start with a letter and hold only "
+        "a-z, 0-9 and single hyphens",
+    ]
+
+
+def test_check_passes_a_good_configuration_and_starts_nothing(berth, data_dir):
+    result = berth("check", BERTH_CATALOGUE=str(DEMO_CATALOGUE))
+    assert result.exit_code == 0, result.output
+    assert result.output == "Berth's configuration is good: settings, catalogue, database and Redis.\n"
+    assert query(data_dir, "SELECT count(*) FROM tool_templates") == [(0,)]
+
+
+def test_commands_that_need_the_schema_ask_for_db_upgrade_first(tmp_path):
+    env = {k: v for k, v in _env(tmp_path).items() if v is not None}
+    for command in (["check"], ["catalogue", "load", str(DEMO_CATALOGUE)], ["create-user", "a@b.org", "--password", "12345678"]):
+        done, seconds = _berth_process(command, env, tmp_path)
+        assert done.returncode == 1
+        assert "run `berth db upgrade` first" in done.stderr and len(done.stderr.splitlines()) == 1, done.stderr
+
+
+def test_help_lists_berths_commands_only_each_in_one_line(berth):
+    result = berth("--help", BERTH_HTTP_PORT="eighty")  # help needs no settings
+    assert result.exit_code == 0
+    for flask_option in ("--app", "--debug", "--env-file"):
+        assert flask_option not in result.output
+    commands = result.output.split("Commands:\n", 1)[1].splitlines()
+    assert [line.split()[0] for line in commands] == ["check", "db", "catalogue", "create-admin", "create-user",
+                                                      "nginx-conf", "reconcile", "cull", "run", "settings-doc"]
+    assert all(not line.endswith("...") and line[2] != " " for line in commands)

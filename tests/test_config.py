@@ -20,6 +20,7 @@ from berth.settings import (
     parse_port_range,
     parse_string,
     read_setting,
+    setting_problems,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -153,7 +154,7 @@ def test_load_settings_defaults(tmp_path):
     assert settings["BERTH_ACTIVITY_INTERVAL"] == 60
     assert settings["BERTH_LEASE_SECONDS"] == 10
     assert settings["BERTH_CATALOGUE"] is None
-    assert settings["BERTH_DEPLOYMENT"] == "berth"
+    assert settings["BERTH_DEPLOYMENT"].startswith("berth-")
     assert settings["BERTH_TRUSTED_HOPS"] == 0
 
 
@@ -251,6 +252,36 @@ def test_gunicorn_stops_on_a_bad_setting_with_one_line_naming_it(tmp_path, name,
     assert result.returncode == 1
     assert result.stderr.startswith(message)
     assert "Traceback" not in result.stderr
+
+
+def _server_output(command, tmp_path, name, raw):
+    result = subprocess.run(
+        command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), "BERTH_DATA_DIR": str(tmp_path), name: raw},
+        capture_output=True, text=True, timeout=60)
+    return result.returncode, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("name, raw, message", [
+    ("BERTH_DOMAIN", "bad_domain!", "Error: BERTH_DOMAIN='bad_domain!' is not a plain host name"),
+    ("BERTH_REDIS_URL", "localhost:6379", "Error: BERTH_REDIS_URL='localhost:6379' is not a Redis URL"),
+])
+def test_the_worker_stops_on_a_bad_setting_with_one_line_naming_it(tmp_path, name, raw, message):
+    code, output = _server_output([str(Path(sys.executable).parent / "huey_consumer"), "berth.launch.tasks.huey"],
+                                  tmp_path, name, raw)
+    assert code == 1
+    [line] = output.splitlines()
+    assert line.startswith(message)
+
+
+@pytest.mark.parametrize("app", ["webapp:create_app", "auth_service:create_app"])
+def test_granian_stops_on_a_bad_setting_naming_it_without_a_traceback(tmp_path, app):
+    from deploy.local import granian_command
+
+    command = granian_command("127.0.0.1", 0, app, workers=1, threads=1)
+    code, output = _server_output(command, tmp_path, "BERTH_DATABASE_URL", "nonsense://x")
+    assert code != 0
+    assert "Error: BERTH_DATABASE_URL='nonsense://x' names a database driver that is not installed" in output
+    assert "Traceback" not in output
 
 
 # -- the persistent secret --------------------------------------------------------------
@@ -355,3 +386,65 @@ def test_the_worker_serves_metrics_only_on_a_port_it_is_given(tmp_path):
 def test_metrics_settings_refuse_a_weak_token_or_a_bad_network(tmp_path, name, raw, message):
     with pytest.raises(SettingError, match=message.replace("[", r"\[").replace("]", r"\]")):
         load_settings({"BERTH_DATA_DIR": str(tmp_path), name: raw})
+
+
+# -- values checked before anything uses them ---------------------------------------------
+
+@pytest.mark.parametrize("name, raw, words", [
+    ("BERTH_DATABASE_URL", "nonsense://x", "names a database driver that is not installed"),
+    ("BERTH_DATABASE_URL", "not a url", "is not a database URL like postgresql+psycopg://"),
+    ("BERTH_REDIS_URL", "localhost:6379", "is not a Redis URL like redis://host:6379/0"),
+    ("BERTH_REDIS_URL", "redis://host:port/0", "has a port that is not a number"),
+    ("BERTH_DOMAIN", "bad_domain!", "is not a plain host name"),
+    ("BERTH_DOMAIN", "-berth.example.org", "is not a plain host name"),
+    ("BERTH_TOOLS_DOMAIN", "tools..example.org", "is not a plain host name"),
+])
+def test_urls_and_host_names_are_checked_when_read(tmp_path, name, raw, words):
+    with pytest.raises(SettingError) as error:
+        load_settings({"BERTH_DATA_DIR": str(tmp_path), name: raw})
+    assert str(error.value).startswith(f"{name}=")
+    assert words in str(error.value)
+
+
+def test_a_password_in_a_bad_url_is_not_repeated(tmp_path):
+    with pytest.raises(SettingError) as error:
+        load_settings({"BERTH_DATA_DIR": str(tmp_path), "BERTH_REDIS_URL": "http://u:hunter2@redis/0"})
+    assert "hunter2" not in str(error.value) and "u:***@redis" in str(error.value)
+
+
+@pytest.mark.parametrize("data_dir", ["/proc/berth", "/etc/hostname/berth"])
+def test_a_data_folder_that_cannot_be_written_is_named(data_dir):
+    with pytest.raises(SettingError, match=f"^BERTH_DATA_DIR={data_dir}: cannot write there"):
+        load_settings({"BERTH_DATA_DIR": data_dir})
+
+
+def test_setting_problems_names_every_bad_setting_once(tmp_path):
+    problems = setting_problems({"BERTH_DATA_DIR": str(tmp_path), "BERTH_HTTP_PORT": "eighty",
+                                 "BERTH_REDIS_URL": "nowhere", "BERTH_DOMAIN": "a b"})
+    assert [problem.split("=", 1)[0] for problem in problems] == \
+        ["BERTH_DOMAIN", "BERTH_HTTP_PORT", "BERTH_REDIS_URL"]
+    assert setting_problems({"BERTH_DATA_DIR": "/proc/berth"}) == \
+        ["BERTH_DATA_DIR=/proc/berth: cannot write there (No such file or directory)"]
+    assert setting_problems({"BERTH_DATA_DIR": str(tmp_path)}) == []
+
+
+def test_the_default_deployment_label_differs_per_data_folder_and_stays(tmp_path):
+    first = load_settings({"BERTH_DATA_DIR": str(tmp_path / "one")})["BERTH_DEPLOYMENT"]
+    second = load_settings({"BERTH_DATA_DIR": str(tmp_path / "two")})["BERTH_DEPLOYMENT"]
+    assert first != second and first.startswith("berth-") and second.startswith("berth-")
+    assert (tmp_path / "one" / "deployment").read_text() == first
+    (tmp_path / "one").rename(tmp_path / "moved")  # its tools carry the label: it stays
+    assert load_settings({"BERTH_DATA_DIR": str(tmp_path / "moved")})["BERTH_DEPLOYMENT"] == first
+
+
+@pytest.mark.parametrize("former_file", ["berth.db", "secret_key"])
+def test_a_data_folder_from_before_the_per_folder_label_keeps_the_former_default(tmp_path, former_file):
+    """Its tools were started labelled `berth`: they are still found, adopted and stopped."""
+    (tmp_path / former_file).write_text("x")
+    assert load_settings({"BERTH_DATA_DIR": str(tmp_path)})["BERTH_DEPLOYMENT"] == "berth"
+
+
+def test_an_explicit_deployment_label_wins_and_writes_nothing(tmp_path):
+    settings = load_settings({"BERTH_DATA_DIR": str(tmp_path), "BERTH_DEPLOYMENT": "prod"})
+    assert settings["BERTH_DEPLOYMENT"] == "prod"
+    assert not (tmp_path / "deployment").exists()

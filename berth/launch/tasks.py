@@ -18,13 +18,13 @@ from flask import has_app_context
 from huey import RedisHuey, SqliteHuey, crontab
 from huey.consumer_options import ConsumerConfig
 
-from berth.settings import load_settings, sqlite_folder
+from berth.settings import load_settings, load_settings_or_exit, sqlite_folder
 
 log = logging.getLogger(__name__)
 
 
 def _make_huey():
-    settings = load_settings()
+    settings = load_settings_or_exit()
     if settings["BERTH_REDIS_URL"]:
         return RedisHuey("berth", url=settings["BERTH_REDIS_URL"], results=False)
     folder = sqlite_folder(settings["BERTH_DATA_DIR"])

@@ -17,7 +17,7 @@ from berth.addresses import request_client_address
 from berth.database import bound_engine, engine_options, make_sqlite_folder
 from berth.extensions import csrf, db, migrate
 from berth.hosts import public_url
-from berth.settings import load_settings
+from berth.settings import load_settings_or_exit
 
 TEMPLATES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates")
 MIGRATIONS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
@@ -28,7 +28,7 @@ def create_base_app(import_name, test_config=None, template_dirs=()):
     """A Flask app with Berth's settings, the database and CSRF protection bound to it."""
     app = Flask(import_name, static_folder=None)
     app.jinja_loader = template_loader(*template_dirs)
-    app.config.update(load_settings())
+    app.config.update(load_settings_or_exit())
     app.config.update(
         # Flask's own cookie carries only the CSRF token, on the main host only.
         SESSION_COOKIE_NAME="berth_csrf",

@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -18,7 +19,9 @@ from pathlib import Path
 import pytest
 import requests
 
+from deploy.clashes import command_line
 from tests.local_stack import BerthStack, stack_env
+from tests.services import free_port, wait_for_port
 
 BERTH = Path(sys.executable).parent / "berth"
 CATALOGUE = Path(__file__).resolve().parent.parent / "catalogue.yml"
@@ -29,11 +32,15 @@ COMMANDS = {"web": "webapp:create_server_app", "auth": "auth_service:create_serv
 class BerthRun:
     """`berth run` in a process of its own; its output goes to output.txt in its data directory."""
 
-    def __init__(self):
+    def __init__(self, default_label=False):
+        """default_label: leave BERTH_DEPLOYMENT unset, as an operator does."""
         self.data_dir = Path(tempfile.mkdtemp(prefix="berth-run-"))
         self.env = stack_env(self.data_dir, f"test-run-{os.getpid()}-{os.urandom(2).hex()}", CATALOGUE,
                              extra_env={"BERTH_BACKENDS": "process", "BERTH_WEB_WORKERS": "2"})
+        if default_label:
+            del self.env["BERTH_DEPLOYMENT"]
         self.berth = BerthStack(self.env)  # the same database, from this process
+        self.label = self.berth.config["BERTH_DEPLOYMENT"]
         self.ports = [int(self.env[name]) for name in ("BERTH_HTTP_PORT", "BERTH_AUTH_PORT", "BERTH_WEB_PORT")]
         self.output_path = self.data_dir / "output.txt"
         with open(self.output_path, "wb") as output:
@@ -54,7 +61,7 @@ class BerthRun:
     def component(self, role):
         """The pid of the server of auth or web: a child of `berth run`."""
         children = [pid for pid in _pids() if _parent(pid) == self.process.pid
-                    and COMMANDS[role] in _cmdline(pid)]
+                    and COMMANDS[role] in command_line(pid)]
         assert len(children) == 1, (role, children)
         return children[0]
 
@@ -68,7 +75,7 @@ class BerthRun:
     def leftovers(self):
         """Processes of this Berth or its tools that still run: labelled with its data directory
         or deployment in their environment or command line, or working in its data directory."""
-        marks = [str(self.data_dir).encode(), f"BERTH_DEPLOYMENT={self.env['BERTH_DEPLOYMENT']}".encode()]
+        marks = [str(self.data_dir).encode(), f"BERTH_DEPLOYMENT={self.label}".encode()]
         found = []
         for pid in _pids():
             try:
@@ -78,7 +85,7 @@ class BerthRun:
                 continue
             if pid != os.getpid() and _state(pid) != "Z" and (
                     any(mark in seen for mark in marks) or cwd.startswith(str(self.data_dir))):
-                found.append((pid, _cmdline(pid)))
+                found.append((pid, command_line(pid)))
         return found
 
     def close(self):
@@ -119,13 +126,6 @@ def _state(pid):
 
 def _parent(pid):
     return int(_stat(pid)[1])
-
-
-def _cmdline(pid):
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
 
 
 def _group_alive(group):
@@ -257,3 +257,91 @@ def test_the_restart_delay_doubles_up_to_30_s_and_resets_once_up_a_minute(monkey
     assert [line.split("restarting in ")[1].split(" s")[0] for line in lines] == \
         ["1", "2", "4", "8", "16", "30", "30", "1"]
     assert lines[0] == "web exited with code 1; restarting in 1 s (see logs/web.log)"
+
+
+# -- two Berths on one machine ------------------------------------------------------------
+
+def _berth_run_refused(env, timeout=20):
+    """`berth run` that must refuse to start: its one line of output, within timeout seconds (it
+    takes under 2 s on an idle machine: tests/test_cli.py holds every command to 10 s; here the
+    stacks beside it slow it down)."""
+    started = time.monotonic()
+    done = subprocess.run([str(BERTH), "run"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1, done
+    assert time.monotonic() - started < timeout
+    [line] = (done.stdout + done.stderr).splitlines()
+    return line
+
+
+def test_two_berths_with_their_own_data_folders_leave_each_others_tools_alone():
+    """Each has the default label of its data folder: neither's reconciler takes the other's
+    tools for orphans (it runs every BERTH_RECONCILE_SECONDS, 5 s)."""
+    first, second = BerthRun(default_label=True), BerthRun(default_label=True)
+    try:
+        assert first.label != second.label and first.label.startswith("berth-")
+        browsers = {}
+        for run in (first, second):
+            user = run.berth.create_user()
+            browsers[run] = run.berth.login(user)
+            assert run.berth.open_tool(browsers[run], "echo", user).status_code == 200
+        time.sleep(3 * 5)
+        for run in (first, second):
+            [tool] = run.berth.instances()
+            assert tool["state"] == "RUNNING"
+            assert _listening(tool["port"], pid=json.loads(tool["backend_state"])["pid"])
+            assert run.process.poll() is None
+    finally:
+        second.close()
+        first.close()
+
+
+def test_a_data_folder_in_use_is_refused(fresh_run):
+    ports = {name: str(free_port()) for name in ("BERTH_HTTP_PORT", "BERTH_AUTH_PORT", "BERTH_WEB_PORT")}
+    line = _berth_run_refused({**fresh_run.env, **ports})
+    assert line == (f"Error: BERTH_DATA_DIR={fresh_run.data_dir} is in use by another Berth "
+                    f"(pid {fresh_run.process.pid}): stop it, or set BERTH_DATA_DIR to another folder")
+    browser = fresh_run.berth.login(fresh_run.berth.create_user())
+    assert fresh_run.main_page_status(browser) == 200  # the first one goes on
+
+
+@pytest.mark.parametrize("setting", ["BERTH_HTTP_PORT", "BERTH_WEB_PORT"])
+def test_a_port_held_by_another_berth_is_named(fresh_run, tmp_path, setting):
+    env = stack_env(tmp_path, "test-clash", CATALOGUE, extra_env={setting: fresh_run.env[setting]})
+    line = _berth_run_refused(env)
+    assert line.startswith(f"Error: {setting}: port {fresh_run.env[setting]} on 127.0.0.1 is taken by "
+                           f"another Berth (data folder {fresh_run.data_dir}, pid "), line
+    assert line.endswith(f"stop it, or set {setting} to a free port")
+    assert "Berth is running" not in line
+    assert not (tmp_path / "berth.db").exists()  # refused before it touched anything
+
+
+def test_a_port_held_by_another_program_is_named(tmp_path):
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        env = stack_env(tmp_path, "test-clash", CATALOGUE, extra_env={"BERTH_AUTH_PORT": str(port)})
+        line = _berth_run_refused(env)
+    assert line == (f"Error: BERTH_AUTH_PORT: port {port} on 127.0.0.1 is taken by "
+                    f"{Path(sys.executable).name} (pid {os.getpid()}); stop it, or set BERTH_AUTH_PORT "
+                    "to a free port")
+
+
+def test_berth_is_ready_only_when_its_own_nginx_answers(tmp_path):
+    """Another program answering 200 on the port (another Berth's nginx, say) is not this stack."""
+    from deploy.local import Stack
+
+    port = free_port()
+    other = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    stack = Stack({**os.environ, "BERTH_DATA_DIR": str(tmp_path)}, tmp_path)
+    stack.processes["nginx"] = subprocess.Popen(["sleep", "60"], start_new_session=True)  # listens nowhere
+    try:
+        wait_for_port(port, process=other, what="the other server")
+        with pytest.raises(RuntimeError, match=f"did not answer at http://127.0.0.1:{port}/ within 3 s"):
+            stack.wait_ready(f"http://127.0.0.1:{port}/", timeout=3, listener="nginx")
+        stack.wait_ready(f"http://127.0.0.1:{port}/", timeout=3)  # anyone will do, without a listener
+    finally:
+        stack.kill("nginx")
+        other.kill()
+        other.wait()

@@ -4,10 +4,12 @@ import io
 from datetime import date, datetime, time, timedelta, timezone
 
 from flask import Response, stream_with_context
-from sqlalchemy import func, or_, select
+from sqlalchemy import Integer, and_, case, func, literal, or_, select
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.functions import FunctionElement
 
 from berth.extensions import db
-from berth.models import Event, State, ToolInstance, ToolTemplate, User, utcnow
+from berth.models import DateTime, Event, State, ToolInstance, ToolTemplate, User, utcnow
 
 PER_PAGE = 50
 DEFAULT_DAYS = 30
@@ -50,36 +52,79 @@ def page_of(statement, page):
 
 # -- usage ------------------------------------------------------------------------------------
 
+class _Greatest(FunctionElement):
+    """The largest of its arguments: greatest() on PostgreSQL, the many-argument max() on SQLite."""
+    inherit_cache = True
+
+
+class _Least(FunctionElement):
+    inherit_cache = True
+
+
+class _Seconds(FunctionElement):
+    """Whole seconds from its second argument to its first (two timestamps)."""
+    type = Integer()
+    inherit_cache = True
+
+
+@compiles(_Greatest)
+def _greatest(element, compiler, **kw):
+    return f"greatest({compiler.process(element.clauses, **kw)})"
+
+
+@compiles(_Greatest, "sqlite")
+def _greatest_sqlite(element, compiler, **kw):
+    return f"max({compiler.process(element.clauses, **kw)})"
+
+
+@compiles(_Least)
+def _least(element, compiler, **kw):
+    return f"least({compiler.process(element.clauses, **kw)})"
+
+
+@compiles(_Least, "sqlite")
+def _least_sqlite(element, compiler, **kw):
+    return f"min({compiler.process(element.clauses, **kw)})"
+
+
+@compiles(_Seconds)
+def _seconds(element, compiler, **kw):
+    end, start = (compiler.process(clause, **kw) for clause in element.clauses)
+    return f"CAST(FLOOR(EXTRACT(EPOCH FROM ({end} - {start}))) AS INTEGER)"
+
+
+@compiles(_Seconds, "sqlite")
+def _seconds_sqlite(element, compiler, **kw):
+    end, start = (compiler.process(clause, **kw) for clause in element.clauses)
+    # julianday() is a float of days: round to the millisecond before truncating to seconds.
+    return f"CAST(ROUND((julianday({end}) - julianday({start})) * 86400, 3) AS INTEGER)"
+
+
 def usage(period, now=None):
-    """Launches and run time in period, per user and per template.
+    """Launches and run time in period, per user and per template, summed by the database.
 
     A launch counts in the period it was created in. Run time is the time from running_at to
     ended_at (or now, for a tool still running), clipped to the period.
     """
     now = now or utcnow()
-    rows = db.session.execute(
-        select(ToolInstance.created_at, ToolInstance.running_at, ToolInstance.ended_at,
-               User.id, User.email, ToolTemplate.id, ToolTemplate.slug, ToolTemplate.name)
-        .join(User, ToolInstance.owner_id == User.id)
-        .join(ToolTemplate, ToolInstance.template_id == ToolTemplate.id)
-        .where(ToolInstance.created_at < period.end,
-               or_(ToolInstance.ended_at.is_(None), ToolInstance.ended_at >= period.start))
-    ).all()
-    by_user, by_template = {}, {}
-    for created, running, ended, user_id, email, template_id, slug, name in rows:
-        launched = period.start <= created < period.end
-        seconds = 0
-        if running is not None:
-            begin, finish = max(running, period.start), min(ended or now, period.end, now)
-            seconds = max(0, int((finish - begin).total_seconds()))
-        if not launched and not seconds:
-            continue
-        for table, key, label in ((by_user, user_id, email), (by_template, template_id, f"{name} ({slug})")):
-            row = table.setdefault(key, {"id": key, "label": label, "launches": 0, "run_seconds": 0})
-            row["launches"] += launched
-            row["run_seconds"] += seconds
-    order = lambda row: (-row["run_seconds"], -row["launches"], row["label"])  # noqa: E731
-    return sorted(by_user.values(), key=order), sorted(by_template.values(), key=order)
+    start, end, now = (literal(value, DateTime()) for value in (period.start, period.end, now))
+    instance = ToolInstance
+    launched = case((and_(instance.created_at >= start, instance.created_at < end), 1), else_=0)
+    ran = _Seconds(_Least(func.coalesce(instance.ended_at, now), end, now), _Greatest(instance.running_at, start))
+    run_seconds = case((instance.running_at.is_(None), 0), else_=_Greatest(ran, 0))
+    in_period = (instance.created_at < end, or_(instance.ended_at.is_(None), instance.ended_at >= start))
+
+    def per(*columns):
+        launches, seconds = func.sum(launched).label("launches"), func.sum(run_seconds).label("run_seconds")
+        rows = db.session.execute(
+            select(*columns, launches, seconds).select_from(instance)
+            .join(User, instance.owner_id == User.id).join(ToolTemplate, instance.template_id == ToolTemplate.id)
+            .where(*in_period).group_by(*columns).having(or_(launches > 0, seconds > 0))
+            .order_by(seconds.desc(), launches.desc(), *columns[1:])).all()
+        return [{"id": row[0], "label": row[1] if len(row) == 4 else f"{row[1]} ({row[2]})",
+                 "launches": int(row[-2]), "run_seconds": int(row[-1])} for row in rows]
+
+    return per(User.id, User.email), per(ToolTemplate.id, ToolTemplate.name, ToolTemplate.slug)
 
 
 # -- audit log --------------------------------------------------------------------------------

@@ -50,6 +50,12 @@ def test_an_administrator_tabs_to_stop_and_presses_enter(stack, page, screenshot
     else:
         raise AssertionError("Tab never reached the Stop button")
     screenshot(page, "admin-instances-stop-focused")
+    # Enter asks first; Tab on to the confirmation's own button, and Enter stops the tool.
+    page.keyboard.press("Enter")
+    expect(page.get_by_text(f"Stop Echo of {owner['email']}? Work not saved in it is lost.")).to_be_visible()
+    page.keyboard.press("Tab")
+    expect(page.locator(":focus")).to_have_text("Yes, stop it")
+    screenshot(page, "admin-instances-stop-confirm")
     page.keyboard.press("Enter")
     expect(page.locator(".flash")).to_contain_text(f"Stopping Echo of {owner['email']}")
     _wait_state(stack, _host(stack, "echo", owner), ("STOPPED",))

@@ -130,7 +130,9 @@ def test_every_page_fits_both_widths_with_no_serious_accessibility_violation(sta
     _check(page, "account", problems)
 
     page.goto(stack.base_url + f"/admin/instances?user={other['email']}")
-    page.get_by_role("button", name=f"Stop Busybox of {other['email']}").first.click()
+    page.get_by_role("button", name=f"Stop Busybox of {other['email']}").click()
+    _check(page, "admin-stop-confirm", problems)
+    page.get_by_role("button", name="Yes, stop it").click()
     _wait_state(stack, stopping, ("STOPPED",))
     page.goto(stack.base_url + "/admin/groups")
     page.get_by_label("Name").fill("analysts")

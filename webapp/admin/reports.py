@@ -1,6 +1,7 @@
 """Reading for administrators: the usage report, the audit log, the instance list, and CSV export."""
 import csv
 import io
+import re
 from datetime import date, datetime, time, timedelta, timezone
 
 from flask import Response, stream_with_context
@@ -138,17 +139,49 @@ def audit_filters(args, period):
         # "instance" matches instance.stop and instance.start; "instance.stop" only itself.
         conditions.append(or_(Event.kind == kind, Event.kind.startswith(kind.rstrip(".") + ".", autoescape=True)))
     actor = (args.get("actor") or "").strip()
-    if actor:
+    if "@" in actor:  # a person, by email: what they did as a user and as an administrator
+        actor_id = _user_id(actor)
+        if actor_id is None:
+            errors["actor"] = f"There is no user with the email {actor!r}."
+        conditions.append(Event.actor.in_([f"user:{actor_id}", f"admin:{actor_id}"]))
+    elif actor:
         conditions.append(Event.actor == actor)
+    if not kind.startswith("spawn"):
+        conditions.append(Event.kind != LAUNCH_STEP)  # shown folded into their launch
     user = (args.get("user") or "").strip()
     if user:
-        user_id = user if user.isdigit() else db.session.scalar(
-            select(User.id).where(func.lower(User.email) == user.lower()))
+        user_id = user if user.isdigit() else _user_id(user)
         if user_id is None:
-            errors["user"] = f"There is no user {user!r}."
+            errors["user"] = f"There is no user with the email {user!r}."
             user_id = -1
         conditions.append(Event.user_id == int(user_id))
     return conditions, {**errors, **period.errors}
+
+
+def _user_id(email):
+    return db.session.scalar(select(User.id).where(func.lower(User.email) == email.lower()))
+
+
+LAUNCH_STEP = "spawn.step"
+_PERSON_ACTOR = re.compile(r"(?:user|admin):(\d{1,10})")
+
+
+def launch_steps(events):
+    """The steps of each launch among events: {instance id: [step events, oldest first]}."""
+    ids = {event.instance_id for event in events if event.kind == "instance.launch" and event.instance_id}
+    steps = {}
+    if ids:
+        for step in db.session.execute(select(Event).where(Event.kind == LAUNCH_STEP, Event.instance_id.in_(ids))
+                                       .order_by(Event.id)).scalars():
+            steps.setdefault(step.instance_id, []).append(step)
+    return steps
+
+
+def actor_emails(actors):
+    """{actor: email} for the actors among actors that name a person ("user:7", "admin:7")."""
+    ids = {actor: int(match.group(1)) for actor in set(actors) if actor and (match := _PERSON_ACTOR.fullmatch(actor))}
+    emails = user_emails(ids.values())
+    return {actor: emails[user_id] for actor, user_id in ids.items() if user_id in emails}
 
 
 def audit_events(conditions):

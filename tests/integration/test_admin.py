@@ -424,7 +424,7 @@ def test_the_audit_log_names_people_by_email_and_folds_launch_steps_into_their_l
     assert f">{alice['email']}</a>" in page and f"user:{alice['id']}" not in page  # the actor, by email
     assert 'data-event="%d"' % steps[0]["id"] not in page  # folded ...
     assert f"{len(steps)} launch step" in page and steps[0]["message"] in page  # ... into the launch
-    listed = _get(stack, admin, "/admin/audit", kind="spawn.step", user=alice["email"]).text
+    listed = _get(stack, admin, "/admin/audit", kind="spawn", user=alice["email"]).text
     assert 'data-event="%d"' % steps[0]["id"] in listed
 
     by_email = _get(stack, admin, "/admin/audit", actor=alice["email"]).text

@@ -147,7 +147,7 @@ def audit_filters(args, period):
     elif actor:
         conditions.append(Event.actor == actor)
     if not kind.startswith("spawn"):
-        conditions.append(Event.kind != LAUNCH_STEP)  # shown folded into their launch
+        conditions.append(Event.kind.not_in(LAUNCH_STEPS))  # shown folded into their launch
     user = (args.get("user") or "").strip()
     if user:
         user_id = user if user.isdigit() else _user_id(user)
@@ -162,7 +162,8 @@ def _user_id(email):
     return db.session.scalar(select(User.id).where(func.lower(User.email) == email.lower()))
 
 
-LAUNCH_STEP = "spawn.step"
+# A launch's progress, shown under its instance.launch event (its failure, spawn.failed, stands alone).
+LAUNCH_STEPS = ("spawn.started", "spawn.step", "spawn.running")
 _PERSON_ACTOR = re.compile(r"(?:user|admin):(\d{1,10})")
 
 
@@ -171,7 +172,7 @@ def launch_steps(events):
     ids = {event.instance_id for event in events if event.kind == "instance.launch" and event.instance_id}
     steps = {}
     if ids:
-        for step in db.session.execute(select(Event).where(Event.kind == LAUNCH_STEP, Event.instance_id.in_(ids))
+        for step in db.session.execute(select(Event).where(Event.kind.in_(LAUNCH_STEPS), Event.instance_id.in_(ids))
                                        .order_by(Event.id)).scalars():
             steps.setdefault(step.instance_id, []).append(step)
     return steps

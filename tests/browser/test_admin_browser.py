@@ -78,7 +78,7 @@ def test_an_administrator_tabs_to_stop_and_presses_enter(stack, page, screenshot
     page.get_by_label("analysts").check()
     page.get_by_role("button", name="Add user").click()
     expect(page.get_by_role("heading", level=1)).to_have_text("grace@example.org added")
-    temporary = page.get_by_label("Temporary password").input_value()
+    temporary = page.get_by_role("textbox", name="Temporary password").input_value()
     screenshot(page, "admin-user-added")
     page.get_by_role("link", name="Open grace@example.org").click()
     expect(page.get_by_label("analysts")).to_be_checked()

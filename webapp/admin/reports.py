@@ -53,39 +53,27 @@ def page_of(statement, page):
 
 # -- usage ------------------------------------------------------------------------------------
 
-class _Greatest(FunctionElement):
-    """The largest of its arguments: greatest() on PostgreSQL, the many-argument max() on SQLite."""
-    inherit_cache = True
+def _sql_function(postgres_name, sqlite_name):
+    """A SQL function that PostgreSQL and SQLite spell differently."""
+    class Function(FunctionElement):
+        inherit_cache = True
+
+    def spell(name):
+        return lambda element, compiler, **kw: f"{name}({compiler.process(element.clauses, **kw)})"
+
+    compiles(Function)(spell(postgres_name))
+    compiles(Function, "sqlite")(spell(sqlite_name))
+    return Function
 
 
-class _Least(FunctionElement):
-    inherit_cache = True
+_Greatest = _sql_function("greatest", "max")  # the largest of its arguments (SQLite's max of many)
+_Least = _sql_function("least", "min")
 
 
 class _Seconds(FunctionElement):
     """Whole seconds from its second argument to its first (two timestamps)."""
     type = Integer()
     inherit_cache = True
-
-
-@compiles(_Greatest)
-def _greatest(element, compiler, **kw):
-    return f"greatest({compiler.process(element.clauses, **kw)})"
-
-
-@compiles(_Greatest, "sqlite")
-def _greatest_sqlite(element, compiler, **kw):
-    return f"max({compiler.process(element.clauses, **kw)})"
-
-
-@compiles(_Least)
-def _least(element, compiler, **kw):
-    return f"least({compiler.process(element.clauses, **kw)})"
-
-
-@compiles(_Least, "sqlite")
-def _least_sqlite(element, compiler, **kw):
-    return f"min({compiler.process(element.clauses, **kw)})"
 
 
 @compiles(_Seconds)

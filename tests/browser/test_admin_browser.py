@@ -75,13 +75,13 @@ def test_an_administrator_tabs_to_stop_and_presses_enter(stack, page, screenshot
         f"There is a user with the email {owner['email']} already.")
     page.get_by_label("Email").fill("grace@example.org")
     page.get_by_label("Name").fill("Grace Hopper")
-    page.get_by_label("analysts").check()
+    page.get_by_label("analysts", exact=True).check()
     page.get_by_role("button", name="Add user").click()
     expect(page.get_by_role("heading", level=1)).to_have_text("grace@example.org added")
     temporary = page.get_by_role("textbox", name="Temporary password").input_value()
     screenshot(page, "admin-user-added")
     page.get_by_role("link", name="Open grace@example.org").click()
-    expect(page.get_by_label("analysts")).to_be_checked()
+    expect(page.get_by_label("analysts", exact=True)).to_be_checked()
     with stack.login({"email": "grace@example.org", "password": temporary}):
         pass  # signs in
     for path, name in ((f"/admin/users/{owner['id']}", "admin-user"), ("/admin/templates", "admin-templates"),

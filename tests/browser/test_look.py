@@ -159,10 +159,14 @@ def test_every_page_fits_both_widths_with_no_serious_accessibility_violation(sta
     _check(page, "admin-add-user-errors", problems)
     page.get_by_label("Email").fill("grace.hopper.with.a.rather.long.address@example.org")
     page.get_by_label("Password").fill("")
-    page.get_by_label("look-analysts").check()
+    page.get_by_label("look-analysts", exact=True).check()
     page.get_by_role("button", name="Add user").click()
     expect(page.get_by_role("heading", level=1)).to_contain_text("added")
     _check(page, "admin-user-added", problems)
+
+    page.goto(stack.base_url + "/auth/logout")
+    expect(page.get_by_role("heading", level=1)).to_have_text("Sign out")
+    _check(page, "sign-out", problems)
 
     # A page that says no: a user who is not an administrator, on the admin pages.
     refused = axe_context.new_page()

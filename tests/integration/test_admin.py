@@ -417,8 +417,9 @@ def test_the_audit_log_names_people_by_email_and_folds_launch_steps_into_their_l
     stack.open_tool(browser, "echo", alice)
     browser.close()
     [instance] = stack.instances(_host(stack, "echo", alice))
-    steps = _events(stack, "spawn.step", instance_id=instance["id"])
-    assert steps
+    steps = stack.query("SELECT id, kind, message FROM events WHERE instance_id = :id AND kind IN "
+                        "('spawn.started', 'spawn.step', 'spawn.running') ORDER BY id", id=instance["id"])
+    assert {step["kind"] for step in steps} == {"spawn.started", "spawn.step", "spawn.running"}
 
     page = _get(stack, admin, "/admin/audit", user=alice["email"]).text
     assert f">{alice['email']}</a>" in page and f"user:{alice['id']}" not in page  # the actor, by email
@@ -446,3 +447,13 @@ def test_failed_instances_show_their_reason_and_destructive_actions_ask_first(st
     user_page = _get(stack, admin, f"/admin/users/{alice['id']}").text
     assert re.search(r'<details class="confirm">\s*<summary[^>]*>Deactivate</summary>', user_page)
     assert "Yes, deactivate" in user_page
+
+
+def test_the_group_page_suggests_the_users_who_are_not_members_yet(stack, admin, alice, bob):
+    team = _slug("team")
+    assert _post(stack, admin, "/admin/groups", name=team).status_code == 303
+    [group] = stack.query("SELECT id FROM groups WHERE name = :name", name=team)
+    assert _post(stack, admin, f"/admin/groups/{group['id']}/members", email=alice["email"]).status_code == 303
+    page = _get(stack, admin, f"/admin/groups/{group['id']}").text
+    suggestions = re.search(r'<datalist id="user-emails">(.*?)</datalist>', page, re.S).group(1)
+    assert f'value="{bob["email"]}"' in suggestions and alice["email"] not in suggestions

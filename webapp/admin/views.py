@@ -200,7 +200,12 @@ def group(group_id, member_form=None, status=200):
         select(User, Membership.source).join(Membership, Membership.user_id == User.id)
         .where(Membership.group_id == team.id).order_by(User.email)
     ).all()
-    return render_template("admin/group.html", section="groups", group=team, members=members,
+    # Suggestions for Add member: active users not in the group yet (a datalist, so a few hundred at most).
+    others = db.session.execute(
+        select(User.email).where(User.is_active, User.id.not_in(select(Membership.user_id)
+                                                                 .where(Membership.group_id == team.id)))
+        .order_by(User.email).limit(500)).scalars().all()
+    return render_template("admin/group.html", section="groups", group=team, members=members, others=others,
                            templates=templates_using(team), member_form=member_form or MemberForm(),
                            action_form=ActionForm()), status
 

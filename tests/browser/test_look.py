@@ -186,10 +186,11 @@ def test_keyboard_focus_is_visible_at_three_to_one(stack, page):
     focused = page.locator(":focus")
     expect(focused).to_have_text("Skip to content")
     page.keyboard.press("Tab")  # the brand link, on the white top bar
-    style = page.locator(":focus").evaluate(
-        "element => { const s = getComputedStyle(element); return [s.outlineStyle, s.outlineWidth, s.outlineColor,"
-        " getComputedStyle(element.closest('header')).backgroundColor, getComputedStyle(document.documentElement).backgroundColor]; }")
-    outline_style, outline_width, outline_colour, bar, paper = style
+    outline_style, outline_width, outline_colour, bar, paper = page.locator(":focus").evaluate(
+        """element => { const s = getComputedStyle(element);
+             return [s.outlineStyle, s.outlineWidth, s.outlineColor,
+                     getComputedStyle(element.closest("header")).backgroundColor,
+                     getComputedStyle(document.documentElement).backgroundColor]; }""")
     assert outline_style == "solid" and float(outline_width.rstrip("px")) >= 2
     for background in (bar, paper):
         assert contrast(_rgb(outline_colour), _rgb(background)) >= 3, (outline_colour, background)

@@ -92,7 +92,8 @@ def password_problem(password):
 
 
 def temporary_password():
-    """A password to hand to a new user once, for them to change: 16 characters, easy to type."""
+    """A password that Berth makes for a new user, shown once to the administrator who made the
+    account: 16 URL-safe characters (96 random bits), easy to type."""
     return secrets.token_urlsafe(12)
 
 

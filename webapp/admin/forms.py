@@ -30,6 +30,10 @@ class UserForm(FlaskForm):
     password = PasswordField("Password")
     is_admin = BooleanField("Administrator: may use these admin pages")
 
+    @staticmethod
+    def taken(email):
+        return f"There is a user with the email {email} already."
+
     def account_fields(self):
         """(email, name, password or None) with each field's problems set on it; None if any."""
         email = (self.email.data or "").strip().lower()
@@ -39,7 +43,7 @@ class UserForm(FlaskForm):
                     self.name: "A name has at most 200 characters." if len(name) > 200 else None,
                     self.password: password_problem(password) if password else None}
         if problems[self.email] is None and email_taken(email):
-            problems[self.email] = f"There is a user with the email {email} already."
+            problems[self.email] = self.taken(email)
         for field, problem in problems.items():
             if problem:
                 field.errors = [problem]

@@ -113,7 +113,7 @@ def user_new():
         temporary = None if password else temporary_password()
         person = create_local_user(email, name, password or temporary, actor=_actor(), is_admin=form.is_admin.data)
         if person is None:
-            form.email.errors = [f"There is a user with the email {email} already."]
+            form.email.errors = [form.taken(email)]
         else:
             set_local_groups(person, chosen, actor=_actor())
             db.session.commit()

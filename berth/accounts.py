@@ -4,6 +4,7 @@ The auth service and the web app both use these rules, so that "a session in for
 same thing on the account page as in the auth check (auth_service/check.py applies the same
 conditions in SQL).
 """
+import secrets
 from datetime import timedelta
 
 from flask import current_app
@@ -68,6 +69,53 @@ def set_user_flags(user, actor, is_active=None, is_admin=None):
         user.is_admin = is_admin
         record_event("user.admin", f"{user.email} {'made' if is_admin else 'no longer'} an administrator",
                      actor=actor, user_id=user.id, before={"is_admin": not is_admin}, after={"is_admin": is_admin})
+
+
+# -- local accounts ---------------------------------------------------------------------------
+
+MIN_PASSWORD_LENGTH = 8
+MAX_EMAIL_LENGTH = 320
+
+
+def email_problem(email):
+    """Why email cannot be an account's address, in plain words; None when it can."""
+    local, at, domain = email.partition("@")
+    if not (local and at and domain) or len(email) > MAX_EMAIL_LENGTH or any(c.isspace() for c in email):
+        return f"{email!r} is not an email address."
+    return None
+
+
+def password_problem(password):
+    if len(password) < MIN_PASSWORD_LENGTH:
+        return f"The password must have at least {MIN_PASSWORD_LENGTH} characters."
+    return None
+
+
+def temporary_password():
+    """A password that Berth makes for a new user, shown once to the administrator who made the
+    account: 16 URL-safe characters (96 random bits), easy to type."""
+    return secrets.token_urlsafe(12)
+
+
+def create_local_user(email, name, password, actor, is_admin=False):
+    """A new active user with a local password, recorded with actor; None if the email is taken.
+
+    The caller has checked email_problem and password_problem, and commits."""
+    email = email.strip().lower()
+    user = User(email=email, name=name.strip() or email.split("@")[0], is_admin=is_admin)
+    user.set_password(password)
+    try:
+        with db.session.begin_nested():  # another administrator may have taken the email meanwhile
+            db.session.add(user)
+    except IntegrityError:
+        return None
+    record_event("user.create", f"{email} created", actor=actor, user_id=user.id, before={},
+                 after={"email": email, "name": user.name, "is_admin": is_admin})
+    return user
+
+
+def email_taken(email):
+    return db.session.scalar(select(User.id).where(func.lower(User.email) == email.strip().lower())) is not None
 
 
 # -- users from single sign-on ----------------------------------------------------------------

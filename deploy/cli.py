@@ -21,6 +21,7 @@ from flask import current_app
 from flask.cli import ScriptInfo, with_appcontext
 from sqlalchemy import func, select
 
+from berth.accounts import email_problem, password_problem
 from berth.extensions import db, migrate
 from berth.web import create_base_app
 from berth.models import User, record_event
@@ -124,10 +125,9 @@ def catalogue_load(path):
 
 def _save_user(email, password, is_admin):
     email = email.strip().lower()
-    if "@" not in email or len(email) > 320:
-        raise click.ClickException(f"{email!r} is not an email address.")
-    if len(password) < 8:
-        raise click.ClickException("The password must have at least 8 characters.")
+    problem = email_problem(email) or password_problem(password)
+    if problem:
+        raise click.ClickException(problem)
     user = db.session.execute(select(User).where(func.lower(User.email) == email)).scalar_one_or_none()
     created = user is None
     if created:

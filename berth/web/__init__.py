@@ -8,10 +8,12 @@ lives here so that the sign-in pages and the web app's pages look the same.
 """
 import hmac
 import os
+import re
 
 from flask import Flask, Response, current_app, request
 from flask.sessions import SecureCookieSessionInterface
 from jinja2 import ChoiceLoader, FileSystemLoader
+from markupsafe import Markup, escape
 
 from berth.addresses import request_client_address
 from berth.database import bound_engine, engine_options, make_sqlite_folder
@@ -28,6 +30,7 @@ def create_base_app(import_name, test_config=None, template_dirs=()):
     """A Flask app with Berth's settings, the database and CSRF protection bound to it."""
     app = Flask(import_name, static_folder=None)
     app.jinja_loader = template_loader(*template_dirs)
+    app.add_template_filter(label_cells)
     app.config.update(load_settings_or_exit())
     app.config.update(
         # Flask's own cookie carries only the CSRF token, on the main host only.
@@ -118,6 +121,24 @@ class SignInBoundSessions(SecureCookieSessionInterface):
 def template_loader(*extra_dirs):
     """Jinja loader for a front door's templates, searched before the shared layout."""
     return ChoiceLoader([FileSystemLoader(d) for d in extra_dirs] + [FileSystemLoader(TEMPLATES)])
+
+
+_CELL_START = re.compile(r"<td(?=[\s>])")
+
+
+def label_cells(row, headers):
+    """A table row's HTML with each cell labelled (data-label) by its column's header.
+
+    On a narrow screen berth.css shows each row as a card and writes the label before each
+    value. A header is its text, or (text, class); cells past the headers stay unlabelled.
+    The row is already escaped markup, so "<td" in it can only be a cell's own tag."""
+    labels = iter(header if isinstance(header, str) else header[0] for header in headers)
+
+    def label(match):
+        text = next(labels, "")
+        return Markup('<td data-label="%s"') % escape(text) if text else match.group(0)
+
+    return Markup(_CELL_START.sub(label, str(row)))
 
 
 def require_proxy_secret(config):

@@ -50,6 +50,12 @@ def test_an_administrator_tabs_to_stop_and_presses_enter(stack, page, screenshot
     else:
         raise AssertionError("Tab never reached the Stop button")
     screenshot(page, "admin-instances-stop-focused")
+    # Enter asks first; Tab on to the confirmation's own button, and Enter stops the tool.
+    page.keyboard.press("Enter")
+    expect(page.get_by_text(f"Stop Echo of {owner['email']}? Work not saved in it is lost.")).to_be_visible()
+    page.keyboard.press("Tab")
+    expect(page.locator(":focus")).to_have_text("Yes, stop it")
+    screenshot(page, "admin-instances-stop-confirm")
     page.keyboard.press("Enter")
     expect(page.locator(".flash")).to_contain_text(f"Stopping Echo of {owner['email']}")
     _wait_state(stack, _host(stack, "echo", owner), ("STOPPED",))
@@ -59,6 +65,25 @@ def test_an_administrator_tabs_to_stop_and_presses_enter(stack, page, screenshot
     page.get_by_role("button", name="Create group").click()
     expect(page.get_by_role("heading", level=1)).to_have_text("analysts")
     screenshot(page, "admin-group")
+
+    # Add user, into that group, with a temporary password that signs them in.
+    page.goto(stack.base_url + "/admin/users")
+    page.get_by_role("link", name="Add user").click()
+    page.get_by_label("Email").fill(owner["email"])
+    page.get_by_role("button", name="Add user").click()
+    expect(page.locator('[data-field="email"] .field-error')).to_have_text(
+        f"There is a user with the email {owner['email']} already.")
+    page.get_by_label("Email").fill("grace@example.org")
+    page.get_by_label("Name").fill("Grace Hopper")
+    page.get_by_label("analysts", exact=True).check()
+    page.get_by_role("button", name="Add user").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("grace@example.org added")
+    temporary = page.get_by_role("textbox", name="Temporary password").input_value()
+    screenshot(page, "admin-user-added")
+    page.get_by_role("link", name="Open grace@example.org").click()
+    expect(page.get_by_label("analysts", exact=True)).to_be_checked()
+    with stack.login({"email": "grace@example.org", "password": temporary}):
+        pass  # signs in
     for path, name in ((f"/admin/users/{owner['id']}", "admin-user"), ("/admin/templates", "admin-templates"),
                        ("/admin/usage", "admin-usage"), ("/admin/audit", "admin-audit")):
         page.goto(stack.base_url + path)

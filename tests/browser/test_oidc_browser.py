@@ -101,6 +101,7 @@ def test_a_token_made_in_the_ui_drives_the_api_with_curl_until_it_is_revoked(sta
     expect(page.locator("#tokens tbody tr td").nth(4)).not_to_have_text("never")
     screenshot(page, "account")
     page.get_by_role("button", name="Revoke token curl from the browser test").click()
+    page.get_by_role("button", name="Yes, revoke").click()
     expect(page.locator("p.flash")).to_have_text("The token is revoked: it is refused from now on.")
     expect(page.locator("#tokens tbody tr")).to_have_count(0)
 

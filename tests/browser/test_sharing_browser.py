@@ -80,6 +80,9 @@ def test_share_a_tool_from_the_ui_then_an_admin_stops_it(stack, new_page, screen
     screenshot(as_admin, "admin-instances")
     stop = row.get_by_role("button", name=f"Stop Echo of {owner['email']}")
     stop.focus()
+    as_admin.keyboard.press("Enter")  # asks first
+    as_admin.keyboard.press("Tab")
+    expect(as_admin.locator(":focus")).to_have_text("Yes, stop it")
     as_admin.keyboard.press("Enter")
     expect(as_admin.locator("p.flash")).to_have_text(f"Stopping Echo of {owner['email']}.")
     assert _wait_state(stack, host, ("STOPPED",))["state"] == "STOPPED"

@@ -9,6 +9,7 @@ import string
 from datetime import datetime, timezone
 
 import pytest
+import requests
 
 from tests.actions import form_token
 from tests.integration.test_launch import _host, _wait_state
@@ -76,7 +77,8 @@ def test_non_administrators_get_403_on_every_admin_page_and_form(stack, alice, b
     home = browser.get(f"{stack.base_url}/", timeout=10).text
     assert 'admin/">Admin</a>' not in home
     pages = ["/admin/", "/admin/users", f"/admin/users/{bob['id']}", "/admin/groups", "/admin/templates",
-             "/admin/templates/new", "/admin/instances", "/admin/usage", "/admin/usage.csv", "/admin/audit",
+             "/admin/templates/new", "/admin/users/new", "/admin/instances", "/admin/usage", "/admin/usage.csv",
+             "/admin/audit",
              "/admin/audit.csv"]
     for path in pages:
         answer = browser.get(f"{stack.base_url}{path}", timeout=10)
@@ -84,17 +86,17 @@ def test_non_administrators_get_403_on_every_admin_page_and_form(stack, alice, b
         assert "administrators" in answer.text
     posts = [f"/admin/users/{bob['id']}/flags", f"/admin/users/{alice['id']}/flags",
              f"/admin/users/{bob['id']}/groups", "/admin/groups", "/admin/templates/new",
-             "/admin/templates/1", "/admin/templates/1/enabled", "/admin/instances/1/stop"]
+             "/admin/templates/1", "/admin/templates/1/enabled", "/admin/instances/1/stop", "/admin/users/new"]
     for path in posts:
         answer = browser.post(f"{stack.base_url}{path}", timeout=10, allow_redirects=False,
-                              data={"csrf_token": csrf, "is_admin": "1", "is_active": "0", "name": "x"})
+                              data={"csrf_token": csrf, "is_admin": "1", "is_active": "0", "name": "x",
+                                    "email": "made-by-a-user@example.org", "password": "correct horse battery"})
         assert answer.status_code == 403, path
     [row] = stack.query("SELECT is_admin, is_active FROM users WHERE id = :id", id=alice["id"])
     assert (bool(row["is_admin"]), bool(row["is_active"])) == (False, True)
     assert not stack.query("SELECT id FROM groups WHERE name = 'x'")
+    assert not stack.query("SELECT id FROM users WHERE email = 'made-by-a-user@example.org'")
     # Signed out, nginx answers 401 (a browser is sent to sign in).
-    import requests
-
     with requests.Session() as stranger:
         assert _status(stranger, f"{stack.base_url}/admin/users") == 401
     browser.close()
@@ -352,3 +354,106 @@ def test_csv_cells_that_look_like_formulas_are_quoted():
 
     assert [csv_cell(value) for value in ["=1+1", "+1", "-2", "@SUM(A1)", "plain", 3, None]] == \
         ["'=1+1", "'+1", "'-2", "'@SUM(A1)", "plain", 3, ""]
+
+
+def _can_sign_in(stack, email, password):
+    from tests.actions import sign_in
+
+    with requests.Session() as browser:
+        return sign_in(browser, stack.base_url, email, password).status_code == 302
+
+
+def test_an_administrator_adds_a_user_with_a_password_groups_and_the_admin_flag(stack, admin):
+    team = _slug("team")
+    assert _post(stack, admin, "/admin/groups", name=team).status_code == 303
+    [group] = stack.query("SELECT id FROM groups WHERE name = :name", name=team)
+    email = f"{_slug('new')}@example.org"
+    answer = _post(stack, admin, "/admin/users/new", email=email.upper(), name="Grace Hopper",
+                   password="a long enough one", is_admin="y", group=str(group["id"]))
+    assert answer.status_code == 303
+    [person] = stack.query("SELECT id, name, is_admin, is_active FROM users WHERE email = :email", email=email)
+    assert answer.headers["Location"].endswith(f"/admin/users/{person['id']}")
+    assert person["name"] == "Grace Hopper" and person["is_admin"] and person["is_active"]
+    assert stack.query("SELECT source FROM memberships WHERE user_id = :id AND group_id = :group",
+                       id=person["id"], group=group["id"]) == [{"source": "local"}]
+    [created] = _events(stack, "user.create", user_id=person["id"])
+    assert created["actor"] == f"admin:{admin['id']}" and created["data"]["after"]["is_admin"] is True
+    assert _can_sign_in(stack, email, "a long enough one")
+
+
+def test_a_user_added_without_a_password_gets_a_temporary_one_shown_once(stack, admin):
+    email = f"{_slug('temp')}@example.org"
+    answer = _post(stack, admin, "/admin/users/new", email=email, name="")
+    assert answer.status_code == 201 and answer.headers["Cache-Control"] == "no-store"
+    temporary = re.search(r'id="temporary-password"[^>]*value="([^"]+)"', answer.text).group(1)
+    assert len(temporary) >= 16 and "berth_csrf" not in answer.headers.get("Set-Cookie", "")
+    assert _can_sign_in(stack, email, temporary)
+    [person] = stack.query("SELECT name FROM users WHERE email = :email", email=email)
+    assert person["name"] == email.split("@")[0]
+    assert temporary not in json.dumps(_events(stack, "user.create"), default=str)
+    assert temporary not in _get(stack, admin, "/admin/users", q=email).text
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"email": ""}, "Give the new user&#39;s email address."),
+    ({"email": "not-an-address"}, "&#39;not-an-address&#39; is not an email address."),
+    ({"email": "x@example.org", "password": "short"}, "The password must have at least 8 characters."),
+])
+def test_add_user_says_what_is_wrong_in_plain_words_and_saves_nothing(stack, admin, fields, message):
+    before = stack.query("SELECT count(*) AS n FROM users")[0]["n"]
+    answer = _post(stack, admin, "/admin/users/new", **{"name": "Someone", **fields})
+    assert answer.status_code == 400
+    assert "Nothing was saved." in answer.text and message in answer.text
+    assert stack.query("SELECT count(*) AS n FROM users")[0]["n"] == before
+
+
+def test_add_user_refuses_an_email_that_is_taken_whatever_its_case(stack, admin, alice):
+    answer = _post(stack, admin, "/admin/users/new", email=alice["email"].upper(), password="long enough pw")
+    assert answer.status_code == 400 and f"There is a user with the email {alice['email']} already." in answer.text
+
+
+def test_the_audit_log_names_people_by_email_and_folds_launch_steps_into_their_launch(stack, admin, alice):
+    browser = stack.login(alice)
+    stack.open_tool(browser, "echo", alice)
+    browser.close()
+    [instance] = stack.instances(_host(stack, "echo", alice))
+    steps = stack.query("SELECT id, kind, message FROM events WHERE instance_id = :id AND kind IN "
+                        "('spawn.started', 'spawn.step', 'spawn.running') ORDER BY id", id=instance["id"])
+    assert {step["kind"] for step in steps} == {"spawn.started", "spawn.step", "spawn.running"}
+
+    page = _get(stack, admin, "/admin/audit", user=alice["email"]).text
+    assert f">{alice['email']}</a>" in page and f"user:{alice['id']}" not in page  # the actor, by email
+    assert 'data-event="%d"' % steps[0]["id"] not in page  # folded ...
+    assert f"{len(steps)} launch step" in page and steps[0]["message"] in page  # ... into the launch
+    listed = _get(stack, admin, "/admin/audit", kind="spawn", user=alice["email"]).text
+    assert 'data-event="%d"' % steps[0]["id"] in listed
+
+    by_email = _get(stack, admin, "/admin/audit", actor=alice["email"]).text
+    assert 'data-event="%d"' % _events(stack, "instance.launch", instance_id=instance["id"])[0]["id"] in by_email
+    unknown = _get(stack, admin, "/admin/audit", actor="nobody@example.org")
+    assert unknown.status_code == 400 and "There is no user with the email" in unknown.text
+
+
+def test_failed_instances_show_their_reason_and_destructive_actions_ask_first(stack, admin, alice):
+    browser = stack.login(alice)
+    with pytest.raises(RuntimeError, match="did not start"):
+        stack.open_tool(browser, "broken", alice)
+    browser.close()
+    [failed] = stack.instances(_host(stack, "broken", alice))
+    page = _get(stack, admin, "/admin/instances", user=alice["email"]).text
+    row = re.search(rf'<tr data-instance="{failed["id"]}" class="failed">(.*?)</tr>', page, re.S).group(1)
+    assert 'badge-failed' in row and 'class="failed-reason"' in row
+
+    user_page = _get(stack, admin, f"/admin/users/{alice['id']}").text
+    assert re.search(r'<details class="confirm">\s*<summary[^>]*>Deactivate</summary>', user_page)
+    assert "Yes, deactivate" in user_page
+
+
+def test_the_group_page_suggests_the_users_who_are_not_members_yet(stack, admin, alice, bob):
+    team = _slug("team")
+    assert _post(stack, admin, "/admin/groups", name=team).status_code == 303
+    [group] = stack.query("SELECT id FROM groups WHERE name = :name", name=team)
+    assert _post(stack, admin, f"/admin/groups/{group['id']}/members", email=alice["email"]).status_code == 303
+    page = _get(stack, admin, f"/admin/groups/{group['id']}").text
+    suggestions = re.search(r'<datalist id="user-emails">(.*?)</datalist>', page, re.S).group(1)
+    assert f'value="{bob["email"]}"' in suggestions and alice["email"] not in suggestions

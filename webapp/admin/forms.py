@@ -4,8 +4,9 @@ import json
 import re
 
 from flask_wtf import FlaskForm
-from wtforms import BooleanField, SelectField, StringField, TextAreaField
+from wtforms import BooleanField, PasswordField, SelectField, StringField, TextAreaField
 
+from berth.accounts import email_problem, email_taken, password_problem
 from berth.catalogue import CatalogueError, validate_entry
 from berth.backends import BACKEND_NAMES
 
@@ -20,6 +21,33 @@ class GroupForm(FlaskForm):
 
 class MemberForm(FlaskForm):
     email = StringField("Email")
+
+
+class UserForm(FlaskForm):
+    """Add user: the password is optional (empty: Berth makes a temporary one, shown once)."""
+    email = StringField("Email")
+    name = StringField("Name")
+    password = PasswordField("Password")
+    is_admin = BooleanField("Administrator: may use these admin pages")
+
+    @staticmethod
+    def taken(email):
+        return f"There is a user with the email {email} already."
+
+    def account_fields(self):
+        """(email, name, password or None) with each field's problems set on it; None if any."""
+        email = (self.email.data or "").strip().lower()
+        name = (self.name.data or "").strip()
+        password = self.password.data or ""
+        problems = {self.email: "Give the new user's email address." if not email else email_problem(email),
+                    self.name: "A name has at most 200 characters." if len(name) > 200 else None,
+                    self.password: password_problem(password) if password else None}
+        if problems[self.email] is None and email_taken(email):
+            problems[self.email] = self.taken(email)
+        for field, problem in problems.items():
+            if problem:
+                field.errors = [problem]
+        return None if any(problems.values()) else (email, name, password or None)
 
 
 class TemplateForm(FlaskForm):

@@ -1,13 +1,16 @@
 """Reading for administrators: the usage report, the audit log, the instance list, and CSV export."""
 import csv
 import io
+import re
 from datetime import date, datetime, time, timedelta, timezone
 
 from flask import Response, stream_with_context
-from sqlalchemy import func, or_, select
+from sqlalchemy import Integer, and_, case, func, literal, or_, select
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.functions import FunctionElement
 
 from berth.extensions import db
-from berth.models import Event, State, ToolInstance, ToolTemplate, User, utcnow
+from berth.models import DateTime, Event, State, ToolInstance, ToolTemplate, User, utcnow
 
 PER_PAGE = 50
 DEFAULT_DAYS = 30
@@ -50,36 +53,67 @@ def page_of(statement, page):
 
 # -- usage ------------------------------------------------------------------------------------
 
+def _sql_function(postgres_name, sqlite_name):
+    """A SQL function that PostgreSQL and SQLite spell differently."""
+    class Function(FunctionElement):
+        inherit_cache = True
+
+    def spell(name):
+        return lambda element, compiler, **kw: f"{name}({compiler.process(element.clauses, **kw)})"
+
+    compiles(Function)(spell(postgres_name))
+    compiles(Function, "sqlite")(spell(sqlite_name))
+    return Function
+
+
+_Greatest = _sql_function("greatest", "max")  # the largest of its arguments (SQLite's max of many)
+_Least = _sql_function("least", "min")
+
+
+class _Seconds(FunctionElement):
+    """Whole seconds from its second argument to its first (two timestamps)."""
+    type = Integer()
+    inherit_cache = True
+
+
+@compiles(_Seconds)
+def _seconds(element, compiler, **kw):
+    end, start = (compiler.process(clause, **kw) for clause in element.clauses)
+    return f"CAST(FLOOR(EXTRACT(EPOCH FROM ({end} - {start}))) AS INTEGER)"
+
+
+@compiles(_Seconds, "sqlite")
+def _seconds_sqlite(element, compiler, **kw):
+    end, start = (compiler.process(clause, **kw) for clause in element.clauses)
+    # julianday() is a float of days: round to the millisecond before truncating to seconds.
+    return f"CAST(ROUND((julianday({end}) - julianday({start})) * 86400, 3) AS INTEGER)"
+
+
 def usage(period, now=None):
-    """Launches and run time in period, per user and per template.
+    """Launches and run time in period, per user and per template, summed by the database.
 
     A launch counts in the period it was created in. Run time is the time from running_at to
     ended_at (or now, for a tool still running), clipped to the period.
     """
     now = now or utcnow()
-    rows = db.session.execute(
-        select(ToolInstance.created_at, ToolInstance.running_at, ToolInstance.ended_at,
-               User.id, User.email, ToolTemplate.id, ToolTemplate.slug, ToolTemplate.name)
-        .join(User, ToolInstance.owner_id == User.id)
-        .join(ToolTemplate, ToolInstance.template_id == ToolTemplate.id)
-        .where(ToolInstance.created_at < period.end,
-               or_(ToolInstance.ended_at.is_(None), ToolInstance.ended_at >= period.start))
-    ).all()
-    by_user, by_template = {}, {}
-    for created, running, ended, user_id, email, template_id, slug, name in rows:
-        launched = period.start <= created < period.end
-        seconds = 0
-        if running is not None:
-            begin, finish = max(running, period.start), min(ended or now, period.end, now)
-            seconds = max(0, int((finish - begin).total_seconds()))
-        if not launched and not seconds:
-            continue
-        for table, key, label in ((by_user, user_id, email), (by_template, template_id, f"{name} ({slug})")):
-            row = table.setdefault(key, {"id": key, "label": label, "launches": 0, "run_seconds": 0})
-            row["launches"] += launched
-            row["run_seconds"] += seconds
-    order = lambda row: (-row["run_seconds"], -row["launches"], row["label"])  # noqa: E731
-    return sorted(by_user.values(), key=order), sorted(by_template.values(), key=order)
+    start, end, now = (literal(value, DateTime()) for value in (period.start, period.end, now))
+    instance = ToolInstance
+    launched = case((and_(instance.created_at >= start, instance.created_at < end), 1), else_=0)
+    ran = _Seconds(_Least(func.coalesce(instance.ended_at, now), end, now), _Greatest(instance.running_at, start))
+    run_seconds = case((instance.running_at.is_(None), 0), else_=_Greatest(ran, 0))
+    in_period = (instance.created_at < end, or_(instance.ended_at.is_(None), instance.ended_at >= start))
+
+    def per(*columns):
+        launches, seconds = func.sum(launched).label("launches"), func.sum(run_seconds).label("run_seconds")
+        rows = db.session.execute(
+            select(*columns, launches, seconds).select_from(instance)
+            .join(User, instance.owner_id == User.id).join(ToolTemplate, instance.template_id == ToolTemplate.id)
+            .where(*in_period).group_by(*columns).having(or_(launches > 0, seconds > 0))
+            .order_by(seconds.desc(), launches.desc(), *columns[1:])).all()
+        return [{"id": row[0], "label": row[1] if len(row) == 4 else f"{row[1]} ({row[2]})",
+                 "launches": int(row[-2]), "run_seconds": int(row[-1])} for row in rows]
+
+    return per(User.id, User.email), per(ToolTemplate.id, ToolTemplate.name, ToolTemplate.slug)
 
 
 # -- audit log --------------------------------------------------------------------------------
@@ -93,17 +127,50 @@ def audit_filters(args, period):
         # "instance" matches instance.stop and instance.start; "instance.stop" only itself.
         conditions.append(or_(Event.kind == kind, Event.kind.startswith(kind.rstrip(".") + ".", autoescape=True)))
     actor = (args.get("actor") or "").strip()
-    if actor:
+    if "@" in actor:  # a person, by email: what they did as a user and as an administrator
+        actor_id = _user_id(actor)
+        if actor_id is None:
+            errors["actor"] = f"There is no user with the email {actor!r}."
+        conditions.append(Event.actor.in_([f"user:{actor_id}", f"admin:{actor_id}"]))
+    elif actor:
         conditions.append(Event.actor == actor)
+    if not kind.startswith("spawn"):
+        conditions.append(Event.kind.not_in(LAUNCH_STEPS))  # shown folded into their launch
     user = (args.get("user") or "").strip()
     if user:
-        user_id = user if user.isdigit() else db.session.scalar(
-            select(User.id).where(func.lower(User.email) == user.lower()))
+        user_id = user if user.isdigit() else _user_id(user)
         if user_id is None:
-            errors["user"] = f"There is no user {user!r}."
+            errors["user"] = f"There is no user with the email {user!r}."
             user_id = -1
         conditions.append(Event.user_id == int(user_id))
     return conditions, {**errors, **period.errors}
+
+
+def _user_id(email):
+    return db.session.scalar(select(User.id).where(func.lower(User.email) == email.lower()))
+
+
+# A launch's progress, shown under its instance.launch event (its failure, spawn.failed, stands alone).
+LAUNCH_STEPS = ("spawn.started", "spawn.step", "spawn.running")
+_PERSON_ACTOR = re.compile(r"(?:user|admin):(\d{1,10})")
+
+
+def launch_steps(events):
+    """The steps of each launch among events: {instance id: [step events, oldest first]}."""
+    ids = {event.instance_id for event in events if event.kind == "instance.launch" and event.instance_id}
+    steps = {}
+    if ids:
+        for step in db.session.execute(select(Event).where(Event.kind.in_(LAUNCH_STEPS), Event.instance_id.in_(ids))
+                                       .order_by(Event.id)).scalars():
+            steps.setdefault(step.instance_id, []).append(step)
+    return steps
+
+
+def actor_emails(actors):
+    """{actor: email} for the actors among actors that name a person ("user:7", "admin:7")."""
+    ids = {actor: int(match.group(1)) for actor in set(actors) if actor and (match := _PERSON_ACTOR.fullmatch(actor))}
+    emails = user_emails(ids.values())
+    return {actor: emails[user_id] for actor, user_id in ids.items() if user_id in emails}
 
 
 def audit_events(conditions):

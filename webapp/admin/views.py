@@ -5,13 +5,13 @@ from functools import wraps
 from flask import Blueprint, abort, current_app, flash, g, redirect, render_template, request, url_for
 from sqlalchemy import func, or_, select
 
-from berth.accounts import groups_by_user, set_user_flags, user_sessions
+from berth.accounts import create_local_user, groups_by_user, set_user_flags, temporary_password, user_sessions
 from webapp.admin import reports
 from webapp.api.schemas import MAX_ID
 from webapp.admin.changes import (ChangeRefused, add_member, create_group, create_template, delete_group,
                                   group_counts, remove_member, set_local_groups, set_template_enabled,
                                   templates_using, update_template)
-from webapp.admin.forms import ActionForm, GroupForm, MemberForm, TemplateForm
+from webapp.admin.forms import ActionForm, GroupForm, MemberForm, TemplateForm, UserForm
 from berth.extensions import db
 from berth.homes import home_usage
 from berth.launch.requests import instance_events, request_stop
@@ -102,6 +102,33 @@ def users():
                            search=search, groups=groups, homes=homes)
 
 
+@bp.route("/users/new", methods=["GET", "POST"])
+@admin_required
+def user_new():
+    form = UserForm()
+    chosen = {int(value) for value in request.form.getlist("group") if value.isdigit()}
+    fields = form.account_fields() if request.method == "POST" else None
+    if fields is not None:
+        email, name, password = fields
+        temporary = None if password else temporary_password()
+        person = create_local_user(email, name, password or temporary, actor=_actor(), is_admin=form.is_admin.data)
+        if person is None:
+            form.email.errors = [form.taken(email)]
+        else:
+            set_local_groups(person, chosen, actor=_actor())
+            db.session.commit()
+            if temporary is None:
+                return _redirect_with(f"{person.email} can now sign in with the password you chose.",
+                                      "admin.user", user_id=person.id)
+            # The temporary password is in this page alone: never in a redirect, a cookie or a log.
+            page = render_template("admin/user_created.html", section="users", person=person, temporary=temporary)
+            return page, 201, {"Cache-Control": "no-store"}
+    invalid = any(field.errors for field in form)
+    return render_template("admin/user_new.html", section="users", form=form, chosen=chosen,
+                           all_groups=db.session.execute(select(Group).order_by(Group.name)).scalars().all()
+                           ), 400 if invalid else 200
+
+
 @bp.get("/users/<int:user_id>")
 @admin_required
 def user(user_id):
@@ -173,7 +200,12 @@ def group(group_id, member_form=None, status=200):
         select(User, Membership.source).join(Membership, Membership.user_id == User.id)
         .where(Membership.group_id == team.id).order_by(User.email)
     ).all()
-    return render_template("admin/group.html", section="groups", group=team, members=members,
+    # Suggestions for Add member: active users not in the group yet (a datalist, so a few hundred at most).
+    others = db.session.execute(
+        select(User.email).where(User.is_active, User.id.not_in(select(Membership.user_id)
+                                                                 .where(Membership.group_id == team.id)))
+        .order_by(User.email).limit(500)).scalars().all()
+    return render_template("admin/group.html", section="groups", group=team, members=members, others=others,
                            templates=templates_using(team), member_form=member_form or MemberForm(),
                            action_form=ActionForm()), status
 
@@ -355,6 +387,8 @@ def audit():
     return render_template("admin/audit.html", section="audit", events=rows, more=more, page=_page_number(),
                            period=period, errors=errors, kinds=reports.event_kinds(),
                            emails=reports.user_emails(event.user_id for event in rows),
+                           actors=reports.actor_emails(event.actor for event in rows),
+                           steps=reports.launch_steps(rows),
                            csv_query={key: value for key, value in request.args.items() if key != "page"}
                            ), 400 if errors else 200
 

@@ -8,7 +8,7 @@ from playwright.sync_api import expect
 
 from tests.actions import post_form
 from tests.browser.test_browser import START, _sign_in
-from tests.integration.test_access import _share
+from tests.integration.test_access import _group, _share
 from tests.integration.test_launch import _host, _wait_state
 
 pytestmark = [
@@ -119,3 +119,30 @@ def test_without_javascript_the_catalogue_and_the_starting_page_refresh_themselv
         expect(page).to_have_url(stack.tool_url("echo", user, "/?from=nojs"))
     finally:
         context.close()
+
+
+def test_sharing_a_stopped_tool_with_suggestions_then_removing_it(stack, page, screenshot):
+    owner, colleague = stack.create_user(), stack.create_user()
+    group = f"team-{colleague['id']}"
+    _group(stack, group, owner, colleague)
+    _sign_in(page, stack, owner)
+    page.locator('li.card[data-slug="echo"]').get_by_role("link", name="Share Echo").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Share Echo")
+    expect(page.locator("p.lede")).to_contain_text("It is not running")
+
+    # The name field suggests the people who share a group with the owner, or the owner's groups.
+    name = page.get_by_label("Email or group name")
+    expect(name).to_have_attribute("list", "grant-suggestions-user")
+    expect(page.locator(f'#grant-suggestions-user option[value="{colleague["email"]}"]')).to_have_count(1)
+    page.get_by_label("Share with").select_option("group")
+    expect(name).to_have_attribute("list", "grant-suggestions-group")
+    expect(page.locator(f'#grant-suggestions-group option[value="{group}"]')).to_have_count(1)
+    page.get_by_label("Share with").select_option("user")
+    name.fill(colleague["email"])
+    page.get_by_role("button", name="Share", exact=True).click()
+    expect(page.locator("p.flash")).to_have_text(f"{colleague['email']} can now open your Echo.")
+    screenshot(page, "sharing-stopped")
+
+    page.get_by_role("button", name=f"Remove {colleague['email']}").click()
+    expect(page.locator("p.flash")).to_have_text(f"{colleague['email']} can no longer open your Echo.")
+    expect(page.get_by_text("Nobody else. Only you can open it.")).to_be_visible()

@@ -8,6 +8,7 @@ import time
 import pytest
 
 from tests.actions import post_form
+from tests.integration.test_access import _share
 from tests.integration.test_launch import _backend_state, _host, _launch_until, _wait_gone, _wait_state
 
 pytestmark = pytest.mark.parametrize("berth_stack", ["postgres"], indirect=True)
@@ -112,3 +113,13 @@ def test_without_javascript_the_starting_page_reloads_a_page_that_never_launches
     assert "Echo is stopped" in stopped.text and 'http-equiv="refresh"' not in stopped.text
     assert '<a href="/deep?x=1">Start it again</a>' in stopped.text
     assert [row["state"] for row in stack.instances(host)] == ["STOPPED"]
+
+
+def test_the_sharing_page_is_reachable_whatever_the_tools_state_and_shares_before_a_run(stack):
+    owner, colleague = stack.create_user(), stack.create_user()
+    browser = stack.login(owner)
+    assert 'aria-label="Share Echo"' in browser.get(f"{stack.base_url}/", timeout=10).text
+    page = browser.get(f"{stack.base_url}/sharing/echo", timeout=10)
+    assert page.status_code == 200 and "It is not running: only you can start it" in page.text
+    assert _share(stack, browser, "echo", "user", colleague["email"]).status_code == 302
+    assert colleague["email"] in browser.get(f"{stack.base_url}/sharing/echo", timeout=10).text

@@ -123,3 +123,14 @@ def test_the_sharing_page_is_reachable_whatever_the_tools_state_and_shares_befor
     assert page.status_code == 200 and "It is not running: only you can start it" in page.text
     assert _share(stack, browser, "echo", "user", colleague["email"]).status_code == 302
     assert colleague["email"] in browser.get(f"{stack.base_url}/sharing/echo", timeout=10).text
+
+
+def test_without_javascript_the_catalogue_reloads_itself_only_while_something_starts_or_stops(stack, alice):
+    browser = stack.login(alice)
+    refresh = '<noscript><meta http-equiv="refresh" content="2"></noscript>'
+    assert refresh not in browser.get(f"{stack.base_url}/", timeout=10).text
+    _launch_until(stack, browser, "slow", alice, ("SPAWNING",))  # it takes 20 s to answer
+    page = browser.get(f"{stack.base_url}/", timeout=10).text
+    assert refresh in page and 'data-poll-seconds="1"' in page
+    stack.stop_instance(stack.instances(_host(stack, "slow", alice))[-1]["id"])
+    assert refresh not in browser.get(f"{stack.base_url}/", timeout=10).text

@@ -150,7 +150,11 @@ def catalogue_cards(user):
 
 
 def _poll_seconds(cards):
-    return BUSY_POLL_SECONDS if any(card.transient for card in cards) else STEADY_POLL_SECONDS
+    return BUSY_POLL_SECONDS if _busy(cards) else STEADY_POLL_SECONDS
+
+
+def _busy(cards):
+    return any(card.transient for card in cards)
 
 
 @bp.get("/")
@@ -158,7 +162,7 @@ def _poll_seconds(cards):
 def index():
     tools, shared_with_me = catalogue_cards(g.user)
     return render_template("catalogue.html", tools=tools, shared_with_me=shared_with_me,
-                           poll_seconds=_poll_seconds(tools + shared_with_me),
+                           poll_seconds=_poll_seconds(tools + shared_with_me), busy=_busy(tools + shared_with_me),
                            single_user=current_app.config["BERTH_TOOL_ISOLATION"] == "single-user")
 
 

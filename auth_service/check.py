@@ -40,7 +40,7 @@ from berth.hosts import (MAX_NEXT_URL_LENGTH, is_main_host, parse_tool_host, pub
                          strip_port, tool_cookie_name, tools_domain)
 from berth.models import hash_token, utcnow
 from berth.nginx_conf import loopback_tool_ports
-from berth.tokens import bearer_token, token_allowed_on_main_host
+from berth.tokens import TOKEN_STANDING_SQL, bearer_token, token_allowed_on_main_host, token_refusal
 
 WEB_UPSTREAM = "berth_web"  # the name of the web app's upstream block in nginx/berth.conf.j2
 
@@ -202,9 +202,13 @@ def _answer(status, **headers):
                     for name, value in headers.items()]
 
 
-def _unauthorised(config, host, uri, tool=None):
+def _unauthorised(config, host, uri, tool=None, reason=None):
+    """401: a browser is sent to sign in (on a tool host through the hand-off); reason, when
+    given, is what nginx's JSON answer says instead of "Sign-in required."."""
     if tool is not None:
         return _to_handoff(config, host, uri)
+    if reason:
+        return _answer(401, login_url=public_url(config, config["BERTH_DOMAIN"], "/auth/login"), reason=reason)
     original = public_url(config, host, uri or "/")
     if len(original) > MAX_NEXT_URL_LENGTH:
         # The login page would refuse so long a "next" anyway (safe_next_url), and encoded it
@@ -325,7 +329,11 @@ class AuthCheck:
         try:
             row = self.database.row(query, params)
             if row is None:
-                return _unauthorised(config, host, uri, None if api_token else tool)
+                if api_token:  # the client is told why: no such token, revoked, expired
+                    standing = self.database.run(TOKEN_STANDING_SQL, {"token_hash": params["token_hash"]},
+                                                 fetch="one")
+                    return _unauthorised(config, host, uri, reason=token_refusal(standing, now))
+                return _unauthorised(config, host, uri, tool)
             self._record_seen("api_tokens" if api_token else "sessions", row, now)
             to_web = functools.partial(_to_web, row.user_id, session_id="" if api_token else row.credential_id)
             if tool is None:

@@ -84,6 +84,25 @@ def grants_to(user):
     ).scalars().all()
 
 
+# The most people and groups the sharing form suggests (it is a datalist in the page).
+MAX_SUGGESTIONS = 500
+
+
+def sharing_suggestions(user):
+    """Whom the sharing form suggests to user: (people, groups), where people are (email, name)
+    of the active users who share a group with user, and groups are user's own groups. An
+    administrator, who sees every account and group on the admin pages anyway, is offered all.
+    Never more than MAX_SUGGESTIONS of each: suggestions are a convenience, not a directory."""
+    people = select(User.email, User.name).where(User.is_active.is_(True), User.id != user.id)
+    groups = select(Group.name)
+    if not user.is_admin:
+        mine = select(Membership.group_id).where(Membership.user_id == user.id)
+        people = people.where(User.id.in_(select(Membership.user_id).where(Membership.group_id.in_(mine))))
+        groups = groups.where(Group.id.in_(mine))
+    return (db.session.execute(people.order_by(User.email).limit(MAX_SUGGESTIONS)).all(),
+            db.session.execute(groups.order_by(Group.name).limit(MAX_SUGGESTIONS)).scalars().all())
+
+
 def add_grant(owner, template, host, actor, *, email=None, group_name=None):
     """Let a user (by email) or a group (by name) open owner's tool at host. The caller commits."""
     if template.shared:

@@ -7,7 +7,7 @@ tokens, which pass through to the tool untouched; nginx never forwards a Berth t
 """
 import re
 import secrets
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import select
 
@@ -19,6 +19,38 @@ _BEARER = re.compile(r"^bearer\s+(berth_[A-Za-z0-9_-]{1,200})\s*$", re.IGNORECAS
 MAX_NAME_LENGTH = 100
 # Printable text with something other than spaces (PostgreSQL stores no NUL in text, either).
 NAME_PATTERN = re.compile(r"^(?=.*\S)[^\u0000-\u001f\u007f]+$")
+
+
+# Why an API token was refused, as its client is told: every token error in one place. The
+# auth service names the case; nginx writes the text into its JSON 401 answer, so none may hold
+# a quote or a backslash.
+TOKEN_REFUSALS = {
+    "invalid": "Invalid API token: Berth has no such token. Check that it was copied whole.",
+    "revoked": "Revoked API token: make a new one on the Account page.",
+    "expired": "Expired API token: make a new one on the Account page.",
+    "inactive": "API token of a deactivated account.",
+}
+# What tells the cases apart, read only for a token that the auth check refused.
+TOKEN_STANDING_SQL = """
+    SELECT t.revoked_at, t.expires_at, u.is_active FROM api_tokens t JOIN users u ON u.id = t.user_id
+    WHERE t.token_hash = :token_hash
+    """
+
+
+def token_refusal(standing, now):
+    """The message for a refused token, from its row of TOKEN_STANDING_SQL (None: no such token)."""
+    if standing is None:
+        return TOKEN_REFUSALS["invalid"]
+    revoked_at, expires_at, is_active = standing
+    if revoked_at is not None:
+        return TOKEN_REFUSALS["revoked"]
+    if isinstance(expires_at, str):  # SQLite hands timestamps back as text
+        expires_at = datetime.fromisoformat(expires_at)
+    if expires_at.tzinfo is None:
+        expires_at = expires_at.replace(tzinfo=timezone.utc)
+    if expires_at <= now:
+        return TOKEN_REFUSALS["expired"]
+    return TOKEN_REFUSALS["inactive"] if not is_active else TOKEN_REFUSALS["invalid"]
 
 
 class TokenError(ValueError):

@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 WAIT_STEP = "wait_healthy"
 PROBE_INTERVAL = 0.05  # seconds between health probes while a tool starts
+MAX_ERROR_DETAIL = 8000  # characters of a tool's last output kept with its failure
 
 
 def worker_id():
@@ -222,12 +223,17 @@ def _fail(instance, failure, me, backend=None):
     failed = ("spawn.failed", failure.reason, {"actor": "worker", "user_id": instance.owner_id})
     if not transition(instance.id, ToolInstance.state.in_((State.QUEUED, State.SPAWNING)),
                       ToolInstance.lease_owner == me, event=failed, state=State.FAILED, error=failure.reason,
-                      error_detail=detail[-8000:] if detail else None, ended_at=utcnow(),
+                      error_detail=clip_detail(detail), ended_at=utcnow(),
                       lease_owner=None, lease_expires_at=None):
         return "stopped-elsewhere"
     metrics.record_launch(instance.backend, "failed")
     log.info("instance %s failed: %s", instance.id, failure.reason)
     return "failed"
+
+
+def clip_detail(detail):
+    """The end of what a tool wrote, as kept with its failure; None when it wrote nothing."""
+    return detail[-MAX_ERROR_DETAIL:] if detail else None
 
 
 def begin_stop(instance, actor):

@@ -16,7 +16,7 @@ from berth import metrics
 from berth.backends import LaunchFailed, get_backend
 from berth.extensions import db
 from berth.launch.leases import REQUEUE_AFTER_SECONDS, lease_seconds
-from berth.launch.state_machine import begin_stop, transition
+from berth.launch.state_machine import begin_stop, clip_detail, transition
 from berth.models import State, ToolInstance, record_event, update_where, utcnow
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,8 @@ def reconcile(enqueue_launch, enqueue_stop, actor="reconciler", queue_down=False
             gone = ("reconcile.gone", f"The tool was no longer running: {reason}",
                     {"actor": actor, "user_id": instance.owner_id})
             if not alive and transition(instance.id, ToolInstance.state == State.RUNNING, event=gone,
-                                        state=State.FAILED, error=reason, ended_at=utcnow()):
+                                        state=State.FAILED, error=reason, ended_at=utcnow(),
+                                        error_detail=_last_lines(instance, config)):
                 actions.append(("failed", instance.id))
                 try:  # whatever the tool left behind: its namespace, a half-dead container
                     get_backend(instance.backend, config).stop(instance)
@@ -184,3 +185,11 @@ def cull_idle(enqueue_stop, actor="culler"):
             db.session.rollback()
     metrics.record_culled(len(stopped))
     return stopped
+
+
+def _last_lines(instance, config):
+    """What a tool that died wrote last, for its owner to read on the catalogue (or None)."""
+    try:
+        return clip_detail(get_backend(instance.backend, config).failure_detail(instance))
+    except LaunchFailed:
+        return None

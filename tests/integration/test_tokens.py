@@ -11,6 +11,7 @@ import re
 import pytest
 import requests
 
+from berth.tokens import TOKEN_REFUSALS
 from tests.actions import form_token, post_form
 
 NEW_TOKEN = re.compile(r'id="new-token-value" class="token-value" type="text" readonly value="([^"]+)"')
@@ -97,13 +98,16 @@ def test_a_revoked_token_is_refused_on_the_next_request(stack, alice, bob):
         assert done.status_code == 200
         assert "The token is revoked" in done.text and f'data-token="{row["id"]}"' not in done.text
     # Browsers' Accept header or not, an API client is never redirected to a login page.
-    assert _assert_json_error(_api(stack, token), 401) == "Sign-in required."
+    assert _assert_json_error(_api(stack, token), 401) == TOKEN_REFUSALS["revoked"]
     _assert_json_error(_api(stack, token, headers={"Accept": "text/html"}), 401)
     assert stack.query("SELECT id FROM events WHERE kind = 'token.revoke' AND user_id = :u", u=alice["id"])
 
 
-@pytest.mark.parametrize("case", ["expired", "deactivated", "unknown", "not-berth", "garbage"])
-def test_a_token_that_is_no_longer_good_gets_a_plain_401(stack, alice, case):
+@pytest.mark.parametrize("case, error", [
+    ("expired", TOKEN_REFUSALS["expired"]), ("deactivated", TOKEN_REFUSALS["inactive"]),
+    ("unknown", TOKEN_REFUSALS["invalid"]), ("not-berth", "Sign-in required."), ("garbage", "Sign-in required."),
+])
+def test_a_token_that_is_no_longer_good_gets_a_401_that_says_why(stack, alice, case, error):
     with stack.login(alice) as browser:
         token = make_token(stack, browser)
     if case == "expired":
@@ -117,7 +121,7 @@ def test_a_token_that_is_no_longer_good_gets_a_plain_401(stack, alice, case):
     else:
         token = "berth_" + "A" * 400
     for accept in ("application/json", "text/html", "*/*"):
-        _assert_json_error(_api(stack, token, headers={"Accept": accept}), 401)
+        assert _assert_json_error(_api(stack, token, headers={"Accept": accept}), 401) == error
 
 
 def test_tokens_reach_only_the_api_on_the_main_host(stack, alice):

@@ -149,6 +149,7 @@ COMPONENTS = {
         },
         "required": ["tool"],
         "additionalProperties": False,
+        "examples": [{"tool": "jupyterlab", "size": "small"}],
     },
     "GrantRequest": {
         "type": "object",
@@ -161,6 +162,7 @@ COMPONENTS = {
         },
         "oneOf": [{"required": ["user"]}, {"required": ["group"]}],
         "additionalProperties": False,
+        "examples": [{"user": "ada@example.org"}, {"group": "research"}],
     },
     "TokenRequest": {
         "type": "object",
@@ -173,6 +175,7 @@ COMPONENTS = {
         },
         "required": ["name"],
         "additionalProperties": False,
+        "examples": [{"name": "laptop script", "expires_in_days": 30}],
     },
     "UserChange": {
         "type": "object",
@@ -182,6 +185,7 @@ COMPONENTS = {
         },
         "additionalProperties": False,
         "minProperties": 1,
+        "examples": [{"is_active": False}],
     },
 }
 

@@ -1,19 +1,20 @@
 """The API's endpoints. Each parses its input, makes one service call, and answers JSON."""
 from functools import wraps
 
-from flask import Blueprint, current_app, g, jsonify, request
+from flask import Blueprint, current_app, g, jsonify, render_template, request
 from sqlalchemy import select
 from werkzeug.exceptions import BadRequest, HTTPException
 
 from berth.access import AccessRefused, add_grant, grants_on, launchable_templates, may_launch, revoke_grant
 from berth.accounts import groups_by_user, set_user_flags, user_groups
+from webapp.api.docs import TOKEN_VARIABLE, reference
 from webapp.api.openapi import document
 from webapp.api.schemas import MAX_ID, body_errors
 from berth.extensions import csrf, db
 from berth.hosts import public_url, tool_host, tools_domain
 from berth.launch.requests import LaunchRefused, instance_events, request_launch, request_stop
 from berth.models import Grant, State, ToolInstance, ToolTemplate, User
-from berth.tokens import TokenError, create_token, is_expired, revoke_token, user_tokens
+from berth.tokens import TOKEN_REFUSALS, TokenError, create_token, is_expired, revoke_token, user_tokens
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 csrf.exempt(bp)  # token clients carry no CSRF token; cookie clients are checked in authenticate()
@@ -233,6 +234,13 @@ def _stop(instance, actor):
 @bp.get("/openapi.json")
 def openapi():
     return jsonify(document(current_app.config))
+
+
+@bp.get("/docs")
+def docs():
+    """The API's reference for people, rendered from the same document as /api/openapi.json."""
+    return render_template("api_docs.html", api=reference(document(current_app.config)),
+                           token_variable=TOKEN_VARIABLE, token_refusals=TOKEN_REFUSALS)
 
 
 # -- me, the catalogue, my instances --------------------------------------------------------

@@ -9,7 +9,7 @@ from berth.access import AccessRefused, check_open
 from berth.backends import LaunchFailed, get_backend
 from berth.database import RETRY_AFTER_SECONDS
 from berth.extensions import db
-from berth.hosts import is_main_host, parse_tool_host, strip_port, tools_domain
+from berth.hosts import is_main_host, parse_tool_host, safe_relative_path, strip_port, tools_domain
 from berth.launch.requests import (
     LaunchRefused,
     instance_events,
@@ -159,8 +159,29 @@ def _lifecycle_page(page):
         instance = latest_instance(host)
         if not _is_navigation():
             return jsonify(error=f"{template.name} is starting.", state=instance.state), 503
-    return render_template("spawning.html", instance=instance,
-                           events=instance_events(instance), **context), 202
+    return _spawning_page(template, instance, request.full_path.rstrip("?"))
+
+
+def _spawning_page(template, instance, next_path):
+    """The starting page. next_path, the tool's address it was opened at, is where it goes once
+    the tool runs: its script follows the launch, and without JavaScript it reloads /progress."""
+    return render_template("spawning.html", template=template, instance=instance, next_path=next_path,
+                           events=instance_events(instance) if instance is not None else []), 202
+
+
+@bp.get("/progress")
+def progress():
+    """The starting page for a browser without JavaScript, which reloads it every few seconds.
+    It never launches anything: once the tool runs (or failed), it sends the browser on to the
+    tool's address; a stopped tool is said to be stopped, with a link that starts it again."""
+    if g.user is None:
+        abort(401)
+    template, owner, host = _tool_of_request()
+    next_path = safe_relative_path(request.args.get("next", "/")) or "/"
+    instance = latest_instance(host)
+    if instance is not None and instance.state in (State.RUNNING, State.FAILED):
+        return redirect(next_path, 303)
+    return _spawning_page(template, instance, next_path)
 
 
 @bp.get("/status")

@@ -5,14 +5,13 @@ from sqlalchemy import select
 from wtforms import SelectField, StringField
 from wtforms.validators import DataRequired
 
-from berth.accounts import user_groups
-from berth.access import AccessRefused, add_grant, grants_on, may_launch, revoke_grant
+from berth.access import AccessRefused, add_grant, grants_on, may_launch, revoke_grant, sharing_suggestions
 from webapp.api.schemas import MAX_ID
 from berth.extensions import db
 from berth.hosts import public_url, tool_host, tools_domain
 from webapp.identity import login_required
-from berth.launch.requests import live_instance
-from berth.models import Grant, Group, ToolTemplate
+from berth.launch.requests import latest_instance
+from berth.models import Grant, ToolTemplate
 
 bp = Blueprint("sharing", __name__, url_prefix="/sharing")
 
@@ -38,11 +37,9 @@ def own_tool(slug):
 @login_required
 def page(slug, form=None, status=200):
     template, host = own_tool(slug)
-    # Suggestions: the user's own groups. Only administrators may see every group's name.
-    groups = db.session.execute(select(Group.name).order_by(Group.name)).scalars().all() \
-        if g.user.is_admin else user_groups(g.user)
+    people, groups = sharing_suggestions(g.user)
     return render_template("sharing.html", template=template, url=public_url(current_app.config, host),
-                           instance=live_instance(host), grants=grants_on(host), groups=groups,
+                           instance=latest_instance(host), grants=grants_on(host), people=people, groups=groups,
                            form=form or GrantForm(), revoke_form=RevokeForm()), status
 
 

@@ -568,8 +568,6 @@ def move_legacy_sqlite_files(data_dir):
             say_line(f"Moved {old} to {new}.")
 
 
-def _start_and_supervise(stack, config, stopping, admin_email, admin_password):
-
 def _ports_needed(config, bind):
     """(setting, host, port) of each port `berth run` listens on."""
     ports = [("BERTH_HTTP_PORT", bind, config["BERTH_HTTP_PORT"]),

@@ -780,6 +780,8 @@ def sqlite_folder(data_dir):
     and the web app may write (SQLite writes its journal beside the database), inside a data
     directory they may not."""
     return os.path.join(data_dir, "database")
+
+
 def load_settings_or_exit(environ=os.environ):
     """load_settings for a process that serves or works (web, auth, worker, `berth`): a bad
     setting ends it with one line naming the setting, and no traceback."""

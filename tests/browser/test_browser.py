@@ -123,7 +123,7 @@ def test_login_catalogue_launch_spawning_then_tool(stack, page, screenshot):
     expect(page.locator("p.flash")).to_have_text("Stopping Echo.")
     assert _wait_state(stack, host, ("STOPPED",))["state"] == "STOPPED"
     expect(card.locator(".badge")).to_have_text("Stopped")  # the page follows it by itself
-    expect(card.get_by_role("link", name="Launch")).to_be_visible()
+    expect(card.get_by_role("button", name="Launch")).to_be_visible()
     assert [row["state"] for row in stack.instances(host)] == ["STOPPED"]
 
 

@@ -30,7 +30,7 @@ def test_the_catalogue_follows_a_launch_a_stop_and_a_failure_without_reloading(s
     _sign_in(page, stack, user)
     _mark(page)
     echo = page.locator('li.card[data-slug="echo"]')
-    expect(echo.get_by_role("link", name="Launch")).to_be_visible()
+    expect(echo.get_by_role("button", name="Launch")).to_be_visible()
 
     # Another tab opens Echo, which launches it; the catalogue shows it start, then run.
     other = context.new_page()
@@ -49,7 +49,7 @@ def test_the_catalogue_follows_a_launch_a_stop_and_a_failure_without_reloading(s
     expect(echo.get_by_role("link", name="Open")).to_have_count(0)
     expect(echo.get_by_role("button", name="Stop Echo")).to_have_count(0)
     expect(echo.locator(".badge")).to_have_text("Stopped", timeout=START)
-    expect(echo.get_by_role("link", name="Launch")).to_be_visible()
+    expect(echo.get_by_role("button", name="Launch")).to_be_visible()
 
     # A launch that fails is shown failed, with its reason and its output, and a retry.
     broken = page.locator('li.card[data-slug="broken"]')

@@ -41,7 +41,7 @@ def test_share_a_tool_from_the_ui_then_an_admin_stops_it(stack, new_page, screen
     # The owner launches Echo from the catalogue.
     as_owner = new_page()
     _sign_in(as_owner, stack, owner)
-    as_owner.locator('li.card[data-slug="echo"]').get_by_role("link", name="Launch").click()
+    as_owner.locator('li.card[data-slug="echo"]').get_by_role("button", name="Launch").click()
     expect(as_owner.locator("h1#title")).to_have_text("Echo is running", timeout=START)
 
     # ... and shares it from its sharing page.

@@ -1,15 +1,15 @@
 """Main-host pages: the catalogue, its live state, and stopping a tool from it."""
 from dataclasses import dataclass
 
-from flask import (Blueprint, abort, current_app, flash, g, get_template_attribute, jsonify, redirect,
-                   render_template)
+from flask import (Blueprint, abort, current_app, flash, g, get_template_attribute, jsonify, make_response,
+                   redirect, render_template, request)
 from flask_wtf import FlaskForm
 from wtforms import StringField
 from sqlalchemy import func, select
 
 from berth.access import grants_to, launchable_templates, may_launch
 from berth.extensions import db
-from berth.hosts import public_url, tool_host, tools_domain
+from berth.hosts import public_url, safe_relative_path, tool_host, tools_domain
 from webapp.identity import login_required
 from berth.launch.requests import LaunchRefused, request_launch, request_stop
 from berth.models import Event, State, ToolInstance, ToolTemplate, User
@@ -184,27 +184,47 @@ def state():
     return response
 
 
-@bp.post("/launch/<slug>")
-@login_required
-def launch(slug):
-    """Launch (with a chosen size, if any), then go to the tool's address (which shows its progress)."""
-    form = LaunchForm()
+def _launchable(slug):
+    """The enabled template slug names, which this user may launch: else 404 or a 403 page."""
     template = db.session.execute(
         select(ToolTemplate).where(ToolTemplate.slug == slug, ToolTemplate.enabled.is_(True))
     ).scalar_one_or_none()
     if template is None:
         abort(404)
     if not may_launch(g.user, template):
-        return render_template("message.html", title=f"{template.name} was not started",
-                               message=f"You are not in a group that may use {template.name}."), 403
-    domain = tools_domain(current_app.config)
-    host = tool_host(template.slug, None if template.shared else g.user.host_key, domain)
+        abort(make_response(render_template(
+            "message.html", title=f"{template.name} was not started",
+            message=f"You are not in a group that may use {template.name}."), 403))
+    return template
+
+
+@bp.get("/launch/<slug>")
+@login_required
+def confirm_launch(slug):
+    """Start a tool? A link from another site (or another tool) to a tool that is not running
+    lands here, so that only a click on Berth's own page starts it (webapp/lifecycle)."""
+    template = _launchable(slug)
+    next_path = safe_relative_path(request.args.get("next", "/")) or "/"
+    host = tool_host(template.slug, None if template.shared else g.user.host_key, tools_domain(current_app.config))
+    return render_template("launch_confirm.html", template=template, form=LaunchForm(), next_path=next_path,
+                           address=public_url(current_app.config, host, next_path))
+
+
+@bp.post("/launch/<slug>")
+@login_required
+def launch(slug):
+    """Launch (with a chosen size, if any), then go to the tool's address (which shows its
+    progress), at the path it was first opened at (next), if any."""
+    form = LaunchForm()
+    template = _launchable(slug)
+    host = tool_host(template.slug, None if template.shared else g.user.host_key, tools_domain(current_app.config))
     try:
         request_launch(template, g.user, host, actor=f"user:{g.user.id}", size_name=form.size.data or None)
     except LaunchRefused as refusal:
         return render_template("message.html", title=f"{template.name} was not started",
                                message=refusal.reason), refusal.status
-    return redirect(public_url(current_app.config, host))
+    next_path = safe_relative_path(request.args.get("next", "/")) or "/"
+    return redirect(public_url(current_app.config, host, next_path))
 
 
 @bp.post("/instances/<int:instance_id>/stop")

@@ -1,5 +1,6 @@
 """Tool-host pages, on any path of a tool host that is not running, and /__berth/ endpoints."""
 import logging
+from urllib.parse import urlencode
 
 from flask import Blueprint, abort, current_app, g, jsonify, make_response, redirect, render_template, request
 from flask_wtf import FlaskForm
@@ -9,7 +10,7 @@ from berth.access import AccessRefused, check_open
 from berth.backends import LaunchFailed, get_backend
 from berth.database import RETRY_AFTER_SECONDS
 from berth.extensions import db
-from berth.hosts import is_main_host, parse_tool_host, safe_relative_path, strip_port, tools_domain
+from berth.hosts import is_main_host, parse_tool_host, public_url, safe_relative_path, strip_port, tools_domain
 from berth.launch.requests import (
     LaunchRefused,
     instance_events,
@@ -131,6 +132,14 @@ def _is_navigation():
     return "text/html" in request.headers.get("Accept", "")
 
 
+def _from_another_site():
+    """A navigation that another site, or another tool's host, started (Fetch Metadata). Such a
+    link must not start a tool by itself: the user confirms on Berth's own page first. A user's
+    own typing, bookmark or reload says "none" or "same-origin". Browsers send no Fetch Metadata
+    to plain-HTTP hosts other than localhost: there the header is absent, and HTTPS closes it."""
+    return request.headers.get("Sec-Fetch-Site") in ("same-site", "cross-site")
+
+
 def _lifecycle_page(page):
     if page not in ("start", "spawning", "unavailable"):
         return _error_page(404, "No such tool", f"There is no tool at {strip_port(request.host)}.")
@@ -150,6 +159,10 @@ def _lifecycle_page(page):
                            state=previous.state if previous else None), 503
         if previous is not None and previous.state == State.FAILED and mark_failure_shown(previous):
             return render_template("failed.html", instance=previous, **context), 502
+        if _from_another_site():
+            path = safe_relative_path(request.full_path.rstrip("?")) or "/"
+            return redirect(public_url(current_app.config, current_app.config["BERTH_DOMAIN"],
+                                       f"/launch/{template.slug}?{urlencode({'next': path})}"), 303)
         try:
             # A shared tool is started by whoever opens it first, and keeps running for everyone.
             instance, _ = request_launch(template, owner or g.user, host, actor=f"user:{g.user.id}")

@@ -4,7 +4,7 @@ import re
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-from berth.hosts import session_cookie_name, tool_cookie_name, tools_domain
+from berth.hosts import public_port_suffix, session_cookie_name, tool_cookie_name, tools_domain
 from berth.settings import SettingError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -42,6 +42,7 @@ def render_nginx(config, *, listen=None, auth_servers=None, web_servers=None, st
         "cache_dir": cache_dir or os.path.join(prefix or config["BERTH_DATA_DIR"], "auth-cache"),
         **_door(config),
         **_tls(config, listen or str(config["BERTH_HTTP_PORT"])),
+        "public_port_suffix": public_port_suffix(config),  # BERTH_SCHEME is https whenever nginx serves TLS
     }
 
     def snippet(name):
@@ -86,13 +87,11 @@ def _tls(config, listen):
     redirect_port = config["BERTH_HTTP_REDIRECT_PORT"]
     host, colon, port = listen.rpartition(":")
     redirect_listen = f"{host}:{redirect_port}" if colon and port.isdigit() else str(redirect_port)
-    public_port = config["BERTH_HTTP_PORT"]
     return {
         "tls": bool(certificate),
         "tls_certificate": certificate,
         "tls_key": key,
         "redirect_listen": redirect_listen if redirect_port else None,
-        "https_port_suffix": "" if public_port == 443 else f":{public_port}",
         "hsts_seconds": config["BERTH_HSTS_SECONDS"],
     }
 

@@ -448,7 +448,7 @@ SETTINGS = (
     Setting("BERTH_TLS_CERTIFICATE", NGINX, parse=parse_path, kind="file",
             doc="PEM certificate chain (the server's certificate first) that nginx serves HTTPS "
                 "with, on `BERTH_HTTP_PORT`. It must cover `BERTH_DOMAIN`, `*.BERTH_DOMAIN` and, "
-                "when set, `*.BERTH_TOOLS_DOMAIN` ([operations](operations.md#tls)). Needs "
+                "when set, `*.BERTH_TOOLS_DOMAIN` ([operations](operations.md#tls-and-dns)). Needs "
                 "`BERTH_TLS_KEY` and `BERTH_SCHEME=https`. Unset: nginx speaks plain HTTP (TLS "
                 "ends in front of it, or nowhere)."),
     Setting("BERTH_TLS_KEY", NGINX, parse=parse_path, kind="file",

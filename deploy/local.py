@@ -10,9 +10,12 @@ import os
 import secrets
 import shutil
 import signal
+import socket
+import ssl
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -174,7 +177,8 @@ class Stack:
         self.render_nginx(config)
         for name in ROLES:
             self.start(name)
-        self.wait_ready(f"http://127.0.0.1:{config['BERTH_HTTP_PORT']}/healthz", host=config["BERTH_DOMAIN"],
+        scheme = "https" if config["BERTH_TLS_CERTIFICATE"] else "http"
+        self.wait_ready(f"{scheme}://127.0.0.1:{config['BERTH_HTTP_PORT']}/healthz", host=config["BERTH_DOMAIN"],
                         stopping=stopping)
 
     def stop(self, name, sig=signal.SIGTERM, timeout=10):
@@ -225,14 +229,31 @@ class Stack:
                 name, code = next(iter(exited.items()))
                 raise RuntimeError(f"{name} exited with code {code}; see {self.log_path(name)}")
             try:
-                request = urllib.request.Request(url, headers={"Host": host} if host else {})
-                with urllib.request.urlopen(request, timeout=2) as response:
-                    if response.status == 200:
-                        return
+                if _answers_200(url, host):
+                    return
             except OSError:
                 pass
             time.sleep(0.1)
         raise RuntimeError(f"Berth did not answer at {url} within {timeout} s")
+
+
+def _answers_200(url, host=None):
+    """Whether url answers 200. An https URL on this machine is asked with host as the TLS server
+    name (nginx serves no certificate for an address), its certificate unchecked: only whether
+    nginx is up matters here."""
+    if not url.startswith("https://"):
+        request = urllib.request.Request(url, headers={"Host": host} if host else {})
+        with urllib.request.urlopen(request, timeout=2) as response:
+            return response.status == 200
+    parts = urllib.parse.urlsplit(url)
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with socket.create_connection((parts.hostname, parts.port or 443), timeout=2) as raw:
+        with context.wrap_socket(raw, server_hostname=host or parts.hostname) as tls:
+            tls.sendall(f"GET {parts.path or '/'} HTTP/1.1\r\nHost: {host or parts.netloc}\r\n"
+                        "Connection: close\r\n\r\n".encode())
+            return tls.recv(64).startswith(b"HTTP/1.1 200 ")
 
 
 def exit_code(process):

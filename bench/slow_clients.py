@@ -119,6 +119,7 @@ class Bench:
         self.run_state = BenchRun(keep=args.keep, prefix="berth-bench-slow-")
 
     def start(self):
+        self.run_state.work.chmod(0o711)  # the tool runs as a user of its own, and passes through to its home
         self.berth = Berth(self.run_state, echo_catalogue(self.run_state.work), postgres=self.args.postgres)
         self.berth.start()
         self.users = []

@@ -456,7 +456,8 @@ SETTINGS = (
     Setting("BERTH_HTTP_REDIRECT_PORT", NGINX, parse=parse_int, default=80, minimum=0, maximum=65535,
             kind="TCP port, or `0`",
             doc="With `BERTH_TLS_CERTIFICATE`, nginx also listens on this port for plain HTTP and "
-                "redirects every request on Berth's hosts to HTTPS (`0`: no plain listener)."),
+                "redirects every request on Berth's hosts to HTTPS (`0`: no plain listener). Where "
+                "nginx runs unprivileged (the image), pick a port above 1023 and publish it as 80."),
     Setting("BERTH_HSTS_SECONDS", NGINX, parse=parse_int, default=0, minimum=0, maximum=2 * 365 * 86400,
             doc="`Strict-Transport-Security` max-age, sent with every answer over HTTPS (never over "
                 "plain HTTP), covering the tool hosts too (`includeSubDomains`). `0`: not sent. "

@@ -107,12 +107,12 @@ def berth_stack(request, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def test_ca():
-    """A certificate authority of the tests' own (tests/certificates.py)."""
-    from tests.certificates import TestCA
+    """A certificate authority of the tests' own (deploy/certificates.py)."""
+    from deploy.certificates import LocalCA
 
     folder = tempfile.mkdtemp(prefix="berth-test-ca-")
     os.chmod(folder, 0o755)  # nginx's master reads the certificates as root; nothing else needs to
-    return TestCA(folder)
+    return LocalCA(folder)
 
 
 TLS_TOOLS_DOMAIN = "berth-tools.localhost"

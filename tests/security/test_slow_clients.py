@@ -142,3 +142,36 @@ def test_rotating_x_forwarded_for_does_not_escape_the_per_address_limit(behind_a
         session.mount("http://", _FromAddress("127.0.0.2"))
         assert session.get(stack.base_url + "/healthz", headers={"X-Forwarded-For": "203.0.113.9"},
                            timeout=DOWN).status_code == 200
+
+
+def test_clients_that_stall_are_dropped_at_the_timeouts(stack):
+    """A client trickling its headers is dropped when the whole header has not come within
+    client_header_timeout (10 s), however steadily it sends; one that stops sending its body is
+    dropped when none came for client_body_timeout (10 s). Neither is waited on for longer."""
+    headers, body = (slow_targets(DOMAIN)[1], slow_targets(DOMAIN)[0])
+    trickling = send_from("127.81.0.1", stack.port, headers.head)
+    stalled = send_from("127.81.0.2", stack.port, body.head)
+    started = time.monotonic()
+    ended = {}
+    try:
+        for client in (trickling, stalled):
+            client.setblocking(False)
+        while len(ended) < 2 and time.monotonic() - started < 25:
+            try:
+                trickling.send(headers.trickle)  # a header line a second: steady, never done
+            except OSError:
+                ended.setdefault("headers", time.monotonic() - started)
+            for name, client in (("headers", trickling), ("body", stalled)):
+                try:
+                    if client.recv(4096) == b"":
+                        ended.setdefault(name, time.monotonic() - started)
+                except BlockingIOError:
+                    pass
+                except OSError:
+                    ended.setdefault(name, time.monotonic() - started)
+            time.sleep(1)
+    finally:
+        trickling.close()
+        stalled.close()
+    assert set(ended) == {"headers", "body"}, ended
+    assert all(seconds < 20 for seconds in ended.values()), ended  # nginx's own default is 60 s

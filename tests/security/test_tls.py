@@ -87,3 +87,11 @@ def test_a_name_berth_does_not_serve_gets_no_certificate(https_stack):
 def test_plain_http_on_the_https_port_is_refused(https_stack):
     answer = requests.get(f"http://{DOMAIN}:{https_stack.port}/", timeout=10)
     assert answer.status_code == 400 and "Set-Cookie" not in answer.headers
+
+
+def test_a_client_that_never_finishes_its_tls_handshake_is_dropped(https_stack):
+    """The handshake is timed by client_header_timeout (10 s), which the listener's default
+    server sets: a client that opens connections and says nothing holds none of them for long."""
+    with socket.create_connection(("127.0.0.1", https_stack.port), timeout=25) as silent:
+        silent.sendall(b"\x16\x03\x01")  # the start of a ClientHello, and then nothing
+        assert silent.recv(4096) == b""  # nginx closed it (a timeout here would raise instead)

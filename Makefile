@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 RUN_PACKAGES := nginx iproute2 iptables util-linux python3-aiohttp
 TEST_PACKAGES := nginx iproute2 iptables util-linux python3-aiohttp redis-server postgresql chromium fonts-dejavu-core docker.io busybox-static debootstrap docker-compose nodejs curl
 
-.PHONY: run test test-fast bench clean
+.PHONY: run run-https test test-fast bench clean
 
 $(BIN)/activate:
 	deploy/install-system-packages.sh python3-venv
@@ -45,6 +45,15 @@ run: $(VENV)/.installed $(TOOLS_VENV)/.installed
 	deploy/install-system-packages.sh $(RUN_PACKAGES)
 	echo "Starting Berth (berth run)…"
 	BERTH_TOOLS_DOMAIN=$${BERTH_TOOLS_DOMAIN-berth-tools.localhost} \
+	BERTH_TOOL_PYTHON=$${BERTH_TOOL_PYTHON:-$(abspath $(TOOLS_VENV))/bin/python} $(BIN)/berth run
+
+## make run-https: the same over HTTPS, on https://berth.localhost:8443/ (http://…:8080/ redirects),
+## with a certificate from a CA of this machine's own, in var/tls (`berth local-certificate` says how to trust it)
+run-https: $(VENV)/.installed $(TOOLS_VENV)/.installed
+	@deploy/install-system-packages.sh $(RUN_PACKAGES) openssl
+	eval "$$(BERTH_SCHEME=https $(BIN)/berth local-certificate --exports)" && \
+	BERTH_SCHEME=https BERTH_HTTP_PORT=$${BERTH_HTTP_PORT:-8443} BERTH_HTTP_REDIRECT_PORT=$${BERTH_HTTP_REDIRECT_PORT:-8080} \
+	BERTH_CATALOGUE=$${BERTH_CATALOGUE:-deploy/demo-catalogue.yml} \
 	BERTH_TOOL_PYTHON=$${BERTH_TOOL_PYTHON:-$(abspath $(TOOLS_VENV))/bin/python} $(BIN)/berth run
 
 ## make test: the whole suite, against real nginx, PostgreSQL, Redis and Chromium

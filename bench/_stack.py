@@ -142,7 +142,7 @@ def write_results(path, module, document):
                 "command": " ".join([Path(sys.executable).name, "-m", module] + sys.argv[1:]), **document}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(document, indent=2) + "\n")
-    print(f"\nWritten to {path.relative_to(ROOT)}")
+    print(f"\nWritten to {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
 
 
 def run_benchmark(bench):

@@ -100,13 +100,15 @@ def safe_relative_path(value):
     return value
 
 
+def public_port_suffix(config):
+    """`:<port>` as a browser writes it after a host name, or nothing for the scheme's own port."""
+    port = config["BERTH_HTTP_PORT"]
+    return "" if port == (443 if config["BERTH_SCHEME"] == "https" else 80) else f":{port}"
+
+
 def public_url(config, host, path="/"):
     """The address a browser uses for a host, with the public scheme and port."""
-    scheme = config["BERTH_SCHEME"]
-    port = config["BERTH_HTTP_PORT"]
-    default_port = 443 if scheme == "https" else 80
-    netloc = host if port == default_port else f"{host}:{port}"
-    return f"{scheme}://{netloc}{path}"
+    return f"{config['BERTH_SCHEME']}://{host}{public_port_suffix(config)}{path}"
 
 
 def safe_next_url(config, value):

@@ -5,7 +5,7 @@ from datetime import datetime, timezone
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-from berth.hosts import session_cookie_name, tool_cookie_name, tools_domain
+from berth.hosts import public_port_suffix, session_cookie_name, tool_cookie_name, tools_domain
 from berth.settings import SettingError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -102,6 +102,9 @@ def render_nginx(config, *, listen=None, auth_servers=None, web_servers=None, st
         # The auth service answers within a statement timeout (503 past it); a little more for it.
         "auth_timeout": config["BERTH_DATABASE_STATEMENT_TIMEOUT"] + AUTH_TIMEOUT_MARGIN,
         "cache_dir": cache_dir or os.path.join(prefix or config["BERTH_DATA_DIR"], "auth-cache"),
+        **_door(config),
+        **_tls(config, listen or str(config["BERTH_HTTP_PORT"])),
+        "public_port_suffix": public_port_suffix(config),  # BERTH_SCHEME is https whenever nginx serves TLS
     }
 
     def snippet(name):
@@ -121,6 +124,37 @@ def render_nginx(config, *, listen=None, auth_servers=None, web_servers=None, st
         mime_types=_mime_types(),
         worker_processes=worker_processes,
     )
+
+
+def _door(config):
+    """The per-address limits, and the address they count by: the one berth/addresses.py finds."""
+    hops = config["BERTH_TRUSTED_HOPS"]
+    return {
+        "trusted_hops": hops,
+        "trusted_proxies": [str(network) for network in config["BERTH_TRUSTED_PROXIES"]],
+        "client_key": f"$berth_client_hop{hops}" if hops else "$binary_remote_addr",
+        "door_rate": config["BERTH_DOOR_RATE"],
+        "door_burst": config["BERTH_DOOR_BURST"],
+        "door_connections": config["BERTH_DOOR_CONNECTIONS"],
+    }
+
+
+def _tls(config, listen):
+    """HTTPS on the listen address when BERTH_TLS_CERTIFICATE is set, plain HTTP redirected."""
+    certificate, key = config["BERTH_TLS_CERTIFICATE"], config["BERTH_TLS_KEY"]
+    for name, path in (("BERTH_TLS_CERTIFICATE", certificate), ("BERTH_TLS_KEY", key)):
+        if path and not os.access(path, os.R_OK):
+            raise SettingError(f"{name}={path!r} is not a readable file")
+    redirect_port = config["BERTH_HTTP_REDIRECT_PORT"]
+    host, colon, port = listen.rpartition(":")
+    redirect_listen = f"{host}:{redirect_port}" if colon and port.isdigit() else str(redirect_port)
+    return {
+        "tls": bool(certificate),
+        "tls_certificate": certificate,
+        "tls_key": key,
+        "redirect_listen": redirect_listen if redirect_port else None,
+        "hsts_seconds": config["BERTH_HSTS_SECONDS"],
+    }
 
 
 def prepare_prefix(prefix, workers_as=None):

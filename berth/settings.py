@@ -628,6 +628,39 @@ SETTINGS = (
                 "does not set at that level; for what it does set, use the setting above (nginx "
                 "refuses a directive set twice in one block, and `nginx -t` says which) "
                 "([docs/operations.md](operations.md#tuning-nginx))."),
+    # The door: what nginx allows one client address before any sign-in, and TLS.
+    Setting("BERTH_DOOR_RATE", NGINX, parse=parse_int, default=10, minimum=1, maximum=10000,
+            doc="Requests per second that one client address may make to the endpoints that need no "
+                "sign-in: the sign-in page and form, single sign-on's start and callback, the sign-in "
+                "hand-off, sign-out, `/healthz` and `/metrics` (static files are not counted). nginx "
+                "answers 429 past it. The address is the one `BERTH_TRUSTED_HOPS` and "
+                "`BERTH_TRUSTED_PROXIES` decide, so clients behind a load balancer are counted "
+                "apart; raise it when many people share one address (an office behind one NAT)."),
+    Setting("BERTH_DOOR_BURST", NGINX, parse=parse_int, default=60, minimum=0, maximum=100000,
+            doc="Requests above `BERTH_DOOR_RATE` that one address may make at once before nginx "
+                "answers 429: a sign-in with its hand-offs to a dozen open tabs fits easily."),
+    Setting("BERTH_DOOR_CONNECTIONS", NGINX, parse=parse_int, default=16, minimum=1, maximum=100000,
+            doc="Requests that one client address may have in progress at once on those endpoints "
+                "(a client that trickles its body holds one until `client_body_timeout`); nginx "
+                "answers 429 past it."),
+    Setting("BERTH_TLS_CERTIFICATE", NGINX, parse=parse_path, kind="file",
+            doc="PEM certificate chain (the server's certificate first) that nginx serves HTTPS "
+                "with, on `BERTH_HTTP_PORT`. It must cover `BERTH_DOMAIN`, `*.BERTH_DOMAIN` and, "
+                "when set, `*.BERTH_TOOLS_DOMAIN` ([operations](operations.md#tls-and-dns)). Needs "
+                "`BERTH_TLS_KEY` and `BERTH_SCHEME=https`. Unset: nginx speaks plain HTTP (TLS "
+                "ends in front of it, or nowhere)."),
+    Setting("BERTH_TLS_KEY", NGINX, parse=parse_path, kind="file",
+            doc="PEM private key of `BERTH_TLS_CERTIFICATE`."),
+    Setting("BERTH_HTTP_REDIRECT_PORT", NGINX, parse=parse_int, default=80, minimum=0, maximum=65535,
+            kind="TCP port, or `0`",
+            doc="With `BERTH_TLS_CERTIFICATE`, nginx also listens on this port for plain HTTP and "
+                "redirects every request on Berth's hosts to HTTPS (`0`: no plain listener). Where "
+                "nginx runs unprivileged (the image), pick a port above 1023 and publish it as 80."),
+    Setting("BERTH_HSTS_SECONDS", NGINX, parse=parse_int, default=0, minimum=0, maximum=2 * 365 * 86400,
+            doc="`Strict-Transport-Security` max-age, sent with every answer over HTTPS (never over "
+                "plain HTTP), covering the tool hosts too (`includeSubDomains`). `0`: not sent. "
+                "Start small (300) and raise it (31536000) once HTTPS works everywhere: browsers "
+                "refuse plain HTTP to the domain for that long."),
     Setting("BERTH_NGINX_USER", NGINX, read_by="`berth run`", default="www-data", kind="user name",
             doc="When `berth run` starts nginx as root, the user its worker processes run as: they "
                 "handle every request and never need root."),
@@ -772,6 +805,7 @@ def load_settings(environ=os.environ):
     settings = {_BY_NAME[name].config_key: reading[name] for name in _READING_ORDER if _BY_NAME[name].config_key}
     _check_sign_in(settings)
     _check_tools_domain(settings)
+    _check_tls(settings)
     return settings
 
 
@@ -820,6 +854,18 @@ def _check_tools_domain(settings):
     if tools and tools != domain and domain.endswith("." + tools):
         raise SettingError(f"BERTH_DOMAIN={domain!r} must not lie under BERTH_TOOLS_DOMAIN={tools!r}: the "
                            "main host would read as a tool's address")
+
+
+def _check_tls(settings):
+    certificate, key = settings["BERTH_TLS_CERTIFICATE"], settings["BERTH_TLS_KEY"]
+    if bool(certificate) != bool(key):
+        raise SettingError("BERTH_TLS_CERTIFICATE and BERTH_TLS_KEY go together: set both, or neither")
+    if certificate and settings["BERTH_SCHEME"] != "https":
+        raise SettingError("BERTH_TLS_CERTIFICATE is set, so BERTH_SCHEME must be https: every address "
+                           "Berth writes (sign-in, hand-off, cookies) would otherwise say http")
+    if certificate and settings["BERTH_HTTP_REDIRECT_PORT"] == settings["BERTH_HTTP_PORT"]:
+        raise SettingError(f"BERTH_HTTP_REDIRECT_PORT={settings['BERTH_HTTP_REDIRECT_PORT']} is "
+                           "BERTH_HTTP_PORT, where nginx serves HTTPS: pick another port, or 0")
 
 
 def _check_sign_in(settings):

@@ -6,6 +6,7 @@
     berth create-admin EMAIL --password P
     berth create-user EMAIL --password P
     berth nginx-conf [--standalone --prefix DIR] [--out FILE]
+    berth local-certificate [--exports] a CA of this machine's own, and a wildcard certificate from it
     berth run                           the embedded default: nginx, auth, web and worker together
 
 A plain click group, not Flask's: the commands that need the app build it (with_appcontext, from
@@ -194,6 +195,34 @@ def nginx_conf(standalone, prefix, listen, auth_servers, web_servers, out):
             raise click.ClickException(f"cannot write {out}: {error.strerror}") from None
     else:
         sys.stdout.write(text)
+
+
+@cli.command("local-certificate")
+@click.option("--exports", is_flag=True, help="Print only `export BERTH_TLS_CERTIFICATE=… BERTH_TLS_KEY=…`.")
+@with_appcontext
+def local_certificate(exports):
+    """A certificate for BERTH_DOMAIN, *.BERTH_DOMAIN (and *.BERTH_TOOLS_DOMAIN), from a CA of this
+    machine's own in BERTH_DATA_DIR/tls, made on first use: HTTPS where no public CA vouches."""
+    import os
+    import shlex
+    import subprocess
+
+    from deploy.certificates import LocalCA
+
+    config = current_app.config
+    try:
+        ca = LocalCA(os.path.join(config["BERTH_DATA_DIR"], "tls"), days=365)
+        chain, key = ca.issue(config["BERTH_DOMAIN"], [config["BERTH_TOOLS_DOMAIN"]] if config["BERTH_TOOLS_DOMAIN"] else [])
+    except FileNotFoundError:
+        raise click.ClickException("openssl is not installed (apt-get install openssl)") from None
+    except subprocess.CalledProcessError as error:
+        raise click.ClickException(f"openssl failed: {error.stderr.decode(errors='replace').strip()}") from None
+    if exports:  # for a shell's eval; what people read goes to stderr
+        click.echo(f"export BERTH_TLS_CERTIFICATE={shlex.quote(str(chain))} BERTH_TLS_KEY={shlex.quote(str(key))}")
+    else:
+        click.echo(f"BERTH_TLS_CERTIFICATE={chain}\nBERTH_TLS_KEY={key}")
+    click.echo(f"Browsers trust it once they trust the CA, {ca.certificate}; Chromium, for example, with\n"
+               f"  --ignore-certificate-errors-spki-list={ca.spki_hash()}", err=exports)
 
 
 @cli.command("reconcile", short_help="Make the database and the backends agree now.")

@@ -11,6 +11,8 @@ import pwd
 import secrets
 import shutil
 import signal
+import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -295,8 +297,9 @@ class Stack:
         self.render_nginx(config, listen=listen_address(bind, port))
         for name in ROLES:
             self.start(name)
+        scheme = "https" if config["BERTH_TLS_CERTIFICATE"] else "http"
         reachable_at = "127.0.0.1" if bind in ("0.0.0.0", "::") else bind
-        self.wait_ready(f"http://{listen_address(reachable_at, port)}/healthz", host=config["BERTH_DOMAIN"],
+        self.wait_ready(f"{scheme}://{listen_address(reachable_at, port)}/healthz", host=config["BERTH_DOMAIN"],
                         stopping=stopping, listener="nginx")
 
     def stop(self, name, sig=signal.SIGTERM, timeout=10):
@@ -356,10 +359,8 @@ class Stack:
                 name, code = next(iter(exited.items()))
                 raise RuntimeError(f"{name} exited with code {code}; see {self.log_path(name)}")
             try:
-                request = urllib.request.Request(url, headers={"Host": host} if host else {})
-                with urllib.request.urlopen(request, timeout=2) as response:
-                    if response.status == 200 and (listener is None or self._listens(listener, url)):
-                        return
+                if _answers_200(url, host) and (listener is None or self._listens(listener, url)):
+                    return
             except OSError:
                 pass
             time.sleep(0.1)
@@ -371,6 +372,25 @@ def _group_of(pid):
         return os.getpgid(pid)
     except ProcessLookupError:
         return None
+
+
+def _answers_200(url, host=None):
+    """Whether url answers 200. An https URL on this machine is asked with host as the TLS server
+    name (nginx serves no certificate for an address), its certificate unchecked: only whether
+    nginx is up matters here."""
+    if not url.startswith("https://"):
+        request = urllib.request.Request(url, headers={"Host": host} if host else {})
+        with urllib.request.urlopen(request, timeout=2) as response:
+            return response.status == 200
+    parts = urllib.parse.urlsplit(url)
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with socket.create_connection((parts.hostname, parts.port or 443), timeout=2) as raw:
+        with context.wrap_socket(raw, server_hostname=host or parts.hostname) as tls:
+            tls.sendall(f"GET {parts.path or '/'} HTTP/1.1\r\nHost: {host or parts.netloc}\r\n"
+                        "Connection: close\r\n\r\n".encode())
+            return tls.recv(64).startswith(b"HTTP/1.1 200 ")
 
 
 def exit_code(process):

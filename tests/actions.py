@@ -57,9 +57,13 @@ def sign_in(browser, base_url, email, password, next="/"):
     return post_login(browser, base_url, form_token(browser, f"{base_url}/auth/login"), email, password, next)
 
 
-def signed_in(base_url, email, password):
-    """A new requests.Session that asks for HTML as a browser does, signed in; close it when done."""
+def signed_in(base_url, email, password, verify=True):
+    """A new requests.Session that asks for HTML as a browser does, signed in; close it when done.
+    verify: what requests checks an HTTPS certificate against (a CA's file)."""
     browser = requests.Session()
+    browser.verify = verify
+    # requests lets REQUESTS_CA_BUNDLE from the environment override a session's own CA file.
+    browser.trust_env = verify is True
     browser.headers["Accept"] = "text/html"
     answer = sign_in(browser, base_url, email, password)
     if answer.status_code != 302:

@@ -105,6 +105,38 @@ def berth_stack(request, tmp_path_factory):
     stack.stop()
 
 
+@pytest.fixture(scope="session")
+def test_ca():
+    """A certificate authority of the tests' own (deploy/certificates.py)."""
+    from deploy.certificates import LocalCA
+
+    folder = tempfile.mkdtemp(prefix="berth-test-ca-")
+    os.chmod(folder, 0o755)  # nginx's master reads the certificates as root; nothing else needs to
+    return LocalCA(folder)
+
+
+TLS_TOOLS_DOMAIN = "berth-tools.localhost"
+
+
+@pytest.fixture(scope="session")
+def https_stack(request, test_ca, tmp_path_factory):
+    """A running Berth over HTTPS (PostgreSQL + Redis): nginx serves a wildcard certificate from
+    the test CA, for the domain and for tool hosts on a domain of their own (BERTH_TOOLS_DOMAIN),
+    redirects plain HTTP, and sends HSTS."""
+    chain, key = test_ca.issue(DOMAIN, [TLS_TOOLS_DOMAIN])
+    server = request.getfixturevalue("postgres")
+    redis = request.getfixturevalue("redis_server")
+    stack = _make_stack("tls", server.create_database(f"berth_{os.urandom(3).hex()}"), redis.url(9),
+                        tmp_path_factory.mktemp("stacks"), request.getfixturevalue("dockerd").url,
+                        extra_env={"BERTH_SCHEME": "https", "BERTH_TLS_CERTIFICATE": str(chain),
+                                   "BERTH_TLS_KEY": str(key), "BERTH_HTTP_REDIRECT_PORT": str(free_port()),
+                                   "BERTH_HSTS_SECONDS": "300", "BERTH_TOOLS_DOMAIN": TLS_TOOLS_DOMAIN,
+                                   "BERTH_TEST_CA": str(test_ca.certificate)})
+    stack.start()
+    yield stack
+    stack.stop()
+
+
 @pytest.fixture
 def stack(berth_stack):
     return berth_stack
@@ -135,13 +167,15 @@ CHROMIUM_ARGS = [
     "--disable-quic",
 ]
 @pytest.fixture(scope="session")
-def chromium():
+def chromium(test_ca):
+    """Chromium, trusting certificates from the test CA (and no other that its own store lacks)."""
     from playwright.sync_api import sync_playwright
 
     if not Path(CHROMIUM).exists():
         raise RuntimeError(f"{CHROMIUM} is missing (apt-get install chromium); `make test` installs it")
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        trust = f"--ignore-certificate-errors-spki-list={test_ca.spki_hash()}"
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=[*CHROMIUM_ARGS, trust])
         try:
             yield browser
         finally:

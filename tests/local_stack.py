@@ -28,6 +28,7 @@ from tests.services import free_port
 
 DOMAIN = "berth.localhost"
 TOOL_COOKIE = "berth_session_tool"  # a tool host's own cookie, set by the sign-in hand-off
+TOOL_COOKIES = (TOOL_COOKIE, f"__Host-{TOOL_COOKIE}")  # its name over HTTP, and over HTTPS
 
 
 def loopback_names():
@@ -79,7 +80,10 @@ class BerthStack:
         self.env = env
         self.data_dir = Path(env["BERTH_DATA_DIR"])
         self.port = int(env["BERTH_HTTP_PORT"])
-        self.base_url = f"http://{DOMAIN}:{self.port}"
+        self.scheme = env.get("BERTH_SCHEME") or "http"
+        self.base_url = f"{self.scheme}://{DOMAIN}:{self.port}"
+        # Over HTTPS, the test CA that signed nginx's certificate (tests/certificates.py).
+        self.verify = env.get("BERTH_TEST_CA") or True
         with mock.patch.dict(os.environ, env):
             self.app = create_app()
         self.config = self.app.config
@@ -100,7 +104,7 @@ class BerthStack:
 
     def wait_ready(self):
         """Wait until nginx and the web app behind it answer (after a component's restart)."""
-        self.processes.wait_ready(f"http://127.0.0.1:{self.port}/healthz", host=DOMAIN)
+        self.processes.wait_ready(f"{self.scheme}://127.0.0.1:{self.port}/healthz", host=DOMAIN)
 
     def stop(self):
         """Stop Berth's processes, then the tools it started, as `berth run` does on Ctrl-C."""
@@ -163,11 +167,11 @@ class BerthStack:
         return tool_host(slug, user["host_key"], self.env.get("BERTH_TOOLS_DOMAIN") or DOMAIN)
 
     def tool_url(self, slug, user, path="/"):
-        return f"http://{self.tool_host(slug, user)}:{self.port}{path}"
+        return f"{self.scheme}://{self.tool_host(slug, user)}:{self.port}{path}"
 
     def login(self, user):
         """A requests.Session signed in as user, through nginx and the login form."""
-        return signed_in(self.base_url, user["email"], user["password"])
+        return signed_in(self.base_url, user["email"], user["password"], verify=self.verify)
 
     def hand_off(self, browser, slug, user):
         """Sign browser in on the tool host through the sign-in hand-off, as its first navigation
@@ -176,7 +180,7 @@ class BerthStack:
         host = self.tool_host(slug, user)
         answer = browser.get(f"{self.base_url}/auth/handoff", params={"host": host, "next": "/__berth/status"},
                              timeout=10)
-        if not [cookie for cookie in browser.cookies if cookie.name == TOOL_COOKIE and cookie.domain == host]:
+        if not [cookie for cookie in browser.cookies if cookie.name in TOOL_COOKIES and cookie.domain == host]:
             raise RuntimeError(f"the hand-off to {host} answered {answer.status_code}: {answer.text[:300]}")
         return answer
 
@@ -195,7 +199,7 @@ class BerthStack:
     def tool_cookie(browser, host):
         """The cookie that signs browser in on this tool host (set by the sign-in hand-off)."""
         return next(cookie.value for cookie in browser.cookies
-                    if cookie.name == TOOL_COOKIE and cookie.domain == host)
+                    if cookie.name in TOOL_COOKIES and cookie.domain == host)
 
     def open_tool(self, browser, slug, user, path="/", timeout=20):
         """Navigate to a tool as a browser does, wait until the tool itself answers; return that response."""

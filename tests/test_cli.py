@@ -407,3 +407,36 @@ def test_help_lists_berths_commands_only_each_in_one_line(berth):
     assert [line.split()[0] for line in commands] == ["check", "db", "catalogue", "create-admin", "create-user",
                                                       "nginx-conf", "reconcile", "cull", "run", "settings-doc"]
     assert all(not line.endswith("...") and line[2] != " " for line in commands)
+
+
+# -- local-certificate --------------------------------------------------------------------
+
+def test_local_certificate_covers_the_domains_and_nginx_serves_it(berth, data_dir):
+    tls = {"BERTH_SCHEME": "https", "BERTH_TOOLS_DOMAIN": "tools.example.org"}
+    result = berth("local-certificate", "--exports", **tls)
+    assert result.exit_code == 0, result.output
+    assert "--ignore-certificate-errors-spki-list=" in result.output
+    exports = dict(part.split("=", 1) for part in result.output.splitlines()[0].removeprefix("export ").split())
+    names = subprocess.run(["openssl", "x509", "-in", exports["BERTH_TLS_CERTIFICATE"], "-noout", "-ext",
+                            "subjectAltName"], capture_output=True, text=True, check=True).stdout
+    for name in ("DNS:berth.localhost", "DNS:*.berth.localhost", "DNS:*.tools.example.org"):
+        assert name in names
+    if not os.path.exists(NGINX):
+        pytest.skip("nginx is not installed")
+    prefix, out = data_dir / "nginx", data_dir / "nginx.conf"
+    result = berth("nginx-conf", "--standalone", "--prefix", str(prefix), "--out", str(out), **tls, **exports,
+                   BERTH_HSTS_SECONDS="300")
+    assert result.exit_code == 0, result.output
+    text = out.read_text()
+    assert "listen 8080 ssl;" in text and "return 301 https://$host:8080$request_uri;" in text
+    checked = subprocess.run(
+        [NGINX, "-t", "-p", str(prefix), "-c", str(out), "-e", f"{prefix}/logs/error.log", "-g", "user root root;"],
+        capture_output=True, text=True, timeout=30)
+    assert checked.returncode == 0, checked.stderr
+
+
+def test_nginx_conf_names_a_certificate_it_cannot_read(berth, data_dir):
+    result = berth("nginx-conf", BERTH_SCHEME="https", BERTH_TLS_CERTIFICATE=str(data_dir / "missing.pem"),
+                   BERTH_TLS_KEY=str(data_dir / "missing.key"))
+    assert result.exit_code != 0
+    assert result.output == f"Error: BERTH_TLS_CERTIFICATE='{data_dir / 'missing.pem'}' is not a readable file\n"

@@ -448,3 +448,27 @@ def test_an_explicit_deployment_label_wins_and_writes_nothing(tmp_path):
     settings = load_settings({"BERTH_DATA_DIR": str(tmp_path), "BERTH_DEPLOYMENT": "prod"})
     assert settings["BERTH_DEPLOYMENT"] == "prod"
     assert not (tmp_path / "deployment").exists()
+
+
+@pytest.mark.parametrize("environ, words", [
+    ({"BERTH_TLS_CERTIFICATE": "/etc/berth/fullchain.pem", "BERTH_SCHEME": "https"},
+     "BERTH_TLS_CERTIFICATE and BERTH_TLS_KEY go together"),
+    ({"BERTH_TLS_KEY": "/etc/berth/privkey.pem", "BERTH_SCHEME": "https"},
+     "BERTH_TLS_CERTIFICATE and BERTH_TLS_KEY go together"),
+    ({"BERTH_TLS_CERTIFICATE": "/etc/berth/fullchain.pem", "BERTH_TLS_KEY": "/etc/berth/privkey.pem"},
+     "so BERTH_SCHEME must be https"),
+    ({"BERTH_TLS_CERTIFICATE": "/c.pem", "BERTH_TLS_KEY": "/k.pem", "BERTH_SCHEME": "https",
+      "BERTH_HTTP_PORT": "8443", "BERTH_HTTP_REDIRECT_PORT": "8443"},
+     "BERTH_HTTP_REDIRECT_PORT=8443 is BERTH_HTTP_PORT"),
+])
+def test_tls_settings_that_do_not_fit_together_are_refused(tmp_path, environ, words):
+    with pytest.raises(SettingError, match=words):
+        load_settings({"BERTH_DATA_DIR": str(tmp_path), **environ})
+
+
+def test_tls_settings_are_read(tmp_path):
+    settings = load_settings({"BERTH_DATA_DIR": str(tmp_path), "BERTH_SCHEME": "https",
+                              "BERTH_TLS_CERTIFICATE": "/etc/berth/fullchain.pem",
+                              "BERTH_TLS_KEY": "/etc/berth/privkey.pem", "BERTH_HSTS_SECONDS": "300"})
+    assert settings["BERTH_TLS_CERTIFICATE"] == "/etc/berth/fullchain.pem"
+    assert settings["BERTH_HTTP_REDIRECT_PORT"] == 80 and settings["BERTH_HSTS_SECONDS"] == 300

@@ -69,6 +69,12 @@ def _sign_in(page, stack, user):
 
 
 def test_login_catalogue_launch_spawning_then_tool(stack, page, screenshot):
+    sign_in_launch_use_and_stop(stack, page, screenshot)
+
+
+def sign_in_launch_use_and_stop(stack, page, screenshot):
+    """The whole of a visit: sign in from a tool's deep link, the spawning page turning into the
+    tool, the tool and its WebSocket, then Stop on the catalogue (also run over HTTPS)."""
     user = stack.create_user()
     host = _host(stack, "echo", user)
     deep = stack.tool_url("echo", user, "/deep/link?x=1&y=two")

@@ -141,10 +141,10 @@ def test_the_rendered_file_has_no_block_per_port_unless_tools_use_loopback_ports
 
 
 def test_a_directive_an_operator_sets_twice_is_named_by_nginx_t(tmp_path, include_dir):
-    (include_dir / "server.d" / "twice.conf").write_text("client_max_body_size 5m;\n")
+    (include_dir / "server.d" / "twice.conf").write_text("proxy_read_timeout 5m;\n")
     code, errors = nginx_t(tmp_path, render(tmp_path, BERTH_NGINX_INCLUDE_DIR=str(include_dir)))
     assert code != 0
-    assert '"client_max_body_size" directive is duplicate' in errors
+    assert '"proxy_read_timeout" directive is duplicate' in errors
     assert "twice.conf" in errors
 
 

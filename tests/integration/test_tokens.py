@@ -20,9 +20,9 @@ def _hash(token):
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def make_token(stack, browser, name="laptop script", days=30):
+def make_token(stack, browser, name="laptop script", days=30, scope="launch"):
     """Create a token through the Account page, as a person does; return the token shown."""
-    answer = post_form(browser, f"{stack.base_url}/account/tokens", {"name": name, "days": days},
+    answer = post_form(browser, f"{stack.base_url}/account/tokens", {"name": name, "days": days, "scope": scope},
                        page=f"{stack.base_url}/account", allow_redirects=False)
     assert answer.status_code == 303, answer.text
     shown = browser.get(f"{stack.base_url}/account", timeout=10)
@@ -97,7 +97,7 @@ def test_a_revoked_token_is_refused_on_the_next_request(stack, alice, bob):
         assert done.status_code == 200
         assert "The token is revoked" in done.text and f'data-token="{row["id"]}"' not in done.text
     # Browsers' Accept header or not, an API client is never redirected to a login page.
-    assert _assert_json_error(_api(stack, token), 401) == "Sign-in required."
+    assert _assert_json_error(_api(stack, token), 401) == "This API token has been revoked."
     _assert_json_error(_api(stack, token, headers={"Accept": "text/html"}), 401)
     assert stack.query("SELECT id FROM events WHERE kind = 'token.revoke' AND user_id = :u", u=alice["id"])
 

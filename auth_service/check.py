@@ -110,6 +110,8 @@ _TOKEN_ANSWER = _ANSWER_SQL.format(
     credentials="api_tokens s", credential_hash="s.token_hash", seen="last_used_at", idle_condition="",
     scope="s.scope",
     blocked_until="(SELECT b.blocked_until FROM sign_in_throttles b WHERE b.key = :throttle_key)")
+# Until when a client address must wait before its tokens are looked at (NULL: no wait).
+_TOKEN_WAIT = "SELECT blocked_until FROM sign_in_throttles WHERE key = :throttle_key"
 # Why a token the answer query did not find is no good: unknown, revoked, expired, or its user's.
 _TOKEN_STATE = """
     SELECT s.expires_at, s.revoked_at, u.is_active
@@ -383,7 +385,7 @@ class AuthCheck:
                 return _token_refused(config, host, uri, _wait_reason(row.blocked_until, now))
             if row is None:
                 if api_token:
-                    return self._refuse_token(params["token_hash"], address, host, uri)
+                    return self._refuse_token(params, address, host, uri)
                 return _unauthorised(config, host, uri, tool)
             self._record_seen("api_tokens" if api_token else "sessions", row, now)
             to_web = functools.partial(_to_web, row.user_id, session_id="" if api_token else row.credential_id)
@@ -419,11 +421,15 @@ class AuthCheck:
             return 500, []
         return to_web(page=_page_for(row, tool), instance_id=row.instance_id or "")
 
-    def _refuse_token(self, token_hash, address, host, uri):
+    def _refuse_token(self, params, address, host, uri):
         """401 for a token the answer query did not find, saying why. An unknown one counts
         against its client's address (and may start that address's wait, which the audit log
-        records)."""
-        found = self.database.run(_TOKEN_STATE, {"token_hash": token_hash}, fetch="one")
+        records). While the address waits, the answer says only that."""
+        waiting = self.database.run(_TOKEN_WAIT, {"throttle_key": params["throttle_key"]}, fetch="one")
+        until = _timestamp(waiting[0]) if waiting else None
+        if until is not None and until > params["now"]:
+            return _token_refused(self.config, host, uri, _wait_reason(until, params["now"]))
+        found = self.database.run(_TOKEN_STATE, {"token_hash": params["token_hash"]}, fetch="one")
         if found is not None:
             expires_at, revoked_at, is_active = found
             if revoked_at is not None:

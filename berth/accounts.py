@@ -257,9 +257,11 @@ def sync_groups(user, names):
     current = {m.group.name: m for m in db.session.execute(
         select(Membership).where(Membership.user_id == user.id)).scalars()}
     wanted = set(names)
-    stale = [m.id for name, m in current.items() if m.source == "oidc" and name not in wanted]
+    stale = [m for name, m in current.items() if m.source == "oidc" and name not in wanted]
     if stale:
-        delete_where(Membership, Membership.id.in_(stale))
+        delete_where(Membership, Membership.id.in_([m.id for m in stale]))
+        for membership in stale:  # gone: SQLite may hand its id to a new row in this very flush
+            db.session.expunge(membership)
     for name in sorted(wanted - set(current)):
         db.session.add(Membership(user_id=user.id, group_id=_group(name).id, source="oidc"))
     db.session.flush()

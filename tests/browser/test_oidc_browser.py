@@ -107,7 +107,7 @@ def test_a_token_made_in_the_ui_drives_the_api_with_curl_until_it_is_revoked(sta
     expect(page.locator("#tokens tbody tr")).to_have_count(0)
 
     status, refused = _curl(*auth, "-H", "Accept: text/html", f"{stack.base_url}/api/instances")
-    assert status == 401 and refused["error"] == "Sign-in required."
+    assert status == 401 and refused["error"] == "This API token has been revoked."
     status, refused = _curl(*auth, "-X", "POST", f"{stack.base_url}/api/instances/{started['id']}/stop")
     assert status == 401
     # Stopped from the page's own session instead, through the catalogue.

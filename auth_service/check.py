@@ -91,8 +91,8 @@ _ANSWER_SQL = """
       AND s.expires_at > :now{idle_condition}
       AND u.is_active
     """
-_COLUMNS = ("user_id", "credential_id", "seen_at", "scope", "blocked_until", "email", "name", "template_id", "template_name",
-            "template_enabled", "shared", "allow_api_tokens", "identity_headers", "ip_allowlist",
+_COLUMNS = ("user_id", "credential_id", "seen_at", "scope", "blocked_until", "email", "name", "template_id",
+            "template_name", "template_enabled", "shared", "allow_api_tokens", "identity_headers", "ip_allowlist",
             "may_use", "owner_id", "granted", "instance_id", "state", "upstream", "last_activity_at")
 _TIMESTAMPS = ("seen_at", "blocked_until", "last_activity_at")
 

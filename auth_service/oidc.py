@@ -181,8 +181,9 @@ def link():
         return redirect(account)
     form = LinkForm()
     if not form.validate_on_submit():
+        status = 400 if request.method == "POST" else 200
         return render_template("sso_link.html", form=form, user=signed_in.user,
-                               provider_name=config["BERTH_OIDC_PROVIDER_NAME"]), 400 if request.method == "POST" else 200
+                               provider_name=config["BERTH_OIDC_PROVIDER_NAME"]), status
     return _to_provider(account, link_session=signed_in.id)
 
 

@@ -14,7 +14,9 @@ auth_request_set:
   X-Berth-User-Id    the user, for the web app only (never sent to a tool)
   X-Berth-Login-Url  on 401: where browsers go to sign in: the login page for the main host,
                      the sign-in hand-off for a tool host
-  X-Berth-Reason     on 403: why, for the forbidden page
+  X-Berth-Reason     on 403: why, for the forbidden page; on 401 for an API token: why it was
+                     refused (invalid, revoked, expired, or its address must wait), which nginx
+                     puts in the JSON answer, as does WWW-Authenticate (RFC 6750)
   Retry-After        on 503, when the database cannot be reached: nginx shows the
                      temporarily-unavailable page
   X-Berth-User-Email, -Name, -Groups
@@ -24,6 +26,11 @@ auth_request_set:
 Who may open what (berth/access.py states the rules) is decided by the same query: the
 template's groups, the owner, and the grants on the host. Templates with an IP allowlist are
 checked against the client address (berth/addresses.py).
+
+An API token's scope (berth/tokens.py) is checked here too, against the method and the path.
+Unknown API tokens are counted per client address (berth/throttle.py, "token:<ip>"): past
+BERTH_TOKEN_ADDRESS_FAILURES, every token from that address is refused until its wait is over,
+whatever the token, so that guessing gains nothing. The wait is read in the same query.
 """
 import functools
 import hmac
@@ -34,13 +41,17 @@ import threading
 from datetime import datetime, timedelta, timezone
 from urllib.parse import quote
 
+from sqlalchemy.exc import SQLAlchemyError
+
+from berth import throttle
 from berth.addresses import allowed, parse_networks, request_client_address
 from berth.database import RETRY_AFTER_SECONDS, connect, connect_arguments
 from berth.hosts import (MAX_NEXT_URL_LENGTH, is_main_host, parse_tool_host, public_url, session_cookie_name,
                          strip_port, tool_cookie_name, tools_domain)
-from berth.models import hash_token, utcnow
+from berth.extensions import db
+from berth.models import hash_token, record_event, utcnow
 from berth.nginx_conf import loopback_tool_ports
-from berth.tokens import TOKEN_STANDING_SQL, bearer_token, token_allowed_on_main_host, token_refusal
+from berth.tokens import TOKEN_REFUSALS, api_refusal, bearer_token, token_allowed_on_main_host, tool_refusal
 
 WEB_UPSTREAM = "berth_web"  # the name of the web app's upstream block in nginx/berth.conf.j2
 
@@ -52,6 +63,7 @@ log = logging.getLogger(__name__)
 
 _ANSWER_SQL = """
     SELECT u.id AS user_id, s.id AS credential_id, s.{seen} AS seen_at,
+           {scope} AS scope, {blocked_until} AS blocked_until,
            u.email AS email, u.name AS name,
            t.id AS template_id, t.name AS template_name, t.enabled AS template_enabled,
            t.shared AS shared, t.allow_api_tokens AS allow_api_tokens,
@@ -80,21 +92,33 @@ _ANSWER_SQL = """
       AND s.expires_at > :now{idle_condition}
       AND u.is_active
     """
-_COLUMNS = ("user_id", "credential_id", "seen_at", "email", "name", "template_id", "template_name",
-            "template_enabled", "shared", "allow_api_tokens", "identity_headers", "ip_allowlist",
+_COLUMNS = ("user_id", "credential_id", "seen_at", "scope", "blocked_until", "email", "name", "template_id",
+            "template_name", "template_enabled", "shared", "allow_api_tokens", "identity_headers", "ip_allowlist",
             "may_use", "owner_id", "granted", "instance_id", "state", "upstream", "last_activity_at")
-_TIMESTAMPS = ("seen_at", "last_activity_at")
+_TIMESTAMPS = ("seen_at", "blocked_until", "last_activity_at")
 
 # A session also ends when it has not been used for BERTH_SESSION_IDLE_LIFETIME.
 _IDLE_CONDITION = "\n      AND s.last_seen_at > :idle_cutoff"
+_SESSION_ONLY = {"scope": "NULL", "blocked_until": "NULL"}
 _ANSWER = _ANSWER_SQL.format(credentials="sessions s", credential_hash="s.token_hash", seen="last_seen_at",
-                             idle_condition=_IDLE_CONDITION)
+                             idle_condition=_IDLE_CONDITION, **_SESSION_ONLY)
 # A tool cookie: good on its own host only, and only while its session is live.
 _TOOL_COOKIE_ANSWER = _ANSWER_SQL.format(
     credentials="tool_sign_ins c\n    JOIN sessions s ON s.id = c.session_id AND c.host = :host",
-    credential_hash="c.token_hash", seen="last_seen_at", idle_condition=_IDLE_CONDITION)
-_TOKEN_ANSWER = _ANSWER_SQL.format(credentials="api_tokens s", credential_hash="s.token_hash",
-                                   seen="last_used_at", idle_condition="")
+    credential_hash="c.token_hash", seen="last_seen_at", idle_condition=_IDLE_CONDITION, **_SESSION_ONLY)
+# A token also brings its scope, and how long its client's address must still wait.
+_TOKEN_ANSWER = _ANSWER_SQL.format(
+    credentials="api_tokens s", credential_hash="s.token_hash", seen="last_used_at", idle_condition="",
+    scope="s.scope",
+    blocked_until="(SELECT b.blocked_until FROM sign_in_throttles b WHERE b.key = :throttle_key)")
+# Until when a client address must wait before its tokens are looked at (NULL: no wait).
+_TOKEN_WAIT = "SELECT blocked_until FROM sign_in_throttles WHERE key = :throttle_key"
+# Why a token the answer query did not find is no good: unknown, revoked, expired, or its user's.
+_TOKEN_STATE = """
+    SELECT s.expires_at, s.revoked_at, u.is_active
+    FROM api_tokens s JOIN users u ON u.id = s.user_id
+    WHERE s.token_hash = :token_hash
+    """
 _NO_IDLE_LIMIT = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 # Marks a session or token as used, at most once per BERTH_ACTIVITY_INTERVAL (like _TOUCH).
@@ -188,13 +212,17 @@ class Database:
             return None
         row = _Row(values)
         for name in _TIMESTAMPS:
-            value = getattr(row, name)
-            if isinstance(value, str):
-                value = datetime.fromisoformat(value)
-            if value is not None and value.tzinfo is None:
-                value = value.replace(tzinfo=timezone.utc)
-            setattr(row, name, value)
+            setattr(row, name, _timestamp(getattr(row, name)))
         return row
+
+
+def _timestamp(value):
+    """A timestamp as the driver returns it (text on SQLite), timezone-aware."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    if value is not None and value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    return value
 
 
 def _answer(status, **headers):
@@ -202,13 +230,22 @@ def _answer(status, **headers):
                     for name, value in headers.items()]
 
 
-def _unauthorised(config, host, uri, tool=None, reason=None):
-    """401: a browser is sent to sign in (on a tool host through the hand-off); reason, when
-    given, is what nginx's JSON answer says instead of "Sign-in required."."""
+def _unauthorised(config, host, uri, tool=None):
+    """401: a browser is sent to sign in (on a tool host through the hand-off)."""
     if tool is not None:
         return _to_handoff(config, host, uri)
-    if reason:
-        return _answer(401, login_url=public_url(config, config["BERTH_DOMAIN"], "/auth/login"), reason=reason)
+    return _to_login(config, host, uri)
+
+
+def _token_refused(config, host, uri, reason, error="invalid_token"):
+    """401 for an API token, saying why: nginx answers it as JSON, and passes WWW-Authenticate on."""
+    status, headers = _to_login(config, host, uri)
+    headers += [("X-Berth-Reason", reason),
+                ("WWW-Authenticate", f'Bearer error="{error}", error_description="{reason}"')]
+    return status, headers
+
+
+def _to_login(config, host, uri):
     original = public_url(config, host, uri or "/")
     if len(original) > MAX_NEXT_URL_LENGTH:
         # The login page would refuse so long a "next" anyway (safe_next_url), and encoded it
@@ -225,6 +262,23 @@ def _to_handoff(config, host, uri):
     handoff = public_url(config, config["BERTH_DOMAIN"],
                          f"/auth/handoff?host={quote(strip_port(host), safe='')}&next={quote(path, safe='')}")
     return _answer(401, login_url=handoff)
+
+
+def _wait_reason(until, now):
+    seconds = max(1, throttle.seconds_until(until, now))
+    return (f"Too many unknown API tokens came from your address. Wait {seconds} "
+            f"second{'s' if seconds != 1 else ''}, then try again.")
+
+
+def _page_for(row, tool):
+    """The lifecycle page for a tool host whose tool is not running (the user may open it)."""
+    if row.instance_id is not None:
+        return "spawning"
+    if not row.template_enabled:
+        return "notfound"
+    if not tool.shared and row.owner_id != row.user_id:
+        return "unavailable"  # a grantee: only the owner starts it
+    return "start"
 
 
 def _forbidden(reason, user_id=""):
@@ -256,13 +310,12 @@ class AuthCheck:
     """
 
     def __init__(self, app):
+        self.app = app
         self.flask_app = app.wsgi_app
         self.config = app.config
         self.secret = app.config["BERTH_PROXY_SECRET"].encode()
         self.session_cookie = _cookie_pattern(session_cookie_name(app.config))
         self.tool_cookie = _cookie_pattern(tool_cookie_name(app.config))
-        from berth.extensions import db
-
         with app.app_context():
             self.database = Database(db.engine, app.config)
         self._allowlists = {}
@@ -314,6 +367,9 @@ class AuthCheck:
 
         if api_token and main_host and not token_allowed_on_main_host(uri):
             return _forbidden("API tokens are accepted only for the API, under /api/.")
+        address = request_client_address(config, environ.get("HTTP_X_REAL_IP", ""),
+                                         environ.get("HTTP_X_FORWARDED_FOR", ""))
+        address = str(address) if address is not None else ""
         now = utcnow()
         idle = config["BERTH_SESSION_IDLE_LIFETIME"]
         params = {
@@ -323,27 +379,42 @@ class AuthCheck:
             "host_key": tool.host_key if tool else None,
             "host": host.split(":", 1)[0].lower() if tool else None,
         }
-        if not api_token:
+        if api_token:
+            params["throttle_key"] = throttle.token_key(address)
+        else:
             params["idle_cutoff"] = now - timedelta(seconds=idle) if idle else _NO_IDLE_LIMIT
         query = _TOKEN_ANSWER if api_token else _TOOL_COOKIE_ANSWER if tool else _ANSWER
         try:
             row = self.database.row(query, params)
+            if api_token and row is not None and row.blocked_until is not None and row.blocked_until > now:
+                # The address is waiting: the answer must not depend on the token at all.
+                return _token_refused(config, host, uri, _wait_reason(row.blocked_until, now))
             if row is None:
-                if api_token:  # the client is told why: no such token, revoked, expired
-                    standing = self.database.run(TOKEN_STANDING_SQL, {"token_hash": params["token_hash"]},
-                                                 fetch="one")
-                    return _unauthorised(config, host, uri, reason=token_refusal(standing, now))
+                if api_token:
+                    return self._refuse_token(params, address, host, uri)
                 return _unauthorised(config, host, uri, tool)
             self._record_seen("api_tokens" if api_token else "sessions", row, now)
             to_web = functools.partial(_to_web, row.user_id, session_id="" if api_token else row.credential_id)
             if tool is None:
+                if api_token and main_host:
+                    method = environ.get("HTTP_X_ORIGINAL_METHOD", "GET")
+                    refusal = api_refusal(row.scope, method, uri.split("?", 1)[0])
+                    if refusal is not None:
+                        return _forbidden(refusal, row.user_id)
                 # The main host, or a name under the domain that is no tool address.
                 page = "" if main_host else "notfound"
                 return to_web(page=page)
             refusal = self._refusal(row, tool, environ, api_token) or _foreign_websocket(config, host, environ)
             if refusal is not None:
                 return refusal
-            if row.state == "RUNNING" and row.upstream:
+            running = row.state == "RUNNING" and row.upstream
+            if api_token:
+                refusal = tool_refusal(row.scope, environ.get("HTTP_X_ORIGINAL_METHOD", "GET"),
+                                       environ.get("HTTP_X_ORIGINAL_UPGRADE", ""),
+                                       "" if running else _page_for(row, tool), row.template_name)
+                if refusal is not None:
+                    return _forbidden(refusal, row.user_id)
+            if running:
                 self._record_activity(row, now)
                 return self._to_tool(row, session_id="" if api_token else row.credential_id)
         except self.database.engine.dialect.loaded_dbapi.OperationalError as failure:
@@ -354,13 +425,34 @@ class AuthCheck:
         except self.database.engine.dialect.loaded_dbapi.Error:
             log.exception("auth check: the database failed")
             return 500, []
-        if row.instance_id is not None:
-            return to_web(page="spawning", instance_id=row.instance_id)
-        if not row.template_enabled:
-            return to_web(page="notfound")
-        if not tool.shared and row.owner_id != row.user_id:
-            return to_web(page="unavailable")  # a grantee: only the owner starts it
-        return to_web(page="start")
+        return to_web(page=_page_for(row, tool), instance_id=row.instance_id or "")
+
+    def _refuse_token(self, params, address, host, uri):
+        """401 for a token the answer query did not find, saying why. An unknown one counts
+        against its client's address (and may start that address's wait, which the audit log
+        records). While the address waits, the answer says only that."""
+        waiting = self.database.run(_TOKEN_WAIT, {"throttle_key": params["throttle_key"]}, fetch="one")
+        until = _timestamp(waiting[0]) if waiting else None
+        if until is not None and until > params["now"]:
+            return _token_refused(self.config, host, uri, _wait_reason(until, params["now"]))
+        found = self.database.run(_TOKEN_STATE, {"token_hash": params["token_hash"]}, fetch="one")
+        if found is not None:
+            expires_at, revoked_at, is_active = found
+            case = "revoked" if revoked_at is not None else "inactive" if not is_active else "expired"
+            return _token_refused(self.config, host, uri, TOKEN_REFUSALS[case])
+        threshold = self.config["BERTH_TOKEN_ADDRESS_FAILURES"]
+        try:
+            with self.app.app_context():
+                wait = throttle.count_failure(throttle.token_key(address), threshold)
+                if wait:
+                    record_event("auth.token_throttled",
+                                 f"API tokens from {address or 'an unreadable address'} refused for {wait} s: "
+                                 f"{threshold} or more unknown tokens", actor="anonymous", ip=address,
+                                 throttle="token", retry_after=wait)
+                db.session.commit()
+        except SQLAlchemyError:
+            log.exception("auth check: could not count an unknown API token")
+        return _token_refused(self.config, host, uri, TOKEN_REFUSALS["invalid"])
 
     def _refusal(self, row, tool, environ, api_token):
         """The answer when this user may not open this tool (a page or a 403), else None."""

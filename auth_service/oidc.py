@@ -7,18 +7,27 @@ any replica can take the callback. The ID token is checked in full: signature ag
 provider's keys, issuer, audience, expiry, issue time and nonce. The user is matched on
 (issuer, sub) and kept up to date (berth/accounts.py). Every failure gets a page that says
 what happened and offers to try again.
+
+A local account is linked to the provider's identity only at its owner's request, made while
+signed in (/auth/oidc/link: the flow's saved state names that session, and the callback must
+come back to it), or by email when BERTH_OIDC_LINK_BY_EMAIL allows it. Failed callbacks are
+counted per client address (berth/throttle.py, "oidc:<ip>"): past BERTH_OIDC_CALLBACK_FAILURES
+the address waits before its next callback is even read.
 """
 import logging
+from urllib.parse import quote
 
 import requests
 from authlib.common.urls import add_params_to_uri
 from authlib.integrations.base_client.errors import MismatchingStateError, OAuthError
 from authlib.integrations.flask_client import OAuth
 from flask import Blueprint, abort, current_app, redirect, render_template, request, session
+from flask_wtf import FlaskForm
 from joserfc.errors import ExpiredTokenError, JoseError
 
-from auth_service.sessions import complete_sign_in
-from berth.accounts import SignInRefused, user_from_claims
+from auth_service.sessions import complete_sign_in, find_session, session_token
+from berth import throttle
+from berth.accounts import SignInRefused, link_identity, user_from_claims
 from berth.extensions import db
 from berth.hosts import public_url, safe_next_url
 from berth.models import record_event
@@ -94,13 +103,25 @@ def _probe_provider():
 
 
 def _failure(title, message, status, kind, next_url=None, retry=True):
+    address = client_ip()
     record_event("auth.sso_failed", f"Single sign-on failed: {kind}: {message}", actor="anonymous",
-                 ip=client_ip(), failure=kind)
+                 ip=address, failure=kind)
+    if kind != "provider_down":  # not the client's doing
+        threshold = current_app.config["BERTH_OIDC_CALLBACK_FAILURES"]
+        wait = throttle.count_failure(throttle.callback_key(address), threshold)
+        if wait:
+            record_event("auth.sso_throttled", f"Single sign-on callbacks from {address or 'an unreadable address'} "
+                         f"refused for {wait} s: {threshold} or more failures", actor="anonymous", ip=address,
+                         throttle="oidc", retry_after=wait)
     db.session.commit()
+    return _error_page(title, message, status, next_url, retry)
+
+
+def _error_page(title, message, status, next_url=None, retry=True, headers=None):
     return render_template("sso_error.html", title=title, message=message, retry=retry,
                            next_url=next_url or public_url(current_app.config,
                                                            current_app.config["BERTH_DOMAIN"]),
-                           provider_name=current_app.config["BERTH_OIDC_PROVIDER_NAME"]), status
+                           provider_name=current_app.config["BERTH_OIDC_PROVIDER_NAME"]), status, headers or {}
 
 
 def _provider_down(next_url, detail):
@@ -124,7 +145,11 @@ def login():
     """Send the browser to the provider, remembering where it goes afterwards."""
     if not enabled():
         abort(404)
-    next_url = safe_next_url(current_app.config, request.args.get("next"))
+    return _to_provider(safe_next_url(current_app.config, request.args.get("next")))
+
+
+def _to_provider(next_url, **saved):
+    """Redirect to the provider's authorization endpoint; saved rides along in the flow's state."""
     client = _client()
     try:
         metadata()
@@ -132,8 +157,34 @@ def login():
         authorization = client.create_authorization_url(_redirect_uri())
     except ProviderDown as error:
         return _provider_down(next_url, error)
-    client.save_authorize_data(redirect_uri=_redirect_uri(), next=next_url, **authorization)
+    client.save_authorize_data(redirect_uri=_redirect_uri(), next=next_url, **saved, **authorization)
     return redirect(authorization["url"])
+
+
+class LinkForm(FlaskForm):
+    pass
+
+
+@bp.route("/link", methods=["GET", "POST"])
+def link():
+    """The signed-in owner of a local account links it to their identity at the provider: a
+    page that asks, then the flow, whose state names this session (the callback checks it)."""
+    if not enabled():
+        abort(404)
+    config = current_app.config
+    signed_in = find_session(session_token())
+    if signed_in is None:
+        return redirect("/auth/login?next=" + quote(public_url(config, config["BERTH_DOMAIN"], "/auth/oidc/link"),
+                                                    safe=""))
+    account = public_url(config, config["BERTH_DOMAIN"], "/account")
+    if signed_in.user.oidc_subject is not None:
+        return redirect(account)
+    form = LinkForm()
+    if not form.validate_on_submit():
+        status = 400 if request.method == "POST" else 200
+        return render_template("sso_link.html", form=form, user=signed_in.user,
+                               provider_name=config["BERTH_OIDC_PROVIDER_NAME"]), status
+    return _to_provider(account, link_session=signed_in.id)
 
 
 @bp.get("/callback")
@@ -142,6 +193,12 @@ def callback():
     if not enabled():
         abort(404)
     config = current_app.config
+    wait = throttle.waiting(throttle.callback_key(client_ip()))
+    if wait:
+        return _error_page("Too many failed sign-ins",
+                           f"Too many single sign-ons failed from your address. Wait {wait} "
+                           f"second{'s' if wait != 1 else ''}, then try again.", 429,
+                           headers={"Retry-After": str(wait)})
     client = _client()
     state = request.args.get("state", "")
     saved = client.framework.get_state_data(session, state) if state else None
@@ -189,12 +246,28 @@ def callback():
                         401, "id_token_invalid", next_url)
 
     try:
-        user = user_from_claims(config["BERTH_OIDC_ISSUER"], claims, config["BERTH_OIDC_GROUPS_CLAIM"])
+        if saved and saved.get("link_session"):
+            _link(saved["link_session"], claims)
+        user = user_from_claims(config["BERTH_OIDC_ISSUER"], claims, config["BERTH_OIDC_GROUPS_CLAIM"],
+                                link_by_email=config["BERTH_OIDC_LINK_BY_EMAIL"],
+                                admin_group=config["BERTH_OIDC_ADMIN_GROUP"])
     except SignInRefused as refusal:
         db.session.rollback()
         return _failure(refusal.title, refusal.message, refusal.status, refusal.kind, next_url,
                         retry=refusal.kind != "deactivated")
     return complete_sign_in(user, next_url, method="oidc")
+
+
+def _link(session_id, claims):
+    """The callback of a link that a signed-in user asked for: this browser must still be
+    signed in to that same session, or the identity is linked to nobody."""
+    signed_in = find_session(session_token())
+    if signed_in is None or signed_in.id != session_id:
+        raise SignInRefused("Single sign-on not linked",
+                            "You are no longer signed in as the account that asked to link single "
+                            "sign-on. Sign in with your password, then try again.", status=403,
+                            kind="link_session_ended")
+    link_identity(signed_in.user, current_app.config["BERTH_OIDC_ISSUER"], claims)
 
 
 def _state_mismatch(next_url):

@@ -5,7 +5,7 @@ from datetime import timedelta
 from flask import current_app, redirect, request
 from sqlalchemy import select
 
-from berth.accounts import live_session_filter
+from berth.accounts import live_session_filter, make_room_for_session
 from berth.extensions import db
 from berth.hosts import session_cookie_name
 from berth.models import Session, User, hash_token, record_event, revoke_where, utcnow
@@ -40,6 +40,7 @@ def complete_sign_in(user, next_url, method):
     token at every sign-in: no fixation), the event in the audit log, and the cookie."""
     config = current_app.config
     revoke_session(session_token())
+    make_room_for_session(user, actor=f"user:{user.id}")
     address = client_ip()
     token = start_session(user, lifetime_seconds=config["BERTH_SESSION_LIFETIME"], client_ip=address,
                           user_agent=request.headers.get("User-Agent", ""), method=method)

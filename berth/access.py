@@ -120,10 +120,16 @@ def add_grant(owner, template, host, actor, *, email=None, group_name=None):
             raise AccessRefused("You have access to your own tool already.", 400)
         grant = Grant(host=host, template=template, owner=owner, user=grantee)
     else:
-        group = db.session.execute(
-            select(Group).where(Group.name == group_name.strip())).scalar_one_or_none()
+        name = group_name.strip()
+        query = select(Group).where(Group.name == name)
+        if not owner.is_admin:
+            # An ordinary user shares only with their own groups, and learns no other group's
+            # name: one they are not in is answered exactly as one that does not exist.
+            query = query.where(Group.id.in_(select(Membership.group_id).where(Membership.user_id == owner.id)))
+        group = db.session.execute(query).scalar_one_or_none()
         if group is None:
-            raise AccessRefused(f"There is no group called {group_name.strip()!r}.", 404)
+            raise AccessRefused(f"You are in no group called {name!r}." if not owner.is_admin
+                                else f"There is no group called {name!r}.", 404)
         grant = Grant(host=host, template=template, owner=owner, group=group)
     try:
         with db.session.begin_nested():

@@ -12,8 +12,8 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from berth.extensions import db
-from berth.models import (Group, Membership, Session, User, delete_where, record_event, revoke_owned,
-                          revoke_where, utcnow)
+from berth.models import (ApiToken, Group, Membership, Session, User, delete_where, lock_user, record_event,
+                          revoke_owned, revoke_where, utcnow)
 
 MAX_GROUPS = 200
 
@@ -52,16 +52,37 @@ def end_other_sessions(user, keep_session_id, actor):
     return ended
 
 
+def make_room_for_session(user, actor):
+    """Before a new sign-in of user: at BERTH_MAX_SESSIONS_PER_USER live sessions, end the oldest
+    ones, so that with the new one the user has at most that many. The caller commits.
+
+    Ending the oldest rather than refusing the sign-in keeps the owner able to sign in whatever
+    sessions a forgotten device (or someone who took the password) holds. Counting and ending
+    happen under the user's row lock, so racing sign-ins cannot pass the cap together."""
+    lock_user(user)
+    cap = current_app.config["BERTH_MAX_SESSIONS_PER_USER"]
+    live = db.session.execute(
+        select(Session.id).where(Session.user_id == user.id, *live_session_filter())
+        .order_by(Session.created_at.desc(), Session.id.desc())
+    ).scalars().all()
+    oldest = live[cap - 1:]
+    if oldest and revoke_where(Session, Session.id.in_(oldest)):
+        record_event("auth.session_end", f"{len(oldest)} oldest session{'s' if len(oldest) != 1 else ''} "
+                     f"ended: at most {cap} per person", actor=actor, user_id=user.id, session_ids=oldest)
+
+
 def set_user_flags(user, actor, is_active=None, is_admin=None):
     """Activate or deactivate a user, grant or take administration. The caller commits.
 
     Deactivation takes effect on the user's next request (the auth check reads users.is_active),
-    and it also revokes the user's sessions, so that reactivating a user revives none of them.
+    and in the same transaction it revokes the user's sessions and API tokens, so that
+    reactivating a user revives none of them.
     """
     if is_active is not None and is_active != user.is_active:
         user.is_active = is_active
         if not is_active:
             revoke_where(Session, Session.user_id == user.id)
+            revoke_where(ApiToken, ApiToken.user_id == user.id)
         record_event("user.activate" if is_active else "user.deactivate",
                      f"{user.email} {'activated' if is_active else 'deactivated'}", actor=actor,
                      user_id=user.id, before={"is_active": not is_active}, after={"is_active": is_active})
@@ -165,17 +186,47 @@ def _groups(claims, claim):
     return names
 
 
-def user_from_claims(issuer, claims, groups_claim=None):
-    """Find or create the user the provider vouches for, and bring email, name and groups up to date.
-
-    The user is matched on (issuer, sub). A first sign-in creates the user, or links an existing
-    account with the same email when the provider says that email is verified and the account is
-    linked to no other identity. Raises SignInRefused with what to tell the person. The caller commits.
-    """
+def _subject(claims):
     subject = claims.get("sub")
     if not isinstance(subject, str) or not subject or len(subject) > 255:
         raise SignInRefused("Sign-in refused", "The provider's answer names no valid user (sub).",
                             status=502, kind="bad_claim")
+    return subject
+
+
+def link_identity(user, issuer, claims):
+    """Link the provider's identity to user, at the user's own request while signed in to this
+    account otherwise. Refused when the identity is another account's already. The caller commits."""
+    subject = _subject(claims)
+    owner = db.session.execute(
+        select(User).where(User.oidc_issuer == issuer, User.oidc_subject == subject)
+    ).scalar_one_or_none()
+    if owner is not None and owner.id != user.id:
+        raise SignInRefused("Single sign-on not linked",
+                            "This identity at the provider is linked to another Berth account already.",
+                            status=409, kind="identity_taken")
+    if user.oidc_subject is not None and user.oidc_subject != subject:
+        raise SignInRefused("Single sign-on not linked",
+                            "This Berth account is linked to another identity at the provider already.",
+                            status=409, kind="linked_already")
+    if owner is None:
+        user.oidc_issuer, user.oidc_subject = issuer, subject
+        record_event("user.link", f"{user.email} linked to single sign-on at the user's request",
+                     actor=f"user:{user.id}", user_id=user.id, subject=subject)
+
+
+def user_from_claims(issuer, claims, groups_claim=None, link_by_email=False, admin_group=None):
+    """Find or create the user the provider vouches for, and bring email, name and groups up to date.
+
+    The user is matched on (issuer, sub). A first sign-in creates the user. An existing account
+    with the same email is taken over only with link_by_email (BERTH_OIDC_LINK_BY_EMAIL), when
+    the provider says that email is verified, the account is linked to no other identity, and it
+    is not an administrator's; otherwise its owner links it themselves (link_identity). With
+    admin_group, the user is an administrator exactly when the groups claim lists that group;
+    nothing else a provider says makes anyone one. Raises SignInRefused with what to tell the
+    person. The caller commits.
+    """
+    subject = _subject(claims)
     email = _email(claims)
     user = db.session.execute(
         select(User).where(User.oidc_issuer == issuer, User.oidc_subject == subject)
@@ -191,10 +242,12 @@ def user_from_claims(issuer, claims, groups_claim=None):
             select(User).where(func.lower(User.email) == email)
         ).scalar_one_or_none()
         if user is not None:
-            if user.oidc_subject is not None or claims.get("email_verified") is not True:
+            if not (link_by_email and user.oidc_subject is None and not user.is_admin
+                    and claims.get("email_verified") is True):
                 raise SignInRefused("Sign-in refused",
-                                    f"A Berth account for {email} exists already, and Berth cannot "
-                                    "safely link it to this sign-in. Ask an administrator.",
+                                    f"A Berth account for {email} exists already, and Berth does not link "
+                                    "it to a sign-in by email alone. If it is yours, sign in with its "
+                                    "password, then choose Link single sign-on on your Account page.",
                                     status=409, kind="email_taken")
             user.oidc_issuer, user.oidc_subject = issuer, subject
             record_event("user.link", f"{email} linked to single sign-on", actor=actor, user_id=user.id)
@@ -210,7 +263,10 @@ def user_from_claims(issuer, claims, groups_claim=None):
                             status=403, kind="deactivated")
     _update_profile(user, email, _name(claims, email or user.email))
     if groups_claim:
-        sync_groups(user, _groups(claims, groups_claim))
+        groups = _groups(claims, groups_claim)
+        sync_groups(user, groups)
+        if admin_group:
+            set_user_flags(user, actor="oidc", is_admin=admin_group in groups)
     return user
 
 
@@ -249,9 +305,11 @@ def sync_groups(user, names):
     current = {m.group.name: m for m in db.session.execute(
         select(Membership).where(Membership.user_id == user.id)).scalars()}
     wanted = set(names)
-    stale = [m.id for name, m in current.items() if m.source == "oidc" and name not in wanted]
+    stale = [m for name, m in current.items() if m.source == "oidc" and name not in wanted]
     if stale:
-        delete_where(Membership, Membership.id.in_(stale))
+        delete_where(Membership, Membership.id.in_([m.id for m in stale]))
+        for membership in stale:  # gone: SQLite may hand its id to a new row in this very flush
+            db.session.expunge(membership)
     for name in sorted(wanted - set(current)):
         db.session.add(Membership(user_id=user.id, group_id=_group(name).id, source="oidc"))
     db.session.flush()

@@ -13,9 +13,11 @@ from sqlalchemy import (JSON, BigInteger, Boolean, CheckConstraint, Column, Fore
 from sqlalchemy import DateTime as _DateTime
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
+from flask import has_request_context
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from berth.extensions import db
+from berth.web import client_ip
 
 
 def utcnow():
@@ -175,8 +177,12 @@ class ApiToken(db.Model):
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # What the token may do (berth/tokens.py SCOPES): "read", "launch" or "admin".
+    scope: Mapped[str] = mapped_column(String(10), default="read", server_default="launch")
 
     user: Mapped[User] = relationship()
+
+    __table_args__ = (CheckConstraint("scope IN ('read', 'launch', 'admin')", name="ck_api_tokens_scope"),)
 
 
 class Group(db.Model):
@@ -344,8 +350,9 @@ class Grant(db.Model):
 
 
 class SignInThrottle(db.Model):
-    """Password sign-in attempts lately counted for one account or one client address
-    (berth/throttle.py): key is "account:<email>" or "address:<ip>"."""
+    """Failures lately counted for one key (berth/throttle.py): password sign-ins for an account
+    ("account:<email>") or from an address ("address:<ip>"), invalid API tokens from an address
+    ("token:<ip>"), and failed single sign-on callbacks from an address ("oidc:<ip>")."""
 
     __tablename__ = "sign_in_throttles"
 
@@ -405,12 +412,25 @@ class Event(db.Model):
 
 
 def record_event(kind, message="", *, actor="", user_id=None, instance_id=None, **data):
-    """Add an event to the current transaction; the caller commits."""
+    """Add an event to the current transaction; the caller commits.
+
+    An event recorded while answering a request carries the client's address (ip), found by the
+    one trusted-proxy-aware rule (berth.web.client_ip), unless the caller gave it."""
+    if "ip" not in data and has_request_context():
+        data["ip"] = client_ip()
     event = Event(
         kind=kind, message=message, actor=actor, user_id=user_id, instance_id=instance_id, data=data
     )
     db.session.add(event)
     return event
+
+
+def lock_user(user):
+    """Hold, until this transaction ends, a lock that makes counting then adding a user's rows
+    atomic (launches, tokens, sessions). The statement is a write to the user's row: on
+    PostgreSQL it locks that row, so one user's racing requests queue; on SQLite it takes the
+    database's write lock (a read would not: SQLite reads here each see their own moment)."""
+    db.session.execute(update(User).where(User.id == user.id).values(id=User.id))
 
 
 def update_where(model, *conditions, commit=False, **values):

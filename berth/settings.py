@@ -460,6 +460,32 @@ SETTINGS = (
             doc="Seconds to wait for the provider's discovery, token and userinfo answers."),
     Setting("BERTH_TOKEN_MAX_DAYS", SIGN_IN, parse=parse_int, default=365, minimum=1, maximum=3650,
             doc="The longest lifetime a personal API token may be given, in days."),
+    # -- Tokens, sessions and single sign-on: caps, guessing, linking
+    Setting("BERTH_MAX_TOKENS_PER_USER", SIGN_IN, parse=parse_int, default=20, minimum=1, maximum=1000,
+            doc="Most API tokens one user may hold at once (neither revoked nor expired). Creating "
+                "another is refused with the reason; revoke one first."),
+    Setting("BERTH_MAX_SESSIONS_PER_USER", SIGN_IN, parse=parse_int, default=10, minimum=1, maximum=1000,
+            doc="Most live sign-ins one user may have. A new sign-in at the cap ends the user's "
+                "oldest session, rather than refusing the sign-in."),
+    Setting("BERTH_TOKEN_ADDRESS_FAILURES", SIGN_IN, parse=parse_int, default=20, minimum=1,
+            doc="Requests with an unknown API token from one client address within "
+                "`BERTH_SIGN_IN_WINDOW_SECONDS` after which that address must wait (1 second, "
+                "doubling, up to `BERTH_SIGN_IN_MAX_DELAY_SECONDS`) before any token of its is looked "
+                "at: meanwhile each answer is `401` saying so."),
+    Setting("BERTH_OIDC_CALLBACK_FAILURES", SIGN_IN, parse=parse_int, default=20, minimum=1,
+            doc="Failed single sign-on callbacks (a forged state, a refused code, an ID token that "
+                "does not verify, a refused account) from one client address within "
+                "`BERTH_SIGN_IN_WINDOW_SECONDS` after which that address must wait likewise: the "
+                "callback answers `429` with `Retry-After`."),
+    Setting("BERTH_OIDC_LINK_BY_EMAIL", SIGN_IN, parse=parse_boolean, default=False,
+            doc="Whether a first single sign-on may take over an existing local account with the "
+                "same email, when the provider says the email is verified (never an "
+                "administrator's). Off: such a sign-in is refused, and the account's owner links "
+                "single sign-on from the Account page while signed in with their password."),
+    Setting("BERTH_OIDC_ADMIN_GROUP", SIGN_IN,
+            doc="The group, in `BERTH_OIDC_GROUPS_CLAIM`, whose members are administrators: every "
+                "single sign-on makes the user an administrator exactly when the claim lists it. "
+                "Unset: single sign-on never changes who is an administrator."),
 
     # -- Tools
     Setting("BERTH_PORT_RANGE", TOOLS, parse=parse_port_range, default="20000-20999",
@@ -875,6 +901,9 @@ def _check_sign_in(settings):
             raise SettingError("BERTH_OIDC_ISSUER is set, so BERTH_OIDC_CLIENT_ID is required too")
         if "openid" not in settings["BERTH_OIDC_SCOPES"].split():
             raise SettingError(f"BERTH_OIDC_SCOPES={settings['BERTH_OIDC_SCOPES']!r} must include openid")
+        if settings["BERTH_OIDC_ADMIN_GROUP"] and not settings["BERTH_OIDC_GROUPS_CLAIM"]:
+            raise SettingError("BERTH_OIDC_ADMIN_GROUP needs BERTH_OIDC_GROUPS_CLAIM: the admin group is "
+                               "read from the groups claim")
     elif settings["BERTH_LOCAL_LOGIN"] != "on":
         raise SettingError(f"BERTH_LOCAL_LOGIN={settings['BERTH_LOCAL_LOGIN']} needs single sign-on: "
                            "set BERTH_OIDC_ISSUER, or nobody could sign in")

@@ -12,6 +12,12 @@ that only failures count.
 
 Counts start afresh BERTH_SIGN_IN_WINDOW_SECONDS after the first one. An email with no account
 is counted like any other, so the answers tell nothing of which emails have accounts.
+
+Invalid API tokens ("token:<ip>") and failed single sign-on callbacks ("oidc:<ip>") are counted
+per address in the same table, with the same ladder of waits, but only once they have failed
+(count_failure): these requests are too frequent, or too cheap to check, to write before each
+one. Before a token is even looked up, or a callback read, waiting() says whether its address
+must still wait.
 """
 from dataclasses import dataclass
 from datetime import timedelta
@@ -76,8 +82,8 @@ def _claim(config, key, threshold, now):
               "window_started_at": case((window_over, _at(now)), else_=_TABLE.c.window_started_at),
               "blocked_until": _blocked_until(config, count, threshold, now)},
         where=_TABLE.c.blocked_until.is_(None) | (_TABLE.c.blocked_until <= now),
-    ).returning(_TABLE.c.failures)
-    return db.session.execute(statement).first() is not None
+    ).returning(_TABLE.c.failures, _TABLE.c.blocked_until)
+    return db.session.execute(statement).first()
 
 
 def _give_back(key, threshold):
@@ -88,6 +94,16 @@ def _give_back(key, threshold):
         .values(failures=remaining,
                 blocked_until=case((remaining < threshold, null()), else_=SignInThrottle.blocked_until))
         .execution_options(synchronize_session=False))
+
+
+def token_key(address):
+    """The key that counts unknown API tokens from a client address."""
+    return f"token:{address}"
+
+
+def callback_key(address):
+    """The key that counts failed single sign-on callbacks from a client address."""
+    return f"oidc:{address}"
 
 
 def keys(email, address):
@@ -102,14 +118,35 @@ def claim_attempt(email, address):
     config = current_app.config
     thresholds, now, claimed = _thresholds(config), utcnow(), []
     for kind, key in keys(email, address).items():
-        if not _claim(config, key, thresholds[kind], now):
+        if _claim(config, key, thresholds[kind], now) is None:
             for earlier_kind, earlier_key in claimed:
                 _give_back(earlier_key, thresholds[earlier_kind])
-            waited = db.session.scalar(select(SignInThrottle.blocked_until).where(SignInThrottle.key == key))
-            seconds = (waited - now).total_seconds() if waited is not None else FIRST_DELAY_SECONDS
-            return Refusal(kind, max(1, int(-(-seconds // 1))))
+            return Refusal(kind, waiting(key, now) or FIRST_DELAY_SECONDS)
         claimed.append((kind, key))
     return None
+
+
+def seconds_until(moment, now):
+    """Whole seconds from now until moment, rounded up; 0 once it is past."""
+    return max(0, int(-(-(moment - now).total_seconds() // 1)))
+
+
+def waiting(key, now=None):
+    """How many whole seconds key must still wait before its next attempt; 0 if none."""
+    now = now or utcnow()
+    until = db.session.scalar(select(SignInThrottle.blocked_until).where(SignInThrottle.key == key))
+    return seconds_until(until, now) if until is not None and until > now else 0
+
+
+def count_failure(key, threshold):
+    """Count one failure (an invalid API token, a failed sign-on callback) for key, a client
+    address's key. Returns the wait in whole seconds that this failure started, 0 when it started
+    none, or None when key was waiting already (nothing is counted then). The caller commits."""
+    now = utcnow()
+    row = _claim(current_app.config, key, threshold, now)
+    if row is None:
+        return None
+    return seconds_until(row.blocked_until, now) if row.blocked_until is not None else 0
 
 
 def attempt_succeeded(email, address):

@@ -138,6 +138,9 @@ class OidcProvider:
         self._post("/__test__/clock", {"token_endpoint_skew": seconds})
 
 
+ADMIN_GROUP = "berth-admins"  # the groups claim's group whose members are Berth's administrators
+
+
 def provider_env(provider, base_url):
     """The BERTH_OIDC_* settings for a Berth at base_url, with a client registered for it."""
     client_id, client_secret = provider.register_client(base_url)
@@ -147,6 +150,7 @@ def provider_env(provider, base_url):
         "BERTH_OIDC_CLIENT_SECRET": client_secret,
         "BERTH_OIDC_SCOPES": "openid email profile groups",
         "BERTH_OIDC_GROUPS_CLAIM": "groups",
+        "BERTH_OIDC_ADMIN_GROUP": ADMIN_GROUP,
         "BERTH_OIDC_PROVIDER_NAME": "Test Identity Provider",
     }
 

@@ -1,10 +1,11 @@
 """Users from single sign-on (berth/accounts.py): matched on issuer and sub, kept up to date,
-linked to an existing account only when safe, groups from the groups claim. SQLite in memory."""
+linked to an existing local account only at its owner's request or, when allowed, by a verified
+email; groups from the groups claim, administrators from the admin group alone. SQLite in memory."""
 import pytest
 from sqlalchemy import select
 
 from webapp import create_app
-from berth.accounts import SignInRefused, sync_groups, user_from_claims, user_groups
+from berth.accounts import SignInRefused, link_identity, sync_groups, user_from_claims, user_groups
 from berth.extensions import db
 from berth.models import Event, Group, Membership, User
 
@@ -25,9 +26,9 @@ def _claims(**extra):
     return {"sub": "abc-123", "email": "Ada@Example.org", "email_verified": True, "name": "Ada", **extra}
 
 
-def _refusal(claims, groups_claim=None):
+def _refusal(claims, groups_claim=None, **options):
     with pytest.raises(SignInRefused) as refused:
-        user_from_claims(ISSUER, claims, groups_claim)
+        user_from_claims(ISSUER, claims, groups_claim, **options)
     db.session.rollback()
     return refused.value
 
@@ -68,18 +69,60 @@ def test_an_email_taken_by_another_account_is_not_taken_over(app):
     assert db.session.scalar(select(Event.kind).where(Event.user_id == user.id, Event.kind == "user.email_conflict"))
 
 
-def test_an_existing_account_is_linked_only_with_a_verified_email_and_no_other_identity(app):
+def test_an_existing_account_is_never_linked_by_email_unless_allowed(app):
     local = User(email="ada@example.org", name="Local Ada")
     db.session.add(local)
     db.session.commit()
-    assert _refusal(_claims(email_verified=False)).kind == "email_taken"
-    assert _refusal(_claims(email_verified="true")).kind == "email_taken"  # a string is no promise
-    linked = user_from_claims(ISSUER, _claims())
+    assert _refusal(_claims()).kind == "email_taken"  # verified, but linking by email is off
+    assert db.session.get(User, local.id).oidc_subject is None
+
+
+def test_linking_by_email_when_allowed_needs_a_verified_email_no_other_identity_and_no_admin(app):
+    local = User(email="ada@example.org", name="Local Ada")
+    boss = User(email="boss@example.org", is_admin=True)
+    db.session.add_all([local, boss])
+    db.session.commit()
+    assert _refusal(_claims(email_verified=False), link_by_email=True).kind == "email_taken"
+    assert _refusal(_claims(email_verified="true"), link_by_email=True).kind == "email_taken"  # no promise
+    assert _refusal(_claims(sub="b", email="boss@example.org"), link_by_email=True).kind == "email_taken"
+    linked = user_from_claims(ISSUER, _claims(), link_by_email=True)
     db.session.commit()
     assert linked.id == local.id and linked.oidc_subject == "abc-123"
     # Another identity with the same email cannot take the account over.
-    refusal = _refusal(_claims(sub="someone-else"))
+    refusal = _refusal(_claims(sub="someone-else"), link_by_email=True)
     assert (refusal.kind, refusal.status) == ("email_taken", 409)
+
+
+def test_the_owner_links_any_identity_that_is_nobody_elses(app):
+    local = User(email="ada@example.org")
+    db.session.add(local)
+    db.session.commit()
+    link_identity(local, ISSUER, _claims(email="ada.work@example.org"))
+    db.session.commit()
+    assert (local.oidc_issuer, local.oidc_subject) == (ISSUER, "abc-123")
+    link_identity(local, ISSUER, _claims())  # again: nothing changes
+    other = User(email="bob@example.org")
+    db.session.add(other)
+    db.session.commit()
+    with pytest.raises(SignInRefused) as taken:
+        link_identity(other, ISSUER, _claims())
+    assert taken.value.kind == "identity_taken"
+    with pytest.raises(SignInRefused) as linked:
+        link_identity(local, ISSUER, _claims(sub="another"))
+    assert linked.value.kind == "linked_already"
+
+
+def test_only_the_admin_group_makes_an_administrator(app):
+    # Each sign-in is a transaction of its own, as the callback commits it.
+    signed_in = []
+    for groups, admin_group in ((["admins", "Berth-Admins"], "berth-admins"), (["berth-admins"], "berth-admins"),
+                                ([], "berth-admins"), ([], None)):
+        if admin_group is None:  # without an admin group, single sign-on leaves administration alone
+            db.session.get(User, signed_in[0]).is_admin = True
+        user = user_from_claims(ISSUER, _claims(groups=groups, is_admin=True), "groups", admin_group=admin_group)
+        db.session.commit()
+        signed_in.append(user.id)
+        assert user.is_admin is (groups == ["berth-admins"] or admin_group is None), groups
 
 
 @pytest.mark.parametrize("claims, kind, status", [

@@ -10,7 +10,7 @@ from flask import abort, current_app, g, request
 from berth.extensions import db
 from berth.hosts import is_main_host, public_url
 from berth.models import User
-from berth.tokens import bearer_token
+from berth.tokens import bearer_token, live_token
 from berth.web import require_proxy_secret
 
 # Answered without the proxy secret: the orchestrator's probe, and /metrics, which a scraper
@@ -30,13 +30,21 @@ def init_app(app):
             return refused
         user_id = request.headers.get("X-Berth-User-Id", "")
         # The auth service answered for an API token (not the cookie) when the request has one.
-        g.via_token = bearer_token(request.headers.get("Authorization")) is not None
+        value = bearer_token(request.headers.get("Authorization"))
+        g.via_token = value is not None
+        g.token = None
         if g.via_token and is_main_host(request.host, current_app.config["BERTH_DOMAIN"]) \
                 and not request.path.startswith("/api/"):
             return None  # tokens reach only the API; the auth service refused this already
-        if user_id.isdigit():
-            user = db.session.get(User, int(user_id))
-            g.user = user if user is not None and user.is_active else None
+        if not user_id.isdigit():
+            return None
+        if g.via_token:
+            # Checked again here, for its scope: the token must still be good, and the user's.
+            g.token = live_token(value, user_id=int(user_id))
+            if g.token is None:
+                return None
+        user = db.session.get(User, int(user_id))
+        g.user = user if user is not None and user.is_active else None
         return None
 
     @app.context_processor

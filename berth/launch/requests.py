@@ -1,12 +1,12 @@
 """Starting and stopping tools, as the web app asks for it. The worker does the rest."""
 from flask import current_app
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from berth.launch import tasks
 from berth.launch.state_machine import begin_stop
 from berth.extensions import db
-from berth.models import Event, State, ToolInstance, ToolTemplate, User, record_event, update_where
+from berth.models import Event, State, ToolInstance, ToolTemplate, lock_user, record_event, update_where
 
 
 def live_instance(host):
@@ -57,13 +57,11 @@ _GLOBAL_LAUNCH_LOCK = 0x6265727468
 def _serialise_launch(owner, everyone):
     """Hold, until this transaction ends, the lock that makes counting then inserting atomic.
 
-    The first statement is a write to the owner's row: on PostgreSQL it locks that row, so one
-    user's racing launches queue; on SQLite it takes the database's write lock, which serialises
-    every launch (a read would not: SQLite reads run outside any transaction here, each seeing
-    its own moment). Under a global limit, PostgreSQL launches by different users must queue
+    The owner's row lock (lock_user) queues one user's racing launches on PostgreSQL, and every
+    launch on SQLite. Under a global limit, PostgreSQL launches by different users must queue
     too: one advisory lock for all.
     """
-    db.session.execute(update(User).where(User.id == owner.id).values(id=User.id))
+    lock_user(owner)
     if everyone and db.engine.dialect.name == "postgresql":
         db.session.execute(select(func.pg_advisory_xact_lock(_GLOBAL_LAUNCH_LOCK)))
 

@@ -64,11 +64,13 @@ def test_a_token_made_in_the_ui_drives_the_api_with_curl_until_it_is_revoked(sta
     expect(page.locator("#sessions tbody tr")).to_have_count(1)
     expect(page.locator("#sessions tbody tr")).to_contain_text("This browser")
 
-    # With the keyboard only: name, lifetime, create.
+    # With the keyboard only: name, lifetime, scope, create.
     page.get_by_label("Name").focus()
     page.keyboard.type("curl from the browser test")
     page.keyboard.press("Tab")
     page.keyboard.press("ArrowDown")  # 30 days → 90 days
+    page.keyboard.press("Tab")
+    page.keyboard.press("ArrowDown")  # read-only → launch
     page.keyboard.press("Tab")
     page.keyboard.press("Enter")
     expect(page.get_by_role("heading", name=re.compile("Your new token"))).to_be_visible()

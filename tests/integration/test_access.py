@@ -87,7 +87,7 @@ def test_permission_matrix_for_a_shared_personal_tool_over_http_and_websocket(st
     owner, grantee, member, outsider = (stack.create_user() for _ in range(4))
     admin = stack.create_user(is_admin=True)
     group = f"viewers-{os.urandom(3).hex()}"
-    _group(stack, group, member)
+    _group(stack, group, member, owner)  # an ordinary user shares only with their own groups
     browsers = {name: stack.login(user) for name, user in
                 (("owner", owner), ("grantee", grantee), ("member", member), ("outsider", outsider),
                  ("admin", admin))}

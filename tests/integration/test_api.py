@@ -23,9 +23,9 @@ def api(stack):
     """api(user) -> a requests.Session that sends a fresh API token of user's, made on the Account page."""
     sessions = []
 
-    def make(user):
+    def make(user, scope="launch"):
         with stack.login(user) as browser:
-            token = make_token(stack, browser)
+            token = make_token(stack, browser, scope=scope)
         client = requests.Session()
         client.headers["Authorization"] = f"Bearer {token}"
         client.token = token
@@ -133,7 +133,8 @@ def test_every_error_is_json_with_a_message(stack, alice, api):
                               headers={"Content-Type": "application/json"}), 400) == "The body is not valid JSON."
     assert "Content-Type: application/json" in _error(
         client.post(f"{base}/api/instances", data="tool=echo", timeout=10), 400)
-    assert _error(client.get(f"{base}/api/admin/users", timeout=10), 403) == "Only administrators may use this endpoint."
+    # A launch token reaches no administration endpoint, whoever holds it (the door says why).
+    assert "lacks the admin scope" in _error(client.get(f"{base}/api/admin/users", timeout=10), 403)
     # nginx refuses TRACE before any routing; the answer is still JSON, and says what is allowed.
     connection = http.client.HTTPConnection("127.0.0.1", stack.port, timeout=10)
     connection.request("TRACE", "/api/instances", headers={"Host": f"berth.localhost:{stack.port}"})
@@ -164,33 +165,43 @@ def test_a_browser_session_may_use_the_api_but_must_send_the_csrf_token_to_chang
 
 def test_tokens_through_the_api(stack, alice, api):
     client = api(alice)
-    made = client.post(f"{stack.base_url}/api/tokens", json={"name": "ci", "expires_in_days": 7}, timeout=10)
-    assert made.status_code == 201
-    new = made.json()
-    assert new["token"].startswith("berth_") and new["prefix"] == new["token"][:12] and new["expired"] is False
-    listed = client.get(f"{stack.base_url}/api/tokens", timeout=10).json()["tokens"]
-    assert [token["name"] for token in listed] == ["ci", "laptop script"]
-    assert all("token" not in token for token in listed)
+    with stack.login(alice) as browser:
+        browser.headers["Accept"] = "application/json"
+        csrf = {"X-CSRFToken": form_token(browser, f"{stack.base_url}/account")}
+        made = browser.post(f"{stack.base_url}/api/tokens", json={"name": "ci", "expires_in_days": 7}, timeout=10,
+                            headers=csrf)
+        assert made.status_code == 201
+        new = made.json()
+        assert new["token"].startswith("berth_") and new["prefix"] == new["token"][:12] and new["expired"] is False
+        assert new["scope"] == "read"  # the least, unless asked for more
+        listed = client.get(f"{stack.base_url}/api/tokens", timeout=10).json()["tokens"]
+        assert [(token["name"], token["scope"]) for token in listed] == [("ci", "read"), ("laptop script", "launch")]
+        assert all("token" not in token for token in listed)
 
-    with requests.Session() as ci:
-        ci.headers["Authorization"] = f"Bearer {new['token']}"
-        assert ci.get(f"{stack.base_url}/api/me", timeout=10).status_code == 200
-        assert client.delete(f"{stack.base_url}/api/tokens/{new['id']}", timeout=10).status_code == 204
-        assert _error(ci.get(f"{stack.base_url}/api/me", timeout=10), 401) == TOKEN_REFUSALS["revoked"]
-    _error(client.delete(f"{stack.base_url}/api/tokens/{new['id']}", timeout=10), 404)
-    max_days = stack.app.config["BERTH_TOKEN_MAX_DAYS"]
-    assert f"expires_in_days: {max_days + 1} is greater than the maximum of {max_days}" in _error(
-        client.post(f"{stack.base_url}/api/tokens", json={"name": "x", "expires_in_days": max_days + 1}, timeout=10),
-        400)
-    assert _error(client.post(f"{stack.base_url}/api/tokens", json={"name": "   "}, timeout=10), 400)
-    # PostgreSQL stores no NUL in text: refused as bad input, never a server error.
-    assert _error(client.post(f"{stack.base_url}/api/tokens", json={"name": "a\u0000b"}, timeout=10), 400)
+        with requests.Session() as ci:
+            ci.headers["Authorization"] = f"Bearer {new['token']}"
+            assert ci.get(f"{stack.base_url}/api/me", timeout=10).status_code == 200
+            assert client.delete(f"{stack.base_url}/api/tokens/{new['id']}", timeout=10).status_code == 204
+            assert _error(ci.get(f"{stack.base_url}/api/me", timeout=10), 401) == TOKEN_REFUSALS["revoked"]
+        _error(client.delete(f"{stack.base_url}/api/tokens/{new['id']}", timeout=10), 404)
+        max_days = stack.app.config["BERTH_TOKEN_MAX_DAYS"]
+        assert f"expires_in_days: {max_days + 1} is greater than the maximum of {max_days}" in _error(
+            browser.post(f"{stack.base_url}/api/tokens", json={"name": "x", "expires_in_days": max_days + 1},
+                         timeout=10, headers=csrf), 400)
+        assert _error(browser.post(f"{stack.base_url}/api/tokens", json={"name": "   "}, timeout=10, headers=csrf),
+                      400)
+        # PostgreSQL stores no NUL in text: refused as bad input, never a server error.
+        assert _error(browser.post(f"{stack.base_url}/api/tokens", json={"name": "a\u0000b"}, timeout=10,
+                                   headers=csrf), 400)
+    # A token makes no tokens, whatever it asks for.
+    assert "cannot create tokens" in _error(
+        client.post(f"{stack.base_url}/api/tokens", json={"name": "x", "expires_in_days": 1}, timeout=10), 403)
 
 
 # -- administration -------------------------------------------------------------------------------
 
 def test_an_admin_deactivates_a_user_who_is_then_refused_on_the_next_request(stack, alice, api):
-    admin = api(stack.create_user(is_admin=True))
+    admin = api(stack.create_user(is_admin=True), scope="admin")
     victim = api(alice)
     with stack.login(alice) as browser:
         assert browser.get(stack.base_url + "/", timeout=10).status_code == 200
@@ -203,9 +214,9 @@ def test_an_admin_deactivates_a_user_who_is_then_refused_on_the_next_request(sta
         # The next request, by session or by token, is refused.
         assert browser.get(stack.base_url + "/", headers={"Accept": "application/json"}, timeout=10).status_code == 401
         assert victim.get(f"{stack.base_url}/api/me", timeout=10).status_code == 401
-        # Reactivated, the token works again but the old sessions stay ended.
+        # Reactivated, the user's old tokens and sessions stay dead.
         admin.patch(f"{stack.base_url}/api/admin/users/{alice['id']}", json={"is_active": True}, timeout=10)
-        assert victim.get(f"{stack.base_url}/api/me", timeout=10).status_code == 200
+        assert _error(victim.get(f"{stack.base_url}/api/me", timeout=10), 401) == TOKEN_REFUSALS["revoked"]
         assert browser.get(stack.base_url + "/", headers={"Accept": "application/json"}, timeout=10).status_code == 401
     me = admin.get(f"{stack.base_url}/api/me", timeout=10).json()
     assert "cannot deactivate your own account" in _error(
@@ -215,7 +226,7 @@ def test_an_admin_deactivates_a_user_who_is_then_refused_on_the_next_request(sta
 
 
 def test_an_admin_sees_and_stops_everyones_instances(stack, alice, api):
-    admin = api(stack.create_user(is_admin=True))
+    admin = api(stack.create_user(is_admin=True), scope="admin")
     client = api(alice)
     instance = client.post(f"{stack.base_url}/api/instances", json={"tool": "echo-api"}, timeout=10).json()
     everyone = admin.get(f"{stack.base_url}/api/admin/instances", params={"state": "live"}, timeout=10).json()
@@ -246,7 +257,7 @@ def test_schemathesis_finds_nothing_wrong(stack, tmp_path):
     """Every operation, with valid and invalid input, as an administrator (which reaches every one)."""
     admin = stack.create_user(is_admin=True)
     with stack.login(admin) as browser:
-        token = make_token(stack, browser, name="schemathesis")
+        token = make_token(stack, browser, name="schemathesis", scope="admin")
     # Hypothesis and schemathesis keep their files here, not in the checkout.
     env = {**os.environ, "HOME": str(tmp_path), "SCHEMATHESIS_HOOKS": "", "PYTHONPATH": str(ROOT)}
     command = [sys.executable, "-m", "tests.localhost_cli", "schemathesis.cli:schemathesis",

@@ -114,20 +114,15 @@ def test_a_returning_user_is_matched_on_sub_and_kept_up_to_date(stack, oidc_prov
     assert _groups(stack, first["id"]) == ["analysts", f"local-{first['id']}", "new-team"]
 
 
-def test_a_local_account_is_linked_only_when_the_provider_vouches_for_the_email(stack, oidc_provider, sso):
+def test_a_local_account_is_never_taken_over_by_a_sign_in_with_its_email(stack, oidc_provider, sso):
     local = stack.create_user()
-    unverified = oidc_provider.add_account(email=local["email"], email_verified=False)
-    with requests.Session() as browser:
-        refused = sso.sign_in(browser, unverified)
-    _assert_failure_page(refused, 409, "Sign-in refused")
-    assert "exists already" in refused.text
+    for verified in (False, True):
+        claimant = oidc_provider.add_account(email=local["email"], email_verified=verified)
+        with requests.Session() as browser:
+            refused = sso.sign_in(browser, claimant)
+        _assert_failure_page(refused, 409, "Sign-in refused")
+        assert "exists already" in refused.text and "Link single sign-on" in refused.text
     assert _user(stack, local["email"])["oidc_subject"] is None
-
-    verified = oidc_provider.add_account(email=local["email"], email_verified=True)
-    with requests.Session() as browser:
-        assert sso.sign_in(browser, verified).status_code == 302
-    linked = _user(stack, local["email"])
-    assert linked["id"] == local["id"] and linked["oidc_subject"] == verified["sub"]
 
 
 def test_the_sign_in_page_offers_single_sign_on_and_passwords(stack):

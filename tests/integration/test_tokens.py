@@ -21,9 +21,9 @@ def _hash(token):
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def make_token(stack, browser, name="laptop script", days=30):
+def make_token(stack, browser, name="laptop script", days=30, scope="launch"):
     """Create a token through the Account page, as a person does; return the token shown."""
-    answer = post_form(browser, f"{stack.base_url}/account/tokens", {"name": name, "days": days},
+    answer = post_form(browser, f"{stack.base_url}/account/tokens", {"name": name, "days": days, "scope": scope},
                        page=f"{stack.base_url}/account", allow_redirects=False)
     assert answer.status_code == 303, answer.text
     shown = browser.get(f"{stack.base_url}/account", timeout=10)

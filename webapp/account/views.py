@@ -4,14 +4,15 @@ from datetime import datetime
 
 from flask import Blueprint, current_app, flash, g, redirect, render_template, request, session
 from flask_wtf import FlaskForm
-from wtforms import IntegerField, StringField
+from wtforms import IntegerField, SelectField, StringField
 from wtforms.validators import DataRequired, InputRequired, Length, NumberRange
 
 from berth.accounts import end_other_sessions, end_session, user_sessions
 from berth.extensions import db
 from webapp.identity import login_required
 from berth.models import hash_token, utcnow
-from berth.tokens import MAX_NAME_LENGTH, TokenError, create_token, revoke_token, user_tokens
+from berth.tokens import (ADMIN, MAX_NAME_LENGTH, READ, SCOPE_NAMES, SCOPES, TokenError, create_token, revoke_token,
+                          user_tokens)
 
 bp = Blueprint("account", __name__, url_prefix="/account")
 
@@ -27,6 +28,7 @@ class TokenForm(FlaskForm):
     name = StringField("Name", validators=[DataRequired(message="Give the token a name."),
                                            Length(max=MAX_NAME_LENGTH)])
     days = IntegerField("Expires after", default=30, validators=[InputRequired(), NumberRange(min=1)])
+    scope = SelectField("Scope", default=READ, choices=[(scope, SCOPE_NAMES[scope]) for scope in SCOPES])
 
 
 def _current_session_hash():
@@ -45,6 +47,10 @@ def _page(token_form=None, new_token=None, status=200):
         sessions=user_sessions(g.user),
         current_hash=_current_session_hash(),
         tokens=user_tokens(g.user),
+        scopes=[(scope, SCOPE_NAMES[scope]) for scope in SCOPES if scope != ADMIN or g.user.is_admin],
+        scope_names=SCOPE_NAMES,
+        sso=bool(current_app.config["BERTH_OIDC_ISSUER"]),
+        provider_name=current_app.config["BERTH_OIDC_PROVIDER_NAME"],
         token_form=token_form or TokenForm(),
         action_form=ActionForm(),
         lifetimes=_lifetimes(),
@@ -68,14 +74,16 @@ def create():
         return _page(token_form=form, status=400)
     try:
         token, value = create_token(g.user, form.name.data, form.days.data,
-                                    current_app.config["BERTH_TOKEN_MAX_DAYS"], actor=f"user:{g.user.id}")
+                                    current_app.config["BERTH_TOKEN_MAX_DAYS"], actor=f"user:{g.user.id}",
+                                    scope=form.scope.data)
     except TokenError as error:
         form[error.field].errors.append(str(error))
         return _page(token_form=form, status=400)
     db.session.commit()
     # Carried to the next page in Flask's signed, HTTP-only, main-host cookie, which that page
     # clears at once: a reload of the page never shows it again, nor re-posts the form.
-    session[_NEW_TOKEN] = {"name": token.name, "value": value, "expires_at": token.expires_at.isoformat()}
+    session[_NEW_TOKEN] = {"name": token.name, "value": value, "expires_at": token.expires_at.isoformat(),
+                           "scope": SCOPE_NAMES[token.scope]}
     return redirect("/account#new-token", code=303)
 
 

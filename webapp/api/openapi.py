@@ -25,8 +25,9 @@ def _list_of(key, name):
 
 # Every operation can answer these: no or a bad token (nginx), or a token used where it may not be.
 _COMMON = {
-    "401": _error("No valid session or API token."),
-    "403": _error("Not allowed: an API token outside the API, or not an administrator."),
+    "401": _error("No valid session or API token; `error` says why (unknown, revoked or expired token, "
+                  "or too many unknown tokens from this address)."),
+    "403": _error("Not allowed: the token's scope does not cover this request, or not an administrator."),
 }
 _NOT_FOUND = {"404": _error("No such object, or not yours.")}
 _BAD = {"400": _error("Invalid input; `error` names the field.")}
@@ -67,7 +68,9 @@ def document(config):
             "title": "Berth API",
             "version": "1",
             "description": "Launch and manage your tools. Authenticate with a personal API token "
-                           "(Account page, or POST /tokens) as `Authorization: Bearer <token>`. "
+                           "(made on the Account page, or with POST /tokens from a signed-in browser "
+                           "session: no token makes another) as `Authorization: Bearer <token>`. "
+                           "A token's scope is read, launch or admin. "
                            "Every error answer is JSON: `{\"error\": \"...\"}`.",
         },
         "servers": [{"url": base}],
@@ -123,7 +126,7 @@ def document(config):
                 "get": _operation("Your API tokens", {
                     "200": _json(_list_of("tokens", "Token"), "Tokens not revoked, newest first."),
                 }, ["tokens"], operation_id="listTokens"),
-                "post": _operation("Create an API token", {
+                "post": _operation("Create an API token (a signed-in browser session only)", {
                     "201": _json(_ref("NewToken"), "The token: shown this once only."), **_BAD,
                 }, ["tokens"], body="TokenRequest", operation_id="createToken"),
             },

@@ -8,7 +8,7 @@ import functools
 from jsonschema import Draft202012Validator
 
 from berth.hosts import SLUG_PATTERN
-from berth.tokens import MAX_NAME_LENGTH, NAME_PATTERN
+from berth.tokens import MAX_NAME_LENGTH, NAME_PATTERN, SCOPES
 
 MAX_ID = 2**31 - 1  # ids are 32-bit integers in the database
 
@@ -109,8 +109,11 @@ COMPONENTS = {
             "expires_at": _TIME,
             "last_used_at": _MAYBE_TIME,
             "expired": {"type": "boolean"},
+            "scope": {"type": "string", "enum": list(SCOPES),
+                      "description": "read: looks only; launch: also launches, stops and shares tools and "
+                                     "revokes tokens; admin: also the administration endpoints."},
         },
-        "required": ["id", "name", "prefix", "created_at", "expires_at", "last_used_at", "expired"],
+        "required": ["id", "name", "prefix", "created_at", "expires_at", "last_used_at", "expired", "scope"],
     },
     "NewToken": {
         "allOf": [
@@ -172,6 +175,8 @@ COMPONENTS = {
             "expires_in_days": {"type": "integer", "minimum": 1, "maximum": 365,
                                 "description": "30 if left out; at most the installation's "
                                                "BERTH_TOKEN_MAX_DAYS."},
+            "scope": {"type": "string", "enum": list(SCOPES),
+                      "description": "read if left out; admin for administrators only."},
         },
         "required": ["name"],
         "additionalProperties": False,

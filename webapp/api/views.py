@@ -14,12 +14,12 @@ from berth.extensions import csrf, db
 from berth.hosts import public_url, tool_host, tools_domain
 from berth.launch.requests import LaunchRefused, instance_events, request_launch, request_stop
 from berth.models import Grant, State, ToolInstance, ToolTemplate, User
-from berth.tokens import TOKEN_REFUSALS, TokenError, create_token, is_expired, revoke_token, user_tokens
+from berth.tokens import (ADMIN, LAUNCH, MINTING_REFUSED, READ, SAFE_METHODS, TOKEN_REFUSALS, TokenError, api_refusal,
+                          create_token, is_expired, read_only_refusal, revoke_token, scope_allows, user_tokens)
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 csrf.exempt(bp)  # token clients carry no CSRF token; cookie clients are checked in authenticate()
 
-_SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 DEFAULT_TOKEN_DAYS = 30
 
 
@@ -75,7 +75,11 @@ def not_allowed():
 def authenticate():
     if g.user is None:
         raise ApiError(401, "Sign-in required: send Authorization: Bearer <API token>.")
-    if request.method not in _SAFE_METHODS and not g.get("via_token"):
+    if g.get("via_token"):
+        refusal = api_refusal(g.token.scope, request.method, request.path)  # as the door did
+        if refusal is not None:
+            raise ApiError(403, refusal)
+    elif request.method not in SAFE_METHODS:
         csrf.protect()  # a browser's session cookie alone must not drive the API from another site
 
 
@@ -84,6 +88,19 @@ def admin_required(view):
     def wrapped(*args, **kwargs):
         if not g.user.is_admin:
             raise ApiError(403, "Only administrators may use this endpoint.")
+        if g.get("via_token") and not scope_allows(g.token.scope, ADMIN):
+            raise ApiError(403, api_refusal(g.token.scope, "GET", "/api/admin/"))
+        return view(*args, **kwargs)
+
+    return wrapped
+
+
+def launch_scope_required(view):
+    """For a view that changes something: a read-only token may not, whatever its path."""
+    @wraps(view)
+    def wrapped(*args, **kwargs):
+        if g.get("via_token") and not scope_allows(g.token.scope, LAUNCH):
+            raise ApiError(403, read_only_refusal("launch, stop or share tools, or revoke tokens"))
         return view(*args, **kwargs)
 
     return wrapped
@@ -194,6 +211,7 @@ def _token_json(token):
         "expires_at": _time(token.expires_at),
         "last_used_at": _time(token.last_used_at),
         "expired": is_expired(token),
+        "scope": token.scope,
     }
 
 
@@ -262,6 +280,7 @@ def list_instances():
 
 
 @bp.post("/instances")
+@launch_scope_required
 def launch():
     body = _body("LaunchRequest")
     template = db.session.execute(
@@ -295,6 +314,7 @@ def instance_status(instance_id):
 
 
 @bp.post("/instances/<int:instance_id>/stop")
+@launch_scope_required
 def stop_instance(instance_id):
     return _stop(_own_instance(instance_id), actor=f"user:{g.user.id}")
 
@@ -317,6 +337,7 @@ def list_grants(slug):
 
 
 @bp.post("/tools/<slug>/grants")
+@launch_scope_required
 def new_grant(slug):
     template, host = _own_tool(slug)
     body = _body("GrantRequest")
@@ -331,6 +352,7 @@ def new_grant(slug):
 
 
 @bp.delete("/tools/<slug>/grants/<int:grant_id>")
+@launch_scope_required
 def delete_grant(slug, grant_id):
     template, host = _own_tool(slug)
     grant = db.session.get(Grant, grant_id) if 1 <= grant_id <= MAX_ID else None
@@ -349,11 +371,14 @@ def list_tokens():
 
 @bp.post("/tokens")
 def new_token():
+    if g.get("via_token"):
+        raise ApiError(403, MINTING_REFUSED)  # only a signed-in browser session makes tokens
     body = _body("TokenRequest")
     max_days = current_app.config["BERTH_TOKEN_MAX_DAYS"]
     days = int(body.get("expires_in_days", min(DEFAULT_TOKEN_DAYS, max_days)))  # JSON allows 30.0
     try:
-        token, value = create_token(g.user, body["name"], days, max_days, actor=f"user:{g.user.id}")
+        token, value = create_token(g.user, body["name"], days, max_days, actor=f"user:{g.user.id}",
+                                    scope=body.get("scope", READ))
     except TokenError as error:
         raise ApiError(400, str(error)) from None
     db.session.commit()
@@ -361,6 +386,7 @@ def new_token():
 
 
 @bp.delete("/tokens/<int:token_id>")
+@launch_scope_required
 def delete_token(token_id):
     if not 1 <= token_id <= MAX_ID or not revoke_token(g.user, token_id, actor=f"user:{g.user.id}"):
         raise ApiError(404, f"You have no token {token_id}.")

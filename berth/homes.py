@@ -37,7 +37,7 @@ def home_usage(homes_dir, names, budget=PAGE_BUDGET_SECONDS, clock=time.monotoni
         path = Path(homes_dir) / name
         with _lock:
             remembered = _measured.get(path)
-        if remembered and clock() - remembered[0] < REMEMBERED_SECONDS:
+        if remembered and clock() - remembered[0] < REMEMBERED_SECONDS and path.is_dir():
             found[name] = remembered[1]
             continue
         if clock() >= deadline or not path.is_dir():

@@ -187,6 +187,8 @@ class Group(db.Model):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # A folder its members' tools mount read-write, and nobody else's (berth/backends/teams.py).
+    team_folder: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
 
 
 class Membership(db.Model):

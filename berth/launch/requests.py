@@ -5,6 +5,7 @@ from sqlalchemy.exc import IntegrityError
 
 from berth.launch import tasks
 from berth.launch.state_machine import begin_stop
+from berth.launch.upkeep import live_tools_of
 from berth.extensions import db
 from berth.models import Event, State, ToolInstance, ToolTemplate, User, record_event, update_where
 
@@ -125,6 +126,27 @@ def request_stop(instance, actor):
         return False
     tasks.enqueue_stop(instance.id)
     return True
+
+
+class HomeDeletionRefused(Exception):
+    """A home that cannot be deleted now, with what to tell the administrator."""
+
+
+def request_home_deletion(user, actor):
+    """Record the request and queue the deletion of the user's home, which the worker carries out
+    (it alone may reach every backend's storage). Refused while a tool of theirs is live; the
+    worker checks again before it deletes anything."""
+    live = live_tools_of(user.id)
+    if live:
+        names = ", ".join(sorted({row.template.name for row in live}))
+        raise HomeDeletionRefused(
+            f"{user.email} has {len(live)} tool{'s' if len(live) > 1 else ''} running or starting ({names}): "
+            "a home in use is never deleted. Stop them first (Instances), then delete the home.")
+    record_event("home.delete.request", f"Deletion of the home of {user.email} requested", actor=actor,
+                 user_id=user.id)
+    db.session.commit()
+    if not tasks.enqueue_home_deletion(user.id, actor):
+        raise HomeDeletionRefused("The queue did not take the deletion; nothing was deleted. Try again shortly.")
 
 
 def mark_failure_shown(instance):

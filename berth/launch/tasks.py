@@ -227,6 +227,14 @@ def stop(instance_id):
         return stop_instance(instance_id)
 
 
+@huey.task()
+def delete_home(user_id, actor):
+    from berth.launch.upkeep import delete_home as run_deletion
+
+    with _app_context():
+        return run_deletion(user_id, actor)
+
+
 @huey.periodic_task(crontab(minute="*"))
 def cull_idle():
     from berth.launch.upkeep import cull_idle as run_cull
@@ -245,6 +253,16 @@ def enqueue_launch(instance_id):
 
 def enqueue_stop(instance_id):
     return _enqueue(stop, instance_id)
+
+
+def enqueue_home_deletion(user_id, actor):
+    """Queue the deletion of a user's home; False if the queue did not take it."""
+    try:
+        delete_home(user_id, actor)
+    except Exception:  # noqa: BLE001 - the administrator is told to try again
+        log.exception("could not enqueue the deletion of the home of user %s", user_id)
+        return False
+    return True
 
 
 def _enqueue(task, instance_id):

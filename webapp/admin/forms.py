@@ -22,6 +22,10 @@ class MemberForm(FlaskForm):
     email = StringField("Email")
 
 
+class HomeDeletionForm(FlaskForm):
+    confirm = StringField("Type the user's email to confirm")
+
+
 class TemplateForm(FlaskForm):
     slug = StringField("Slug")
     name = StringField("Name")

@@ -1,0 +1,25 @@
+"""Team folders: a group may have a folder that its members' tools mount
+
+Revision ID: 0008
+Revises: 0007
+Create Date: 2026-12-07 03:00:00
+
+"""
+from alembic import op
+import sqlalchemy as sa
+
+
+revision = '0008'
+down_revision = '0007'
+branch_labels = None
+depends_on = None
+
+
+def upgrade():
+    with op.batch_alter_table('groups', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('team_folder', sa.Boolean(), nullable=False, server_default=sa.text('false')))
+
+
+def downgrade():
+    with op.batch_alter_table('groups', schema=None) as batch_op:
+        batch_op.drop_column('team_folder')

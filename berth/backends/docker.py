@@ -17,6 +17,7 @@ BERTH_TOOL_UIDS, with every capability dropped and no-new-privileges. Network mo
 """
 import hashlib
 import io
+import posixpath
 import tarfile
 
 from berth.backends.base import CONTAINER_HOME, Backend, LaunchFailed, allocate_port, home_name, probe_http
@@ -25,6 +26,7 @@ from berth.backends.sandbox import DOCKER_LINK_PREFIX, FOLDER_MODE, Sandbox
 from berth.backends.teams import CONTAINER_TEAMS, team_folders_of
 
 LABEL = "berth.deployment"
+_HOMES_PARENT = "/home"  # holds CONTAINER_HOME and CONTAINER_TEAMS: their owners and modes are set from here
 
 
 class DockerBackend(Backend):
@@ -208,25 +210,24 @@ class DockerBackend(Backend):
     @staticmethod
     def _hand_home_to(container, uid):
         """Make the mounted home the tool's own (0700), and each team folder its team's (root and
-        the team's gid, 2770): directory entries copied in over them set owner and mode, with
-        nothing needed in the image. Redone at every start."""
+        the team's gid, 2770, as the container's berth.teams label lists them): directory entries
+        copied in over them set owner and mode, with nothing needed in the image. Redone at every
+        start."""
         import docker
 
+        folders = [(CONTAINER_HOME, uid, uid, 0o700)]
+        teams = [team.rpartition(":") for team in (container.labels.get("berth.teams") or "").split(",") if team]
+        if teams:
+            folders.append((CONTAINER_TEAMS, 0, 0, 0o755))
+        folders += [(f"{CONTAINER_TEAMS}/{name}", 0, int(gid), FOLDER_MODE) for name, _, gid in teams]
         archive = io.BytesIO()
         with tarfile.open(fileobj=archive, mode="w") as tar:
-            entries = [(CONTAINER_HOME.rsplit("/", 1)[1], uid, uid, 0o700)]
-            teams = (container.labels.get("berth.teams") or "").split(",")
-            if teams != [""]:
-                entries.append((CONTAINER_TEAMS.rsplit("/", 1)[1], 0, 0, 0o755))
-            for team in teams if teams != [""] else []:
-                name, _, gid = team.rpartition(":")
-                entries.append((f"{CONTAINER_TEAMS.rsplit('/', 1)[1]}/{name}", 0, int(gid), FOLDER_MODE))
-            for path, owner, group, mode in entries:
-                entry = tarfile.TarInfo(path)
+            for path, owner, group, mode in folders:
+                entry = tarfile.TarInfo(posixpath.relpath(path, _HOMES_PARENT))
                 entry.type, entry.uid, entry.gid, entry.mode = tarfile.DIRTYPE, owner, group, mode
                 tar.addfile(entry)
         try:
-            container.put_archive(CONTAINER_HOME.rsplit("/", 1)[0], archive.getvalue())
+            container.put_archive(_HOMES_PARENT, archive.getvalue())
         except docker.errors.APIError as error:
             raise LaunchFailed(f"Docker could not prepare the tool's home: {_explain(error)}") from None
 

@@ -83,33 +83,14 @@ class Sandbox:
     @staticmethod
     def prepare_home(path, uid):
         """The home exists, belongs to uid and is 0700; its parents are traversable but not listable."""
-        parent = os.path.dirname(path)
-        os.makedirs(parent, mode=0o711, exist_ok=True)
-        os.chmod(parent, 0o711)
-        os.makedirs(path, mode=0o700, exist_ok=True)
-        os.chown(path, uid, uid)
-        os.chmod(path, 0o700)
-        blocked = _untraversable_parent(path)
-        if blocked:
-            raise LaunchFailed(f"A tool's user cannot reach its home {path}: {blocked} is closed to "
-                               "other users. Put BERTH_DATA_DIR (or BERTH_HOMES_DIR) under a folder "
-                               "that others may traverse (mode o+x).")
+        _prepare_folder(path, uid, uid, 0o700, "its home", "BERTH_DATA_DIR (or BERTH_HOMES_DIR)")
 
     @staticmethod
     def prepare_team_folder(path, gid):
         """The team folder exists, belongs to root and gid, and is 2770: members (gid) read and
         write, what they make stays gid's, and no one else passes. Its parent is traversable
         but not listable, so a tool learns no other team's folder."""
-        parent = os.path.dirname(path)
-        os.makedirs(parent, mode=0o711, exist_ok=True)
-        os.chmod(parent, 0o711)
-        os.makedirs(path, mode=0o770, exist_ok=True)
-        os.chown(path, 0, gid)
-        os.chmod(path, FOLDER_MODE)
-        blocked = _untraversable_parent(path)
-        if blocked:
-            raise LaunchFailed(f"Tools cannot reach the team folder {path}: {blocked} is closed to other "
-                               "users. Put BERTH_TEAMS_DIR under a folder that others may traverse (mode o+x).")
+        _prepare_folder(path, 0, gid, FOLDER_MODE, "its team folder", "BERTH_TEAMS_DIR")
 
     # -- network ----------------------------------------------------------------------------
     def namespace(self, instance_id):
@@ -268,6 +249,19 @@ def _disable_ipv6(path):
             if not os.path.exists("/proc/sys/net/ipv6") or time.monotonic() > deadline:
                 return
             time.sleep(0.01)
+
+
+def _prepare_folder(path, uid, gid, mode, what, setting):
+    parent = os.path.dirname(path)
+    os.makedirs(parent, mode=0o711, exist_ok=True)
+    os.chmod(parent, 0o711)
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    os.chown(path, uid, gid)
+    os.chmod(path, mode)
+    blocked = _untraversable_parent(path)
+    if blocked:
+        raise LaunchFailed(f"A tool's user cannot reach {what} {path}: {blocked} is closed to other users. "
+                           f"Put {setting} under a folder that others may traverse (mode o+x).")
 
 
 def _untraversable_parent(path):

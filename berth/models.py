@@ -183,6 +183,9 @@ class Group(db.Model):
     """A named set of users. Single sign-on fills groups from the provider's groups claim."""
 
     __tablename__ = "groups"
+    # A group's id names its team folder's gid (berth/backends/teams.py): never hand a deleted
+    # group's id to a new one, whose members would then hold the old folder's gid.
+    __table_args__ = {"sqlite_autoincrement": True}
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)

@@ -16,7 +16,10 @@ depends_on = None
 
 
 def upgrade():
-    with op.batch_alter_table('groups', schema=None) as batch_op:
+    # On SQLite the table is rebuilt with AUTOINCREMENT, so that a deleted group's id (which
+    # names its team folder's gid) is never handed out again; PostgreSQL's sequence never does.
+    with op.batch_alter_table('groups', schema=None, recreate='auto',
+                              table_kwargs={'sqlite_autoincrement': True}) as batch_op:
         batch_op.add_column(sa.Column('team_folder', sa.Boolean(), nullable=False, server_default=sa.text('false')))
 
 

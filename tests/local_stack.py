@@ -113,8 +113,8 @@ class BerthStack:
             finally:
                 db.session.remove()  # give its connection back first, or dispose() cannot close it
                 db.engine.dispose()
-        # The tools' homes and team folders go; the rest stays, as for any stack: this process may still be
-        # counting its metrics in the data directory's metrics folder.
+        # The tools' homes and team folders go; the rest stays, as for any stack: this process
+        # may still be counting its metrics in the data directory's metrics folder.
         shutil.rmtree(self.data_dir / "homes", ignore_errors=True)
         shutil.rmtree(self.data_dir / "teams", ignore_errors=True)
 

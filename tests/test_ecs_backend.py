@@ -747,8 +747,8 @@ def test_a_members_task_mounts_the_team_folder_through_an_access_point_with_the_
 def test_a_non_members_task_has_no_team_folder_and_a_new_member_gets_it_at_the_next_launch(app, homes):
     outsider = _launched()
     team = _team("analysts")
-    assert [v["name"] for v in homes.ecs.describe_task_definition(
-        taskDefinition=_tasks(homes, outsider.id)[0]["taskDefinitionArn"])["taskDefinition"]["volumes"]] == ["berth-home"]
+    first = homes.ecs.describe_task_definition(taskDefinition=_tasks(homes, outsider.id)[0]["taskDefinitionArn"])
+    assert [volume["name"] for volume in first["taskDefinition"]["volumes"]] == ["berth-home"]
 
     db.session.add(Membership(group_id=team.id, user_id=outsider.owner_id))
     db.session.commit()

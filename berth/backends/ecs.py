@@ -228,8 +228,7 @@ def with_home(task_definition, container, family, file_system, access_point, tea
         "fileSystemId": file_system, "transitEncryption": "ENABLED",
         "authorizationConfig": {"accessPointId": point, "iam": "ENABLED"}}} for name, point, _ in mounted]
     params["volumes"] = [other for other in params.get("volumes") or []
-                         if other.get("name") != HOME_VOLUME and not other.get("name", "").startswith(TEAM_VOLUME_PREFIX)
-                         ] + volumes
+                         if not _mounted_by_berth(other.get("name", ""))] + volumes
     paths = {path for _, _, path in mounted}
     definitions = []
     for definition in params["containerDefinitions"]:
@@ -240,6 +239,11 @@ def with_home(task_definition, container, family, file_system, access_point, tea
         definitions.append(definition)
     params["containerDefinitions"] = definitions
     return params
+
+
+def _mounted_by_berth(volume_name):
+    """Whether a task definition's volume is one Berth mounts (a home, a team folder), and so replaces."""
+    return volume_name == HOME_VOLUME or volume_name.startswith(TEAM_VOLUME_PREFIX)
 
 
 def fingerprint(params):

@@ -434,4 +434,5 @@ def test_a_users_home_is_deleted_after_a_confirmation_never_while_a_tool_of_thei
     assert _events(stack, "home.delete.request", user_id=alice["id"])
     # The account stays: the next tool starts in a new, empty home.
     stack.open_tool(browser, "echo", alice)
-    assert browser.get(stack.tool_url("echo", alice, "/files"), params={"path": "notes.txt"}, timeout=10).status_code == 404
+    gone = browser.get(stack.tool_url("echo", alice, "/files"), params={"path": "notes.txt"}, timeout=10)
+    assert gone.status_code == 404

@@ -154,7 +154,8 @@ def test_team_members_process_tools_share_the_team_folder_and_edit_each_others_f
     assert _put(browsers[alice["id"]], stack, "echo", alice, plan, "alice's draft").status_code == 201
     assert _read(browsers[bob["id"]], stack, "echo", bob, plan) == (200, "alice's draft")
     assert _put(browsers[bob["id"]], stack, "echo", bob, plan, "bob's edit").status_code == 201
-    assert _read(browsers[alice["id"]], stack, "echo", alice, str(folder)) == (200, json.dumps({"entries": ["plan.txt"]}))
+    listing = json.dumps({"entries": ["plan.txt"]})
+    assert _read(browsers[alice["id"]], stack, "echo", alice, str(folder)) == (200, listing)
 
     info, written = folder.stat(), (folder / "plan.txt").stat()
     assert (info.st_uid, info.st_gid, info.st_mode & 0o7777) == (0, team["gid"], 0o2770)

@@ -58,7 +58,8 @@ def test_a_member_removed_from_a_team_loses_its_folder_at_their_next_launch(stac
     stack.open_tool(browser, "hostile", alice)
     assert list(_attack(stack, browser, "hostile", alice, {"list": [folder]})["list"].values()) == ["ok"]
 
-    stack.query("DELETE FROM memberships WHERE group_id = :group AND user_id = :user", group=team["id"], user=alice["id"])
+    stack.query("DELETE FROM memberships WHERE group_id = :group AND user_id = :user",
+                group=team["id"], user=alice["id"])
     row, _ = _running(stack, "hostile", alice)
     _stop(stack, browser, row, _host(stack, "hostile", alice))
     stack.open_tool(browser, "hostile", alice)
@@ -72,7 +73,8 @@ def test_a_container_sees_no_other_users_home_and_no_team_folder_of_others(stack
     theirs, ours = make_team(stack, bob), make_team(stack, alice)
     victim = stack.login(bob)
     stack.open_tool(victim, "echo-docker", bob, timeout=60)
-    assert _put(victim, stack, "echo-docker", bob, f"/home/teams/{theirs['folder']}/plan.txt", "ours").status_code == 201
+    plan = f"/home/teams/{theirs['folder']}/plan.txt"
+    assert _put(victim, stack, "echo-docker", bob, plan, "ours").status_code == 201
 
     attacker = stack.login(alice)
     stack.open_tool(attacker, "hostile-docker", alice, timeout=60)

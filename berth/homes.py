@@ -1,9 +1,11 @@
-"""How much users' homes on the process backend hold, for the administrators' users page.
+"""How much users' homes and team folders on the process backend hold, for the admin pages.
 
 A home may hold millions of files, and a page must not wait for them. So each home is measured
-by a walk, like `du`, that stops when the page's time budget is spent, and what a walk found is
-kept for a few minutes: a page shows what was measured, says "at least" where a walk was cut
-short, and a home not reached yet is measured on a later view, when the others come from memory.
+by a walk, like `du`, that stops when its time budget is spent, and what a walk found is kept
+for a few minutes: "at least" where a walk was cut short, and a home not reached yet is
+measured on a later round, when the others come from memory. The worker measures, as root
+(measure_folder, berth.launch.upkeep.measure_storage), and records what it found in the
+database (StorageUsage), which the admin pages show: the web app may not read people's files.
 """
 import os
 import threading
@@ -48,6 +50,16 @@ def home_usage(homes_dir, names, budget=PAGE_BUDGET_SECONDS, clock=time.monotoni
             _measured[path] = (clock(), usage)
         found[name] = usage
     return found
+
+
+def measure_folder(folder, budget):
+    """{name: Usage, or None if not reached within budget} of every folder in folder (not links)."""
+    try:
+        with os.scandir(folder) as entries:
+            names = sorted(entry.name for entry in entries if entry.is_dir(follow_symlinks=False))
+    except FileNotFoundError:
+        return {}
+    return home_usage(folder, names, budget=budget)
 
 
 def _walk(path, deadline, clock):

@@ -8,7 +8,7 @@ import hashlib
 import secrets
 from datetime import datetime, timezone
 
-from sqlalchemy import (JSON, Boolean, CheckConstraint, Column, ForeignKey, Index, Integer, String, Table, Text,
+from sqlalchemy import (JSON, BigInteger, Boolean, CheckConstraint, Column, ForeignKey, Index, Integer, String, Table, Text,
                         UniqueConstraint, delete, func, text, update)
 from sqlalchemy import DateTime as _DateTime
 from sqlalchemy.orm import Mapped, mapped_column, relationship
@@ -359,6 +359,21 @@ class SignInThrottle(db.Model):
     window_started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     # No attempt for this key is tried before then.
     blocked_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class StorageUsage(db.Model):
+    """What a home or a team folder on the process backend held when the worker last measured it
+    (berth/homes.py). The worker measures, as root: the web app may not read people's files."""
+
+    __tablename__ = "storage_usage"
+    __table_args__ = (UniqueConstraint("kind", "name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(10))  # "home" or "team"
+    name: Mapped[str] = mapped_column(String(100))  # the folder's name: a user's host key, a team folder's
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    complete: Mapped[bool] = mapped_column(Boolean)  # False: the walk was cut short, size_bytes is a lower bound
+    measured_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class Event(db.Model):

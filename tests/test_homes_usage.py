@@ -1,4 +1,5 @@
-"""What users' homes on the process backend hold, as the admin users page shows it (berth/homes.py)."""
+"""What users' homes and team folders on the process backend hold, as the worker measures it and
+the admin pages show it (berth/homes.py)."""
 import itertools
 import os
 from pathlib import Path
@@ -7,8 +8,9 @@ import pytest
 
 from berth import homes
 from berth.extensions import db
-from berth.homes import Usage, home_usage
-from berth.models import User
+from berth.homes import Usage, home_usage, measure_folder
+from berth.launch.upkeep import measure_storage
+from berth.models import StorageUsage, User
 from tests.apps import migrated_app
 
 
@@ -90,6 +92,7 @@ def test_admins_see_each_users_home_usage_on_the_users_page(app):
     db.session.add_all([admin, ada])
     db.session.commit()
     _write(Path(app.config["BERTH_HOMES_DIR"]) / ada.host_key / "thesis.tex", 3 * 1024 * 1024)
+    assert measure_storage() == 1  # the worker's round: it alone may read people's files
 
     page = _users_page(app, admin)
 
@@ -107,3 +110,22 @@ def test_the_users_page_has_no_home_column_without_the_process_backend(app, monk
     db.session.commit()
 
     assert ">Home</th>" not in _users_page(app, admin)
+
+
+def test_the_worker_records_every_home_and_team_folder_and_forgets_those_that_are_gone(app):
+    homes_dir, teams_dir = Path(app.config["BERTH_HOMES_DIR"]), Path(app.config["BERTH_TEAMS_DIR"])
+    _write(homes_dir / "ada1" / "notes.txt", 50_000)
+    _write(teams_dir / "analysts-3" / "plan.txt", 20_000)
+    os.symlink("/usr", homes_dir / "planted")  # not a home: never measured, never followed
+    assert set(measure_folder(homes_dir, budget=5)) == {"ada1"}
+
+    assert measure_storage() == 2
+    rows = {(row.kind, row.name): row for row in db.session.query(StorageUsage)}
+    assert set(rows) == {("home", "ada1"), ("team", "analysts-3")}
+    assert rows[("team", "analysts-3")].size_bytes >= 20_000 and rows[("team", "analysts-3")].complete
+
+    (teams_dir / "analysts-3" / "plan.txt").unlink()
+    (teams_dir / "analysts-3").rmdir()
+    assert measure_storage() == 1
+    db.session.expire_all()
+    assert [(row.kind, row.name) for row in db.session.query(StorageUsage)] == [("home", "ada1")]

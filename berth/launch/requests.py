@@ -1,4 +1,7 @@
-"""Starting and stopping tools, as the web app asks for it. The worker does the rest."""
+"""Starting and stopping tools, deleting homes and measuring storage, as the web app asks for it.
+The worker does the rest."""
+import time
+
 from flask import current_app
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
@@ -7,7 +10,8 @@ from berth.launch import tasks
 from berth.launch.state_machine import begin_stop
 from berth.launch.upkeep import live_tools_of
 from berth.extensions import db
-from berth.models import Event, State, ToolInstance, ToolTemplate, User, record_event, update_where
+from berth.models import (Event, State, StorageUsage, ToolInstance, ToolTemplate, User, record_event, update_where,
+                          utcnow)
 
 
 def live_instance(host):
@@ -147,6 +151,27 @@ def request_home_deletion(user, actor):
     db.session.commit()
     if not tasks.enqueue_home_deletion(user.id, actor):
         raise HomeDeletionRefused("The queue did not take the deletion; nothing was deleted. Try again shortly.")
+
+
+STORAGE_FRESH_SECONDS = 30  # storage measures older than this are measured again when shown
+_storage_measure_asked = [0.0]  # monotonic time this process last asked for one
+
+
+def storage_usage(kind, names):
+    """{name: StorageUsage or None} of the homes ("home") or team folders ("team") called names,
+    as the worker last measured them. When the measures are older than STORAGE_FRESH_SECONDS,
+    a new round is queued (at most once in that time by this process) for a later view."""
+    from datetime import timedelta
+
+    rows = {row.name: row for row in db.session.execute(
+        select(StorageUsage).where(StorageUsage.kind == kind, StorageUsage.name.in_(names))).scalars()}
+    newest = db.session.scalar(select(func.max(StorageUsage.measured_at)))
+    now = time.monotonic()
+    stale = newest is None or newest < utcnow() - timedelta(seconds=STORAGE_FRESH_SECONDS)
+    if stale and now - _storage_measure_asked[0] > STORAGE_FRESH_SECONDS:
+        _storage_measure_asked[0] = now
+        tasks.enqueue_storage_measure()
+    return {name: rows.get(name) for name in names}
 
 
 def mark_failure_shown(instance):

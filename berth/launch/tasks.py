@@ -235,6 +235,19 @@ def delete_home(user_id, actor):
         return run_deletion(user_id, actor)
 
 
+@huey.task()
+def measure_storage():
+    from berth.launch.upkeep import measure_storage as run_measure
+
+    with _app_context():
+        return run_measure()
+
+
+@huey.periodic_task(crontab(minute="*/5"))
+def measure_storage_regularly():
+    return measure_storage.call_local()
+
+
 @huey.periodic_task(crontab(minute="*"))
 def cull_idle():
     from berth.launch.upkeep import cull_idle as run_cull
@@ -257,10 +270,20 @@ def enqueue_stop(instance_id):
 
 def enqueue_home_deletion(user_id, actor):
     """Queue the deletion of a user's home; False if the queue did not take it."""
+    return _enqueue_other(delete_home, user_id, actor)
+
+
+def enqueue_storage_measure():
+    """Queue a measuring of homes and team folders; False if the queue did not take it."""
+    return _enqueue_other(measure_storage)
+
+
+def _enqueue_other(task, *args):
+    """Queue a task that no instance row stands for: if the queue does not take it, say so."""
     try:
-        delete_home(user_id, actor)
-    except Exception:  # noqa: BLE001 - the administrator is told to try again
-        log.exception("could not enqueue the deletion of the home of user %s", user_id)
+        task(*args)
+    except Exception:  # noqa: BLE001 - the caller tells whoever asked to try again
+        log.exception("could not enqueue %s%s", task.name, args)
         return False
     return True
 

@@ -1,5 +1,6 @@
 """Upkeep that the worker runs: the reconciler (every BERTH_RECONCILE_SECONDS), the idle
-culler (every minute), and the deletion of a departed user's home that an administrator asks for.
+culler (every minute), the measuring of homes and team folders, and the deletion of a departed
+user's home that an administrator asks for.
 
 Both read the database and the backends, then move instances through the state machine
 (state_machine.py) and queue what is left to do through the functions they are given, so
@@ -10,14 +11,16 @@ import socket
 from datetime import timedelta
 
 from flask import current_app
-from sqlalchemy import or_, select, update
+from sqlalchemy import delete, or_, select, update
+from sqlalchemy.exc import IntegrityError
 
-from berth import metrics
+from berth import homes, metrics
 from berth.backends import LaunchFailed, get_backend
 from berth.extensions import db
 from berth.launch.leases import REQUEUE_AFTER_SECONDS, lease_seconds
 from berth.launch.state_machine import begin_stop, transition
-from berth.models import State, ToolInstance, ToolTemplate, User, record_event, update_where, utcnow
+from berth.models import (State, StorageUsage, ToolInstance, ToolTemplate, User, record_event, update_where,
+                          utcnow)
 
 log = logging.getLogger(__name__)
 
@@ -232,3 +235,37 @@ def delete_home(user_id, actor):
                      actor=actor, user_id=user.id, removed=removed)
     db.session.commit()
     return "failed" if failures else "deleted"
+
+
+# -- measuring homes and team folders ----------------------------------------------------------
+
+STORAGE_FOLDERS = (("home", "BERTH_HOMES_DIR"), ("team", "BERTH_TEAMS_DIR"))
+MEASURE_BUDGET_SECONDS = 20.0  # the longest one round spends walking each kind of folder
+
+
+def measure_storage(budget=MEASURE_BUDGET_SECONDS):
+    """Measure the process backend's homes and team folders and record what each holds
+    (StorageUsage), dropping the records of folders that are gone. Returns how many were measured."""
+    config = current_app.config
+    if "process" not in config["BERTH_BACKENDS"]:
+        return 0
+    homes.forget()  # a fresh look: the records are what the admin pages show
+    measured, now = 0, utcnow()
+    for kind, setting in STORAGE_FOLDERS:
+        found = homes.measure_folder(config[setting], budget)
+        db.session.execute(delete(StorageUsage).where(StorageUsage.kind == kind, StorageUsage.name.not_in(found))
+                           .execution_options(synchronize_session=False))
+        rows = {row.name: row for row in db.session.execute(
+            select(StorageUsage).where(StorageUsage.kind == kind)).scalars()}
+        for name, usage in found.items():
+            if usage is None:  # not reached this round: its last record stands
+                continue
+            row = rows.get(name) or StorageUsage(kind=kind, name=name)
+            row.size_bytes, row.complete, row.measured_at = usage.size_bytes, usage.complete, now
+            db.session.add(row)
+            measured += 1
+    try:
+        db.session.commit()
+    except IntegrityError:  # another worker recorded the same folder first: its measure stands
+        db.session.rollback()
+    return measured

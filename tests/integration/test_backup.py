@@ -21,6 +21,11 @@ def _postgres_url(stack):
     return url.replace("postgresql+psycopg://", "postgresql://", 1) if url else None
 
 
+def _sqlite_file(stack):
+    """The SQLite database's file, wherever the data directory keeps it."""
+    return stack.config["SQLALCHEMY_DATABASE_URI"].removeprefix("sqlite:///")
+
+
 def _ownership(*paths):
     return [(info.st_uid, info.st_gid, info.st_mode & 0o7777) for info in map(os.stat, paths)]
 
@@ -53,7 +58,7 @@ def test_a_backup_a_wipe_and_a_restore_by_the_documented_commands_bring_the_acco
     if postgres:
         _run("pg_dump", "--format=custom", f"--file={tmp_path}/berth.dump", postgres)
     else:
-        _run("sqlite3", f"{data}/berth.db", f".backup {tmp_path}/berth.db.backup")
+        _run("sqlite3", _sqlite_file(stack), f".backup {tmp_path}/berth.db.backup")
     _run("tar", "--numeric-owner", "-cpzf", f"{tmp_path}/homes.tar.gz", "-C", str(data), "homes", "teams")
 
     # The disaster: Berth stopped, its database emptied, the homes and team folders gone.
@@ -62,7 +67,7 @@ def test_a_backup_a_wipe_and_a_restore_by_the_documented_commands_bring_the_acco
     if postgres:
         _run("psql", "--quiet", postgres, "-c", "DROP SCHEMA public CASCADE; CREATE SCHEMA public;")
     else:
-        os.remove(data / "berth.db")
+        os.remove(_sqlite_file(stack))
     shutil.rmtree(data / "homes")
     shutil.rmtree(data / "teams")
 
@@ -70,7 +75,8 @@ def test_a_backup_a_wipe_and_a_restore_by_the_documented_commands_bring_the_acco
     if postgres:
         _run("pg_restore", "--clean", "--if-exists", f"--dbname={postgres}", f"{tmp_path}/berth.dump")
     else:
-        _run("sqlite3", f"{data}/berth.db", f".restore {tmp_path}/berth.db.backup")
+        _run("sqlite3", _sqlite_file(stack), f".restore {tmp_path}/berth.db.backup")
+        _run("chown", f"--reference={os.path.dirname(_sqlite_file(stack))}", _sqlite_file(stack))
     _run("tar", "--numeric-owner", "-xpzf", f"{tmp_path}/homes.tar.gz", "-C", str(data))
     stack.start()
 

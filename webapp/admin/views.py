@@ -14,8 +14,8 @@ from webapp.admin.changes import (ChangeRefused, add_member, create_group, creat
 from webapp.admin.forms import ActionForm, GroupForm, HomeDeletionForm, MemberForm, TemplateForm
 from berth.backends.teams import folder_name
 from berth.extensions import db
-from berth.homes import home_usage
-from berth.launch.requests import HomeDeletionRefused, instance_events, request_home_deletion, request_stop
+from berth.launch.requests import (HomeDeletionRefused, instance_events, request_home_deletion, request_stop,
+                                   storage_usage)
 from berth.launch.upkeep import live_tools_of
 from berth.models import Group, Membership, State, ToolInstance, ToolTemplate, User
 
@@ -97,7 +97,7 @@ def users():
                                         func.lower(User.name).contains(search.lower(), autoescape=True)))
     rows, more = reports.page_of(statement, _page_number())
     groups = groups_by_user(rows)
-    homes = _usage("BERTH_HOMES_DIR", [person.host_key for person in rows])
+    homes = _usage("home", [person.host_key for person in rows])
     return render_template("admin/users.html", section="users", users=rows, more=more, page=_page_number(),
                            search=search, groups=groups, homes=homes)
 
@@ -117,12 +117,12 @@ def user(user_id):
                            action_form=ActionForm())
 
 
-def _usage(folder_setting, names):
-    """What each named folder under the setting's folder holds on disk (berth.homes), or None
-    where the process backend, which alone keeps homes and team folders on this host, is off."""
+def _usage(kind, names):
+    """What each named home ("home") or team folder ("team") holds on disk, as the worker last
+    measured it, or None where the process backend, which alone keeps them on this host, is off."""
     if "process" not in current_app.config["BERTH_BACKENDS"]:
         return None
-    return home_usage(current_app.config[folder_setting], names)
+    return storage_usage(kind, names)
 
 
 @bp.get("/users/<int:user_id>/home/delete")
@@ -131,7 +131,7 @@ def home_delete_confirm(user_id, form=None, refusal=None, status=200):
     person = _get(User, user_id)
     return render_template("admin/home_delete.html", section="users", person=person, live=live_tools_of(person.id),
                            form=form or HomeDeletionForm(), refusal=refusal,
-                           usage=(_usage("BERTH_HOMES_DIR", [person.host_key]) or {}).get(person.host_key),
+                           usage=(_usage("home", [person.host_key]) or {}).get(person.host_key),
                            backends=current_app.config["BERTH_BACKENDS"]), status
 
 
@@ -194,7 +194,7 @@ def groups():
             db.session.commit()
             return _redirect_with(f"Group {group.name} created.", "admin.group", group_id=group.id)
     rows, more = reports.page_of(select(Group).order_by(Group.name), _page_number())
-    folders = _usage("BERTH_TEAMS_DIR", [folder_name(team) for team in rows if team.team_folder])
+    folders = _usage("team", [folder_name(team) for team in rows if team.team_folder])
     return render_template("admin/groups.html", section="groups", groups=rows, more=more, page=_page_number(),
                            counts=group_counts(), form=form, folders=folders, folder_name=folder_name), status
 
@@ -208,7 +208,7 @@ def group(group_id, member_form=None, status=200):
         .where(Membership.group_id == team.id).order_by(User.email)
     ).all()
     folder = folder_name(team)
-    usage = (_usage("BERTH_TEAMS_DIR", [folder]) or {}).get(folder) if team.team_folder else None
+    usage = (_usage("team", [folder]) or {}).get(folder) if team.team_folder else None
     return render_template("admin/group.html", section="groups", group=team, members=members,
                            templates=templates_using(team), member_form=member_form or MemberForm(),
                            action_form=ActionForm(), folder=folder, usage=usage), status

@@ -189,10 +189,15 @@ class Group(db.Model):
     """A named set of users. Single sign-on fills groups from the provider's groups claim."""
 
     __tablename__ = "groups"
+    # A group's id names its team folder's gid (berth/backends/teams.py): never hand a deleted
+    # group's id to a new one, whose members would then hold the old folder's gid.
+    __table_args__ = {"sqlite_autoincrement": True}
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # A folder its members' tools mount read-write, and nobody else's (berth/backends/teams.py).
+    team_folder: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
 
 
 class Membership(db.Model):
@@ -378,18 +383,19 @@ class WorkerHeartbeat(db.Model):
     reconcile_actions: Mapped[int] = mapped_column(Integer, default=0)
 
 
-class FolderUsage(db.Model):
-    """What a home or team folder on the process backend held when the worker last measured it
-    (berth/homes.py): the pages read it here, since only the worker may read every home."""
+class StorageUsage(db.Model):
+    """What a home or a team folder on the process backend held when the worker last measured it
+    (berth/homes.py). The worker measures, as root: the web app may not read people's files."""
 
-    __tablename__ = "folder_usage"
+    __tablename__ = "storage_usage"
+    __table_args__ = (UniqueConstraint("kind", "name"),)
 
-    path: Mapped[str] = mapped_column(String(1024), primary_key=True)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(10))  # "home" or "team"
+    name: Mapped[str] = mapped_column(String(100))  # the folder's name: a user's host key, a team folder's
     size_bytes: Mapped[int] = mapped_column(BigInteger)
-    # False when the walk stopped at its time budget or met folders it could not read: then
-    # size_bytes is a lower bound.
-    complete: Mapped[bool] = mapped_column(Boolean)
-    measured_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    complete: Mapped[bool] = mapped_column(Boolean)  # False: the walk was cut short, size_bytes is a lower bound
+    measured_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class Event(db.Model):

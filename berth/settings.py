@@ -515,6 +515,15 @@ SETTINGS = (
             doc="Where users' homes live on the process backend: one folder per user, 0700 and "
                 "owned by the user's tool uid, which every tool of theirs works in. Every folder "
                 "above it must be passable by other users (o+x)."),
+    Setting("BERTH_TEAMS_DIR", TOOLS, parse=parse_path, kind="folder",
+            default=lambda settings: os.path.join(settings["BERTH_DATA_DIR"], "teams"),
+            default_doc="`<BERTH_DATA_DIR>/teams`",
+            doc="Where team folders live on the process backend: one folder per group that has one "
+                "(admin group page), mode 2770 and owned by the group's gid from `BERTH_TEAM_GIDS`, "
+                "which its members' tools run with as a supplementary group."),
+    Setting("BERTH_TEAM_GIDS", TOOLS, parse=parse_uid_range, default="300000-309999",
+            doc="The gids of team folders: a group's is the low end plus the group's id. It must "
+                "not overlap `BERTH_TOOL_UIDS`, and no other account or group on the host may use them."),
     Setting("BERTH_ACTIVITY_INTERVAL", TOOLS, parse=parse_int, default=60, minimum=1,
             doc="A running tool's last activity, and a sign-in's last use, is written at most this "
                 "often (seconds), not on every request. The idle culler works from it."),

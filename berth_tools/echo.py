@@ -8,6 +8,9 @@
   /upload        POST a body of any size; answers its length and SHA-256, read as a stream
   /download?bytes=N   N bytes, streamed
   /set-cookie?name=N&value=V&domain=D   sets a cookie, to test cookie scoping
+  /files?path=P  GET a file's text (or a folder's entries, as JSON); PUT a body into a file.
+                 P is relative to $HOME, or absolute (a team folder of $BERTH_TEAM_FOLDERS).
+                 The tool's own user reads and writes, nothing more; errors answer 4xx with the reason.
 """
 import argparse
 import hashlib
@@ -85,6 +88,37 @@ async def download(request):
     return response
 
 
+def _file_path(request):
+    path = request.query.get("path", "")
+    return os.path.join(os.environ.get("HOME") or os.getcwd(), path)
+
+
+def _file_error(error):
+    status = 404 if isinstance(error, FileNotFoundError) else 403
+    return web.json_response({"error": f"{type(error).__name__}: {error.strerror or error}"}, status=status)
+
+
+async def read_file(request):
+    path = _file_path(request)
+    try:
+        if os.path.isdir(path):
+            return web.json_response({"entries": sorted(os.listdir(path))})
+        with open(path, encoding="utf-8") as handle:
+            return web.Response(text=handle.read())
+    except OSError as error:
+        return _file_error(error)
+
+
+async def write_file(request):
+    path, body = _file_path(request), await request.read()
+    try:
+        with open(path, "wb") as handle:
+            handle.write(body)
+    except OSError as error:
+        return _file_error(error)
+    return web.json_response({"path": path, "bytes": len(body)}, status=201)
+
+
 async def set_cookie(request):
     name = request.query.get("name", "tool_cookie")
     response = web.json_response({"set": name})
@@ -98,7 +132,7 @@ def make_app():
     app.add_routes([
         web.get("/", index), web.get("/headers", headers), web.get("/ws", websocket),
         web.post("/upload", upload), web.get("/download", download),
-        web.get("/set-cookie", set_cookie),
+        web.get("/set-cookie", set_cookie), web.get("/files", read_file), web.put("/files", write_file),
     ])
     app.router.add_route("*", "/{tail:.*}", headers)
     return app

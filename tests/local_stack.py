@@ -117,9 +117,10 @@ class BerthStack:
             finally:
                 db.session.remove()  # give its connection back first, or dispose() cannot close it
                 db.engine.dispose()
-        # The tools' homes go; the rest stays, as for any stack: this process may still be
-        # counting its metrics in the data directory's metrics folder.
+        # The tools' homes and team folders go; the rest stays, as for any stack: this process
+        # may still be counting its metrics in the data directory's metrics folder.
         shutil.rmtree(self.data_dir / "homes", ignore_errors=True)
+        shutil.rmtree(self.data_dir / "teams", ignore_errors=True)
 
     def stop_instance(self, instance_id, actor="test"):
         """Stop one tool now, from this process, as `berth run` does on Ctrl-C (no queue involved)."""

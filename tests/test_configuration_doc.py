@@ -22,6 +22,8 @@ NOT_SETTINGS = {
     # Berth sets it in a tool process's environment, to find the process again; nothing reads
     # it from Berth's own environment.
     "BERTH_INSTANCE_ID",
+    # Berth tells a tool where its team folders are; nothing reads it from Berth's own environment.
+    "BERTH_TEAM_FOLDERS",
 }
 VARIABLE = re.compile(r"(?<![A-Za-z0-9_])BERTH_[A-Z0-9_]*[A-Z0-9]")
 

@@ -36,8 +36,8 @@ from berth.settings import load_settings
 from berth.extensions import db
 from berth.hosts import tool_host
 from berth.launch.state_machine import advance_launch, begin_stop, stop_instance
-from berth.launch.upkeep import reconcile
-from berth.models import Event, State, ToolInstance, ToolTemplate, User, utcnow
+from berth.launch.upkeep import delete_home, reconcile
+from berth.models import Event, Group, Membership, State, ToolInstance, ToolTemplate, User, utcnow
 from berth.backends import get_backend
 from berth.backends import ecs
 from berth.backends.sandbox import Sandbox
@@ -717,3 +717,77 @@ def test_without_a_file_system_tasks_run_the_templates_own_task_definition(app, 
 
     assert _tasks(aws, instance.id)[0]["taskDefinitionArn"].endswith(":task-definition/echo:1")
     assert aws.proxy.requests("DescribeAccessPoints") == aws.proxy.requests("RegisterTaskDefinition") == []
+
+
+# -- team folders on EFS -----------------------------------------------------------------------
+def _team(name, *user_ids, folder=True):
+    group = Group(name=f"{name}-{os.urandom(3).hex()}", team_folder=folder)
+    db.session.add(group)
+    db.session.flush()
+    db.session.add_all(Membership(group_id=group.id, user_id=user_id) for user_id in user_ids)
+    db.session.commit()
+    return group
+
+
+def _team_points(aws, folder):
+    points = aws.efs.describe_access_points(FileSystemId=aws.file_system)["AccessPoints"]
+    return [point for point in points if {"Key": "berth:team", "Value": folder} in point["Tags"]]
+
+
+def test_a_members_task_mounts_the_team_folder_through_an_access_point_with_the_teams_gid(app, homes):
+    member = User(email=f"ada-{os.urandom(3).hex()}@example.org", name="Ada")
+    db.session.add(member)
+    db.session.commit()
+    team = _team("analysts", member.id)
+    _team("archived", member.id, folder=False)  # a group whose folder is off mounts nothing
+
+    instance = _launched(owner_id=member.id)
+
+    folder, gid = f"{team.name}-{team.id}", app.config["BERTH_TEAM_GIDS"][0] + team.id
+    [point] = _team_points(homes, folder)
+    assert point["PosixUser"] == {"Uid": gid, "Gid": gid}
+    assert point["RootDirectory"] == {"Path": f"/berth-teams/{folder}",
+                                      "CreationInfo": {"OwnerUid": gid, "OwnerGid": gid, "Permissions": "2770"}}
+    [task] = _tasks(homes, instance.id)
+    definition = homes.ecs.describe_task_definition(taskDefinition=task["taskDefinitionArn"])["taskDefinition"]
+    volumes = {volume["name"]: volume["efsVolumeConfiguration"] for volume in definition["volumes"]}
+    assert set(volumes) == {"berth-home", f"berth-team-{folder}"}
+    team_volume = volumes[f"berth-team-{folder}"]
+    assert (team_volume["fileSystemId"], team_volume["transitEncryption"], team_volume["authorizationConfig"]) == (
+        homes.file_system, "ENABLED", {"accessPointId": point["AccessPointId"], "iam": "ENABLED"})
+    [tool] = [c for c in definition["containerDefinitions"] if c["name"] == "tool"]
+    assert {"sourceVolume": f"berth-team-{folder}", "containerPath": f"/home/teams/{folder}",
+            "readOnly": False} in tool["mountPoints"]
+    [override] = task["overrides"]["containerOverrides"]
+    assert {"name": "BERTH_TEAM_FOLDERS", "value": f"/home/teams/{folder}"} in override["environment"]
+
+
+def test_a_non_members_task_has_no_team_folder_and_a_new_member_gets_it_at_the_next_launch(app, homes):
+    outsider = _launched()
+    team = _team("analysts")
+    first = homes.ecs.describe_task_definition(taskDefinition=_tasks(homes, outsider.id)[0]["taskDefinitionArn"])
+    assert [volume["name"] for volume in first["taskDefinition"]["volumes"]] == ["berth-home"]
+
+    db.session.add(Membership(group_id=team.id, user_id=outsider.owner_id))
+    db.session.commit()
+    assert begin_stop(outsider, actor="test") and stop_instance(outsider.id) == "stopped"
+    again = _launched(owner_id=outsider.owner_id)
+
+    definition = homes.ecs.describe_task_definition(
+        taskDefinition=_tasks(homes, again.id)[0]["taskDefinitionArn"])["taskDefinition"]
+    assert sorted(v["name"] for v in definition["volumes"]) == ["berth-home", f"berth-team-{team.name}-{team.id}"]
+    assert len(_team_points(homes, f"{team.name}-{team.id}")) == 1
+
+
+def test_deleting_a_home_deletes_its_access_point_and_only_while_no_tool_of_the_user_runs(app, homes):
+    instance, other = _launched(), _launched()
+
+    assert delete_home(instance.owner_id, actor="admin:1") == "refused"
+    assert len(_access_points(homes, instance.owner.host_key)) == 1
+    assert begin_stop(instance, actor="test") and stop_instance(instance.id) == "stopped"
+    assert delete_home(instance.owner_id, actor="admin:1") == "deleted"
+
+    assert _access_points(homes, instance.owner.host_key) == []
+    assert len(_access_points(homes, other.owner.host_key)) == 1
+    [event] = db.session.query(Event).filter_by(kind="home.delete", user_id=instance.owner_id).all()
+    assert event.actor == "admin:1" and event.data["removed"][0].startswith("EFS access point fsap-")

@@ -1,14 +1,24 @@
-"""What users' homes on the process backend hold, as the admin users page shows it (berth/homes.py)."""
+"""What users' homes and team folders on the process backend hold, as the worker measures it and
+the admin pages show it (berth/homes.py)."""
 import itertools
 import os
 from pathlib import Path
 
 import pytest
 
+from berth import homes
 from berth.extensions import db
-from berth.homes import Usage, home_usage, measure, record_usage
-from berth.models import User
+from berth.homes import Usage, home_usage, measure_folder
+from berth.launch.upkeep import measure_storage
+from berth.models import StorageUsage, User
 from tests.apps import migrated_app
+
+
+@pytest.fixture(autouse=True)
+def forget_measures():
+    homes.forget()
+    yield
+    homes.forget()
 
 
 def _write(path, size):
@@ -27,7 +37,7 @@ def test_a_home_is_measured_like_du_counting_each_hard_linked_file_once(tmp_path
     os.link(home / "deep" / "er" / "data.bin", home / "same-data.bin")
     os.symlink("/usr", home / "elsewhere")  # a link is counted, never followed
 
-    usage = measure(home)
+    [usage] = home_usage(tmp_path, ["ada1"]).values()
 
     expected = _blocks(home, home / "notes.txt", home / "deep", home / "deep" / "er",
                        home / "deep" / "er" / "data.bin", home / "elsewhere")
@@ -35,20 +45,28 @@ def test_a_home_is_measured_like_du_counting_each_hard_linked_file_once(tmp_path
     assert usage.size_bytes >= 110_000
 
 
-def test_a_home_that_does_not_exist_or_is_a_link_has_no_measure(tmp_path):
-    os.symlink("/usr", tmp_path / "planted")
-    assert measure(tmp_path / "nobody") is None
-    assert measure(tmp_path / "planted") is None
+def test_a_home_that_does_not_exist_has_no_measure(tmp_path):
+    assert home_usage(tmp_path, ["nobody"]) == {"nobody": None}
 
 
-def test_a_walk_cut_short_by_the_budget_is_a_lower_bound(tmp_path):
+def test_a_walk_cut_short_by_the_budget_is_a_lower_bound_and_later_homes_wait(tmp_path):
     for number in range(600):
         _write(tmp_path / "big" / f"file-{number}", 1)
+    _write(tmp_path / "small" / "one", 1)
     ticks = itertools.count()
 
-    usage = measure(tmp_path / "big", budget=1, clock=lambda: next(ticks) // 2)
+    found = home_usage(tmp_path, ["big", "small"], budget=1, clock=lambda: next(ticks) // 2)
 
-    assert usage.complete is False and usage.size_bytes > 0
+    assert found["big"].complete is False and found["big"].size_bytes > 0
+    assert found["small"] is None  # the budget was spent: measured on a later view
+
+
+def test_a_measure_is_remembered_for_the_next_views(tmp_path):
+    _write(tmp_path / "ada1" / "a", 5000)
+    first = home_usage(tmp_path, ["ada1"])
+    _write(tmp_path / "ada1" / "b", 50_000)
+
+    assert home_usage(tmp_path, ["ada1"]) == first
 
 
 @pytest.fixture
@@ -74,9 +92,8 @@ def test_admins_see_each_users_home_usage_on_the_users_page(app):
     db.session.add_all([admin, ada])
     db.session.commit()
     _write(Path(app.config["BERTH_HOMES_DIR"]) / ada.host_key / "thesis.tex", 3 * 1024 * 1024)
+    assert measure_storage() == 1  # the worker's round: it alone may read people's files
 
-    assert "3.0 MiB" not in _users_page(app, admin)  # the worker has not measured it yet
-    assert record_usage([app.config["BERTH_HOMES_DIR"]]) == 1
     page = _users_page(app, admin)
 
     assert '<th scope="col" class="num">Home</th>' in page
@@ -95,20 +112,20 @@ def test_the_users_page_has_no_home_column_without_the_process_backend(app, monk
     assert ">Home</th>" not in _users_page(app, admin)
 
 
-def test_the_worker_records_each_folder_and_forgets_one_that_is_gone(app):
-    homes = Path(app.config["BERTH_HOMES_DIR"])
-    _write(homes / "ada1" / "a", 50_000)
-    _write(homes / "bob2" / "b", 5_000)
-    os.symlink("/usr", homes / "planted")  # never followed, never recorded
+def test_the_worker_records_every_home_and_team_folder_and_forgets_those_that_are_gone(app):
+    homes_dir, teams_dir = Path(app.config["BERTH_HOMES_DIR"]), Path(app.config["BERTH_TEAMS_DIR"])
+    _write(homes_dir / "ada1" / "notes.txt", 50_000)
+    _write(teams_dir / "analysts-3" / "plan.txt", 20_000)
+    os.symlink("/usr", homes_dir / "planted")  # not a home: never measured, never followed
+    assert set(measure_folder(homes_dir, budget=5)) == {"ada1"}
 
-    assert record_usage([homes, homes.parent / "no-such-root"]) == 2
-    found = home_usage(homes, ["ada1", "bob2", "planted", "carol3"])
-    assert found["ada1"].complete and found["ada1"].size_bytes >= 50_000
-    assert found["bob2"].size_bytes < found["ada1"].size_bytes
-    assert found["planted"] is None and found["carol3"] is None
+    assert measure_storage() == 2
+    rows = {(row.kind, row.name): row for row in db.session.query(StorageUsage)}
+    assert set(rows) == {("home", "ada1"), ("team", "analysts-3")}
+    assert rows[("team", "analysts-3")].size_bytes >= 20_000 and rows[("team", "analysts-3")].complete
 
-    (homes / "bob2" / "b").unlink()
-    (homes / "bob2").rmdir()
-    record_usage([homes])
-    assert home_usage(homes, ["bob2"]) == {"bob2": None}
-    assert home_usage(homes, ["ada1"])["ada1"] == found["ada1"]
+    (teams_dir / "analysts-3" / "plan.txt").unlink()
+    (teams_dir / "analysts-3").rmdir()
+    assert measure_storage() == 1
+    db.session.expire_all()
+    assert [(row.kind, row.name) for row in db.session.query(StorageUsage)] == [("home", "ada1")]

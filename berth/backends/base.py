@@ -37,6 +37,7 @@ class Backend(ABC):
     list_managed   {instance_id: description} of everything this deployment is running
     stop_managed   end one entry of list_managed (an orphan the reconciler found)
     failure_detail the last lines the tool wrote to stderr, for the failed page
+    delete_home    delete a departed user's home (admin pages), never while a tool of theirs runs
     """
 
     name = ""
@@ -71,6 +72,11 @@ class Backend(ABC):
 
     def failure_detail(self, instance):
         return ""
+
+    def delete_home(self, home):
+        """Delete the home called home (base.home_name) from this backend's storage, when no
+        tool of its user runs. Returns what it removed, for the audit record; [] if none."""
+        return []
 
 
 def probe_http(address, path, timeout=1.0):

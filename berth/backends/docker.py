@@ -17,13 +17,16 @@ BERTH_TOOL_UIDS, with every capability dropped and no-new-privileges. Network mo
 """
 import hashlib
 import io
+import posixpath
 import tarfile
 
 from berth.backends.base import CONTAINER_HOME, Backend, LaunchFailed, allocate_port, home_name, probe_http
 from berth.backends.placeholders import fill
-from berth.backends.sandbox import DOCKER_LINK_PREFIX, Sandbox
+from berth.backends.sandbox import DOCKER_LINK_PREFIX, FOLDER_MODE, Sandbox
+from berth.backends.teams import CONTAINER_TEAMS, team_folders_of
 
 LABEL = "berth.deployment"
+_HOMES_PARENT = "/home"  # holds CONTAINER_HOME and CONTAINER_TEAMS: their owners and modes are set from here
 
 
 class DockerBackend(Backend):
@@ -116,6 +119,12 @@ class DockerBackend(Backend):
         env["HOME"] = CONTAINER_HOME
         uid = Sandbox(self.config).uid_for(instance)
         home = self._home_volume(instance)
+        teams = team_folders_of(self.config, instance)
+        volumes = {home: {"bind": CONTAINER_HOME, "mode": "rw"}}
+        for team in teams:
+            volumes[self._team_volume(team)] = {"bind": f"{CONTAINER_TEAMS}/{team.name}", "mode": "rw"}
+        if teams:
+            env["BERTH_TEAM_FOLDERS"] = ":".join(f"{CONTAINER_TEAMS}/{team.name}" for team in teams)
         size = instance.size or {}
         options = {
             "name": self.container_name(instance.id),
@@ -126,9 +135,12 @@ class DockerBackend(Backend):
                 "berth.instance": str(instance.id),
                 "berth.template": template.slug,
                 "berth.owner": str(instance.owner_id),
+                # Which team folders it mounts, with their gids: its start hands each to its gid.
+                "berth.teams": ",".join(f"{team.name}:{team.gid}" for team in teams),
             },
             "init": True,  # a real PID 1 that forwards SIGTERM, so stop is quick
-            "volumes": {home: {"bind": CONTAINER_HOME, "mode": "rw"}},
+            "volumes": volumes,
+            "group_add": [str(team.gid) for team in teams],
             "working_dir": CONTAINER_HOME,
             "detach": True,
             # The tool's own unprivileged uid: never root, and no capability to gain it back.
@@ -155,37 +167,67 @@ class DockerBackend(Backend):
                     return found.id
             raise LaunchFailed(f"Docker could not create the container: {_explain(error)}") from None
 
+    def home_volume_name(self, home):
+        return f"berth-{self.config['BERTH_DEPLOYMENT']}-home-{home}"
+
     def _home_volume(self, instance):
         """The owner's home: one named volume per user (a shared tool has its own), which every
         docker tool of theirs mounts at /home/berth and which outlives every container. The
         reconciler never removes a volume."""
+        owner = home_name(instance)
+        return self._volume(self.home_volume_name(owner), {"berth.home": owner}, "home")
+
+    def delete_home(self, home):
         import docker
 
-        owner = home_name(instance)
-        name = f"berth-{self.config['BERTH_DEPLOYMENT']}-home-{owner}"
+        name = self.home_volume_name(home)
+        try:
+            self.client.volumes.get(name).remove()
+        except docker.errors.NotFound:
+            return []
+        except docker.errors.APIError as error:
+            raise LaunchFailed(f"Docker could not remove the home volume {name}: {_explain(error)}") from None
+        return [f"docker volume {name}"]
+
+    def _team_volume(self, team):
+        """A team's folder: one named volume per team, which its members' docker tools mount at
+        /home/teams/<folder>."""
+        name = f"berth-{self.config['BERTH_DEPLOYMENT']}-team-{team.name}"
+        return self._volume(name, {"berth.team": team.name}, "team folder")
+
+    def _volume(self, name, labels, what):
+        import docker
+
         try:
             self.client.volumes.get(name)
         except docker.errors.NotFound:
             try:
-                self.client.volumes.create(name, labels={LABEL: self.config["BERTH_DEPLOYMENT"],
-                                                         "berth.home": owner})
+                self.client.volumes.create(name, labels={LABEL: self.config["BERTH_DEPLOYMENT"], **labels})
             except docker.errors.APIError as error:
-                raise LaunchFailed(f"Docker could not create the home volume {name}: {_explain(error)}") from None
+                raise LaunchFailed(f"Docker could not create the {what} volume {name}: {_explain(error)}") from None
         return name
 
     @staticmethod
     def _hand_home_to(container, uid):
-        """Make the mounted home the tool's own (0700): a directory entry copied in over it sets
-        its owner and mode, with nothing needed in the image. Redone at every start."""
+        """Make the mounted home the tool's own (0700), and each team folder its team's (root and
+        the team's gid, 2770, as the container's berth.teams label lists them): directory entries
+        copied in over them set owner and mode, with nothing needed in the image. Redone at every
+        start."""
         import docker
 
+        folders = [(CONTAINER_HOME, uid, uid, 0o700)]
+        teams = [team.rpartition(":") for team in (container.labels.get("berth.teams") or "").split(",") if team]
+        if teams:
+            folders.append((CONTAINER_TEAMS, 0, 0, 0o755))
+        folders += [(f"{CONTAINER_TEAMS}/{name}", 0, int(gid), FOLDER_MODE) for name, _, gid in teams]
         archive = io.BytesIO()
         with tarfile.open(fileobj=archive, mode="w") as tar:
-            entry = tarfile.TarInfo(CONTAINER_HOME.rsplit("/", 1)[1])
-            entry.type, entry.uid, entry.gid, entry.mode = tarfile.DIRTYPE, uid, uid, 0o700
-            tar.addfile(entry)
+            for path, owner, group, mode in folders:
+                entry = tarfile.TarInfo(posixpath.relpath(path, _HOMES_PARENT))
+                entry.type, entry.uid, entry.gid, entry.mode = tarfile.DIRTYPE, owner, group, mode
+                tar.addfile(entry)
         try:
-            container.put_archive(CONTAINER_HOME.rsplit("/", 1)[0], archive.getvalue())
+            container.put_archive(_HOMES_PARENT, archive.getvalue())
         except docker.errors.APIError as error:
             raise LaunchFailed(f"Docker could not prepare the tool's home: {_explain(error)}") from None
 

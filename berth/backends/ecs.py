@@ -13,7 +13,8 @@ One launch step, then the launcher's wait:
                recorded as the upstream nginx proxies to.
 
 With BERTH_ECS_EFS_FILE_SYSTEM set, every tool has its owner's home at /home/berth, on EFS, as
-docker tools have theirs in a named volume; see _home_task_definition.
+docker tools have theirs in a named volume, and its owner's team folders at /home/teams/<folder>;
+see _home_task_definition.
 
 Every task is tagged berth:deployment, berth:instance, berth:template and berth:owner (its
 startedBy names the deployment and the instance too), so the reconciler can list what this
@@ -41,6 +42,7 @@ from berth.models import State
 from berth.backends.base import CONTAINER_HOME, Backend, LaunchFailed, home_name, probe_http
 from berth.backends.placeholders import fill
 from berth.backends.sandbox import Sandbox
+from berth.backends.teams import CONTAINER_TEAMS, team_folders_of
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,9 @@ TAG_USER = "berth:user"  # an access point's home: the owner's host key, or shar
 TAG_CONTENT = "berth:content"  # a home task definition's fingerprint: see _home_task_definition
 HOMES_ROOT = "/berth-homes"  # on the file system, each access point's root is <this>/<home>
 HOME_VOLUME = "berth-home"  # the volume's name in a home task definition
+TAG_TEAM = "berth:team"  # a team folder's access point: the folder's name
+TEAMS_ROOT = "/berth-teams"  # each team access point's root is <this>/<folder>
+TEAM_VOLUME_PREFIX = "berth-team-"  # a team folder's volume is this and the folder's name
 # What RegisterTaskDefinition takes of what DescribeTaskDefinition tells.
 _REGISTERED_FIELDS = ("taskRoleArn", "executionRoleArn", "networkMode", "containerDefinitions", "volumes",
                       "placementConstraints", "requiresCompatibilities", "cpu", "memory", "pidMode", "ipcMode",
@@ -200,36 +205,45 @@ def home_family(deployment, template_slug, home):
     return family
 
 
-def access_point_token(deployment, file_system, home):
-    """CreateAccessPoint's ClientToken for one home: the same in every worker and every launch,
-    so that a create redone after a crash (before the new access point was found by its tags)
-    gets the first one back instead of making a second."""
+def access_point_token(deployment, file_system, home, kind="home"):
+    """CreateAccessPoint's ClientToken for one home (or team folder): the same in every worker
+    and every launch, so that a create redone after a crash (before the new access point was
+    found by its tags) gets the first one back instead of making a second."""
     digest = hashlib.sha256(f"{deployment}\0{file_system}\0{home}".encode()).hexdigest()
-    return f"berth-home-{digest}"[:64]
+    return f"berth-{kind}-{digest}"[:64]
 
 
-def with_home(task_definition, container, family, file_system, access_point):
+def with_home(task_definition, container, family, file_system, access_point, teams=()):
     """RegisterTaskDefinition's parameters: the template's task definition, with the home's EFS
-    access point as a volume, mounted at /home/berth (also the working directory) in container.
+    access point as a volume, mounted at /home/berth (also the working directory) in container,
+    and each team folder's, [(folder name, access point id)], mounted at /home/teams/<folder>.
 
     Transit encryption and IAM authorization are on: the task role then needs
     elasticfilesystem:ClientMount and ClientWrite (deploy/ecs/README.md)."""
     params = {field: task_definition[field] for field in _REGISTERED_FIELDS if task_definition.get(field)}
     params["family"] = family
-    volume = {"name": HOME_VOLUME, "efsVolumeConfiguration": {
+    mounted = [(HOME_VOLUME, access_point, CONTAINER_HOME)] + [
+        (f"{TEAM_VOLUME_PREFIX}{name}", point, f"{CONTAINER_TEAMS}/{name}") for name, point in teams]
+    volumes = [{"name": name, "efsVolumeConfiguration": {
         "fileSystemId": file_system, "transitEncryption": "ENABLED",
-        "authorizationConfig": {"accessPointId": access_point, "iam": "ENABLED"}}}
-    params["volumes"] = [other for other in params.get("volumes") or [] if other.get("name") != HOME_VOLUME] + [volume]
+        "authorizationConfig": {"accessPointId": point, "iam": "ENABLED"}}} for name, point, _ in mounted]
+    params["volumes"] = [other for other in params.get("volumes") or []
+                         if not _mounted_by_berth(other.get("name", ""))] + volumes
+    paths = {path for _, _, path in mounted}
     definitions = []
     for definition in params["containerDefinitions"]:
         if definition.get("name") == container:
-            mounts = [mount for mount in definition.get("mountPoints") or []
-                      if mount.get("containerPath") != CONTAINER_HOME]
+            mounts = [mount for mount in definition.get("mountPoints") or [] if mount.get("containerPath") not in paths]
             definition = {**definition, "workingDirectory": CONTAINER_HOME, "mountPoints": mounts + [
-                {"sourceVolume": HOME_VOLUME, "containerPath": CONTAINER_HOME, "readOnly": False}]}
+                {"sourceVolume": name, "containerPath": path, "readOnly": False} for name, _, path in mounted]}
         definitions.append(definition)
     params["containerDefinitions"] = definitions
     return params
+
+
+def _mounted_by_berth(volume_name):
+    """Whether a task definition's volume is one Berth mounts (a home, a team folder), and so replaces."""
+    return volume_name == HOME_VOLUME or volume_name.startswith(TEAM_VOLUME_PREFIX)
 
 
 def fingerprint(params):
@@ -350,9 +364,10 @@ class EcsBackend(Backend):
             raise LaunchFailed(f"The task definition {task_definition['taskDefinitionArn']} uses network "
                                f"mode {task_definition.get('networkMode') or 'bridge'}; Fargate needs awsvpc.")
         container = tool_container(task_definition, port)
-        task_definition_arn = template.image
+        task_definition_arn, teams = template.image, []
         if self.file_system:
-            task_definition_arn = self._home_task_definition(instance, task_definition, container)
+            teams = team_folders_of(self.config, instance)
+            task_definition_arn = self._home_task_definition(instance, task_definition, container, teams)
         params = {
             "cluster": self.cluster,
             "taskDefinition": task_definition_arn,
@@ -360,7 +375,7 @@ class EcsBackend(Backend):
             "count": 1,
             "startedBy": started_by(self.deployment, instance.id),
             "networkConfiguration": {"awsvpcConfiguration": self._network(template)},
-            "overrides": self._overrides(instance, container, port, home=bool(self.file_system)),
+            "overrides": self._overrides(instance, container, port, home=bool(self.file_system), teams=teams),
             "tags": [
                 {"key": TAG_DEPLOYMENT, "value": self.deployment},
                 {"key": TAG_INSTANCE, "value": str(instance.id)},
@@ -384,20 +399,24 @@ class EcsBackend(Backend):
                            f"{run_task_failure(failures).rstrip('.')}. Reload the page to try again later.")
 
     # -- homes on EFS -----------------------------------------------------------------------
-    def _home_task_definition(self, instance, task_definition, container):
-        """The ARN of the template's task definition with the owner's home mounted.
+    def _home_task_definition(self, instance, task_definition, container, teams):
+        """The ARN of the template's task definition with the owner's home and team folders mounted.
 
         A volume's access point is part of the task definition (RunTask cannot override it), so
         each (template, home) has a family of its own, berth-<deployment>-<template>-<home>.
         A new revision is registered only when what it would hold changes (the template's task
-        definition, the access point), found by the fingerprint tag of the family's latest
+        definition, the access points, the owner's team folders), found by the fingerprint tag of the family's latest
         revision: launches reuse it, and the revisions stay as few as those changes. Two
         workers racing may register one identical revision each, which is harmless.
         """
         home = home_name(instance)
-        access_point = self._access_point(instance, home)
+        uid = Sandbox(self.config).uid_for(instance)
+        access_point = self._access_point(TAG_USER, home, f"{HOMES_ROOT}/{home}", uid, uid, "0700")
+        team_points = [(team.name, self._access_point(TAG_TEAM, team.name, f"{TEAMS_ROOT}/{team.name}",
+                                                      team.gid, team.gid, "2770"))
+                       for team in teams]
         family = home_family(self.deployment, instance.template.slug, home)
-        params = with_home(task_definition, container, family, self.file_system, access_point)
+        params = with_home(task_definition, container, family, self.file_system, access_point, team_points)
         digest = fingerprint(params)
         try:
             latest = self._call("describe_task_definition", taskDefinition=family, include=["TAGS"])
@@ -413,37 +432,55 @@ class EcsBackend(Backend):
             raise LaunchFailed(f"AWS refused the task definition that mounts the home: {refusal.answer}") from None
         return registered["taskDefinition"]["taskDefinitionArn"]
 
-    def _access_point(self, instance, home):
-        """The id of the home's EFS access point, made the first time: every file goes through it
-        as the tool's uid (the one its owner's process tools run as), under /berth-homes/<home>,
-        created 0700 and owned by that uid. Found by its tags; the reconciler never removes one."""
-        file_system, token = self.file_system, None
+    def _access_points(self, tag, value):
+        """The ids of this deployment's live access points tagged tag=value."""
+        found, token = [], None
         while True:
-            page = self._call("describe_access_points", service="efs", FileSystemId=file_system,
+            page = self._call("describe_access_points", service="efs", FileSystemId=self.file_system,
                               **({"NextToken": token} if token else {}))
             for point in page.get("AccessPoints") or []:
-                tags = {tag.get("Key"): tag.get("Value") for tag in point.get("Tags") or []}
-                if (tags.get(TAG_DEPLOYMENT) == self.deployment and tags.get(TAG_USER) == home
+                tags = {item.get("Key"): item.get("Value") for item in point.get("Tags") or []}
+                if (tags.get(TAG_DEPLOYMENT) == self.deployment and tags.get(tag) == value
                         and point.get("LifeCycleState") in ("available", "creating", "updating")):
-                    return point["AccessPointId"]
+                    found.append(point["AccessPointId"])
             token = page.get("NextToken")
             if not token:
-                break
-        uid = Sandbox(self.config).uid_for(instance)
+                return found
+
+    def _access_point(self, tag, value, root, uid, gid, permissions):
+        """The id of the access point of a home (tag berth:user) or team folder (berth:team),
+        made the first time: every file goes through it as uid and gid (a home: the uid its
+        owner's process tools run as; a team folder: the team's gid), under root, created with
+        permissions and owned by them. Found by its tags; the reconciler never removes one."""
+        found = self._access_points(tag, value)
+        if found:
+            return found[0]
+        kind = "home" if tag == TAG_USER else "team"
         try:
             created = self._call(
-                "create_access_point", service="efs", FileSystemId=file_system,
-                ClientToken=access_point_token(self.deployment, file_system, home),
-                PosixUser={"Uid": uid, "Gid": uid},
-                RootDirectory={"Path": f"{HOMES_ROOT}/{home}",
-                               "CreationInfo": {"OwnerUid": uid, "OwnerGid": uid, "Permissions": "0700"}},
-                Tags=[{"Key": TAG_DEPLOYMENT, "Value": self.deployment}, {"Key": TAG_USER, "Value": home}])
+                "create_access_point", service="efs", FileSystemId=self.file_system,
+                ClientToken=access_point_token(self.deployment, self.file_system, value, kind),
+                PosixUser={"Uid": uid, "Gid": gid},
+                RootDirectory={"Path": root,
+                               "CreationInfo": {"OwnerUid": uid, "OwnerGid": gid, "Permissions": permissions}},
+                Tags=[{"Key": TAG_DEPLOYMENT, "Value": self.deployment}, {"Key": tag, "Value": value}])
         except AwsRefused as refusal:
             if refusal.code == "AccessPointAlreadyExists" and refusal.response.get("AccessPointId"):
                 return refusal.response["AccessPointId"]  # the same token: made by an earlier attempt
-            raise LaunchFailed(f"AWS could not make the home on EFS file system {file_system}: "
+            what = "home" if kind == "home" else "team folder"
+            raise LaunchFailed(f"AWS could not make the {what} on EFS file system {self.file_system}: "
                                f"{refusal.answer}") from None
         return created["AccessPointId"]
+
+    def delete_home(self, home):
+        """Delete the home's access points. The files under /berth-homes/<home> stay on the file
+        system: EFS deletes no data with an access point (docs/operations.md)."""
+        if not self.file_system:
+            return []
+        found = self._access_points(TAG_USER, home)
+        for point in found:
+            self._call("delete_access_point", service="efs", AccessPointId=point)
+        return [f"EFS access point {point} ({self.file_system}:{HOMES_ROOT}/{home})" for point in found]
 
     def _network(self, template):
         """The task's network interface: the tools' subnets and security groups, and those that
@@ -462,7 +499,7 @@ class EcsBackend(Backend):
         return network
 
     @staticmethod
-    def _overrides(instance, container, port, home=False):
+    def _overrides(instance, container, port, home=False, teams=()):
         """Command and environment from the template, cpu and memory from the size.
 
         Deterministic (sorted environment), because AWS answers a repeated clientToken with the
@@ -472,6 +509,8 @@ class EcsBackend(Backend):
         env["PORT"] = str(port)
         if home:
             env["HOME"] = CONTAINER_HOME
+        if teams:
+            env["BERTH_TEAM_FOLDERS"] = ":".join(f"{CONTAINER_TEAMS}/{team.name}" for team in teams)
         container_override = {"name": container,
                               "environment": [{"name": key, "value": env[key]} for key in sorted(env)]}
         if command:

@@ -22,11 +22,13 @@ from berth.backends.base import (Backend, LaunchFailed, allocate_port, home_name
                                  tail_of_file)
 from berth.backends.placeholders import fill
 from berth.backends.sandbox import Sandbox
+from berth.backends.teams import team_folders_of
 
 BUNDLED_TOOLS = Path(__file__).resolve().parent.parent.parent / "berth_tools"
 
 # Only these of the worker's variables reach a tool: never its secrets or database URL.
 _INHERITED_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "TMPDIR")
+TOOL_UMASK = 0o007
 
 
 def _proc_start_ticks(pid):
@@ -107,10 +109,13 @@ class ProcessBackend(Backend):
             raise LaunchFailed("The template has no command to run.")
         seal_data_dir(self.config)
         out_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        state = {}
+        state, teams = {}, []
         if self.isolated:
             uid = sandbox.uid_for(instance)
             sandbox.prepare_home(str(home), uid)
+            teams = team_folders_of(self.config, instance)
+            for team in teams:
+                sandbox.prepare_team_folder(str(team_folder_path(self.config, team)), team.gid)
             state.update(sandbox.create_network(instance.id, egress=template.egress))
             runtime = _bundled_tools_runtime(self.config)
             python, listen = self.config["BERTH_TOOL_PYTHON"], "0.0.0.0"
@@ -128,16 +133,21 @@ class ProcessBackend(Backend):
             BERTH_DEPLOYMENT=self.config["BERTH_DEPLOYMENT"],
             BERTH_INSTANCE_ID=str(instance.id),
         )
+        if teams:
+            env["BERTH_TEAM_FOLDERS"] = ":".join(str(team_folder_path(self.config, team)) for team in teams)
         if not shutil.which(command[0], path=env.get("PATH")):
             # Said here: inside the sandbox the error would come from setpriv, after the fork.
             raise LaunchFailed(f"Could not run {command[0]!r}: no such program, or it is not executable.")
         if self.isolated:
-            command = sandbox.command(state["namespace"], uid, command)
+            command = sandbox.command(state["namespace"], uid, command, team_gids=[team.gid for team in teams])
         with open(out_path, "ab") as out, open(err_path, "ab") as err:
             try:
                 process = subprocess.Popen(
                     command, cwd=home, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
                     start_new_session=True,  # its own process group, and it outlives the worker
+                    # Not Berth's 077: what a member makes in a team folder, the team may edit
+                    # (the home is 0700, so nothing opens to others there).
+                    umask=TOOL_UMASK if self.isolated else -1,
                 )
             except OSError as error:
                 raise LaunchFailed(f"Could not run {command[0]!r}: {error.strerror}.") from None
@@ -215,6 +225,20 @@ class ProcessBackend(Backend):
                 found.setdefault(instance_id, [])
         return found
 
+    def delete_home(self, home):
+        """Remove <BERTH_HOMES_DIR>/<home> and everything in it, following no symbolic link a
+        tool planted there (rmtree works through directory descriptors)."""
+        path = Path(self.config["BERTH_HOMES_DIR"]) / home
+        if path.is_symlink():  # not a home Berth made: remove the link, never what it names
+            path.unlink()
+            return [str(path)]
+        if not path.exists():
+            return []
+        if not shutil.rmtree.avoids_symlink_attacks:
+            raise LaunchFailed("This platform cannot remove a folder without following links planted in it.")
+        shutil.rmtree(path)
+        return [str(path)]
+
     @staticmethod
     def _terminate(pid, grace=5.0):
         """SIGTERM the tool's process group, then SIGKILL whatever is left after the grace time."""
@@ -240,6 +264,10 @@ class ProcessBackend(Backend):
         _reap(pid)
 
 
+def team_folder_path(config, team):
+    return Path(config["BERTH_TEAMS_DIR"]) / team.name
+
+
 def home_of(config, instance):
     """The home a tool works in: its owner's, which every tool of theirs shares, or, for a
     shared tool, the tool's own, so that no visitor's files end up in it."""
@@ -253,7 +281,7 @@ def seal_data_dir(config):
     os.chmod(data_dir, 0o711)
     # nginx's prefix stays passable (0711) for its workers, which run as BERTH_NGINX_USER; what
     # is in it is closed on its own (berth.nginx_conf.prepare_prefix).
-    public = {"homes", "tool-runtime", "nginx"}
+    public = {"homes", "teams", "tool-runtime", "nginx"}
     for entry in data_dir.iterdir():
         if entry.name in public or entry.is_symlink():
             continue

@@ -3,8 +3,9 @@
 A tool is someone else's code. On the process backend it therefore runs:
 
 - as an unprivileged uid and gid of its owner's (the lowest of BERTH_TOOL_UIDS plus the Berth
-  user's id), never as Berth's user or root, with no supplementary groups and no_new_privs, so
-  that no setuid program gives it privileges back. It can read and write its owner's home
+  user's id), never as Berth's user or root, with no supplementary groups but its owner's team
+  folders' gids (berth/backends/teams.py), and no_new_privs, so that no setuid program gives it
+  privileges back. It can read and write its owner's home
   (0700) and nothing of Berth's: the data directory is 0711 and everything else in it is
   Berth's own, 0600 or 0700;
 - in a network namespace of its own, joined to the host by one veth pair with a /30 of
@@ -27,6 +28,8 @@ import subprocess
 import time
 
 from berth.backends.base import LaunchFailed
+
+FOLDER_MODE = 0o2770  # a team folder: its group reads and writes, and what is made in it stays the group's
 
 # The firewall chains, shared by every deployment on the host; the per-tool rules name the
 # tool's host-side link, bth<slot>.
@@ -80,17 +83,14 @@ class Sandbox:
     @staticmethod
     def prepare_home(path, uid):
         """The home exists, belongs to uid and is 0700; its parents are traversable but not listable."""
-        parent = os.path.dirname(path)
-        os.makedirs(parent, mode=0o711, exist_ok=True)
-        os.chmod(parent, 0o711)
-        os.makedirs(path, mode=0o700, exist_ok=True)
-        os.chown(path, uid, uid)
-        os.chmod(path, 0o700)
-        blocked = _untraversable_parent(path)
-        if blocked:
-            raise LaunchFailed(f"A tool's user cannot reach its home {path}: {blocked} is closed to "
-                               "other users. Put BERTH_DATA_DIR (or BERTH_HOMES_DIR) under a folder "
-                               "that others may traverse (mode o+x).")
+        _prepare_folder(path, uid, uid, 0o700, "its home", "BERTH_DATA_DIR (or BERTH_HOMES_DIR)")
+
+    @staticmethod
+    def prepare_team_folder(path, gid):
+        """The team folder exists, belongs to root and gid, and is 2770: members (gid) read and
+        write, what they make stays gid's, and no one else passes. Its parent is traversable
+        but not listable, so a tool learns no other team's folder."""
+        _prepare_folder(path, 0, gid, FOLDER_MODE, "its team folder", "BERTH_TEAMS_DIR")
 
     # -- network ----------------------------------------------------------------------------
     def namespace(self, instance_id):
@@ -178,13 +178,15 @@ class Sandbox:
 
     # -- processes --------------------------------------------------------------------------
     @staticmethod
-    def command(namespace, uid, argv):
-        """argv run inside namespace as uid, with no groups and no way to gain privileges.
+    def command(namespace, uid, argv, team_gids=()):
+        """argv run inside namespace as uid, with no way to gain privileges, and with no
+        supplementary groups but the gids of its owner's team folders.
 
         `ip netns exec` and setpriv each exec the next program, so the pid that Popen returns
         is the tool's own."""
+        groups = f"--groups={','.join(str(gid) for gid in team_gids)}" if team_gids else "--clear-groups"
         return ["ip", "netns", "exec", namespace,
-                "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--no-new-privs",
+                "setpriv", f"--reuid={uid}", f"--regid={uid}", groups, "--no-new-privs",
                 "--inh-caps=-all", "--", *argv]
 
     # -- firewall ---------------------------------------------------------------------------
@@ -247,6 +249,19 @@ def _disable_ipv6(path):
             if not os.path.exists("/proc/sys/net/ipv6") or time.monotonic() > deadline:
                 return
             time.sleep(0.01)
+
+
+def _prepare_folder(path, uid, gid, mode, what, setting):
+    parent = os.path.dirname(path)
+    os.makedirs(parent, mode=0o711, exist_ok=True)
+    os.chmod(parent, 0o711)
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    os.chown(path, uid, gid)
+    os.chmod(path, mode)
+    blocked = _untraversable_parent(path)
+    if blocked:
+        raise LaunchFailed(f"A tool's user cannot reach {what} {path}: {blocked} is closed to other users. "
+                           f"Put {setting} under a folder that others may traverse (mode o+x).")
 
 
 def _untraversable_parent(path):

@@ -1,12 +1,17 @@
-"""Starting and stopping tools, as the web app asks for it. The worker does the rest."""
+"""Starting and stopping tools, deleting homes and measuring storage, as the web app asks for it.
+The worker does the rest."""
+import time
+
 from flask import current_app
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from berth.launch import tasks
 from berth.launch.state_machine import begin_stop
+from berth.launch.upkeep import live_tools_of
 from berth.extensions import db
-from berth.models import Event, State, ToolInstance, ToolTemplate, lock_user, record_event, update_where
+from berth.models import (Event, State, StorageUsage, ToolInstance, ToolTemplate, lock_user, record_event,
+                          update_where, utcnow)
 
 
 def live_instance(host):
@@ -123,6 +128,48 @@ def request_stop(instance, actor):
         return False
     tasks.enqueue_stop(instance.id)
     return True
+
+
+class HomeDeletionRefused(Exception):
+    """A home that cannot be deleted now, with what to tell the administrator."""
+
+
+def request_home_deletion(user, actor):
+    """Record the request and queue the deletion of the user's home, which the worker carries out
+    (it alone may reach every backend's storage). Refused while a tool of theirs is live; the
+    worker checks again before it deletes anything."""
+    live = live_tools_of(user.id)
+    if live:
+        names = ", ".join(sorted({row.template.name for row in live}))
+        raise HomeDeletionRefused(
+            f"{user.email} has {len(live)} tool{'s' if len(live) > 1 else ''} running or starting ({names}): "
+            "a home in use is never deleted. Stop them first (Instances), then delete the home.")
+    record_event("home.delete.request", f"Deletion of the home of {user.email} requested", actor=actor,
+                 user_id=user.id)
+    db.session.commit()
+    if not tasks.enqueue_home_deletion(user.id, actor):
+        raise HomeDeletionRefused("The queue did not take the deletion; nothing was deleted. Try again shortly.")
+
+
+STORAGE_FRESH_SECONDS = 30  # storage measures older than this are measured again when shown
+_storage_measure_asked = [0.0]  # monotonic time this process last asked for one
+
+
+def storage_usage(kind, names):
+    """{name: StorageUsage or None} of the homes ("home") or team folders ("team") called names,
+    as the worker last measured them. When the measures are older than STORAGE_FRESH_SECONDS,
+    a new round is queued (at most once in that time by this process) for a later view."""
+    from datetime import timedelta
+
+    rows = {row.name: row for row in db.session.execute(
+        select(StorageUsage).where(StorageUsage.kind == kind, StorageUsage.name.in_(names))).scalars()}
+    newest = db.session.scalar(select(func.max(StorageUsage.measured_at)))
+    now = time.monotonic()
+    stale = newest is None or newest < utcnow() - timedelta(seconds=STORAGE_FRESH_SECONDS)
+    if stale and now - _storage_measure_asked[0] > STORAGE_FRESH_SECONDS:
+        _storage_measure_asked[0] = now
+        tasks.enqueue_storage_measure()
+    return {name: rows.get(name) for name in names}
 
 
 def mark_failure_shown(instance):

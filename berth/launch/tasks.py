@@ -242,6 +242,27 @@ def stop(instance_id):
         return stop_instance(instance_id)
 
 
+@huey.task()
+def delete_home(user_id, actor):
+    from berth.launch.upkeep import delete_home as run_deletion
+
+    with _app_context():
+        return run_deletion(user_id, actor)
+
+
+@huey.task()
+def measure_storage():
+    from berth.launch.upkeep import measure_storage as run_measure
+
+    with _app_context():
+        return run_measure()
+
+
+@huey.periodic_task(crontab(minute="*/5"))
+def measure_storage_regularly():
+    return measure_storage.call_local()
+
+
 @huey.periodic_task(crontab(minute="*"))
 def cull_idle():
     from berth.launch.upkeep import cull_idle as run_cull
@@ -253,22 +274,6 @@ def cull_idle():
         return stopped
 
 
-@huey.periodic_task(crontab(minute="*/5"))
-def measure_storage():
-    """What each home (and team folder) on the process backend holds, for the admin pages: the
-    worker may read them all, the web app may not (berth/homes.py)."""
-    from flask import current_app
-
-    from berth.homes import record_usage
-
-    with _app_context():
-        config = current_app.config
-        if "process" not in config["BERTH_BACKENDS"]:
-            return 0
-        roots = [config["BERTH_HOMES_DIR"]] + ([config["BERTH_TEAMS_DIR"]] if config.get("BERTH_TEAMS_DIR") else [])
-        return record_usage(roots)
-
-
 def enqueue_launch(instance_id):
     """Queue a launch; False if the queue did not take it (the reconciler picks it up later)."""
     return _enqueue(launch, instance_id)
@@ -276,6 +281,26 @@ def enqueue_launch(instance_id):
 
 def enqueue_stop(instance_id):
     return _enqueue(stop, instance_id)
+
+
+def enqueue_home_deletion(user_id, actor):
+    """Queue the deletion of a user's home; False if the queue did not take it."""
+    return _enqueue_other(delete_home, user_id, actor)
+
+
+def enqueue_storage_measure():
+    """Queue a measuring of homes and team folders; False if the queue did not take it."""
+    return _enqueue_other(measure_storage)
+
+
+def _enqueue_other(task, *args):
+    """Queue a task that no instance row stands for: if the queue does not take it, say so."""
+    try:
+        task(*args)
+    except Exception:  # noqa: BLE001 - the caller tells whoever asked to try again
+        log.exception("could not enqueue %s%s", task.name, args)
+        return False
+    return True
 
 
 def _enqueue(task, instance_id):

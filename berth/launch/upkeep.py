@@ -1,5 +1,6 @@
-"""Upkeep that the worker runs: the reconciler (every BERTH_RECONCILE_SECONDS) and the idle
-culler (every minute).
+"""Upkeep that the worker runs: the reconciler (every BERTH_RECONCILE_SECONDS), the idle
+culler (every minute), the measuring of homes and team folders, and the deletion of a departed
+user's home that an administrator asks for.
 
 Both read the database and the backends, then move instances through the state machine
 (state_machine.py) and queue what is left to do through the functions they are given, so
@@ -10,14 +11,16 @@ import socket
 from datetime import timedelta
 
 from flask import current_app
-from sqlalchemy import or_, select
+from sqlalchemy import delete, or_, select, update
+from sqlalchemy.exc import IntegrityError
 
-from berth import metrics
+from berth import homes, metrics
 from berth.backends import LaunchFailed, get_backend
 from berth.extensions import db
 from berth.launch.leases import REQUEUE_AFTER_SECONDS, lease_seconds
 from berth.launch.state_machine import begin_stop, clip_detail, transition
-from berth.models import State, ToolInstance, record_event, update_where, utcnow
+from berth.models import (State, StorageUsage, ToolInstance, ToolTemplate, User, record_event, update_where,
+                          utcnow)
 
 log = logging.getLogger(__name__)
 
@@ -193,3 +196,85 @@ def _last_lines(instance, config):
         return clip_detail(get_backend(instance.backend, config).failure_detail(instance))
     except LaunchFailed:
         return None
+
+
+# -- deleting a user's home ----------------------------------------------------------------------
+
+def live_tools_of(user_id):
+    """The user's own tools that are live (queued, starting, running or stopping). A shared tool
+    is nobody's own: it works in a home of its own."""
+    return db.session.execute(
+        select(ToolInstance).join(ToolInstance.template)
+        .where(ToolInstance.owner_id == user_id, ToolInstance.state.in_(State.LIVE),
+               ToolTemplate.shared.is_(False)).order_by(ToolInstance.id)
+    ).scalars().all()
+
+
+def delete_home(user_id, actor):
+    """Delete the user's home on every backend this installation runs, unless a tool of theirs
+    is live; record the outcome. Returns "deleted", "refused", "failed" or "gone".
+
+    On PostgreSQL the user's row stays locked until the outcome is recorded: a launch takes that
+    lock before it adds its instance (requests._serialise_launch), so none can start in the
+    home while it goes."""
+    config = current_app.config
+    user = db.session.get(User, user_id)
+    if user is None:
+        return "gone"
+    if db.engine.dialect.name == "postgresql":
+        db.session.execute(update(User).where(User.id == user.id).values(id=User.id))
+    live = live_tools_of(user.id)
+    if live:
+        record_event("home.delete.refused", f"The home of {user.email} was not deleted: {len(live)} tool(s) "
+                     "of theirs still run", actor=actor, user_id=user.id, instances=[row.id for row in live])
+        db.session.commit()
+        return "refused"
+    removed, failures = [], []
+    for name in config["BERTH_BACKENDS"]:
+        try:
+            removed += get_backend(name, config).delete_home(user.host_key)
+        except (LaunchFailed, OSError) as failure:
+            failures.append(f"{name}: {getattr(failure, 'reason', None) or failure}")
+    if failures:
+        record_event("home.delete.failed", f"The home of {user.email} was not wholly deleted: {'; '.join(failures)}",
+                     actor=actor, user_id=user.id, removed=removed, failures=failures)
+    else:
+        record_event("home.delete", f"The home of {user.email} was deleted"
+                     + (f": {', '.join(removed)}" if removed else " (there was none)"),
+                     actor=actor, user_id=user.id, removed=removed)
+    db.session.commit()
+    return "failed" if failures else "deleted"
+
+
+# -- measuring homes and team folders ----------------------------------------------------------
+
+STORAGE_FOLDERS = (("home", "BERTH_HOMES_DIR"), ("team", "BERTH_TEAMS_DIR"))
+MEASURE_BUDGET_SECONDS = 20.0  # the longest one round spends walking each kind of folder
+
+
+def measure_storage(budget=MEASURE_BUDGET_SECONDS):
+    """Measure the process backend's homes and team folders and record what each holds
+    (StorageUsage), dropping the records of folders that are gone. Returns how many were measured."""
+    config = current_app.config
+    if "process" not in config["BERTH_BACKENDS"]:
+        return 0
+    homes.forget()  # a fresh look: the records are what the admin pages show
+    measured, now = 0, utcnow()
+    for kind, setting in STORAGE_FOLDERS:
+        found = homes.measure_folder(config[setting], budget)
+        db.session.execute(delete(StorageUsage).where(StorageUsage.kind == kind, StorageUsage.name.not_in(found))
+                           .execution_options(synchronize_session=False))
+        rows = {row.name: row for row in db.session.execute(
+            select(StorageUsage).where(StorageUsage.kind == kind)).scalars()}
+        for name, usage in found.items():
+            if usage is None:  # not reached this round: its last record stands
+                continue
+            row = rows.get(name) or StorageUsage(kind=kind, name=name)
+            row.size_bytes, row.complete, row.measured_at = usage.size_bytes, usage.complete, now
+            db.session.add(row)
+            measured += 1
+    try:
+        db.session.commit()
+    except IntegrityError:  # another worker recorded the same folder first: its measure stands
+        db.session.rollback()
+    return measured

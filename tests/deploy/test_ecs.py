@@ -99,7 +99,7 @@ def test_only_the_worker_has_a_task_role(definitions):
     assert {"ecs:RunTask", "ecs:DescribeTasks", "ecs:StopTask", "ecs:ListTasks", "ecs:TagResource",
             "ecs:DescribeTaskDefinition", "ecs:RegisterTaskDefinition", "iam:PassRole",
             "elasticfilesystem:DescribeAccessPoints", "elasticfilesystem:CreateAccessPoint",
-            "elasticfilesystem:TagResource"} == actions
+            "elasticfilesystem:DeleteAccessPoint", "elasticfilesystem:TagResource"} == actions
 
 
 def test_auth_and_web_are_health_checked_and_named_for_nginx(definitions):

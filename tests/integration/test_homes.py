@@ -1,10 +1,16 @@
 """One home per user that outlives their tools: on the process backend a folder, on the docker
-backend a named volume, each the user's own (0700, their tool uid) and shared by all their tools."""
+backend a named volume, each the user's own (0700, their tool uid) and shared by all their tools;
+and team folders, which a group's members' tools share."""
 import json
 import os
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
 
 from tests.actions import stop_instance
 from tests.integration.test_launch import _host, _wait_state
+from tests.integration.test_lifecycle import normal_worker_afterwards, restart_worker  # noqa: F401 - a fixture
 
 
 def _running(stack, slug, user):
@@ -70,3 +76,115 @@ def test_a_users_process_tools_share_one_home_that_outlives_them(stack, alice):
     _, other = _running(stack, "echo-api", alice)
     assert os.readlink(f"/proc/{other['pid']}/cwd") == str(home)
     assert (home / "notes.txt").read_text() == "kept"
+
+
+# -- through the tool itself: write, stop, cull, and a launch by another worker ----------------
+
+def _put(browser, stack, slug, user, path, text):
+    return browser.put(stack.tool_url(slug, user, "/files"), params={"path": path}, data=text.encode(), timeout=10)
+
+
+def _read(browser, stack, slug, user, path):
+    answer = browser.get(stack.tool_url(slug, user, "/files"), params={"path": path}, timeout=10)
+    return answer.status_code, answer.text
+
+
+def _cull(stack, row):
+    """Date the tool's last activity two days back and run `berth cull`; wait until it is STOPPED."""
+    stack.query("UPDATE tool_instances SET last_activity_at = :at WHERE id = :id",
+                at=datetime.now(timezone.utc) - timedelta(days=2), id=row["id"])
+    result = stack.berth("cull")
+    assert result.returncode == 0, result.stderr
+    _wait_state(stack, row["host"], ("STOPPED",), timeout=30)
+
+
+@pytest.mark.parametrize("slug", ["echo", "echo-docker"])
+def test_a_file_written_in_a_tool_survives_a_stop_an_idle_cull_and_a_launch_by_another_worker(
+        stack, alice, slug, normal_worker_afterwards):
+    browser = stack.login(alice)
+    host = _host(stack, slug, alice)
+    stack.open_tool(browser, slug, alice, timeout=60)
+    assert _put(browser, stack, slug, alice, "notes.txt", "kept through it all").status_code == 201
+    first, _ = _running(stack, slug, alice)
+
+    _stop(stack, browser, first, host)
+    stack.open_tool(browser, slug, alice, timeout=60)
+    assert _read(browser, stack, slug, alice, "notes.txt") == (200, "kept through it all")
+    second, _ = _running(stack, slug, alice)
+
+    _cull(stack, second)
+    worker = stack.processes.processes["worker"].pid
+    restart_worker(stack)  # the next launch is another worker's
+    assert stack.processes.processes["worker"].pid != worker
+    stack.open_tool(browser, slug, alice, timeout=60)
+    third, _ = _running(stack, slug, alice)
+
+    assert len({first["id"], second["id"], third["id"]}) == 3
+    assert _read(browser, stack, slug, alice, "notes.txt") == (200, "kept through it all")
+
+
+# -- team folders ------------------------------------------------------------------------------
+
+def make_team(stack, *users, folder=True):
+    """A group with its team folder on (or off), whose members are users: its id, name, folder, gid."""
+    from berth.extensions import db
+    from berth.models import Group, Membership
+
+    with stack.app.app_context():
+        group = Group(name=f"Team {os.urandom(3).hex()}", team_folder=folder)
+        db.session.add(group)
+        db.session.flush()
+        db.session.add_all(Membership(group_id=group.id, user_id=user["id"]) for user in users)
+        db.session.commit()
+        team = {"id": group.id, "name": group.name, "folder": f"{group.name.lower().replace(' ', '-')}-{group.id}",
+                "gid": stack.config["BERTH_TEAM_GIDS"][0] + group.id}
+        db.session.remove()
+    return team
+
+
+def test_team_members_process_tools_share_the_team_folder_and_edit_each_others_files(stack, alice, bob):
+    team = make_team(stack, alice, bob)
+    folder = Path(stack.config["BERTH_TEAMS_DIR"]) / team["folder"]
+    browsers = {}
+    for user in (alice, bob):
+        browsers[user["id"]] = stack.login(user)
+        stack.open_tool(browsers[user["id"]], "echo", user)
+    plan = str(folder / "plan.txt")
+
+    assert _put(browsers[alice["id"]], stack, "echo", alice, plan, "alice's draft").status_code == 201
+    assert _read(browsers[bob["id"]], stack, "echo", bob, plan) == (200, "alice's draft")
+    assert _put(browsers[bob["id"]], stack, "echo", bob, plan, "bob's edit").status_code == 201
+    listing = json.dumps({"entries": ["plan.txt"]})
+    assert _read(browsers[alice["id"]], stack, "echo", alice, str(folder)) == (200, listing)
+
+    info, written = folder.stat(), (folder / "plan.txt").stat()
+    assert (info.st_uid, info.st_gid, info.st_mode & 0o7777) == (0, team["gid"], 0o2770)
+    assert (written.st_gid, written.st_mode & 0o777) == (team["gid"], 0o660)  # the team's, and its to edit
+    _, state = _running(stack, "echo", alice)
+    environ = dict(item.split("=", 1) for item in
+                   Path(f"/proc/{state['pid']}/environ").read_text().split("\0") if "=" in item)
+    assert environ["BERTH_TEAM_FOLDERS"] == str(folder)
+
+
+def test_team_members_docker_tools_mount_the_team_volume_with_the_teams_gid(stack, alice, bob):
+    team = make_team(stack, alice, bob)
+    plan = f"/home/teams/{team['folder']}/plan.txt"
+    browsers = {}
+    for user in (alice, bob):
+        browsers[user["id"]] = stack.login(user)
+        stack.open_tool(browsers[user["id"]], "echo-docker", user, timeout=60)
+
+    assert _put(browsers[alice["id"]], stack, "echo-docker", alice, plan, "alice's draft").status_code == 201
+    assert _read(browsers[bob["id"]], stack, "echo-docker", bob, plan) == (200, "alice's draft")
+    assert _put(browsers[bob["id"]], stack, "echo-docker", bob, plan + ".bob", "bob's note").status_code == 201
+
+    row, _ = _running(stack, "echo-docker", bob)
+    code, output = _in_container(stack, row, f"stat -c '%u %g %a' /home/teams/{team['folder']} {plan}; id -G")
+    assert code == 0, output
+    folder_line, file_line, groups = output.splitlines()
+    assert folder_line == f"0 {team['gid']} 2770"
+    assert file_line.split()[1] == str(team["gid"])  # setgid: what a member makes stays the team's
+    assert str(team["gid"]) in groups.split()
+    with stack.docker() as client:
+        volume = client.volumes.get(f"berth-{stack.env['BERTH_DEPLOYMENT']}-team-{team['folder']}")
+        assert volume.attrs["Labels"]["berth.team"] == team["folder"]

@@ -2,7 +2,7 @@
 
     python hostile_tool.py --host IP --port PORT
 
-POST /attack with a JSON body {"read": [paths], "list": [dirs], "connect": ["host:port"],
+POST /attack with a JSON body {"read": [paths], "list": [dirs], "entries": [dirs], "write": [paths], "connect": ["host:port"],
 "signal": [pids], "environ": [pids], "hoard": N} answers, for each attempt, what happened:
 "ok" (the attack worked) or the error it met. Standard library only, so that it runs under
 any interpreter that tools may use.
@@ -28,6 +28,19 @@ def _attempt(action):
 def _read(path):
     with open(path, "rb") as handle:
         handle.read(16)
+
+
+def _write(path):
+    with open(path, "ab") as handle:
+        handle.write(b"planted")
+
+
+def _entries(path):
+    """What the folder holds, sorted, or the error met listing it."""
+    try:
+        return sorted(os.listdir(path))
+    except OSError as error:
+        return f"{type(error).__name__}: {error}"
 
 
 def _connect(address):
@@ -104,6 +117,8 @@ def attack(plan):
               "capabilities": _capabilities()}
     report["read"] = {path: _attempt(lambda path=path: _read(path)) for path in plan.get("read", [])}
     report["list"] = {path: _attempt(lambda path=path: os.listdir(path)) for path in plan.get("list", [])}
+    report["write"] = {path: _attempt(lambda path=path: _write(path)) for path in plan.get("write", [])}
+    report["entries"] = {path: _entries(path) for path in plan.get("entries", [])}
     report["environ"] = {str(pid): _attempt(lambda pid=pid: _read(f"/proc/{pid}/environ"))
                          for pid in plan.get("environ", [])}
     report["signal"] = {str(pid): _attempt(lambda pid=pid: os.kill(pid, 0)) for pid in plan.get("signal", [])}

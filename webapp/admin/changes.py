@@ -1,4 +1,5 @@
-"""Administrators' changes to groups, memberships and templates, each recorded with before and after.
+"""Administrators' changes to groups (and their team folders), memberships and templates, each
+recorded with before and after.
 
 Every function adds to the current transaction and records an event whose actor is the
 administrator ("admin:<id>"); the caller commits. Users' flags go through
@@ -74,6 +75,17 @@ def delete_group(group, actor):
     db.session.delete(group)
     record_event("group.delete", f"Group {group.name} deleted", actor=actor, group_id=group.id,
                  before={"name": group.name, "members": members}, after={})
+
+
+def set_team_folder(group, enabled, actor):
+    """Turn the group's team folder on or off. Returns whether it changed. Its members' tools
+    mount it (or stop mounting it) from their next launch; turning it off deletes nothing."""
+    if group.team_folder == enabled:
+        return False
+    group.team_folder = enabled
+    record_event("group.team_folder", f"Team folder of {group.name} turned {'on' if enabled else 'off'}",
+                 actor=actor, group_id=group.id, before={"team_folder": not enabled}, after={"team_folder": enabled})
+    return True
 
 
 def add_member(group, user, actor):

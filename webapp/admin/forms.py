@@ -50,6 +50,10 @@ class UserForm(FlaskForm):
         return None if any(problems.values()) else (email, name, password or None)
 
 
+class HomeDeletionForm(FlaskForm):
+    confirm = StringField("Type the user's email to confirm")
+
+
 class TemplateForm(FlaskForm):
     slug = StringField("Slug")
     name = StringField("Name")

@@ -9,12 +9,14 @@ from berth.accounts import create_local_user, groups_by_user, set_user_flags, te
 from webapp.admin import reports
 from webapp.api.schemas import MAX_ID
 from webapp.admin.changes import (ChangeRefused, add_member, create_group, create_template, delete_group,
-                                  group_counts, remove_member, set_local_groups, set_template_enabled,
-                                  templates_using, update_template)
-from webapp.admin.forms import ActionForm, GroupForm, MemberForm, TemplateForm, UserForm
+                                  group_counts, remove_member, set_local_groups, set_team_folder,
+                                  set_template_enabled, templates_using, update_template)
+from webapp.admin.forms import ActionForm, GroupForm, HomeDeletionForm, MemberForm, TemplateForm, UserForm
+from berth.backends.teams import folder_name
 from berth.extensions import db
-from berth.homes import home_usage
-from berth.launch.requests import instance_events, request_stop
+from berth.launch.requests import (HomeDeletionRefused, instance_events, request_home_deletion, request_stop,
+                                   storage_usage)
+from berth.launch.upkeep import live_tools_of
 from berth.models import Group, Membership, State, ToolInstance, ToolTemplate, User
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
@@ -95,9 +97,7 @@ def users():
                                         func.lower(User.name).contains(search.lower(), autoescape=True)))
     rows, more = reports.page_of(statement, _page_number())
     groups = groups_by_user(rows)
-    homes = None
-    if "process" in current_app.config["BERTH_BACKENDS"]:
-        homes = home_usage(current_app.config["BERTH_HOMES_DIR"], [person.host_key for person in rows])
+    homes = _usage("home", [person.host_key for person in rows])
     return render_template("admin/users.html", section="users", users=rows, more=more, page=_page_number(),
                            search=search, groups=groups, homes=homes)
 
@@ -144,6 +144,39 @@ def user(user_id):
                            action_form=ActionForm())
 
 
+def _usage(kind, names):
+    """What each named home ("home") or team folder ("team") holds on disk, as the worker last
+    measured it, or None where the process backend, which alone keeps them on this host, is off."""
+    if "process" not in current_app.config["BERTH_BACKENDS"]:
+        return None
+    return storage_usage(kind, names)
+
+
+@bp.get("/users/<int:user_id>/home/delete")
+@admin_required
+def home_delete_confirm(user_id, form=None, refusal=None, status=200):
+    person = _get(User, user_id)
+    return render_template("admin/home_delete.html", section="users", person=person, live=live_tools_of(person.id),
+                           form=form or HomeDeletionForm(), refusal=refusal,
+                           usage=(_usage("home", [person.host_key]) or {}).get(person.host_key),
+                           backends=current_app.config["BERTH_BACKENDS"]), status
+
+
+@bp.post("/users/<int:user_id>/home/delete")
+@admin_required
+def home_delete(user_id):
+    person, form = _get(User, user_id), HomeDeletionForm()
+    if (form.confirm.data or "").strip().lower() != person.email.lower():
+        form.confirm.errors = [f"Type {person.email} to confirm: the home cannot be brought back but from a backup."]
+        return home_delete_confirm(user_id, form=form, status=400)
+    try:
+        request_home_deletion(person, actor=_actor())
+    except HomeDeletionRefused as refusal:
+        return home_delete_confirm(user_id, form=form, refusal=str(refusal), status=409)
+    return _redirect_with(f"The home of {person.email} is being deleted; the audit log records when it is gone.",
+                          "admin.user", user_id=person.id)
+
+
 @bp.post("/users/<int:user_id>/flags")
 @admin_required
 def user_flags(user_id):
@@ -188,8 +221,9 @@ def groups():
             db.session.commit()
             return _redirect_with(f"Group {group.name} created.", "admin.group", group_id=group.id)
     rows, more = reports.page_of(select(Group).order_by(Group.name), _page_number())
+    folders = _usage("team", [folder_name(team) for team in rows if team.team_folder])
     return render_template("admin/groups.html", section="groups", groups=rows, more=more, page=_page_number(),
-                           counts=group_counts(), form=form), status
+                           counts=group_counts(), form=form, folders=folders, folder_name=folder_name), status
 
 
 @bp.get("/groups/<int:group_id>")
@@ -205,9 +239,27 @@ def group(group_id, member_form=None, status=200):
         select(User.email).where(User.is_active, User.id.not_in(select(Membership.user_id)
                                                                  .where(Membership.group_id == team.id)))
         .order_by(User.email).limit(500)).scalars().all()
+    folder = folder_name(team)
+    usage = (_usage("team", [folder]) or {}).get(folder) if team.team_folder else None
     return render_template("admin/group.html", section="groups", group=team, members=members, others=others,
                            templates=templates_using(team), member_form=member_form or MemberForm(),
-                           action_form=ActionForm()), status
+                           action_form=ActionForm(), folder=folder, usage=usage), status
+
+
+@bp.post("/groups/<int:group_id>/team-folder")
+@admin_required
+def group_team_folder(group_id):
+    team = _get(Group, group_id)
+    enabled = {"1": True, "0": False}.get(request.form.get("enabled", ""))
+    if enabled is None:
+        return _redirect_with("Say whether to turn the team folder on or off.", "admin.group", group_id=team.id)
+    changed = set_team_folder(team, enabled, actor=_actor())
+    db.session.commit()
+    if not changed:
+        return _redirect_with("The team folder was unchanged.", "admin.group", group_id=team.id)
+    return _redirect_with(
+        f"Team folder of {team.name} turned {'on: members get it' if enabled else 'off: members lose it'} "
+        "at their next launch" + ("." if enabled else "; its files are kept."), "admin.group", group_id=team.id)
 
 
 @bp.post("/groups/<int:group_id>/members")

@@ -14,6 +14,7 @@ alone. tests/integration/test_access.py holds both to the same permission matrix
 from sqlalchemy import or_, select
 from sqlalchemy.exc import IntegrityError
 
+from berth.accounts import email_problem
 from berth.extensions import db
 from berth.models import (Grant, Group, Membership, ToolTemplate, User, delete_where, record_event,
                           template_groups)
@@ -112,13 +113,17 @@ def add_grant(owner, template, host, actor, *, email=None, group_name=None):
     if any(ord(character) < 32 or ord(character) == 127 for character in email or group_name):
         raise AccessRefused("Names and emails cannot hold control characters.", 400)
     if email:
-        grantee = db.session.execute(
-            select(User).where(User.email == email.strip().lower())).scalar_one_or_none()
-        if grantee is None or not grantee.is_active:
-            raise AccessRefused(f"There is no active user with the email {email.strip()!r}.", 404)
-        if grantee.id == owner.id:
+        email = email.strip().lower()
+        problem = email_problem(email)
+        if problem:
+            raise AccessRefused(problem, 400)
+        if email == owner.email:
             raise AccessRefused("You have access to your own tool already.", 400)
-        grant = Grant(host=host, template=template, owner=owner, user=grantee)
+        # The same answer whether the email has an account or not: an email without one is
+        # granted as it is, and the grant becomes that person's when their account is made.
+        grantee = db.session.execute(select(User).where(User.email == email)).scalar_one_or_none()
+        grant = (Grant(host=host, template=template, owner=owner, user=grantee) if grantee is not None
+                 else Grant(host=host, template=template, owner=owner, email=email))
     else:
         name = group_name.strip()
         query = select(Group).where(Group.name == name)

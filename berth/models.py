@@ -9,7 +9,7 @@ import secrets
 from datetime import datetime, timezone
 
 from sqlalchemy import (JSON, BigInteger, Boolean, CheckConstraint, Column, ForeignKey, Index, Integer, String, Table, Text,
-                        UniqueConstraint, delete, func, text, update)
+                        UniqueConstraint, delete, event, func, text, update)
 from sqlalchemy import DateTime as _DateTime
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
@@ -321,6 +321,11 @@ class ToolInstance(db.Model):
     )
 
 
+# Exactly one grantee: a user, a group, or an email without an account yet.
+GRANTEE_COUNT = ("(CASE WHEN user_id IS NULL THEN 0 ELSE 1 END) + (CASE WHEN group_id IS NULL THEN 0 ELSE 1 END)"
+                 " + (CASE WHEN email IS NULL THEN 0 ELSE 1 END)")
+
+
 class Grant(db.Model):
     """The owner of a personal tool lets another user, or a group, open it at its address.
 
@@ -336,6 +341,10 @@ class Grant(db.Model):
     owner_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
     user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
     group_id: Mapped[int | None] = mapped_column(ForeignKey("groups.id", ondelete="CASCADE"))
+    # An email that has no account yet: the grant is the same to its owner, and becomes the
+    # user's own when that account is made (claim_email_grants), so that sharing never tells
+    # which emails have accounts.
+    email: Mapped[str | None] = mapped_column(String(320))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     template: Mapped[ToolTemplate] = relationship()
@@ -344,14 +353,31 @@ class Grant(db.Model):
     group: Mapped[Group | None] = relationship()
 
     __table_args__ = (
-        CheckConstraint("(user_id IS NULL) <> (group_id IS NULL)", name="ck_tool_grants_one_grantee"),
+        CheckConstraint(GRANTEE_COUNT + " = 1", name="ck_tool_grants_one_grantee"),
         UniqueConstraint("host", "user_id", name="uq_tool_grants_host_user"),
         UniqueConstraint("host", "group_id", name="uq_tool_grants_host_group"),
+        UniqueConstraint("host", "email", name="uq_tool_grants_host_email"),
     )
 
     @property
     def grantee(self):
-        return self.user.email if self.user is not None else f"group {self.group.name}"
+        """Who may open the tool, as its owner named them: an email (an account's or not yet
+        one's, told apart nowhere) or a group."""
+        if self.group is not None:
+            return f"group {self.group.name}"
+        return self.user.email if self.user is not None else self.email
+
+
+def claim_email_grants(connection, user_id, email):
+    """Grants made to an email before it had an account become the new user's own."""
+    table = Grant.__table__
+    connection.execute(update(table).where(table.c.email == email.lower()).values(user_id=user_id, email=None))
+
+
+@event.listens_for(User, "after_insert")
+def _claim_grants_of_a_new_user(mapper, connection, user):
+    """However the account is made (Add user, the command line, a first single sign-on)."""
+    claim_email_grants(connection, user.id, user.email)
 
 
 class SignInThrottle(db.Model):

@@ -179,7 +179,7 @@ def _tool_json(template, user):
 def _grant_json(grant):
     return {
         "id": grant.id,
-        "user": grant.user.email if grant.user is not None else None,
+        "user": grant.grantee if grant.group is None else None,  # an email, with an account or not yet
         "group": grant.group.name if grant.group is not None else None,
         "created_at": _time(grant.created_at),
     }

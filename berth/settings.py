@@ -425,11 +425,15 @@ SETTINGS = (
                 "port of `BERTH_PORT_RANGE` ([decision 0005](decisions/0005-tool-keepalive.md)). "
                 "Turn off to render a smaller configuration, or where tools are not on loopback "
                 "ports (docker-compose.yml)."),
-    Setting("BERTH_AUTH_CACHE_SECONDS", NGINX, parse=parse_int, default=0, minimum=0, maximum=60,
-            doc="nginx caches the auth answer for a *running* tool this long, keyed on the session "
+    Setting("BERTH_AUTH_CACHE_SECONDS", NGINX, parse=parse_int, default=1, minimum=0, maximum=60,
+            doc="nginx reuses the auth answer for a *running* tool this long, keyed on the session "
                 "token, `Authorization`, host and client address (`0`: never). Also the longest a "
-                "signed-out or revoked session can still reach a running tool, and how long a "
-                "stopped tool's address may answer 502 before the starting page shows."),
+                "signed-out or revoked session, token or share can still reach a running tool, and "
+                "how long a stopped tool's address may answer 502 before the starting page shows. "
+                "At `1`, the default, an answer is reused only within the second of nginx's clock "
+                "in which it was asked for, so the bound is 1 s on every nginx; above 1, nginx "
+                "counts whole seconds and the bound is up to one second more "
+                "([decision 0013](decisions/0013-one-second-auth-cache.md))."),
     Setting("BERTH_NGINX_USER", NGINX, read_by="`berth run`", default="www-data", kind="user name",
             doc="When `berth run` starts nginx as root, the user its worker processes run as: they "
                 "handle every request and never need root."),

@@ -117,7 +117,7 @@ class AuthScaling:
         self.berth.start()
         with self.berth.sign_in() as browser:
             self.tool_host = self.berth.start_tool(browser, SLUG, PATH)
-            self.cookie = self.berth.session_cookie(browser)
+            self.cookie = self.berth.cookie_for(browser, self.tool_host)
         self.upstream, _ = running_instance(self.berth, self.tool_host)
         [row] = self.berth.query(
             "SELECT u.id AS user_id, t.id AS template_id FROM users u, tool_templates t "
@@ -280,7 +280,7 @@ class AuthScaling:
         print("\nlatencies in ms; counts include the benchmark user's own session and instances;\n"
               "c1: one connection (wrk -t1 -c1), the latency of one check without queueing")
         print_targets(goals)
-        write_results(RESULTS, "bench.auth_scaling", {
+        write_results(self.args.json or RESULTS, "bench.auth_scaling", {
             "duration_s": args.duration, "rounds": args.rounds, "threads": args.threads,
             "connections": args.connections, "cpus": os.cpu_count(),
             "load_average_1min": {"before": self.load_before, "after": self.load_after},

@@ -498,9 +498,11 @@ SETTINGS = (
     Setting("BERTH_AUTH_THREADS", PROCESSES, parse=parse_int, default=4, minimum=1,
             read_by=f"`berth run` and {ENTRYPOINT} (`auth`)",
             doc="granian's blocking threads per auth worker process."),
-    Setting("BERTH_WEB_WORKERS", PROCESSES, parse=parse_int, default=2, minimum=1,
+    Setting("BERTH_WEB_WORKERS", PROCESSES, parse=parse_int, default=1, minimum=1,
             read_by=f"`berth run` and {ENTRYPOINT} (`web`)",
-            doc="granian worker processes for the web app."),
+            doc="granian worker processes for the web app. It answers pages, the API and the "
+                "lifecycle pages, not the proxied requests (the auth service does), so one process "
+                "of `BERTH_WEB_THREADS` threads serves most deployments in about 75 MB less than two."),
     Setting("BERTH_WEB_THREADS", PROCESSES, parse=parse_int, default=8, minimum=1,
             read_by=f"`berth run` and {ENTRYPOINT} (`web`)",
             doc="granian's blocking threads per web worker process."),

@@ -46,7 +46,7 @@ test: $(VENV)/.installed-test
 ## make bench: proxied throughput and latency, as ratios to plain nginx (and to JupyterHub's
 ## configurable-http-proxy) measured in the same run; bench/README.md lists the other benchmarks
 bench: $(VENV)/.installed-test
-	@deploy/install-system-packages.sh nginx wrk nodejs npm curl
+	@deploy/install-system-packages.sh nginx:nginx wrk:wrk node:nodejs npm:npm curl:curl
 	$(BIN)/python -m bench.proxy
 
 clean:

@@ -29,6 +29,9 @@ Berth's: each transfer ≥ 1.0× configurable-http-proxy and ≥ 0.8× direct, n
 and the control plane ≤ 250 MB PSS at idle. Results go to bench/results/transfer.json, or to
 --json FILE.
 
+Then --ws-many (1000) WebSockets at once through Berth as shipped, each echoing ten 1 KiB
+messages: the RSS and CPU time of nginx, auth, web and worker, before, with all open, and after.
+
 Everything listens on 127.0.0.1; everything started is stopped at the end, as in bench.proxy.
 """
 import argparse
@@ -57,6 +60,7 @@ from bench._stack import (
 )
 from bench.proxy import CONTROL_PLANE, control_plane_mb, running_instance, start_berth_nginx
 from bench.proxy import start_plain_nginx, static_tool, write_catalogue
+from tests.services import group_rss
 
 RESULTS = ROOT / "bench" / "results" / "transfer.json"
 GIB = 1 << 30
@@ -120,6 +124,50 @@ async def websocket_echo(url, headers, connections, size, duration):
     messages = sum(counts)
     return {"messages": messages, "seconds": elapsed, "messages_per_s": messages / elapsed,
             "mb_per_s": 2 * messages * size / elapsed / 1e6}  # both directions
+
+
+def group_cpu_seconds(root):
+    """CPU time (user + system, s) that root's process group has used so far."""
+    from tests.services import process_group
+
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in process_group(root):
+        try:
+            fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / ticks
+
+
+async def many_websockets(url, headers, count, rounds, size, sample):
+    """count WebSockets open at once, each echoing rounds messages of size bytes one after
+    another; sample() is called once all are open and again after the echoes."""
+    import aiohttp
+
+    payload = os.urandom(size)
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        sockets = await asyncio.gather(*(session.ws_connect(url, headers=headers, max_msg_size=0)
+                                         for _ in range(count)))
+        try:
+            opened = sample()
+
+            async def echo(socket):
+                for _ in range(rounds):
+                    await socket.send_bytes(payload)
+                    message = await socket.receive()
+                    if message.type != aiohttp.WSMsgType.BINARY or len(message.data) != size:
+                        raise RuntimeError(f"{url}: not the echo: {message.type}")
+
+            started = time.monotonic()
+            await asyncio.gather(*(echo(socket) for socket in sockets))
+            seconds = time.monotonic() - started
+            echoed = sample()
+        finally:
+            await asyncio.gather(*(socket.close() for socket in sockets), return_exceptions=True)
+    return opened, echoed, seconds
 
 
 class Transfer:
@@ -330,12 +378,46 @@ class Transfer:
             "load_average_1min": {"before": self.load_before, "after": self.load_after},
             "control_plane_idle_mb": self.idle_control_plane, "control_plane_idle_pss_mb": self.idle_pss,
             "summary": summary, "targets": goals, "rounds_raw": rounds,
+            "many_websockets": self.many_websockets,
         })
+
+    def many(self):
+        """--ws-many WebSockets at once through Berth as shipped: nginx's and Berth's memory and CPU."""
+        count = self.args.ws_many
+        port, headers = self.paths["berth"][0]["echo"]
+        groups = {"nginx": self.stack.processes["nginx"].pid,
+                  **{name: self.stack.processes[name].pid for name in CONTROL_PLANE}}
+
+        def sample():
+            return {name: {"rss_mb": mb(group_rss(pid)[0]), "cpu_s": group_cpu_seconds(pid)}
+                    for name, pid in groups.items()}
+
+        before = sample()
+        started = time.monotonic()
+        opened, echoed, echo_seconds = asyncio.run(many_websockets(
+            f"http://127.0.0.1:{port}/ws", headers, count, 10, 1024, sample))
+        elapsed = time.monotonic() - started
+        rows = {}
+        for name in groups:
+            rows[name] = {"rss_before_mb": before[name]["rss_mb"], "rss_open_mb": opened[name]["rss_mb"],
+                          "rss_after_echo_mb": echoed[name]["rss_mb"],
+                          "cpu_s": echoed[name]["cpu_s"] - before[name]["cpu_s"],
+                          "cpu_share": (echoed[name]["cpu_s"] - before[name]["cpu_s"]) / elapsed}
+        print(f"\n{count} WebSockets at once through Berth as shipped (opened, then 10 echoes of 1 KiB "
+              f"each, {echo_seconds:.1f} s; {elapsed:.1f} s in all):\n")
+        print(f"{'process group':<16}{'RSS before MB':>15}{'all open MB':>13}{'after echoes MB':>17}"
+              f"{'CPU s':>8}{'CPU %':>8}")
+        for name, row in rows.items():
+            print(f"{name:<16}{row['rss_before_mb']:>15.1f}{row['rss_open_mb']:>13.1f}"
+                  f"{row['rss_after_echo_mb']:>17.1f}{row['cpu_s']:>8.2f}{row['cpu_share'] * 100:>7.0f}%")
+        return {"connections": count, "echoes_per_connection": 10, "message_bytes": 1024,
+                "seconds": elapsed, "echo_seconds": echo_seconds, "groups": rows}
 
     def execute(self):
         self.start()
         rounds = self.measure()
         summary, goals = self.summarise(rounds)
+        self.many_websockets = self.many() if self.args.ws_many else None
         self.report(summary, goals, rounds)
 
 
@@ -345,12 +427,20 @@ def main(argv=None):
     parser.add_argument("--ws-duration", type=int, default=5, help="seconds of WebSocket echo per path (5)")
     parser.add_argument("--ws-connections", type=int, default=4, help="WebSockets at once (4)")
     parser.add_argument("--ws-bytes", type=int, default=16384, help="bytes per WebSocket message (16384)")
+    parser.add_argument("--ws-many", type=int, default=1000,
+                        help="then this many WebSockets at once through Berth, for memory and CPU (1000; 0: skip)")
     add_run_arguments(parser)
     args = parser.parse_args(argv)
     if min(args.rounds, args.ws_duration, args.ws_connections, args.ws_bytes) < 1:
         parser.error("--rounds, --ws-duration, --ws-connections and --ws-bytes must be at least 1")
     require("curl")
     chp_command()
+    # A thousand WebSockets are two thousand sockets here and a thousand in the tool, which
+    # inherits this limit through Berth's worker.
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
     run_benchmark(Transfer(args))
 
 

@@ -94,6 +94,17 @@ FILL_SQL = [
            now() - interval '1 day', now() - interval '1 day'
     FROM generate_series(:own_lo, :own_hi - 1) AS i
     """,
+    # Each filled session signed in on its user's tool host, as the sign-in hand-off does: the
+    # check on a tool host finds its cookie here.
+    """
+    INSERT INTO tool_sign_ins (session_id, host, code_hash, code_expires_at, token_hash, created_at,
+                               redeemed_at)
+    SELECT s.id, :slug || '-' || u.host_key || '.' || :domain,
+           encode(sha256(('fill-code-' || s.id)::bytea), 'hex'), now(),
+           encode(sha256(('fill-tool-' || s.id)::bytea), 'hex'), now(), now()
+    FROM sessions s JOIN users u ON u.id = s.user_id
+    WHERE s.user_agent = :fill
+    """,
 ]
 
 

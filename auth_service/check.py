@@ -163,9 +163,13 @@ class Database:
         self.dialect = engine.dialect.name
         self.local = threading.local()
         self.pyformat = engine.dialect.paramstyle == "pyformat"
+        self._sql = {}  # the driver's text of each statement, converted once, not per request
 
     def sql(self, text):
-        return re.sub(r":(\w+)", r"%(\1)s", text) if self.pyformat else text
+        converted = self._sql.get(text)
+        if converted is None:
+            converted = self._sql[text] = re.sub(r":(\w+)", r"%(\1)s", text) if self.pyformat else text
+        return converted
 
     def _connect(self):
         dialect = self.engine.dialect

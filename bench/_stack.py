@@ -115,11 +115,13 @@ def install_signal_handlers():
 
 
 def add_run_arguments(parser, postgres=True):
-    """The options every benchmark takes: the database (where it has a choice) and --keep."""
+    """The options every benchmark takes: the database (where it has a choice), --keep and --json."""
     if postgres:
         parser.add_argument("--postgres", action="store_true",
                             help="run Berth on PostgreSQL and Redis instead of SQLite")
     parser.add_argument("--keep", action="store_true", help="keep the work directory and its logs")
+    parser.add_argument("--json", type=Path, metavar="FILE",
+                        help="write the results as JSON to FILE (default: under bench/results/)")
 
 
 def rotated(items, index):
@@ -140,6 +142,7 @@ def write_results(path, module, document):
     """Save a run's results as JSON, with when it finished and the command that ran it."""
     document = {"finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "command": " ".join([Path(sys.executable).name, "-m", module] + sys.argv[1:]), **document}
+    path = Path(path).absolute()
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(document, indent=2) + "\n")
     print(f"\nWritten to {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
@@ -174,6 +177,9 @@ class BenchRun:
     def __init__(self, keep=False, prefix="berth-bench-"):
         self.keep = keep
         self.work = Path(tempfile.mkdtemp(prefix=prefix))
+        # Passable (not readable) for nginx's workers, which run as BERTH_NGINX_USER when the
+        # benchmark runs as root: the auth cache and temporary files live in Berth's data directory.
+        os.chmod(self.work, 0o711)
         self.deployment = f"bench-{os.getpid()}-{os.urandom(2).hex()}"
         self.cleanup = ExitStack()
         self.failed = True  # until the run says otherwise
@@ -254,7 +260,10 @@ class Berth(BerthStack):
     def __init__(self, run, catalogue, postgres=False, extra_env=None):
         database_url, redis_url = _databases(run) if postgres else (None, None)
         env = stack_env(run.work / "berth", run.deployment, catalogue, database_url, redis_url, port_base=24000,
-                        extra_env={"BERTH_SCHEME": "http", **(extra_env or {})})
+                        # Tools on loopback, one user: the benchmarks measure the proxy and the
+                        # launch path, not the network namespace a tool of many users' Berth gets.
+                        extra_env={"BERTH_SCHEME": "http", "BERTH_TOOL_ISOLATION": "single-user",
+                                   **(extra_env or {})})
         # This process is this Berth's: what webapp reads from the environment at import (the
         # metrics folder, the queue) is this Berth's too.
         os.environ.update(env)
@@ -276,9 +285,12 @@ class Berth(BerthStack):
         """A requests.Session signed in as the benchmark user. Close it when done."""
         return self.login(self.user)
 
-    def session_cookie(self, browser):
-        name = self.config["BERTH_SESSION_COOKIE"]
-        return f"{name}={browser.cookies.get(name)}"
+    def cookie_for(self, browser, address):
+        """The Cookie header a browser sends to a tool address: that tool host's own cookie, which
+        the sign-in hand-off of its first visit set."""
+        from tests.local_stack import TOOL_COOKIE
+
+        return f"{TOOL_COOKIE}={self.tool_cookie(browser, address.split(':')[0])}"
 
     def tool_address(self, slug):
         """The benchmark user's tool as a browser's Host header names it: <slug>-<key>.berth.localhost:<port>."""

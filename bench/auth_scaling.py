@@ -94,6 +94,17 @@ FILL_SQL = [
            now() - interval '1 day', now() - interval '1 day'
     FROM generate_series(:own_lo, :own_hi - 1) AS i
     """,
+    # Each filled session signed in on its user's tool host, as the sign-in hand-off does: the
+    # check on a tool host finds its cookie here.
+    """
+    INSERT INTO tool_sign_ins (session_id, host, code_hash, code_expires_at, token_hash, created_at,
+                               redeemed_at)
+    SELECT s.id, :slug || '-' || u.host_key || '.' || :domain,
+           encode(sha256(('fill-code-' || s.id)::bytea), 'hex'), now(),
+           encode(sha256(('fill-tool-' || s.id)::bytea), 'hex'), now(), now()
+    FROM sessions s JOIN users u ON u.id = s.user_id
+    WHERE s.user_agent = :fill
+    """,
 ]
 
 
@@ -117,7 +128,7 @@ class AuthScaling:
         self.berth.start()
         with self.berth.sign_in() as browser:
             self.tool_host = self.berth.start_tool(browser, SLUG, PATH)
-            self.cookie = self.berth.session_cookie(browser)
+            self.cookie = self.berth.cookie_for(browser, self.tool_host)
         self.upstream, _ = running_instance(self.berth, self.tool_host)
         [row] = self.berth.query(
             "SELECT u.id AS user_id, t.id AS template_id FROM users u, tool_templates t "
@@ -280,7 +291,7 @@ class AuthScaling:
         print("\nlatencies in ms; counts include the benchmark user's own session and instances;\n"
               "c1: one connection (wrk -t1 -c1), the latency of one check without queueing")
         print_targets(goals)
-        write_results(RESULTS, "bench.auth_scaling", {
+        write_results(self.args.json or RESULTS, "bench.auth_scaling", {
             "duration_s": args.duration, "rounds": args.rounds, "threads": args.threads,
             "connections": args.connections, "cpus": os.cpu_count(),
             "load_average_1min": {"before": self.load_before, "after": self.load_after},

@@ -49,8 +49,8 @@ from datetime import datetime, timezone
 import yaml
 
 from bench._jupyterhub import JupyterHub, jupyterhub_version
-from bench._stack import (ROOT, BenchRun, Berth, add_run_arguments, free_port, require, rotated,
-                          run_benchmark, stop_process, write_results)
+from bench._stack import (ROOT, BenchRun, Berth, add_run_arguments, check_target, free_port, print_targets,
+                          require, rotated, run_benchmark, stop_process, write_results)
 from deploy.local import start_process
 
 RESULTS = ROOT / "bench" / "results" / "spawn.json"
@@ -297,13 +297,19 @@ class SpawnBench:
             shown = {key: "–" if value is None else f"{value:.2f}" for key, value in ratios.items()}
             print(f"{'Berth / JupyterHub':<30}{'':>3}{shown['median_ms']:>11}{shown['p90_ms']:>9}{'':>14}"
                   f"{shown['overhead_median_ms']:>14}{shown['overhead_p90_ms']:>14}")
-            goal = stats["berth"]["overhead_median_ms"] <= stats["jupyterhub"]["overhead_median_ms"]
-            print(f"\ntarget (issue #6): Berth's overhead no greater than JupyterHub's: "
-                  f"{stats['berth']['overhead_median_ms']:.0f} ms against "
-                  f"{stats['jupyterhub']['overhead_median_ms']:.0f} ms (medians): "
-                  + ("met" if goal else "missed by "
-                     f"{stats['berth']['overhead_median_ms'] - stats['jupyterhub']['overhead_median_ms']:.0f} ms"))
         print("overhead: the system's time less the tool's own start-up (medians, and p90s, subtracted).")
+
+    def check_goals(self, stats):
+        """Berth's launch targets: overhead ≤ 50 ms at the median, and ≥ 3× better than JupyterHub's."""
+        berth = stats["berth"]["overhead_median_ms"]
+        goals = [check_target("Berth's launch overhead, median (ms)", berth, 50.0, higher_is_better=False,
+                              note="first visit → first proxied answer, less the tool's own start")]
+        if "jupyterhub" in stats:
+            hub = stats["jupyterhub"]["overhead_median_ms"]
+            goals.append(check_target("JupyterHub's overhead ÷ Berth's (medians)", hub / max(berth, 1.0), 3.0,
+                                      unit="×", note=f"JupyterHub {hub:.0f} ms, Berth {berth:.0f} ms; "
+                                      "Berth's floored at 1 ms"))
+        return goals
 
     def report(self, summary):
         args = self.args
@@ -322,14 +328,16 @@ class SpawnBench:
               "queue: instance created → a worker took it; worker: taken → RUNNING recorded.")
         comparison = self.compare()
         self.report_comparison(comparison)
-        write_results(RESULTS, "bench.spawn", {
+        goals = self.check_goals(comparison)
+        print_targets(goals)
+        write_results(self.args.json or RESULTS, "bench.spawn", {
             "launches": args.launches, "warmup": args.warmup, "poll_ms": args.poll_ms,
             "database": "postgres" if args.postgres else "sqlite",
             "cpus": os.cpu_count(),
             "load_average_before": self.load_before, "load_average_after": os.getloadavg()[0],
             "summary": summary,
             "samples": self.samples,
-            "comparison": comparison, "jupyterhub_version": self.hub_version,
+            "comparison": comparison, "jupyterhub_version": self.hub_version, "targets": goals,
             "peer_samples": self.peer_samples,
         })
 

@@ -20,7 +20,7 @@ case "$command" in
     # granian, as for auth: it writes a response's head and body in one system call
     # (docs/decisions/0008).
     exec granian --interface wsgi --host 0.0.0.0 --port "${BERTH_WEB_PORT:-8102}" \
-      --workers "${BERTH_WEB_WORKERS:-2}" --blocking-threads "${BERTH_WEB_THREADS:-8}" \
+      --workers "${BERTH_WEB_WORKERS:-1}" --blocking-threads "${BERTH_WEB_THREADS:-8}" \
       --workers-kill-timeout 10 --no-ws --log-level warning --log-config deploy/granian-logging.json --factory webapp:create_server_app "$@" ;;
   auth)
     # granian: a Rust HTTP server that keeps nginx's connections alive (docs/decisions/0008).

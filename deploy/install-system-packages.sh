@@ -19,6 +19,9 @@ missing=()
 for item in "$@"; do
   if needed "$item"; then missing+=("$item"); fi
 done
+for argument in "${commands[@]}"; do
+  missing+=("${argument#*:}")
+done
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ]; then
   echo "Berth needs these Debian packages: ${missing[*]##*:}" >&2

@@ -210,7 +210,7 @@ def auth_server_command(env, host, port, app="auth_service:create_server_app"):
 
 def web_server_command(env, host, port):
     """The web app's server: granian, BERTH_WEB_WORKERS processes of BERTH_WEB_THREADS threads."""
-    return granian_command(host, port, "webapp:create_server_app", env.get("BERTH_WEB_WORKERS", "2"),
+    return granian_command(host, port, "webapp:create_server_app", env.get("BERTH_WEB_WORKERS", "1"),
                            env.get("BERTH_WEB_THREADS", "8"))
 
 
@@ -250,8 +250,10 @@ class Stack:
             port = self.ports.get(name, self.env["BERTH_WEB_PORT"])
             return web_server_command(self.env, "127.0.0.1", port)
         if role == "worker":
+            # Huey on SQLite finds a launch by polling: every 10 ms after work, backing off to
+            # 50 ms when idle (a few cheap reads a second per thread; Redis hands tasks over at once).
             return [str(BIN / "huey_consumer"), "berth.launch.tasks.huey", "-w", "4", "-k", "thread",
-                    "-d", "0.05", "-m", "0.1", "-b", "1.1"]
+                    "-d", "0.01", "-m", "0.05", "-b", "1.1"]
         if role == "nginx":
             return nginx_command(self.data_dir / "nginx", workers_as=self.nginx_user)
         raise ValueError(name)

@@ -220,6 +220,21 @@ class BerthStack:
             time.sleep(0.05)
         raise RuntimeError(f"{slug} did not start within {timeout} s")
 
+    def until_auth_cache_ends(self, ask, expected):
+        """Call ask() (a request's status) until it answers expected, and return that answer.
+
+        After a revocation, nginx's auth cache may still serve a running tool for up to
+        BERTH_AUTH_CACHE_SECONDS (docs/decisions/0021-one-second-auth-cache.md), and never
+        longer: a request sent after that must get the new answer."""
+        deadline = time.monotonic() + self.config["BERTH_AUTH_CACHE_SECONDS"]
+        while True:
+            sent = time.monotonic()
+            answer = ask()
+            if answer == expected:
+                return answer
+            assert sent <= deadline, f"answered {answer}, not {expected}, past the auth cache's lifetime"
+            time.sleep(0.05)
+
     # -- tools beside it --------------------------------------------------------------------
     def docker(self):
         """A Docker client for the stack's engine, to use in a with block."""

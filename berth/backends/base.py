@@ -2,6 +2,7 @@
 import random
 import socket
 from abc import ABC, abstractmethod
+from datetime import timedelta
 
 
 CONTAINER_HOME = "/home/berth"  # where a container's tool (docker, ecs) finds its owner's home; also $HOME
@@ -110,17 +111,24 @@ def tail_of_file(path, lines=20, max_bytes=16384):
 def allocate_port(config):
     """A loopback port from BERTH_PORT_RANGE that no live instance holds and nothing listens on.
 
+    Nor one that a tool left within the auth cache's lifetime (and a second more, as nginx counts
+    whole seconds): nginx may still send a cached answer's requests to that port
+    (docs/decisions/0021-one-second-auth-cache.md), and they must not reach another tool.
+
     Two workers may pick the same port at once; the partial unique index on live ports lets
     only one record it, and the launcher retries the other.
     """
-    from sqlalchemy import select
+    from sqlalchemy import or_, select
 
     from berth.extensions import db
-    from berth.models import State, ToolInstance
+    from berth.models import State, ToolInstance, utcnow
 
     low, high = config["BERTH_PORT_RANGE"]
+    recently = utcnow() - timedelta(seconds=config["BERTH_AUTH_CACHE_SECONDS"] + 1)
     taken = set(db.session.execute(
-        select(ToolInstance.port).where(ToolInstance.state.in_(State.LIVE), ToolInstance.port.is_not(None))
+        select(ToolInstance.port).where(
+            or_(ToolInstance.state.in_(State.LIVE), ToolInstance.ended_at > recently),
+            ToolInstance.port.is_not(None))
     ).scalars())
     candidates = [port for port in range(low, high + 1) if port not in taken]
     random.shuffle(candidates)

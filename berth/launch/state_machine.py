@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 WAIT_STEP = "wait_healthy"
 PROBE_INTERVAL = 0.05  # seconds between health probes while a tool starts
 MAX_ERROR_DETAIL = 8000  # characters of a tool's last output kept with its failure
+# Most tools answer within their first second: probe them more often then, so that a launch
+# is seen running within a few milliseconds of the tool's first answer.
+FIRST_PROBE_INTERVAL, FIRST_PROBES_SECONDS = 0.01, 1.0
 
 
 def worker_id():
@@ -193,11 +196,13 @@ def _check_deadline(instance, taken_up_at):
 
 
 def _wait_healthy(instance, backend, me, taken_up_at):
+    probing_since = time.monotonic()
     while True:
         address = backend.check_ready(instance)
         if address:
             break
-        time.sleep(PROBE_INTERVAL)
+        early = time.monotonic() - probing_since < FIRST_PROBES_SECONDS
+        time.sleep(FIRST_PROBE_INTERVAL if early else PROBE_INTERVAL)
         if leases.lost(instance.id, me):  # stopped, or taken over while this worker was paused
             return "stopped-elsewhere"
         _check_deadline(instance, taken_up_at)

@@ -44,7 +44,12 @@ def test_launch_and_stop_name_the_user_the_culler_and_the_reconciler(stack, alic
     [stop] = _events(stack, "instance.stop", instance_id=first["id"])
     assert stop["actor"] == f"user:{alice['id']}"
 
+    def not_running():  # once nginx's auth cache no longer holds the stopped tool's answer
+        return stack.until_auth_cache_ends(lambda: browser.get(
+            stack.tool_url("echo", alice, "/headers"), headers={"Accept": "application/json"}).status_code, 503)
+
     # The idle culler stops it.
+    not_running()
     stack.open_tool(browser, "echo", alice)
     second = stack.instances(host)[-1]
     cull_idle(stack, second)
@@ -52,6 +57,7 @@ def test_launch_and_stop_name_the_user_the_culler_and_the_reconciler(stack, alic
     assert stop["actor"] == "culler"
 
     # The reconciler finds it gone.
+    not_running()
     stack.open_tool(browser, "echo", alice)
     third = stack.instances(host)[-1]
     os.killpg(_backend_state(third)["pid"], signal.SIGKILL)

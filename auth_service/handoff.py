@@ -17,6 +17,7 @@ Whether the user may open the tool is decided, as for every request, by the auth
 tool host; the cookie only says who the user is there. It holds while its session does
 (berth.models.ToolSignIn).
 """
+import hmac
 import secrets
 from datetime import timedelta
 from urllib.parse import quote
@@ -29,6 +30,7 @@ from berth.extensions import db
 from berth.hosts import (is_main_host, parse_tool_host, public_url, safe_relative_path, strip_port,
                          tool_cookie_name, tools_domain)
 from berth.models import ToolSignIn, hash_token, utcnow
+from berth.web.launch_pass import PASS_SECONDS, handoff_signature, launch_pass, own_navigation, pass_cookie_name
 
 CODE_LIFETIME = 60  # seconds from the main host's redirect to the tool host's answer
 
@@ -67,6 +69,8 @@ def issue():
                               code_expires_at=utcnow() + timedelta(seconds=CODE_LIFETIME)))
     db.session.commit()
     target = public_url(config, host, f"/__berth/handoff?code={code}&next={quote(next_path, safe='')}")
+    if own_navigation(request.headers):  # may start the tool there (berth/web/launch_pass.py)
+        target += f"&launch={handoff_signature(config['SECRET_KEY'], code)}"
     return _no_referrer(redirect(target))
 
 
@@ -100,4 +104,8 @@ def redeem():
     response = _no_referrer(redirect(public_url(config, host, next_path)))
     response.set_cookie(tool_cookie_name(config), token, path="/", secure=config["BERTH_SCHEME"] == "https",
                         httponly=True, samesite="Lax")
+    if hmac.compare_digest(request.args.get("launch", ""), handoff_signature(config["SECRET_KEY"], code)):
+        response.set_cookie(pass_cookie_name(config), launch_pass(config["SECRET_KEY"], host), path="/",
+                            max_age=PASS_SECONDS, secure=config["BERTH_SCHEME"] == "https", httponly=True,
+                            samesite="Lax")
     return response

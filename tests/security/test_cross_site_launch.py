@@ -15,13 +15,27 @@ from tests.integration.test_launch import _host
 pytestmark = pytest.mark.parametrize("berth_stack", ["postgres"], indirect=True)
 
 
+def _navigate_from(stack, browser, url, site):
+    """A navigation that a page of another site (or another tool's) started, as a browser makes
+    it: every hop of the sign-in hand-off carries the same Sec-Fetch-Site, since the browser
+    counts the whole chain. The last answer, not followed."""
+    headers = {"Sec-Fetch-Mode": "navigate", "Sec-Fetch-Site": site, "Accept": "text/html"}
+    answer = browser.get(url, headers=headers, allow_redirects=False, timeout=10)
+    if answer.status_code == 302 and answer.headers["Location"].startswith(f"{stack.base_url}/auth/handoff?"):
+        code = browser.get(answer.headers["Location"], headers=headers, allow_redirects=False, timeout=10)
+        assert "&launch=" not in code.headers["Location"]  # no pass for another site's navigation
+        browser.get(code.headers["Location"], headers=headers, allow_redirects=False, timeout=10)
+        answer = browser.get(url, headers=headers, allow_redirects=False, timeout=10)
+    return answer
+
+
 @pytest.mark.parametrize("site", ["cross-site", "same-site"])
 def test_a_navigation_from_another_site_asks_on_berths_page_and_starts_nothing(stack, site):
     user = stack.create_user()
     browser = stack.login(user)
     url = stack.tool_url("echo", user, "/deep/path?x=1")
 
-    answer = stack.navigate(browser, url, **{"Sec-Fetch-Site": site, "Accept": "text/html"})
+    answer = _navigate_from(stack, browser, url, site)
 
     assert answer.status_code == 303
     location = urlsplit(answer.headers["Location"])
@@ -77,8 +91,24 @@ def test_in_chromium_a_foreign_pages_link_leads_to_the_question_and_the_click_st
         expect(foreign.get_by_role("heading", level=1)).to_have_text("Start Echo?")
         assert stack.instances(_host(stack, "echo", user)) == []
         foreign.get_by_role("button", name="Start Echo").click()
-        expect(foreign.locator("h1#title")).to_have_text("Echo is running", timeout=30_000)
+        expect(foreign.locator("body")).to_contain_text('"path": "/from-a-link"', timeout=30_000)
         assert foreign.url == url
         assert len(stack.instances(_host(stack, "echo", user))) == 1
     finally:
         context.close()
+
+
+def test_a_forged_or_borrowed_launch_pass_starts_nothing(stack):
+    """The pass that the hand-off sets for the user's own navigation is signed for one tool
+    host: one made up, or one for another host (the attacker's own tool), counts for nothing."""
+    from berth.web.launch_pass import launch_pass, pass_cookie_name
+
+    user, attacker = stack.create_user(), stack.create_user()
+    browser = stack.login(user)
+    name = pass_cookie_name(stack.config)
+    attackers_own = launch_pass(stack.config["SECRET_KEY"], _host(stack, "echo", attacker))
+    for value in ("9999999999.0000", attackers_own):
+        browser.cookies.set(name, value, domain=_host(stack, "echo", user))
+        answer = _navigate_from(stack, browser, stack.tool_url("echo", user), "cross-site")
+        assert answer.status_code == 303 and "/launch/echo?" in answer.headers["Location"]
+    assert stack.instances(_host(stack, "echo", user)) == []

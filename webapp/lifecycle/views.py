@@ -21,6 +21,7 @@ from berth.launch.requests import (
     request_stop,
 )
 from berth.models import State, ToolTemplate, User
+from berth.web.launch_pass import own_navigation, pass_cookie_name, valid_launch_pass
 
 log = logging.getLogger(__name__)
 
@@ -132,12 +133,14 @@ def _is_navigation():
     return "text/html" in request.headers.get("Accept", "")
 
 
-def _from_another_site():
-    """A navigation that another site, or another tool's host, started (Fetch Metadata). Such a
-    link must not start a tool by itself: the user confirms on Berth's own page first. A user's
-    own typing, bookmark or reload says "none" or "same-origin". Browsers send no Fetch Metadata
-    to plain-HTTP hosts other than localhost: there the header is absent, and HTTPS closes it."""
-    return request.headers.get("Sec-Fetch-Site") in ("same-site", "cross-site")
+def _from_another_site(host):
+    """A navigation that another site, or another tool's host, started: such a link must not
+    start a tool by itself, the user confirms on Berth's own page first. The user's own, and one
+    that came through the sign-in hand-off from their own, may (berth/web/launch_pass.py)."""
+    if own_navigation(request.headers):
+        return False
+    return not valid_launch_pass(current_app.config["SECRET_KEY"], host,
+                                 request.cookies.get(pass_cookie_name(current_app.config)))
 
 
 def _lifecycle_page(page):
@@ -159,7 +162,7 @@ def _lifecycle_page(page):
                            state=previous.state if previous else None), 503
         if previous is not None and previous.state == State.FAILED and mark_failure_shown(previous):
             return render_template("failed.html", instance=previous, **context), 502
-        if _from_another_site():
+        if _from_another_site(host):
             path = safe_relative_path(request.full_path.rstrip("?")) or "/"
             return redirect(public_url(current_app.config, current_app.config["BERTH_DOMAIN"],
                                        f"/launch/{template.slug}?{urlencode({'next': path})}"), 303)

@@ -20,6 +20,7 @@
         identity_headers: false     # true: the tool gets X-Berth-User-Email, -Name and -Groups
         ip_allowlist: [10.0.0.0/8]  # CIDRs clients must come from; empty or absent: anywhere
         egress: false               # true: the tool may reach the network beyond Berth's host
+        home: true                  # false: no home or team folders, a scratch folder instead
         sizes:                      # named sizes the user picks from; the first is the default
           - {name: small, cpu: 0.5, memory_mb: 1024}
           - {name: large, cpu: 2, memory_mb: 4096}
@@ -90,7 +91,7 @@ def validate_entry(entry):
         raise CatalogueError("each entry must be a mapping of fields")
     known = {"slug", "name", "description", "backend", "command", "image", "port", "env",
              "health_path", "spawn_timeout", "idle_timeout", "enabled", "sizes", "api_tokens",
-             "shared", "groups", "identity_headers", "ip_allowlist", "egress"}
+             "shared", "groups", "identity_headers", "ip_allowlist", "egress", "home"}
     unknown = sorted(set(entry) - known)
     if unknown:
         raise CatalogueError(f"unknown field {unknown[0]!r} (known: {', '.join(sorted(known))})", unknown[0])
@@ -128,8 +129,9 @@ def validate_entry(entry):
     if not isinstance(enabled, bool):
         raise CatalogueError("enabled must be true or false", "enabled")
     flags = {}
-    for field in ("api_tokens", "shared", "identity_headers", "egress"):
-        flags[field] = entry.get(field, False)
+    for field, default in (("api_tokens", False), ("shared", False), ("identity_headers", False),
+                           ("egress", False), ("home", True)):
+        flags[field] = entry.get(field, default)
         if not isinstance(flags[field], bool):
             raise CatalogueError(f"{field} must be true or false", field)
     groups = entry.get("groups") or []
@@ -157,6 +159,7 @@ def validate_entry(entry):
         "shared": flags["shared"],
         "identity_headers": flags["identity_headers"],
         "egress": flags["egress"],
+        "home": flags["home"],
         "ip_allowlist": allowlist,
         "groups": sorted({name.strip() for name in groups}),
         "sizes": _sizes(entry.get("sizes", [])),

@@ -254,6 +254,9 @@ class ToolTemplate(db.Model):
     # Whether the tool may open connections beyond Berth's host (process backend: its
     # namespace's route out). Never to Berth's services or other tools either way.
     egress: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
+    # False: the tool sees none of its user's files (no home, no team folders), only a scratch
+    # folder of its own that goes when it stops.
+    home: Mapped[bool] = mapped_column(Boolean, default=True, server_default=text("true"))
     # CIDRs a client must come from to reach the tool at all; empty means anywhere.
     ip_allowlist: Mapped[list] = mapped_column(JSON, default=list, server_default=text("'[]'"))
     updated_at: Mapped[datetime] = mapped_column(

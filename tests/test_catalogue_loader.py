@@ -72,7 +72,9 @@ def test_parse_catalogue_accepts_the_demo_catalogue():
 def test_parse_catalogue_accepts_the_test_catalogue():
     tools = parse_catalogue(TEST_CATALOGUE.read_text())
     assert [t["slug"] for t in tools] == ["echo", "broken", "silent", "missing", "busybox", "echo-docker", "ghost",
-                                          "echo-api", "echo-team", "board", "fenced", "slow", "deaf"]
+                                          "echo-api", "echo-team", "board", "fenced", "slow", "deaf", "scratch",
+                                          "scratch-docker"]
+    assert [t["slug"] for t in tools if not t["home"]] == ["scratch", "scratch-docker"]
     assert [t["slug"] for t in tools if t["allow_api_tokens"]] == ["echo-api"]
     assert tools[2]["spawn_timeout"] == 2
 
@@ -83,7 +85,7 @@ def test_parse_catalogue_fills_in_defaults():
         "slug": "a", "name": "A", "description": "", "backend": "process", "command": ["x"],
         "image": None, "port": None, "env": {}, "health_path": "/", "spawn_timeout": 60,
         "idle_timeout": 3600, "enabled": True, "sizes": [], "allow_api_tokens": False,
-        "shared": False, "identity_headers": False, "egress": False, "ip_allowlist": [], "groups": [],
+        "shared": False, "identity_headers": False, "egress": False, "home": True, "ip_allowlist": [], "groups": [],
     }
 
 
@@ -312,7 +314,7 @@ def test_parse_catalogue_reports_every_error_at_once_with_its_line():
         "{python}, {home})",
         "tools.yml:5: entry 1 (a): port must be a whole number",
         "tools.yml:6: entry 1 (a): unknown field 'colour' (known: api_tokens, backend, command, description, "
-        "egress, enabled, env, groups, health_path, identity_headers, idle_timeout, image, ip_allowlist, name, "
+        "egress, enabled, env, groups, health_path, home, identity_headers, idle_timeout, image, ip_allowlist, name, "
         "port, shared, sizes, slug, spawn_timeout)",
         "tools.yml:7: entry 2 (b): command is required for the process backend",
         "tools.yml:9: entry 3 (Bad!): slug must start with a letter and hold only a-z, 0-9 and single hyphens",

@@ -118,9 +118,9 @@ class DockerBackend(Backend):
         env["PORT"] = str(port)
         env["HOME"] = CONTAINER_HOME
         uid = Sandbox(self.config).uid_for(instance)
-        home = self._home_volume(instance)
-        teams = team_folders_of(self.config, instance)
-        volumes = {home: {"bind": CONTAINER_HOME, "mode": "rw"}}
+        # Without a home (home: false), /home/berth is the container's own, gone with it.
+        teams = team_folders_of(self.config, instance) if template.home else []
+        volumes = {self._home_volume(instance): {"bind": CONTAINER_HOME, "mode": "rw"}} if template.home else {}
         for team in teams:
             volumes[self._team_volume(team)] = {"bind": f"{CONTAINER_TEAMS}/{team.name}", "mode": "rw"}
         if teams:

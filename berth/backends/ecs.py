@@ -365,7 +365,7 @@ class EcsBackend(Backend):
                                f"mode {task_definition.get('networkMode') or 'bridge'}; Fargate needs awsvpc.")
         container = tool_container(task_definition, port)
         task_definition_arn, teams = template.image, []
-        if self.file_system:
+        if self.file_system and template.home:
             teams = team_folders_of(self.config, instance)
             task_definition_arn = self._home_task_definition(instance, task_definition, container, teams)
         params = {
@@ -375,7 +375,8 @@ class EcsBackend(Backend):
             "count": 1,
             "startedBy": started_by(self.deployment, instance.id),
             "networkConfiguration": {"awsvpcConfiguration": self._network(template)},
-            "overrides": self._overrides(instance, container, port, home=bool(self.file_system), teams=teams),
+            "overrides": self._overrides(instance, container, port, home=bool(self.file_system) and template.home,
+                                         teams=teams),
             "tags": [
                 {"key": TAG_DEPLOYMENT, "value": self.deployment},
                 {"key": TAG_INSTANCE, "value": str(instance.id)},

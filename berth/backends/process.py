@@ -113,7 +113,7 @@ class ProcessBackend(Backend):
         if self.isolated:
             uid = sandbox.uid_for(instance)
             sandbox.prepare_home(str(home), uid)
-            teams = team_folders_of(self.config, instance)
+            teams = team_folders_of(self.config, instance) if template.home else []
             for team in teams:
                 sandbox.prepare_team_folder(str(team_folder_path(self.config, team)), team.gid)
             state.update(sandbox.create_network(instance.id, egress=template.egress))
@@ -211,6 +211,8 @@ class ProcessBackend(Backend):
             self._terminate(pid)
         if self.isolated:  # whatever the tool left running in its namespace goes with it
             Sandbox(self.config).remove_network(Sandbox(self.config).namespace(instance.id))
+        if not instance.template.home:
+            _remove_folder(scratch_of(self.config, instance.id))
 
     def stop_managed(self, instance_id, description):
         for pid in description:
@@ -234,9 +236,7 @@ class ProcessBackend(Backend):
             return [str(path)]
         if not path.exists():
             return []
-        if not shutil.rmtree.avoids_symlink_attacks:
-            raise LaunchFailed("This platform cannot remove a folder without following links planted in it.")
-        shutil.rmtree(path)
+        _remove_folder(path)
         return [str(path)]
 
     @staticmethod
@@ -270,8 +270,29 @@ def team_folder_path(config, team):
 
 def home_of(config, instance):
     """The home a tool works in: its owner's, which every tool of theirs shares, or, for a
-    shared tool, the tool's own, so that no visitor's files end up in it."""
+    shared tool, the tool's own, so that no visitor's files end up in it; for a template
+    without a home (home: false), a scratch folder of its own, removed when it stops."""
+    if not instance.template.home:
+        return scratch_of(config, instance.id)
     return Path(config["BERTH_HOMES_DIR"]) / home_name(instance)
+
+
+def scratch_of(config, instance_id):
+    return Path(config["BERTH_DATA_DIR"]) / "scratch" / f"instance-{instance_id}"
+
+
+def _remove_folder(path):
+    """Remove a folder a tool wrote in, following no symbolic link it planted (rmtree works
+    through directory descriptors); a link in its place is removed, never what it names."""
+    path = Path(path)
+    if path.is_symlink():
+        path.unlink()
+        return
+    if not path.exists():
+        return
+    if not shutil.rmtree.avoids_symlink_attacks:
+        raise LaunchFailed("This platform cannot remove a folder without following links planted in it.")
+    shutil.rmtree(path)
 
 
 def seal_data_dir(config):
@@ -281,7 +302,7 @@ def seal_data_dir(config):
     os.chmod(data_dir, 0o711)
     # nginx's prefix stays passable (0711) for its workers, which run as BERTH_NGINX_USER; what
     # is in it is closed on its own (berth.nginx_conf.prepare_prefix).
-    public = {"homes", "teams", "tool-runtime", "nginx"}
+    public = {"homes", "teams", "scratch", "tool-runtime", "nginx"}
     for entry in data_dir.iterdir():
         if entry.name in public or entry.is_symlink():
             continue

@@ -3,6 +3,7 @@ backend a named volume, each the user's own (0700, their tool uid) and shared by
 and team folders, which a group's members' tools share."""
 import json
 import os
+import stat
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -188,3 +189,34 @@ def test_team_members_docker_tools_mount_the_team_volume_with_the_teams_gid(stac
     with stack.docker() as client:
         volume = client.volumes.get(f"berth-{stack.env['BERTH_DEPLOYMENT']}-team-{team['folder']}")
         assert volume.attrs["Labels"]["berth.team"] == team["folder"]
+
+
+# -- templates without a home ---------------------------------------------------------------
+
+def test_a_process_tool_without_a_home_works_in_a_scratch_folder_that_goes_when_it_stops(stack, alice):
+    browser = stack.login(alice)
+    stack.open_tool(browser, "echo", alice)  # alice's home exists, with a file in it
+    home = stack.data_dir / "homes" / alice["host_key"]
+    (home / "secret.txt").write_text("mine")
+    stack.open_tool(browser, "scratch", alice)
+    row, state = _running(stack, "scratch", alice)
+    scratch = stack.data_dir / "scratch" / f"instance-{row['id']}"
+    assert os.readlink(f"/proc/{state['pid']}/cwd") == str(scratch)
+    assert stat.S_IMODE(scratch.stat().st_mode) == 0o700
+    # Through the tool itself: its user's home is not where it works, and not its HOME.
+    assert _put(browser, stack, "scratch", alice, "note.txt", "scratch").status_code == 201
+    assert (scratch / "note.txt").read_text() == "scratch"
+    _stop(stack, browser, row, _host(stack, "scratch", alice))
+    assert not scratch.exists()
+    assert (home / "secret.txt").read_text() == "mine"
+
+
+def test_a_docker_tool_without_a_home_mounts_none_of_its_users_files(stack, alice):
+    browser = stack.login(alice)
+    stack.open_tool(browser, "scratch-docker", alice, timeout=60)
+    row, _ = _running(stack, "scratch-docker", alice)
+    with stack.docker() as client:
+        mounts = client.api.inspect_container(f"berth-{stack.env['BERTH_DEPLOYMENT']}-{row['id']}")["Mounts"]
+    assert [mount for mount in mounts if mount.get("Type") == "volume"] == []
+    code, output = _in_container(stack, row, "cd && pwd && echo x > here.txt && cat here.txt")
+    assert (code, output.split()) == (0, ["/home/berth", "x"])

@@ -74,6 +74,8 @@ class TemplateForm(FlaskForm):
     shared = BooleanField("Shared: one instance for everyone allowed, at <slug>.<domain>")
     identity_headers = BooleanField("Send identity headers (X-Berth-User-Email, -Name, -Groups)")
     egress = BooleanField("May reach the network beyond Berth's host (never Berth itself or other tools)")
+    home = BooleanField("Works in its user's home, with their team folders (off: a scratch folder only)",
+                        default=True)
     groups = StringField("Groups")
     ip_allowlist = TextAreaField("IP allowlist")
 
@@ -96,6 +98,7 @@ class TemplateForm(FlaskForm):
         self.shared.data = template.shared
         self.identity_headers.data = template.identity_headers
         self.egress.data = template.egress
+        self.home.data = template.home
         self.groups.data = ", ".join(group.name for group in template.groups)
         self.ip_allowlist.data = "\n".join(template.ip_allowlist or [])
 
@@ -141,6 +144,7 @@ def _entry(form, slug):
         "shared": bool(form.shared.data),
         "identity_headers": bool(form.identity_headers.data),
         "egress": bool(form.egress.data),
+        "home": bool(form.home.data),
         "groups": [name.strip() for name in re.split(r"[,\n]", form.groups.data or "") if name.strip()],
         "ip_allowlist": _lines(form.ip_allowlist.data),
     }

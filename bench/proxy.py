@@ -13,7 +13,7 @@ as a tool through the normal flow (sign in, first visit, starting page, RUNNING)
                 answers at once (bench/_noop_auth.py): the auth_request hop alone
   berth uncached  wrk → a Berth nginx with the auth cache off, with the session cookie and
                 the tool's Host: auth_request to the auth service on every request, then the tool
-  berth         the same through Berth's own nginx, as shipped: the default 1 s auth cache
+  berth         the same through Berth's own nginx with the 1 s auth cache (BERTH_AUTH_CACHE_SECONDS=1)
 
 Each measurement is `wrk -t2 -c32 -d<duration>s --latency`. The paths take turns within
 every round, in a rotated order, so that drift on the machine falls on all of them. Ratios
@@ -210,9 +210,10 @@ class Bench:
     # setup
     def start_berth(self):
         catalogue = write_catalogue(self.work, [static_tool(self.work, {PATH.lstrip("/"): BODY})])
-        # Berth as shipped: its own nginx caches auth answers for the default second; the
-        # "berth uncached" path is a second nginx rendered with the cache off.
-        self.berth = Berth(self.run_state, catalogue, postgres=self.args.postgres)
+        # Berth with the one-second auth cache; the "berth uncached" path (the shipped default)
+        # is a second nginx rendered with the cache off.
+        self.berth = Berth(self.run_state, catalogue, postgres=self.args.postgres,
+                           extra_env={"BERTH_AUTH_CACHE_SECONDS": "1"})
         self.berth.start()
         self.stack, self.config, self.port = self.berth.processes, self.berth.config, self.berth.port
         with self.berth.sign_in() as browser:

@@ -24,6 +24,8 @@ NOT_SETTINGS = {
     "BERTH_INSTANCE_ID",
     # Berth tells a tool where its team folders are; nothing reads it from Berth's own environment.
     "BERTH_TEAM_FOLDERS",
+    # The shell variable the API reference's curl examples take a token from (webapp/api/docs.py).
+    "BERTH_TOKEN",
 }
 VARIABLE = re.compile(r"(?<![A-Za-z0-9_])BERTH_[A-Z0-9_]*[A-Z0-9]")
 

@@ -1,4 +1,4 @@
-"""The default auth cache (BERTH_AUTH_CACHE_SECONDS=1) and revocation: within 1 s, on every nginx.
+"""The one-second auth cache (BERTH_AUTH_CACHE_SECONDS=1) and revocation: within 1 s, on every nginx.
 
 Two auth replicas behind two nginx instances (each with its own cache), on one PostgreSQL. While
 clients ask a running tool through both nginx without pause, so that each keeps a fresh cached
@@ -22,19 +22,20 @@ from tests.integration.test_tokens import make_token
 from tests.local_stack import TOOL_COOKIE
 from tests.services import answers_ok, free_port
 
-BOUND_SECONDS = 1.0  # the default cache lifetime: the promise under test
+BOUND_SECONDS = 1.0  # the cache lifetime: the promise under test
 AFTER_SECONDS = 2.0  # how long the clients go on asking after a revocation
 JSON = {"Accept": "application/json"}
 
 
 @pytest.fixture(scope="module")
 def two_of_each(postgres, redis_server, tmp_path_factory):
-    """Berth at its defaults, with two auth replicas behind each of two nginx instances."""
+    """Berth with the one-second auth cache, two auth replicas behind each of two nginx instances."""
     stack = _make_stack(
         "revocation", postgres.create_database(f"berth_{os.urandom(3).hex()}"), redis_server.url(11),
         tmp_path_factory.mktemp("revocation"), docker_url="",
-        extra_env={"BERTH_BACKENDS": "process", "BERTH_AUTH_WORKERS": "1", "BERTH_WEB_WORKERS": "1"})
-    assert stack.config["BERTH_AUTH_CACHE_SECONDS"] == 1  # the shipped default
+        extra_env={"BERTH_BACKENDS": "process", "BERTH_AUTH_WORKERS": "1", "BERTH_WEB_WORKERS": "1",
+                   "BERTH_AUTH_CACHE_SECONDS": "1"})
+    assert stack.config["BERTH_AUTH_CACHE_SECONDS"] == 1
     stack.prepare_database()
     auth_ports = {name: free_port() for name in ("auth-1", "auth-2")}
     auth_servers = [f"127.0.0.1:{port}" for port in auth_ports.values()]

@@ -39,7 +39,7 @@ def test_the_state_follows_a_launch_to_running_then_a_stop_to_stopped(stack, ali
     browser = stack.login(alice)
     before = _card(stack, browser, "echo")
     assert before["state"] is None and before["label"] == ""
-    assert ">Launch</a>" in before["html"] and "Stop Echo" not in before["html"]
+    assert ">Launch</button>" in before["html"] and "Stop Echo" not in before["html"]
 
     stack.open_tool(browser, "echo", alice)
     running = _card(stack, browser, "echo")
@@ -52,7 +52,7 @@ def test_the_state_follows_a_launch_to_running_then_a_stop_to_stopped(stack, ali
     post_form(browser, f"{stack.base_url}/instances/{instance['id']}/stop", page=f"{stack.base_url}/")
     stopped = _wait_card(stack, browser, "echo", ("STOPPED",))
     assert stopped["label"] == "Stopped"
-    assert ">Launch</a>" in stopped["html"] and "Stop Echo" not in stopped["html"]
+    assert ">Launch</button>" in stopped["html"] and "Stop Echo" not in stopped["html"]
     assert 'aria-label="Share Echo"' in stopped["html"]
 
 

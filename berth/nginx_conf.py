@@ -89,8 +89,8 @@ def render_nginx(config, *, listen=None, auth_servers=None, web_servers=None, st
         "listen": listen or str(config["BERTH_HTTP_PORT"]),
         "auth_servers": auth_servers or [f"127.0.0.1:{config['BERTH_AUTH_PORT']}"],
         "web_servers": web_servers or [f"127.0.0.1:{config['BERTH_WEB_PORT']}"],
-        # Every name a Berth cookie has had: with or without __Host-, the session's or a tool host's.
-        "berth_cookies": "(?:__Host-)?" + re.escape(config["BERTH_SESSION_COOKIE"]) + "(?:_tool)?",
+        # Every name a Berth cookie has: with or without __Host-, the session's, a tool host's, a launch pass.
+        "berth_cookies": "(?:__Host-)?" + re.escape(config["BERTH_SESSION_COOKIE"]) + "(?:_tool|_launch)?",
         "session_cookie": re.escape(session_cookie_name(config)),
         "tool_cookie": re.escape(tool_cookie_name(config)),
         "proxy_secret": config["BERTH_PROXY_SECRET"],

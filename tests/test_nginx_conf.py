@@ -114,8 +114,11 @@ def test_defaults_keep_what_was_hard_coded(tmp_path):
     for line in ("client_max_body_size 0;", "proxy_read_timeout 1h;", "proxy_send_timeout 1h;",
                  "access_log logs/access.log berth;"):
         assert line in text, line
-    for directive in ("resolver ", "proxy_buffers 8", "as nginx needs", "/http.d/", "/server.d/"):
+    for directive in ("resolver ", "as nginx needs", "/http.d/", "/server.d/"):
         assert directive not in text, directive
+    # Tools stream through 64 KiB buffers, unless the operator sets buffers of their own.
+    assert "proxy_buffers 8 64k;" in text
+    assert "proxy_buffers 8 64k;" not in render(tmp_path, BERTH_NGINX_PROXY_BUFFERS="16 8k")
     assert "access_log logs/access.log berth_json;" in render(tmp_path, BERTH_LOG_FORMAT="json")
 
 

@@ -136,6 +136,8 @@ def _door(config):
         "door_rate": config["BERTH_DOOR_RATE"],
         "door_burst": config["BERTH_DOOR_BURST"],
         "door_connections": config["BERTH_DOOR_CONNECTIONS"],
+        "door_exempt": [str(network) for network in config["BERTH_DOOR_EXEMPT"]],
+        "client_address": f"$berth_client_hop{hops}" if hops else "$remote_addr",
     }
 
 

@@ -682,6 +682,10 @@ SETTINGS = (
             doc="Requests that one client address may have in progress at once on those endpoints "
                 "(a client that trickles its body holds one until `client_body_timeout`); nginx "
                 "answers 429 past it."),
+    Setting("BERTH_DOOR_EXEMPT", NGINX, parse=parse_networks, default="",
+            doc="Client addresses or networks (CIDRs, comma-separated) that those limits do not "
+                "count: a health checker or monitoring that signs in often from one address. The "
+                "address is the one the limits count by (past `BERTH_TRUSTED_HOPS`). Empty: none."),
     Setting("BERTH_TLS_CERTIFICATE", NGINX, parse=parse_path, kind="file",
             doc="PEM certificate chain (the server's certificate first) that nginx serves HTTPS "
                 "with, on `BERTH_HTTP_PORT`. It must cover `BERTH_DOMAIN`, `*.BERTH_DOMAIN` and, "

@@ -170,3 +170,12 @@ def test_buffers_too_small_for_the_head_buffer_are_refused_naming_both(tmp_path)
     with pytest.raises(SettingError, match="BERTH_NGINX_PROXY_BUFFERS='8 4k' is too small for "
                                            "BERTH_NGINX_PROXY_BUFFER_SIZE='64k'"):
         render(tmp_path, BERTH_NGINX_PROXY_BUFFER_SIZE="64k")
+
+
+@pytest.mark.parametrize("hops", ["0", "1"])
+def test_addresses_exempt_from_the_door_are_left_out_of_its_count(tmp_path, hops):
+    text = render(tmp_path, BERTH_DOOR_EXEMPT="10.0.0.5/32,192.168.0.0/24", BERTH_TRUSTED_HOPS=hops)
+    code, errors = nginx_t(tmp_path, text)
+    assert code == 0, errors
+    assert "limit_req_zone $berth_door_key " in text and "10.0.0.5/32 1;" in text
+    assert "limit_req_zone $berth_door_key " not in render(tmp_path)  # none: every address counts

@@ -104,6 +104,16 @@ def test_one_address_flooding_the_sign_in_page_is_refused_with_429_while_others_
     stack.login(newcomer).close()
 
 
+def test_an_exempt_address_is_not_counted_and_exempts_no_one_else(stack):
+    """The test driver's own address is exempt (BERTH_DOOR_EXEMPT, tests/local_stack.py): the
+    same flood from it is never refused, while the one from any other address above is."""
+    assert [str(network) for network in stack.config["BERTH_DOOR_EXEMPT"]] == ["127.0.0.1/32"]
+    answers = _flood(stack, "127.0.0.1", "/auth/login", 3 * stack.config["BERTH_DOOR_BURST"])
+    assert {answer.status_code for answer in answers} == {200}
+    answers = _flood(stack, "127.78.0.2", "/auth/login", 3 * stack.config["BERTH_DOOR_BURST"])
+    assert 429 in {answer.status_code for answer in answers}
+
+
 def test_one_address_holding_slow_requests_gets_429_past_its_connection_limit(stack):
     limit = stack.config["BERTH_DOOR_CONNECTIONS"]
     target = slow_targets(DOMAIN)[0]  # a POST to the sign-in form, its body trickled

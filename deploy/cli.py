@@ -197,7 +197,7 @@ def nginx_conf(standalone, prefix, listen, auth_servers, web_servers, out):
         sys.stdout.write(text)
 
 
-@cli.command("local-certificate")
+@cli.command("local-certificate", short_help="An HTTPS certificate from a local CA.")
 @click.option("--exports", is_flag=True, help="Print only `export BERTH_TLS_CERTIFICATE=… BERTH_TLS_KEY=…`.")
 @with_appcontext
 def local_certificate(exports):

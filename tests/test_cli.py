@@ -405,7 +405,8 @@ def test_help_lists_berths_commands_only_each_in_one_line(berth):
         assert flask_option not in result.output
     commands = result.output.split("Commands:\n", 1)[1].splitlines()
     assert [line.split()[0] for line in commands] == ["check", "db", "catalogue", "create-admin", "create-user",
-                                                      "nginx-conf", "reconcile", "cull", "run", "settings-doc"]
+                                                      "nginx-conf", "local-certificate", "reconcile", "cull", "run",
+                                                      "settings-doc"]
     assert all(not line.endswith("...") and line[2] != " " for line in commands)
 
 

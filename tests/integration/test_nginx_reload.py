@@ -12,6 +12,7 @@ import time
 import pytest
 import requests
 import websocket
+from urllib3.util.retry import Retry
 
 from deploy.local import nginx_binary
 from tests.conftest import _make_stack
@@ -44,6 +45,12 @@ class Load:
 
     def _client(self):
         with requests.Session() as session:
+            # A reload closes idle kept-alive connections; a GET sent on one just as it closes is
+            # sent again on a new connection, as browsers do (an idempotent request, never seen
+            # by a server). Any other failure still counts.
+            session.mount("http://", requests.adapters.HTTPAdapter(max_retries=Retry(
+                total=1, connect=1, read=1, redirect=0, status=0, allowed_methods=frozenset({"GET"}),
+                raise_on_status=False)))
             session.cookies.update(self.cookies)
             index = 0
             while not self.stopping.is_set():

@@ -135,6 +135,18 @@ def create_local_user(email, name, password, actor, is_admin=False):
     return user
 
 
+def change_password(user, new_password, keep_session_id, actor):
+    """user sets a new password (the caller proved the current one and checked password_problem).
+    Every other session of theirs ends in the same transaction: whoever else signed in with the
+    old password is signed out at their next request. The caller commits."""
+    user.set_password(new_password)
+    ended = revoke_where(Session, Session.user_id == user.id, Session.id != keep_session_id)
+    record_event("user.password", f"{user.email} changed their password"
+                 + (f"; {ended} other session{'s' if ended != 1 else ''} ended" if ended else ""),
+                 actor=actor, user_id=user.id)
+    return ended
+
+
 def email_taken(email):
     return db.session.scalar(select(User.id).where(func.lower(User.email) == email.strip().lower())) is not None
 

@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from sqlalchemy import (JSON, BigInteger, Boolean, CheckConstraint, Column, ForeignKey, Index, Integer, String, Table, Text,
                         UniqueConstraint, delete, event, func, select, text, update)
 from sqlalchemy import DateTime as _DateTime
-from sqlalchemy.orm import Mapped, mapped_column, relationship
+from sqlalchemy.orm import Mapped, mapped_column, object_session, relationship
 from sqlalchemy.types import TypeDecorator
 from flask import has_request_context
 from werkzeug.security import check_password_hash, generate_password_hash
@@ -386,17 +386,20 @@ def claim_email_grants(connection, user_id, email):
 @event.listens_for(User, "before_insert")
 def _give_an_address_name(mapper, connection, user):
     """However the account is made (Add user, the command line, a first single sign-on): the
-    first free one of its base name, base-2, base-3, …. Two accounts made at once with the same
+    first free one of its base name, base-2, base-3, …, past those of the users saved so far and
+    of the others in the same flush. Two accounts made at once by two processes with the same
     base name meet the unique index: one of them fails, as for two with the same email."""
     if user.address_name is None:
-        user.address_name = available_address_name(connection, address_name_base(user.email, user.name))
+        pending = {other.address_name for other in object_session(user).new
+                   if isinstance(other, User) and other.address_name is not None}
+        user.address_name = available_address_name(connection, address_name_base(user.email, user.name), pending)
 
 
-def available_address_name(connection, base):
+def available_address_name(connection, base, pending=()):
     """The first of base's candidates that no user holds, looked up a batch at a time."""
     candidates = address_name_candidates(base)
     while True:
-        batch = list(itertools.islice(candidates, 20))
+        batch = [name for name in itertools.islice(candidates, 20) if name not in pending]
         taken = set(connection.execute(select(User.address_name).where(User.address_name.in_(batch))).scalars())
         free = [name for name in batch if name not in taken]
         if free:

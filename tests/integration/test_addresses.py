@@ -19,8 +19,12 @@ def test_a_personal_tool_opens_at_its_readable_address(stack):
     host = stack.tool_host("echo", jane)
     assert host == f"echo--{jane['address_name']}.berth.localhost"
     assert [row["state"] for row in stack.instances(host)] == ["RUNNING"]
-    # The catalogue links to it there.
+    # The catalogue links to it there, the API gives it, and administrators see it.
     assert f"http://{host}:{stack.port}/" in browser.get(stack.base_url + "/", timeout=10).text
+    with stack.login(stack.create_user(is_admin=True)) as admin:
+        assert host in admin.get(f"{stack.base_url}/admin/instances", timeout=10).text
+        page = admin.get(f"{stack.base_url}/admin/users/{jane['id']}", timeout=10).text
+        assert f"&lt;tool&gt;--{jane['address_name']}" in page and f"&lt;tool&gt;-{jane['host_key']}" in page
 
 
 def test_a_navigation_to_the_legacy_address_goes_on_to_the_same_path_at_the_current_one(stack, alice):

@@ -1,6 +1,7 @@
 """Tool addresses: <slug>--<address name>.<domain> for a personal tool, <slug>.<domain> for a
 shared one, where <domain> is BERTH_TOOLS_DOMAIN when set, else BERTH_DOMAIN (see tools_domain).
-The address name is the owner's readable part (User.address_name, made by address_name_for).
+The address name is the owner's readable part (User.address_name, from address_name_base and
+address_name_candidates).
 The older personal form, <slug>-<host_key>.<domain>, is still read (a legacy address): see
 docs/decisions/0022-readable-addresses.md.
 

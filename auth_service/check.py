@@ -10,7 +10,8 @@ tools whose template allows them. The answer is carried in headers that nginx pi
 auth_request_set:
 
   X-Berth-Upstream   where nginx proxies: a tool's address, or the web app
-  X-Berth-Page       on tool hosts, which lifecycle page the web app shows
+  X-Berth-Page       on tool hosts, which lifecycle page the web app shows ("moved": a
+                     browser's navigation to a tool's legacy address, sent on to its current one)
   X-Berth-User-Id    the user, for the web app only (never sent to a tool)
   X-Berth-Login-Url  on 401: where browsers go to sign in: the login page for the main host,
                      the sign-in hand-off for a tool host
@@ -42,16 +43,18 @@ from datetime import datetime, timedelta, timezone
 from urllib.parse import quote
 
 from sqlalchemy.exc import SQLAlchemyError
+from werkzeug.datastructures import EnvironHeaders
 
 from berth import throttle
 from berth.addresses import allowed, parse_networks, request_client_address
 from berth.database import RETRY_AFTER_SECONDS, connect, connect_arguments
 from berth.hosts import (MAX_NEXT_URL_LENGTH, is_main_host, parse_tool_host, public_url, session_cookie_name,
-                         strip_port, tool_cookie_name, tools_domain)
+                         personal_host_parts, strip_port, tool_cookie_name, tools_domain)
 from berth.extensions import db
 from berth.models import hash_token, record_event, utcnow
 from berth.nginx_conf import loopback_tool_ports
 from berth.tokens import TOKEN_REFUSALS, api_refusal, bearer_token, token_allowed_on_main_host, tool_refusal
+from berth.web.launch_pass import is_navigation
 
 WEB_UPSTREAM = "berth_web"  # the name of the web app's upstream block in nginx/berth.conf.j2
 
@@ -75,7 +78,7 @@ _ANSWER_SQL = """
                        WHERE tg.template_id = t.id)) AS may_use,
            o.id AS owner_id,
            EXISTS (SELECT 1 FROM tool_grants g
-                   WHERE g.host = :host
+                   WHERE g.host = {tool_host}
                      AND (g.user_id = u.id
                           OR g.group_id IN (SELECT m.group_id FROM memberships m
                                             WHERE m.user_id = u.id))) AS granted,
@@ -84,8 +87,8 @@ _ANSWER_SQL = """
     FROM {credentials}
     JOIN users u ON u.id = s.user_id
     LEFT JOIN tool_templates t ON t.slug = :slug
-    LEFT JOIN users o ON o.host_key = :host_key
-    LEFT JOIN tool_instances i ON i.host = :host
+    LEFT JOIN users o ON o.{owner_column} = :owner
+    LEFT JOIN tool_instances i ON i.host = {tool_host}
          AND i.state IN ('QUEUED', 'SPAWNING', 'RUNNING', 'STOPPING')
     WHERE {credential_hash} = :token_hash
       AND s.revoked_at IS NULL
@@ -100,17 +103,26 @@ _TIMESTAMPS = ("seen_at", "blocked_until", "last_activity_at")
 # A session also ends when it has not been used for BERTH_SESSION_IDLE_LIFETIME.
 _IDLE_CONDITION = "\n      AND s.last_seen_at > :idle_cutoff"
 _SESSION_ONLY = {"scope": "NULL", "blocked_until": "NULL"}
-_ANSWER = _ANSWER_SQL.format(credentials="sessions s", credential_hash="s.token_hash", seen="last_seen_at",
-                             idle_condition=_IDLE_CONDITION, **_SESSION_ONLY)
-# A tool cookie: good on its own host only, and only while its session is live.
-_TOOL_COOKIE_ANSWER = _ANSWER_SQL.format(
+# The owner is found by address name, or on a legacy address by host key; either way the tool's
+# instances and grants are under its address in the current form, which the legacy variant
+# builds around the owner's address name (berth.hosts.personal_host_parts).
+_OWNER = {False: {"owner_column": "address_name", "tool_host": ":host"},
+          True: {"owner_column": "host_key", "tool_host": "(:host_prefix || o.address_name || :host_suffix)"}}
+_ANSWER = {legacy: _ANSWER_SQL.format(credentials="sessions s", credential_hash="s.token_hash", seen="last_seen_at",
+                                      idle_condition=_IDLE_CONDITION, **_SESSION_ONLY, **owner)
+           for legacy, owner in _OWNER.items()}
+# A tool cookie: good on its own host only (the address it was opened at), and only while its
+# session is live.
+_TOOL_COOKIE_ANSWER = {legacy: _ANSWER_SQL.format(
     credentials="tool_sign_ins c\n    JOIN sessions s ON s.id = c.session_id AND c.host = :host",
-    credential_hash="c.token_hash", seen="last_seen_at", idle_condition=_IDLE_CONDITION, **_SESSION_ONLY)
+    credential_hash="c.token_hash", seen="last_seen_at", idle_condition=_IDLE_CONDITION, **_SESSION_ONLY, **owner)
+    for legacy, owner in _OWNER.items()}
 # A token also brings its scope, and how long its client's address must still wait.
-_TOKEN_ANSWER = _ANSWER_SQL.format(
+_TOKEN_ANSWER = {legacy: _ANSWER_SQL.format(
     credentials="api_tokens s", credential_hash="s.token_hash", seen="last_used_at", idle_condition="",
     scope="s.scope",
-    blocked_until="(SELECT b.blocked_until FROM sign_in_throttles b WHERE b.key = :throttle_key)")
+    blocked_until="(SELECT b.blocked_until FROM sign_in_throttles b WHERE b.key = :throttle_key)", **owner)
+    for legacy, owner in _OWNER.items()}
 # Until when a client address must wait before its tokens are looked at (NULL: no wait).
 _TOKEN_WAIT = "SELECT blocked_until FROM sign_in_throttles WHERE key = :throttle_key"
 # Why a token the answer query did not find is no good: unknown, revoked, expired, or its user's.
@@ -380,14 +392,17 @@ class AuthCheck:
             "token_hash": hash_token(token),
             "now": now,
             "slug": tool.slug if tool else None,
-            "host_key": tool.host_key if tool else None,
+            "owner": (tool.host_key or tool.address_name) if tool else None,
             "host": host.split(":", 1)[0].lower() if tool else None,
         }
+        legacy = tool is not None and tool.legacy
+        if legacy:
+            params["host_prefix"], params["host_suffix"] = personal_host_parts(tool.slug, tools_domain(config))
         if api_token:
             params["throttle_key"] = throttle.token_key(address)
         else:
             params["idle_cutoff"] = now - timedelta(seconds=idle) if idle else _NO_IDLE_LIMIT
-        query = _TOKEN_ANSWER if api_token else _TOOL_COOKIE_ANSWER if tool else _ANSWER
+        query = (_TOKEN_ANSWER if api_token else _TOOL_COOKIE_ANSWER if tool else _ANSWER)[legacy]
         try:
             row = self.database.row(query, params)
             if api_token and row is not None and row.blocked_until is not None and row.blocked_until > now:
@@ -411,6 +426,10 @@ class AuthCheck:
             refusal = self._refusal(row, tool, environ, api_token) or _foreign_websocket(config, host, environ)
             if refusal is not None:
                 return refusal
+            if legacy and not api_token and _browser_navigation(environ):
+                # One address per tool in the browser (one cookie, one origin): the web app
+                # sends it on to the current one. Everything else is answered here as it is.
+                return to_web(page="moved")
             running = row.state == "RUNNING" and row.upstream
             if api_token:
                 refusal = tool_refusal(row.scope, environ.get("HTTP_X_ORIGINAL_METHOD", "GET"),
@@ -545,6 +564,12 @@ def _foreign_websocket(config, host, environ):
     if origin is None or all(part.strip() == own for part in origin.split(",")):
         return None
     return _forbidden(f"A WebSocket to this tool must come from its own pages, not from {origin[:200]}.")
+
+
+def _browser_navigation(environ):
+    if environ.get("HTTP_X_ORIGINAL_UPGRADE"):
+        return False
+    return is_navigation(environ.get("HTTP_X_ORIGINAL_METHOD", "GET"), EnvironHeaders(environ))
 
 
 def _cookie_pattern(name):

@@ -53,9 +53,9 @@ FILL = "bench-fill"  # marks the generated rows (sessions.user_agent, tool_insta
 # Rows with fill number i in [lo, hi). Users: n/2 of them; each row's owner is i % users.
 FILL_SQL = [
     """
-    INSERT INTO users (email, name, is_admin, is_active, host_key, created_at)
+    INSERT INTO users (email, name, is_admin, is_active, host_key, address_name, created_at)
     SELECT 'fill-' || i || '@bench.invalid', 'Fill ' || i, false, true,
-           'f' || lpad(to_hex(i), 7, '0'), now()
+           'f' || lpad(to_hex(i), 7, '0'), 'fill-' || i, now()
     FROM generate_series(:user_lo, :user_hi - 1) AS i
     """,
     """
@@ -73,7 +73,7 @@ FILL_SQL = [
     INSERT INTO tool_instances (template_id, owner_id, host, state, step, backend, backend_state,
                                 port, size, upstream, error_shown, created_at, started_at,
                                 running_at, ended_at, last_activity_at)
-    SELECT :template_id, u.id, :slug || '-' || u.host_key || '.' || :domain,
+    SELECT :template_id, u.id, :slug || '--' || u.address_name || '.' || :domain,
            CASE WHEN i < :users AND i % 10 = 0 THEN 'RUNNING'
                 WHEN i % 20 = 3 THEN 'FAILED' ELSE 'STOPPED' END,
            :fill, 'process', '{}', 40000 + i, '{}',
@@ -99,7 +99,7 @@ FILL_SQL = [
     """
     INSERT INTO tool_sign_ins (session_id, host, code_hash, code_expires_at, token_hash, created_at,
                                redeemed_at)
-    SELECT s.id, :slug || '-' || u.host_key || '.' || :domain,
+    SELECT s.id, :slug || '--' || u.address_name || '.' || :domain,
            encode(sha256(('fill-code-' || s.id)::bytea), 'hex'), now(),
            encode(sha256(('fill-tool-' || s.id)::bytea), 'hex'), now(), now()
     FROM sessions s JOIN users u ON u.id = s.user_id

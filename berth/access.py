@@ -6,7 +6,7 @@ alone. tests/integration/test_access.py holds both to the same permission matrix
 
 - A template with no groups is open to every active user; otherwise to members of its groups.
   Administrators may launch any template.
-- A personal tool (<slug>-<host_key>.<domain>) is opened by its owner, and by the users and
+- A personal tool (<slug>--<address name>.<domain>) is opened by its owner, and by the users and
   groups the owner granted it to. A grant never widens the template's groups: a grantee must
   also be allowed the template. Only the owner starts it; administrators get no other access.
 - A shared tool (<slug>.<domain>) is opened, and started, by anyone allowed the template.

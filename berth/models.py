@@ -5,18 +5,20 @@ their progress are rows here, and every change is a conditional UPDATE or guarde
 unique index, so replicas can race safely.
 """
 import hashlib
+import itertools
 import secrets
 from datetime import datetime, timezone
 
 from sqlalchemy import (JSON, BigInteger, Boolean, CheckConstraint, Column, ForeignKey, Index, Integer, String, Table, Text,
-                        UniqueConstraint, delete, event, func, text, update)
+                        UniqueConstraint, delete, event, func, select, text, update)
 from sqlalchemy import DateTime as _DateTime
-from sqlalchemy.orm import Mapped, mapped_column, relationship
+from sqlalchemy.orm import Mapped, mapped_column, object_session, relationship
 from sqlalchemy.types import TypeDecorator
 from flask import has_request_context
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from berth.extensions import db
+from berth.hosts import MAX_ADDRESS_NAME_LENGTH, address_name_base, address_name_candidates
 from berth.web import client_ip
 
 
@@ -77,10 +79,14 @@ class User(db.Model):
     password_hash: Mapped[str | None] = mapped_column(String(300))
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
     is_active: Mapped[bool] = mapped_column(Boolean, default=True)
-    # Short, stable, public part of the user's tool hosts: <slug>-<host_key>.<domain>.
+    # Short, stable and opaque: names the user's home, volumes and access points, and the
+    # older form of their tool addresses, <slug>-<host_key>.<domain>, which still works.
     host_key: Mapped[str] = mapped_column(
         String(16), unique=True, default=lambda: secrets.token_hex(4)
     )
+    # The readable part of the user's tool addresses, <slug>--<address_name>.<domain>: made once,
+    # when the user is (_give_an_address_name), and never changed, so that addresses stay put.
+    address_name: Mapped[str] = mapped_column(String(MAX_ADDRESS_NAME_LENGTH), unique=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     # Single sign-on: the provider's issuer and subject name this user from the first sign-in on.
     oidc_issuer: Mapped[str | None] = mapped_column(String(300))
@@ -375,6 +381,29 @@ def claim_email_grants(connection, user_id, email):
     """Grants made to an email before it had an account become the new user's own."""
     table = Grant.__table__
     connection.execute(update(table).where(table.c.email == email.lower()).values(user_id=user_id, email=None))
+
+
+@event.listens_for(User, "before_insert")
+def _give_an_address_name(mapper, connection, user):
+    """However the account is made (Add user, the command line, a first single sign-on): the
+    first free one of its base name, base-2, base-3, …, past those of the users saved so far and
+    of the others in the same flush. Two accounts made at once by two processes with the same
+    base name meet the unique index: one of them fails, as for two with the same email."""
+    if user.address_name is None:
+        pending = {other.address_name for other in object_session(user).new
+                   if isinstance(other, User) and other.address_name is not None}
+        user.address_name = available_address_name(connection, address_name_base(user.email, user.name), pending)
+
+
+def available_address_name(connection, base, pending=()):
+    """The first of base's candidates that no user holds, looked up a batch at a time."""
+    candidates = address_name_candidates(base)
+    while True:
+        batch = [name for name in itertools.islice(candidates, 20) if name not in pending]
+        taken = set(connection.execute(select(User.address_name).where(User.address_name.in_(batch))).scalars())
+        free = [name for name in batch if name not in taken]
+        if free:
+            return free[0]
 
 
 @event.listens_for(User, "after_insert")

@@ -149,7 +149,8 @@ class BerthStack:
             user.set_password(password)
             db.session.add(user)
             db.session.commit()
-            return {"id": user.id, "email": email, "password": password, "host_key": user.host_key}
+            return {"id": user.id, "email": email, "password": password, "host_key": user.host_key,
+                    "address_name": user.address_name}
 
     def query(self, statement, **params):
         from berth.extensions import db
@@ -166,10 +167,16 @@ class BerthStack:
 
     # -- HTTP -----------------------------------------------------------------------------
     def tool_host(self, slug, user):
-        """The tool's host name for user: <slug>-<key>.berth.localhost."""
+        """The tool's host name for user: <slug>--<address name>.berth.localhost."""
         from berth.hosts import tool_host
 
-        return tool_host(slug, user["host_key"], self.env.get("BERTH_TOOLS_DOMAIN") or DOMAIN)
+        return tool_host(slug, user["address_name"], self.env.get("BERTH_TOOLS_DOMAIN") or DOMAIN)
+
+    def legacy_tool_host(self, slug, user):
+        """The tool's older host name for user, still served: <slug>-<host key>.berth.localhost."""
+        from berth.hosts import legacy_tool_host
+
+        return legacy_tool_host(slug, user["host_key"], self.env.get("BERTH_TOOLS_DOMAIN") or DOMAIN)
 
     def tool_url(self, slug, user, path="/"):
         return f"{self.scheme}://{self.tool_host(slug, user)}:{self.port}{path}"

@@ -189,3 +189,20 @@ def test_sync_groups_is_idempotent(app):
     sync_groups(user, ["a", "b"])
     db.session.commit()
     assert db.session.scalar(select(db.func.count()).select_from(Membership)) == 2
+
+
+# -- address names ------------------------------------------------------------------------------
+
+def test_every_way_of_making_a_user_gives_a_unique_address_name_that_never_changes(app):
+    from berth.accounts import create_local_user
+
+    by_sign_on = user_from_claims(ISSUER, _claims())
+    by_admin = create_local_user("ADA@elsewhere.example", "", "a long password", actor="test")
+    direct = User(email="ａｄａ@third.example", name="")
+    db.session.add(direct)
+    db.session.commit()
+    assert [by_sign_on.address_name, by_admin.address_name, direct.address_name] == ["ada", "ada-2", "ada-3"]
+    # A new email (or name) from the provider leaves the address alone.
+    again = user_from_claims(ISSUER, _claims(email="lovelace@example.org", name="Lovelace"))
+    db.session.commit()
+    assert again.id == by_sign_on.id and again.address_name == "ada"

@@ -1,8 +1,10 @@
 """Tool addresses and the post-login redirect: berth/hosts.py, with no services running."""
 import pytest
 
-from berth.hosts import (ToolHost, is_main_host, parse_tool_host, public_url, safe_next_url, safe_relative_path,
-                         session_cookie_name, slug_problem, tool_cookie_name, tool_host, tools_domain)
+from berth.hosts import (MAX_ADDRESS_NAME_LENGTH, MAX_LABEL_LENGTH, MAX_SLUG_LENGTH, ToolHost, address_name_base,
+                         address_name_candidates, address_name_problem, is_main_host, legacy_tool_host,
+                         parse_tool_host, public_url, safe_next_url, safe_relative_path, session_cookie_name,
+                         slug_problem, tool_cookie_name, tool_host, tools_domain)
 from berth.settings import SettingError, load_settings
 
 DOMAIN = "berth.localhost"
@@ -18,8 +20,39 @@ CONFIG = {"BERTH_DOMAIN": DOMAIN, "BERTH_SCHEME": "http", "BERTH_HTTP_PORT": 808
     ("my-dash-app-12345678.berth.localhost", "my-dash-app", "12345678"),
     ("r2-abcdef01.berth.localhost", "r2", "abcdef01"),
 ])
-def test_parse_tool_host_reads_slug_and_host_key(host, slug, host_key):
-    assert parse_tool_host(host, DOMAIN) == ToolHost(slug=slug, host_key=host_key)
+def test_parse_tool_host_reads_slug_and_host_key_of_a_legacy_address(host, slug, host_key):
+    parsed = parse_tool_host(host, DOMAIN)
+    assert parsed == ToolHost(slug=slug, host_key=host_key) and parsed.kind == "legacy" and not parsed.shared
+
+
+@pytest.mark.parametrize("host, slug, address_name", [
+    ("echo--alice.berth.localhost", "echo", "alice"),
+    ("jupyterlab--jane-smith.berth.localhost:8080", "jupyterlab", "jane-smith"),
+    ("my-dash-app--bob-2.berth.localhost", "my-dash-app", "bob-2"),
+    ("echo--0a1b2c3d.berth.localhost", "echo", "0a1b2c3d"),           # a name that looks like a host key
+    ("echo--x-0a1b2c3d.berth.localhost", "echo", "x-0a1b2c3d"),       # one that ends like a legacy address
+    ("ECHO--Alice.Berth.Localhost", "echo", "alice"),
+    ("e--1.berth.localhost", "e", "1"),
+])
+def test_parse_tool_host_reads_slug_and_address_name(host, slug, address_name):
+    parsed = parse_tool_host(host, DOMAIN)
+    assert parsed == ToolHost(slug=slug, address_name=address_name)
+    assert parsed.kind == "personal" and not parsed.legacy and not parsed.shared
+
+
+@pytest.mark.parametrize("host", [
+    "echo---alice.berth.localhost",        # the name would start with a hyphen
+    "echo--alice-.berth.localhost",        # ... or end with one
+    "echo--ali--ce.berth.localhost",       # two separators
+    "echo--.berth.localhost",              # no name
+    "--alice.berth.localhost",             # no slug
+    "1echo--alice.berth.localhost",        # not a slug
+    "echo--al_ice.berth.localhost",
+    "echo--alicé.berth.localhost",
+    "echo--" + "a" * (MAX_LABEL_LENGTH - 5) + ".berth.localhost",  # longer than a DNS label
+])
+def test_parse_tool_host_refuses_bad_personal_addresses(host):
+    assert parse_tool_host(host, DOMAIN) is None
 
 
 @pytest.mark.parametrize("host", [
@@ -42,7 +75,7 @@ def test_parse_tool_host_is_case_insensitive(host):
 @pytest.mark.parametrize("host", [
     "1echo-0a1b2c3d.berth.localhost",      # slug starts with a digit
     "-echo-0a1b2c3d.berth.localhost",      # slug starts with a hyphen
-    "echo--0a1b2c3d.berth.localhost",      # double hyphen
+    "echo---0a1b2c3d.berth.localhost",     # triple hyphen
     "ec_ho-0a1b2c3d.berth.localhost",      # underscore
     "ech%6f-0a1b2c3d.berth.localhost",     # percent-encoding
     "-0a1b2c3d.berth.localhost",           # empty slug
@@ -69,7 +102,7 @@ def test_parse_tool_host_refuses_bad_host_keys(host):
 ])
 def test_parse_tool_host_reads_shared_tool_addresses(host, slug):
     parsed = parse_tool_host(host, DOMAIN)
-    assert parsed == ToolHost(slug=slug, host_key=None) and parsed.shared
+    assert parsed == ToolHost(slug=slug, host_key=None) and parsed.shared and parsed.kind == "shared"
 
 
 @pytest.mark.parametrize("slug, problem", [
@@ -79,6 +112,10 @@ def test_parse_tool_host_reads_shared_tool_addresses(host, slug):
     ("echo-0a1b2c3d", "8 hexadecimal"),     # would read as a personal address
     ("Echo", "a-z"),
     ("echo--x", "single hyphens"),
+    ("a" * MAX_SLUG_LENGTH, None),
+    ("a" * (MAX_SLUG_LENGTH + 1), "at most"),
+    ("xn", "xn"),                           # xn--<name> reads as punycode
+    ("xn-tool", None),
 ])
 def test_slug_problem(slug, problem):
     found = slug_problem(slug)
@@ -121,9 +158,62 @@ def test_evilberth_localhost_is_not_the_main_host():
 
 
 def test_tool_host_round_trips_through_parse_tool_host():
-    host = tool_host("my-tool", "0a1b2c3d", DOMAIN)
+    host = tool_host("my-tool", "jane-smith", DOMAIN)
+    assert host == "my-tool--jane-smith.berth.localhost"
+    assert parse_tool_host(host, DOMAIN) == ToolHost("my-tool", address_name="jane-smith")
+    assert tool_host("my-tool", None, DOMAIN) == "my-tool.berth.localhost"
+
+
+def test_legacy_tool_host_round_trips_through_parse_tool_host():
+    host = legacy_tool_host("my-tool", "0a1b2c3d", DOMAIN)
     assert host == "my-tool-0a1b2c3d.berth.localhost"
     assert parse_tool_host(host, DOMAIN) == ToolHost("my-tool", "0a1b2c3d")
+
+
+def test_the_longest_slug_and_name_fit_one_dns_label():
+    label = tool_host("a" * MAX_SLUG_LENGTH, "b" * MAX_ADDRESS_NAME_LENGTH, DOMAIN).split(".")[0]
+    assert len(label) == MAX_LABEL_LENGTH == 63
+    assert parse_tool_host(label + "." + DOMAIN, DOMAIN).address_name == "b" * MAX_ADDRESS_NAME_LENGTH
+
+
+# -- address names ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("email, name, base", [
+    ("jane.smith@example.org", "Jane Smith", "jane-smith"),
+    ("Jane_Smith+berth@example.org", "", "jane-smith"),      # case, underscore and a +tag
+    ("j..--__x@example.org", "", "j-x"),                     # runs of anything else: one hyphen
+    ("-jane-@example.org", "", "jane"),
+    ("zoë.brontë@example.org", "", "zoe-bronte"),           # accents dropped
+    ("ａｌｉｃｅ@example.org", "", "alice"),                  # full-width letters: the same name
+    ("李雷@example.org", "Li Lei", "li-lei"),                 # nothing readable left: the name
+    ("李雷@example.org", "李雷", "user"),                     # nor there: "user"
+    ("+@example.org", "", "user"),
+    ("x--y@example.org", "", "x-y"),                         # never a double hyphen
+    ("abcdef12@example.org", "", "abcdef12"),
+    ("a" * 80 + "@example.org", "", "a" * MAX_ADDRESS_NAME_LENGTH),
+    ("a" * (MAX_ADDRESS_NAME_LENGTH - 1) + ".b@example.org", "", "a" * (MAX_ADDRESS_NAME_LENGTH - 1)),
+])
+def test_address_name_base(email, name, base):
+    assert address_name_base(email, name) == base
+    assert address_name_problem(base) is None
+
+
+def test_address_name_candidates_add_a_number_and_stay_short_enough():
+    assert [name for name, _ in zip(address_name_candidates("alice"), range(3))] == ["alice", "alice-2", "alice-3"]
+    long = "a" * MAX_ADDRESS_NAME_LENGTH
+    candidates = address_name_candidates(long)
+    assert next(candidates) == long
+    assert next(candidates) == "a" * (MAX_ADDRESS_NAME_LENGTH - 2) + "-2"
+    shortened = address_name_candidates("a" * (MAX_ADDRESS_NAME_LENGTH - 2) + "-b")
+    next(shortened)
+    assert next(shortened) == "a" * (MAX_ADDRESS_NAME_LENGTH - 2) + "-2"  # no "--" where the cut fell
+    for name, _ in zip(address_name_candidates(long), range(200)):
+        assert address_name_problem(name) is None
+
+
+@pytest.mark.parametrize("name", ["", "-a", "a-", "a--b", "A", "a_b", "é", "a" * (MAX_ADDRESS_NAME_LENGTH + 1)])
+def test_address_name_problem_refuses_bad_names(name):
+    assert address_name_problem(name) is not None
 
 
 # -- public_url -------------------------------------------------------------------------
@@ -142,8 +232,8 @@ def test_public_url_omits_only_the_default_port(scheme, port, expected):
 
 
 def test_public_url_keeps_the_path_for_a_tool_host():
-    host = tool_host("echo", "0a1b2c3d", DOMAIN)
-    assert public_url(CONFIG, host, "/lab?x=1") == "http://echo-0a1b2c3d.berth.localhost:8080/lab?x=1"
+    host = tool_host("echo", "alice", DOMAIN)
+    assert public_url(CONFIG, host, "/lab?x=1") == "http://echo--alice.berth.localhost:8080/lab?x=1"
 
 
 # -- safe_next_url: what is allowed -----------------------------------------------------

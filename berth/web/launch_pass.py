@@ -19,6 +19,20 @@ import time
 from berth.hosts import session_cookie_name
 
 PASS_SECONDS = 60
+# A page that polls sends this, so that a tab left open never launches the tool again.
+NO_LAUNCH_HEADER = "X-Berth-No-Launch"
+
+
+def is_navigation(method, headers):
+    """Whether a request is a browser's top-level navigation (never a page's own XHR, fetch or
+    WebSocket): what the browser calls one (Sec-Fetch-Mode), or, from a client that does not
+    say, a GET that asks for HTML."""
+    if method not in ("GET", "HEAD") or headers.get(NO_LAUNCH_HEADER):
+        return False
+    mode = headers.get("Sec-Fetch-Mode")
+    if mode is not None:
+        return mode == "navigate"
+    return "text/html" in headers.get("Accept", "")
 
 
 def own_navigation(headers):

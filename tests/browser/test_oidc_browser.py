@@ -123,7 +123,7 @@ def test_logout_ends_the_session_everywhere_and_at_the_provider(stack, oidc_prov
     account = oidc_provider.add_account(name="Lise Meitner")
     _sso_sign_in(page, stack, account)
     expect(page.get_by_role("heading", level=1)).to_have_text("Tools")
-    [user] = stack.query("SELECT host_key FROM users WHERE email = :e", e=account["email"])
+    [user] = stack.query("SELECT host_key, address_name FROM users WHERE email = :e", e=account["email"])
     tool = stack.tool_url("echo", user, "/deep/page")
     # A second tab on a tool host, signed in by the same cookie.
     other = context.new_page()

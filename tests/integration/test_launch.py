@@ -146,9 +146,10 @@ def test_racing_launches_create_one_instance(stack, alice):
 
 def test_unknown_tool_host_gets_a_404_page(stack, alice):
     browser = stack.login(alice)
-    page = browser.get(f"http://nosuchtool-{alice['host_key']}.berth.localhost:{stack.port}/")
-    assert page.status_code == 404
-    assert "No such tool" in page.text
+    for host in (f"nosuchtool--{alice['address_name']}", f"nosuchtool-{alice['host_key']}"):
+        page = browser.get(f"http://{host}.berth.localhost:{stack.port}/")
+        assert page.status_code == 404
+        assert "No such tool" in page.text
     odd = browser.get(f"http://not-a-tool-host.berth.localhost:{stack.port}/")
     assert odd.status_code == 404
 

@@ -241,10 +241,11 @@ def _assert_sent_to(stack, browser, token, user, target, expected):
     "/reports?q=1&sort=name",
     "http://berth.localhost:{port}/",
     "http://berth.localhost:{port}/some/page?x=1#section",
+    "http://echo--{address_name}.berth.localhost:{port}/deep/link?x=1",
     "http://echo-{host_key}.berth.localhost:{port}/deep/link?x=1",
 ])
 def test_next_may_send_the_browser_to_the_main_host_or_a_tool_host(stack, alice, target):
-    target = target.format(port=stack.port, host_key=alice["host_key"])
+    target = target.format(port=stack.port, host_key=alice["host_key"], address_name=alice["address_name"])
     expected = stack.base_url + target if target.startswith("/") else target
     with requests.Session() as browser:
         _assert_sent_to(stack, browser, _csrf_token(stack, browser), alice, target, expected)

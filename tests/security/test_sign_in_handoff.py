@@ -247,21 +247,21 @@ def test_with_a_tools_domain_of_its_own_tools_open_through_the_hand_off(separate
     stack = separate_tools_domain
     user = stack.create_user()
     host = stack.tool_host("echo", user)
-    assert host == f"echo-{user['host_key']}.berth-tools.localhost"
+    assert host == f"echo--{user['address_name']}.berth-tools.localhost"
     with stack.login(user) as browser:
         assert f"http://{host}:{stack.port}/" in browser.get(stack.base_url + "/", timeout=10).text
         seen = stack.open_tool(browser, "echo", user, "/headers").json()
         assert seen["cookies"] == {} and SESSION not in str(seen)
         assert {c.domain for c in browser.cookies if c.name == TOOL_COOKIE} == {host}
         assert {c.domain for c in browser.cookies if c.name == SESSION} == {"berth.localhost"}
-        # Under the main domain, a tool-shaped name is no tool any more.
-        old = browser.get(f"http://echo-{user['host_key']}.berth.localhost:{stack.port}/", allow_redirects=False,
-                          timeout=10)
-        assert old.status_code == 404
-        # A hand-off only ever leads to the tools domain.
-        wrong = browser.get(f"{stack.base_url}/auth/handoff", allow_redirects=False, timeout=10,
-                            params={"host": f"echo-{user['host_key']}.berth.localhost", "next": "/"})
-        assert wrong.status_code == 400
+        # Under the main domain, a tool-shaped name is no tool any more, in either form.
+        for label in (f"echo--{user['address_name']}", f"echo-{user['host_key']}"):
+            old = browser.get(f"http://{label}.berth.localhost:{stack.port}/", allow_redirects=False, timeout=10)
+            assert old.status_code == 404
+            # A hand-off only ever leads to the tools domain.
+            wrong = browser.get(f"{stack.base_url}/auth/handoff", allow_redirects=False, timeout=10,
+                                params={"host": f"{label}.berth.localhost", "next": "/"})
+            assert wrong.status_code == 400
 
 
 # -- over HTTPS, in process --------------------------------------------------------------------
@@ -277,8 +277,8 @@ def https_auth_app(tmp_path):
         user.set_password("a long password")
         db.session.add(user)
         db.session.commit()
-        host_key = user.host_key
-    yield app, host_key
+        address_name = user.address_name
+    yield app, address_name
     with app.app_context():
         db.engine.dispose()
 
@@ -290,7 +290,7 @@ def _set_cookie(answer, name):
 
 
 def test_over_https_both_cookies_are_host_only_secure_and_carry_the_host_prefix(https_auth_app):
-    app, host_key = https_auth_app
+    app, address_name = https_auth_app
     proxy = {"X-Berth-Proxy-Secret": app.config["BERTH_PROXY_SECRET"]}
     main = app.test_client()
     page = main.get("/auth/login", base_url="https://berth.localhost", headers=proxy).get_data(as_text=True)
@@ -302,7 +302,7 @@ def test_over_https_both_cookies_are_host_only_secure_and_carry_the_host_prefix(
     assert token and "domain" not in attributes and attributes["path"] == "/"
     assert {"secure", "httponly"} <= set(attributes) and attributes["samesite"] == "Lax"
 
-    host = f"echo-{host_key}.berth.localhost"
+    host = f"echo--{address_name}.berth.localhost"
     handoff = main.get(f"/auth/handoff?host={host}&next=%2Flab", base_url="https://berth.localhost", headers=proxy)
     assert handoff.status_code == 302
     code_url = urlsplit(handoff.headers["Location"])

@@ -11,7 +11,7 @@ from webapp.api.docs import TOKEN_VARIABLE, reference
 from webapp.api.openapi import document
 from webapp.api.schemas import MAX_ID, body_errors
 from berth.extensions import csrf, db
-from berth.hosts import public_url, tool_host, tools_domain
+from berth.hosts import public_url, user_tool_host
 from berth.launch.requests import LaunchRefused, instance_events, request_launch, request_stop
 from berth.models import Grant, State, ToolInstance, ToolTemplate, User
 from berth.tokens import (ADMIN, LAUNCH, MINTING_REFUSED, READ, SAFE_METHODS, TOKEN_REFUSALS, TokenError, api_refusal,
@@ -159,17 +159,12 @@ def _time(value):
     return value.isoformat() if value is not None else None
 
 
-def _host_for(template, user):
-    """The address of user's tool of this template: their own, or the shared one."""
-    return tool_host(template.slug, None if template.shared else user.host_key, tools_domain(current_app.config))
-
-
 def _tool_json(template, user):
     return {
         "slug": template.slug,
         "name": template.name,
         "description": template.description,
-        "url": public_url(current_app.config, _host_for(template, user)),
+        "url": public_url(current_app.config, user_tool_host(current_app.config, template, user)),
         "sizes": template.sizes or [],
         "api_tokens": template.allow_api_tokens,
         "shared": template.shared,
@@ -294,7 +289,7 @@ def launch():
     if size is not None and size not in [choice["name"] for choice in template.sizes or []]:
         names = ", ".join(choice["name"] for choice in template.sizes or []) or "none"
         raise ApiError(404, f"{template.name} has no size {size!r} (sizes: {names}).")
-    host = _host_for(template, g.user)
+    host = user_tool_host(current_app.config, template, g.user)
     try:
         instance, created = request_launch(template, g.user, host, actor=f"user:{g.user.id}",
                                            size_name=size)
@@ -327,7 +322,7 @@ def _own_tool(slug):
         raise ApiError(404, f"There is no tool {slug!r} in the catalogue.")
     if template.shared:
         raise ApiError(409, f"{template.name} is a shared tool: everyone allowed to use it has access.")
-    return template, _host_for(template, g.user)
+    return template, user_tool_host(current_app.config, template, g.user)
 
 
 @bp.get("/tools/<slug>/grants")

@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 
 from berth.access import grants_to, launchable_templates, may_launch
 from berth.extensions import db
-from berth.hosts import public_url, safe_relative_path, tool_host, tools_domain
+from berth.hosts import public_url, safe_relative_path, user_tool_host
 from webapp.identity import login_required
 from berth.launch.requests import LaunchRefused, request_launch, request_stop
 from berth.models import Event, State, ToolInstance, ToolTemplate, User
@@ -129,9 +129,8 @@ def catalogue_cards(user):
     the tools others shared with them. Only hosts derived from the user's own access are read,
     so nobody learns the state of a tool they may not open."""
     config = current_app.config
-    domain = tools_domain(config)
     templates = launchable_templates(user)
-    hosts = {template.id: tool_host(template.slug, None if template.shared else user.host_key, domain)
+    hosts = {template.id: user_tool_host(config, template, user)
              for template in templates}
     first_grant_by_host = {}  # a user may hold several grants to one tool (directly and by group)
     for grant in grants_to(user):
@@ -205,7 +204,7 @@ def confirm_launch(slug):
     lands here, so that only a click on Berth's own page starts it (webapp/lifecycle)."""
     template = _launchable(slug)
     next_path = safe_relative_path(request.args.get("next", "/")) or "/"
-    host = tool_host(template.slug, None if template.shared else g.user.host_key, tools_domain(current_app.config))
+    host = user_tool_host(current_app.config, template, g.user)
     return render_template("launch_confirm.html", template=template, form=LaunchForm(), next_path=next_path,
                            address=public_url(current_app.config, host, next_path))
 
@@ -217,7 +216,7 @@ def launch(slug):
     progress), at the path it was first opened at (next), if any."""
     form = LaunchForm()
     template = _launchable(slug)
-    host = tool_host(template.slug, None if template.shared else g.user.host_key, tools_domain(current_app.config))
+    host = user_tool_host(current_app.config, template, g.user)
     try:
         request_launch(template, g.user, host, actor=f"user:{g.user.id}", size_name=form.size.data or None)
     except LaunchRefused as refusal:

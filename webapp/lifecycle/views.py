@@ -10,7 +10,8 @@ from berth.access import AccessRefused, check_open
 from berth.backends import LaunchFailed, get_backend
 from berth.database import RETRY_AFTER_SECONDS
 from berth.extensions import db
-from berth.hosts import is_main_host, parse_tool_host, public_url, safe_relative_path, strip_port, tools_domain
+from berth.hosts import (is_main_host, parse_tool_host, public_url, safe_relative_path, strip_port, tool_host,
+                         tools_domain)
 from berth.launch.requests import (
     LaunchRefused,
     instance_events,
@@ -21,14 +22,12 @@ from berth.launch.requests import (
     request_stop,
 )
 from berth.models import State, ToolTemplate, User
-from berth.web.launch_pass import own_navigation, pass_cookie_name, valid_launch_pass
+from berth.web.launch_pass import is_navigation, own_navigation, pass_cookie_name, valid_launch_pass
 
 log = logging.getLogger(__name__)
 
 bp = Blueprint("lifecycle", __name__, url_prefix="/__berth")
 
-# A page that polls sends this, so that a tab left open never launches the tool again.
-NO_LAUNCH_HEADER = "X-Berth-No-Launch"
 # After a restart, the spawning page starts the tool again once the stop is done when its
 # address has this fragment (a fragment never reaches a server; the page drops it first).
 RESTART_FRAGMENT = "berth-restart"
@@ -98,6 +97,8 @@ def _wants_json():
 def _tool_of_request():
     """The template, owner (None for a shared tool) and host named by the request's tool host.
 
+    The host is the tool's address in the current form, which its instances and grants are
+    kept under, also when the request came to its legacy address (<slug>-<host_key>).
     404 when there is no such tool; 403 when the user may not open it. The auth service already
     refused those; never trust one layer alone.
     """
@@ -112,10 +113,11 @@ def _tool_of_request():
         abort(404)
     owner = None
     if not parsed.shared:
-        owner = db.session.execute(select(User).where(User.host_key == parsed.host_key)).scalar_one_or_none()
+        named = User.host_key == parsed.host_key if parsed.legacy else User.address_name == parsed.address_name
+        owner = db.session.execute(select(User).where(named)).scalar_one_or_none()
         if owner is None:
             abort(404)
-    host = strip_port(request.host)
+    host = tool_host(template.slug, owner.address_name if owner else None, tools_domain(config))
     try:
         check_open(g.user, template, owner, host)
     except AccessRefused as refusal:
@@ -125,12 +127,7 @@ def _tool_of_request():
 
 def _is_navigation():
     """Only a browser's top-level navigation may start a tool, never a tool's own background XHR."""
-    if request.method not in ("GET", "HEAD") or request.headers.get(NO_LAUNCH_HEADER):
-        return False
-    mode = request.headers.get("Sec-Fetch-Mode")
-    if mode is not None:
-        return mode == "navigate"
-    return "text/html" in request.headers.get("Accept", "")
+    return is_navigation(request.method, request.headers)
 
 
 def _from_another_site(host):
@@ -144,6 +141,8 @@ def _from_another_site(host):
 
 
 def _lifecycle_page(page):
+    if page == "moved":
+        return _to_current_address()
     if page not in ("start", "spawning", "unavailable"):
         return _error_page(404, "No such tool", f"There is no tool at {strip_port(request.host)}.")
     template, owner, host = _tool_of_request()
@@ -162,7 +161,7 @@ def _lifecycle_page(page):
                            state=previous.state if previous else None), 503
         if previous is not None and previous.state == State.FAILED and mark_failure_shown(previous):
             return render_template("failed.html", instance=previous, **context), 502
-        if _from_another_site(host):
+        if _from_another_site(strip_port(request.host)):
             path = safe_relative_path(request.full_path.rstrip("?")) or "/"
             return redirect(public_url(current_app.config, current_app.config["BERTH_DOMAIN"],
                                        f"/launch/{template.slug}?{urlencode({'next': path})}"), 303)
@@ -176,6 +175,14 @@ def _lifecycle_page(page):
         if not _is_navigation():
             return jsonify(error=f"{template.name} is starting.", state=instance.state), 503
     return _spawning_page(template, instance, request.full_path.rstrip("?"))
+
+
+def _to_current_address():
+    """A browser's navigation to a tool's legacy address goes on to the same path at its current
+    one (the auth check sends only those here, once the user may open the tool). A temporary
+    redirect: browsers keep no copy, so the old address answers for itself every time."""
+    _, _, host = _tool_of_request()
+    return redirect(public_url(current_app.config, host, request.full_path.rstrip("?")), 302)
 
 
 def _spawning_page(template, instance, next_path):

@@ -8,7 +8,7 @@ from wtforms.validators import DataRequired
 from berth.access import AccessRefused, add_grant, grants_on, may_launch, revoke_grant, sharing_suggestions
 from webapp.api.schemas import MAX_ID
 from berth.extensions import db
-from berth.hosts import public_url, tool_host, tools_domain
+from berth.hosts import public_url, user_tool_host
 from webapp.identity import login_required
 from berth.launch.requests import latest_instance
 from berth.models import Grant, ToolTemplate
@@ -30,7 +30,7 @@ def own_tool(slug):
     template = db.session.execute(select(ToolTemplate).where(ToolTemplate.slug == slug)).scalar_one_or_none()
     if template is None or template.shared or not may_launch(g.user, template):
         abort(404)
-    return template, tool_host(template.slug, g.user.host_key, tools_domain(current_app.config))
+    return template, user_tool_host(current_app.config, template, g.user)
 
 
 @bp.get("/<slug>")

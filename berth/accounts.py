@@ -118,17 +118,29 @@ def temporary_password():
     return secrets.token_urlsafe(12)
 
 
+_CREATE_ATTEMPTS = 3
+
+
 def create_local_user(email, name, password, actor, is_admin=False):
     """A new active user with a local password, recorded with actor; None if the email is taken.
 
     The caller has checked email_problem and password_problem, and commits."""
     email = email.strip().lower()
-    user = User(email=email, name=name.strip() or email.split("@")[0], is_admin=is_admin)
-    user.set_password(password)
-    try:
-        with db.session.begin_nested():  # another administrator may have taken the email meanwhile
-            db.session.add(user)
-    except IntegrityError:
+    hashed = User(password_hash=None)
+    hashed.set_password(password)
+    for _ in range(_CREATE_ATTEMPTS):
+        user = User(email=email, name=name.strip() or email.split("@")[0], is_admin=is_admin,
+                    password_hash=hashed.password_hash)
+        try:
+            with db.session.begin_nested():  # another administrator may have taken the email meanwhile
+                db.session.add(user)
+            break
+        except IntegrityError:
+            if email_taken(email):
+                return None
+            # Another account made at the same moment took the same address name: the next
+            # attempt finds the one after it.
+    else:
         return None
     record_event("user.create", f"{email} created", actor=actor, user_id=user.id, before={},
                  after={"email": email, "name": user.name, "is_admin": is_admin})

@@ -206,3 +206,21 @@ def test_every_way_of_making_a_user_gives_a_unique_address_name_that_never_chang
     again = user_from_claims(ISSUER, _claims(email="lovelace@example.org", name="Lovelace"))
     db.session.commit()
     assert again.id == by_sign_on.id and again.address_name == "ada"
+
+
+def test_an_address_name_taken_at_the_same_moment_is_no_email_clash(app, monkeypatch):
+    """Two accounts made at once from the same base name: the one whose insert loses the race on
+    the address name's unique index is made again with the next name, not refused as a taken email."""
+    from berth import models
+    from berth.accounts import create_local_user
+
+    db.session.add(User(email="ada@one.example.org", address_name="ada"))
+    db.session.commit()
+    real = models.available_address_name
+    answers = iter(["ada"])  # what a racing transaction had not yet committed when this one looked
+    monkeypatch.setattr(models, "available_address_name",
+                        lambda *args, **kwargs: next(answers, None) or real(*args, **kwargs))
+    user = create_local_user("ada@two.example.org", "Ada", "a long password", actor="test")
+    db.session.commit()
+    assert user is not None and user.address_name == "ada-2"
+    assert create_local_user("ada@two.example.org", "Ada", "a long password", actor="test") is None

@@ -439,7 +439,8 @@ class AuthCheck:
         except self.database.engine.dialect.loaded_dbapi.Error:
             log.exception("auth check: the database failed")
             return 500, []
-        return _to_web(row.user_id, page=_page_for(row, tool), instance_id=row.instance_id or "", session_id=session_id)
+        return _to_web(row.user_id, page=_page_for(row, tool), instance_id=row.instance_id or "",
+                       session_id=session_id)
 
     def _host(self, host):
         """(whether host is the main host, its ToolHost or None): what the settings make of the
@@ -448,9 +449,10 @@ class AuthCheck:
         if known is None:
             main_host = is_main_host(host, self.config["BERTH_DOMAIN"])
             known = (main_host, None if main_host else parse_tool_host(host, tools_domain(self.config)))
-            if len(self._hosts) > 1000:  # any name reaches here: keep the memory bounded
-                self._hosts.clear()
-            self._hosts[host] = known
+            if len(host) <= 300:  # a longer one is no DNS name (at most 253, and a port)
+                if len(self._hosts) > 1000:  # any name reaches here: keep the memory bounded
+                    self._hosts.clear()
+                self._hosts[host] = known
         return known
 
     def _refuse_token(self, params, address, host, uri):

@@ -11,6 +11,10 @@ import os
 
 from flask import request
 
+# At the top, not in create_app: granian's supervisor imports them once, and its workers share
+# them (deploy/granian_preloaded.py).
+from auth_service import check, handoff, login
+from berth import metrics
 from berth.logs import RequestIds, configure as configure_logging
 from berth.web import create_base_app, require_proxy_secret
 
@@ -19,8 +23,6 @@ def create_app(test_config=None):
     # The login pages extend the shared layout (berth/web/templates/base.html).
     app = create_base_app(__name__, test_config,
                           template_dirs=[os.path.join(os.path.dirname(__file__), "templates")])
-
-    from auth_service import check, handoff, login
 
     app.register_blueprint(login.bp)
     app.register_blueprint(handoff.bp)
@@ -47,8 +49,6 @@ def create_app(test_config=None):
     # GET /auth/check, the hot path, is answered in front of Flask (see check.py), and timed
     # and counted for /metrics around that (berth/metrics.py). GET /metrics on the service's
     # own port reports this container's counters; the web app reports the database gauges.
-    from berth import metrics
-
     metrics.init_app(app, database=False)
     app.wsgi_app = RequestIds(metrics.TimedAuthCheck(check.AuthCheck(app), web_upstream=check.WEB_UPSTREAM))
     return app

@@ -33,7 +33,7 @@ Unknown API tokens are counted per client address (berth/throttle.py, "token:<ip
 BERTH_TOKEN_ADDRESS_FAILURES, every token from that address is refused until its wait is over,
 whatever the token, so that guessing gains nothing. The wait is read in the same query.
 """
-import functools
+import collections
 import hmac
 import json
 import logging
@@ -153,12 +153,9 @@ _TOUCH = """
     """
 
 
-class _Row:
-    __slots__ = _COLUMNS
-
-    def __init__(self, values):
-        for name, value in zip(_COLUMNS, values):
-            setattr(self, name, value)
+# The answer's row, its columns by name; a tuple built in one call (no attribute set per column).
+_Row = collections.namedtuple("_Row", _COLUMNS)
+_TIMESTAMP_INDEXES = tuple(_COLUMNS.index(name) for name in _TIMESTAMPS)
 
 
 class Database:
@@ -195,14 +192,9 @@ class Database:
             connection.prepare_threshold = 0  # prepare at once: the same few statements, always
         return connection
 
-    def _value(self, value):
-        if isinstance(value, datetime) and self.dialect == "sqlite":
-            # The format SQLAlchemy's UTCDateTime stores in SQLite, so that comparisons hold.
-            return value.astimezone(timezone.utc).replace(tzinfo=None).isoformat(" ", "microseconds")
-        return value
-
     def run(self, sql, params, fetch=None):
-        params = {key: self._value(value) for key, value in params.items()}
+        if self.dialect == "sqlite":
+            params = {key: _sqlite_value(value) for key, value in params.items()}
         for attempt in (1, 2):
             connection = getattr(self.local, "connection", None)
             try:
@@ -226,10 +218,19 @@ class Database:
         values = self.run(sql, params, fetch="one")
         if values is None:
             return None
-        row = _Row(values)
-        for name in _TIMESTAMPS:
-            setattr(row, name, _timestamp(getattr(row, name)))
-        return row
+        values = list(values)
+        for index in _TIMESTAMP_INDEXES:
+            values[index] = _timestamp(values[index])
+        return _Row._make(values)
+
+
+def _sqlite_value(value):
+    if isinstance(value, datetime):
+        # The format SQLAlchemy's UTCDateTime stores in SQLite, so that comparisons hold.
+        if value.tzinfo is not timezone.utc:
+            value = value.astimezone(timezone.utc)
+        return value.replace(tzinfo=None).isoformat(" ", "microseconds")
+    return value
 
 
 def _timestamp(value):
@@ -242,8 +243,16 @@ def _timestamp(value):
 
 
 def _answer(status, **headers):
-    return status, [("X-Berth-" + name.replace("_", "-").title(), str(value))
-                    for name, value in headers.items()]
+    return status, [(_HEADER_NAMES.get(name) or _header_name(name), str(value)) for name, value in headers.items()]
+
+
+_HEADER_NAMES = {}
+
+
+def _header_name(name):
+    """user_id → X-Berth-User-Id, made once per name."""
+    header = _HEADER_NAMES[name] = "X-Berth-" + name.replace("_", "-").title()
+    return header
 
 
 def _unauthorised(config, host, uri, tool=None):
@@ -335,6 +344,7 @@ class AuthCheck:
         with app.app_context():
             self.database = Database(db.engine, app.config)
         self._allowlists = {}
+        self._hosts = {}
 
     def __call__(self, environ, start_response):
         if environ.get("PATH_INFO") != "/auth/check":
@@ -364,8 +374,7 @@ class AuthCheck:
             name = "-".join(part.title() for part in forged[0][5:].split("_"))
             return _forbidden(f"The request carries a reserved header ({name}).")
 
-        main_host = is_main_host(host, config["BERTH_DOMAIN"])
-        tool = None if main_host else parse_tool_host(host, tools_domain(config))
+        main_host, tool = self._host(host)
         # A Berth API token in Authorization wins over the cookie; any other Authorization (a
         # tool's own scheme) is left alone for the tool. The main host reads the session
         # cookie, a tool host only its own tool cookie: a session cookie there is ignored.
@@ -383,9 +392,6 @@ class AuthCheck:
 
         if api_token and main_host and not token_allowed_on_main_host(uri):
             return _forbidden("API tokens are accepted only for the API, under /api/.")
-        address = request_client_address(config, environ.get("HTTP_X_REAL_IP", ""),
-                                         environ.get("HTTP_X_FORWARDED_FOR", ""))
-        address = str(address) if address is not None else ""
         now = utcnow()
         idle = config["BERTH_SESSION_IDLE_LIFETIME"]
         params = {
@@ -399,6 +405,10 @@ class AuthCheck:
         if legacy:
             params["host_prefix"], params["host_suffix"] = personal_host_parts(tool.slug, tools_domain(config))
         if api_token:
+            # The client's address only matters to tokens here (the throttle); allowlists read it below.
+            address = request_client_address(config, environ.get("HTTP_X_REAL_IP", ""),
+                                             environ.get("HTTP_X_FORWARDED_FOR", ""))
+            address = str(address) if address is not None else ""
             params["throttle_key"] = throttle.token_key(address)
         else:
             params["idle_cutoff"] = now - timedelta(seconds=idle) if idle else _NO_IDLE_LIMIT
@@ -413,7 +423,7 @@ class AuthCheck:
                     return self._refuse_token(params, address, host, uri)
                 return _unauthorised(config, host, uri, tool)
             self._record_seen("api_tokens" if api_token else "sessions", row, now)
-            to_web = functools.partial(_to_web, row.user_id, session_id="" if api_token else row.credential_id)
+            session_id = "" if api_token else row.credential_id
             if tool is None:
                 if api_token and main_host:
                     method = environ.get("HTTP_X_ORIGINAL_METHOD", "GET")
@@ -422,7 +432,7 @@ class AuthCheck:
                         return _forbidden(refusal, row.user_id)
                 # The main host, or a name under the domain that is no tool address.
                 page = "" if main_host else "notfound"
-                return to_web(page=page)
+                return _to_web(row.user_id, page=page, session_id=session_id)
             refusal = self._refusal(row, tool, environ, api_token) or _foreign_websocket(config, host, environ)
             if refusal is not None:
                 return refusal
@@ -439,7 +449,7 @@ class AuthCheck:
                     return _forbidden(refusal, row.user_id)
             if running:
                 self._record_activity(row, now)
-                return self._to_tool(row, session_id="" if api_token else row.credential_id)
+                return self._to_tool(row, session_id=session_id)
         except self.database.engine.dialect.loaded_dbapi.OperationalError as failure:
             # Unreachable, paused, or too slow (berth/database.py bounds each wait): nginx shows
             # the temporarily-unavailable page, and the next request connects again.
@@ -448,7 +458,21 @@ class AuthCheck:
         except self.database.engine.dialect.loaded_dbapi.Error:
             log.exception("auth check: the database failed")
             return 500, []
-        return to_web(page=_page_for(row, tool), instance_id=row.instance_id or "")
+        return _to_web(row.user_id, page=_page_for(row, tool), instance_id=row.instance_id or "",
+                       session_id=session_id)
+
+    def _host(self, host):
+        """(whether host is the main host, its ToolHost or None): what the settings make of the
+        name, kept by its text, as most requests name one of a few hosts."""
+        known = self._hosts.get(host)
+        if known is None:
+            main_host = is_main_host(host, self.config["BERTH_DOMAIN"])
+            known = (main_host, None if main_host else parse_tool_host(host, tools_domain(self.config)))
+            if len(host) <= 300:  # a longer one is no DNS name (at most 253, and a port)
+                if len(self._hosts) > 1000:  # any name reaches here: keep the memory bounded
+                    self._hosts.clear()
+                self._hosts[host] = known
+        return known
 
     def _refuse_token(self, params, address, host, uri):
         """401 for a token the answer query did not find, saying why. An unknown one counts

@@ -43,7 +43,7 @@ def main():
         token = start_session(user, lifetime_seconds=3600)
         db.session.commit()
 
-    wrapped = app.wsgi_app
+    wrapped = app.wsgi_app.app  # inside RequestIds (berth/logs.py), which sets the request id
     assert isinstance(wrapped, TimedAuthCheck)
     bare = wrapped.app
     config = app.config

@@ -19,15 +19,16 @@ case "$command" in
   web)
     # granian, as for auth: it writes a response's head and body in one system call
     # (docs/decisions/0008).
-    exec granian --interface wsgi --host 0.0.0.0 --port "${BERTH_WEB_PORT:-8102}" \
+    exec python -m deploy.granian_preloaded --interface wsgi --host 0.0.0.0 --port "${BERTH_WEB_PORT:-8102}" \
       --workers "${BERTH_WEB_WORKERS:-1}" --blocking-threads "${BERTH_WEB_THREADS:-8}" \
       --workers-kill-timeout 10 --no-ws --log-level warning --log-config deploy/granian-logging.json --factory webapp:create_server_app "$@" ;;
   auth)
     # granian: a Rust HTTP server that keeps nginx's connections alive (docs/decisions/0008).
+    # deploy/granian_preloaded.py imports its modules once, before its workers fork, to share them.
     if [ "${BERTH_AUTH_SERVER:-granian}" = "gunicorn" ]; then
       exec gunicorn -c deploy/gunicorn.conf.py --bind "0.0.0.0:${BERTH_AUTH_PORT:-8101}" "auth_service:create_server_app()" "$@"
     fi
-    exec granian --interface wsgi --host 0.0.0.0 --port "${BERTH_AUTH_PORT:-8101}" \
+    exec python -m deploy.granian_preloaded --interface wsgi --host 0.0.0.0 --port "${BERTH_AUTH_PORT:-8101}" \
       --workers "${BERTH_AUTH_WORKERS:-2}" --blocking-threads "${BERTH_AUTH_THREADS:-4}" \
       --workers-kill-timeout 10 --no-ws --log-level warning --log-config deploy/granian-logging.json --factory auth_service:create_server_app "$@" ;;
   worker)

@@ -188,8 +188,9 @@ def granian_command(host, port, app, workers, threads):
     leaves nginx with a head and no body (docs/decisions/0008-auth-server.md).
 
     A worker still loading the app misses the stop signal, and granian would wait for it forever:
-    after 10 s it kills it."""
-    return [str(BIN / "granian"), "--interface", "wsgi", "--host", host, "--port", str(port),
+    after 10 s it kills it. deploy/granian_preloaded.py imports the app's modules once, before
+    granian forks its workers, so that they share them."""
+    return [sys.executable, "-m", "deploy.granian_preloaded", "--interface", "wsgi", "--host", host, "--port", str(port),
             "--workers", str(workers), "--blocking-threads", str(threads), "--workers-kill-timeout", "10",
             "--no-ws", "--log-level", "warning", "--log-config", str(ROOT / "deploy" / "granian-logging.json"),
             "--factory", app]

@@ -5,8 +5,6 @@ One definition serves both, so the document cannot drift from what the views acc
 import copy
 import functools
 
-from jsonschema import Draft202012Validator
-
 from berth.hosts import SLUG_PATTERN
 from berth.tokens import MAX_NAME_LENGTH, NAME_PATTERN, SCOPES
 
@@ -204,6 +202,10 @@ def components(config):
 
 @functools.lru_cache(maxsize=16)
 def _validator(name, max_days):
+    # jsonschema (with referencing, rpds and attrs, about 3 MB) is loaded by the first API request
+    # with a body, not by every web process at start.
+    from jsonschema import Draft202012Validator
+
     schemas = components({"BERTH_TOKEN_MAX_DAYS": max_days})
     return Draft202012Validator({"$ref": f"#/components/schemas/{name}", "components": {"schemas": schemas}})
 

@@ -439,7 +439,7 @@ class AuthCheck:
             if legacy and not api_token and _browser_navigation(environ):
                 # One address per tool in the browser (one cookie, one origin): the web app
                 # sends it on to the current one. Everything else is answered here as it is.
-                return to_web(page="moved")
+                return _to_web(row.user_id, page="moved", session_id=session_id)
             running = row.state == "RUNNING" and row.upstream
             if api_token:
                 refusal = tool_refusal(row.scope, environ.get("HTTP_X_ORIGINAL_METHOD", "GET"),

@@ -4,7 +4,6 @@ and every combination of them is one that `nginx -t` accepts.
 Each configuration is rendered as `berth run` and the image render it (standalone, under a prefix)
 and checked by the real nginx binary.
 """
-import itertools
 import shutil
 import subprocess
 

@@ -197,10 +197,10 @@ class Sandbox:
         FORWARD: nothing from a tool to another tool; beyond the host only through the egress
         chain, which holds one ACCEPT per tool whose template allows it.
 
-        Checking each rule takes a dozen and a half iptables runs, most of a tenth of a second:
-        when the filter table reads exactly as it did once this process last made sure of every
-        rule, they are all there still, and one listing suffices. Any change to the table (a
-        flush, another tool's rule) makes it check them all again.
+        Checking every rule takes a dozen and a half iptables runs, most of a tenth of a second
+        in all. When the filter table reads exactly as it did once this process last made sure
+        of every rule, they are all there still, and one listing suffices. Any change to the
+        table (a flush, another tool's rule) makes it check them all again.
         """
         with _firewall.lock:
             listing = _filter_rules()

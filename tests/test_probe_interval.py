@@ -11,9 +11,9 @@ def test_probes_come_a_fiftieth_of_the_time_waited_apart_from_2_to_50_ms():
     assert probe_interval(600) == 0.05
 
 
-def test_a_hundred_or_so_probes_in_the_first_second():
+def test_about_170_probes_in_the_first_second():
     waited, probes = 0.0, 0
     while waited < 1:
         waited += probe_interval(waited)
         probes += 1
-    assert 100 <= probes <= 200
+    assert 150 <= probes <= 190

@@ -39,7 +39,7 @@ WAIT_STEP = "wait_healthy"
 MAX_ERROR_DETAIL = 8000  # characters of a tool's last output kept with its failure
 # The wait between health probes grows with the time the tool has taken so far: a fiftieth of
 # it, from 2 ms up to 50 ms. A launch is then seen running within about 2% of the tool's own
-# start (a few milliseconds for most tools), at a cost of a hundred or so probes in the first
+# start (a few milliseconds for most tools), at a cost of about 170 probes in the first
 # second, most of them a refused connection.
 MIN_PROBE_INTERVAL, MAX_PROBE_INTERVAL, PROBE_INTERVAL_SHARE = 0.002, 0.05, 1 / 50
 

@@ -272,6 +272,10 @@ class SpawnBench:
             if name in stats:
                 stats[name]["overhead_median_ms"] = stats[name]["median_ms"] - alone["median_ms"]
                 stats[name]["overhead_p90_ms"] = stats[name]["p90_ms"] - alone["p90_ms"]
+                # Each launch less the tool alone's of the same round: drift on a shared machine
+                # falls on both halves of a pair.
+                stats[name]["paired_overhead_median_ms"] = statistics.median(
+                    system - own for system, own in zip(rows[name], rows["alone"]))
         if "jupyterhub" in stats:
             berth, hub = stats["berth"], stats["jupyterhub"]
             stats["ratios"] = {key: berth[key] / hub[key] if hub[key] > 0 else None
@@ -298,6 +302,10 @@ class SpawnBench:
             print(f"{'Berth / JupyterHub':<30}{'':>3}{shown['median_ms']:>11}{shown['p90_ms']:>9}{'':>14}"
                   f"{shown['overhead_median_ms']:>14}{shown['overhead_p90_ms']:>14}")
         print("overhead: the system's time less the tool's own start-up (medians, and p90s, subtracted).")
+        paired = [f"{names[name]} {stats[name]['paired_overhead_median_ms']:.0f} ms"
+                  for name in ("berth", "jupyterhub") if name in stats]
+        print(f"paired overhead (median of each round's launch less the tool alone's in that round): "
+              f"{', '.join(paired)}.")
 
     def check_goals(self, stats):
         """Berth's launch targets: overhead ≤ 50 ms at the median, and ≥ 3× better than JupyterHub's."""

@@ -108,10 +108,22 @@ def connect(dialect, cargs, cparams, config):
 
 
 def bound_engine(engine, config):
-    """Make engine's new connections bounded ones."""
+    """Make engine's new connections bounded ones (and SQLite's write-ahead-logged)."""
     @event.listens_for(engine, "do_connect")
     def bounded_connect(dialect, connection_record, cargs, cparams):
         return connect(dialect, cargs, cparams, config)
+
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", write_ahead_log)
+
+
+def write_ahead_log(dbapi_connection, _connection_record):
+    """Keep a SQLite database in write-ahead-log mode. Readers (the auth check, pages) and a
+    writer (a launch recording its steps) then no longer wait for one another, and a commit
+    writes the log once, not a journal and then the database. Commits stay as durable
+    (synchronous stays FULL). The mode belongs to the file: the first connection switches it,
+    later ones find it so. An in-memory database keeps its own mode."""
+    dbapi_connection.execute("PRAGMA journal_mode=WAL").close()
 
 
 @contextlib.contextmanager

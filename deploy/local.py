@@ -251,8 +251,8 @@ class Stack:
             port = self.ports.get(name, self.env["BERTH_WEB_PORT"])
             return web_server_command(self.env, "127.0.0.1", port)
         if role == "worker":
-            # Huey on SQLite finds a launch by polling: every 10 ms after work, backing off to
-            # 50 ms when idle (a few cheap reads a second per thread; Redis hands tasks over at once).
+            # Huey on SQLite: the worker wakes when a task is queued (berth/launch/sqlite_queue.py).
+            # Where it cannot watch the queue, it polls: every 10 ms after work, backing off to 50 ms.
             return [str(BIN / "huey_consumer"), "berth.launch.tasks.huey", "-w", "4", "-k", "thread",
                     "-d", "0.01", "-m", "0.05", "-b", "1.1"]
         if role == "nginx":

@@ -228,3 +228,11 @@ def test_timestamps_compare_correctly_across_zones_in_queries(app):
     cutoff = datetime(2024, 6, 1, 14, 5, tzinfo=timezone(timedelta(hours=2)))
     older = db.session.execute(select(Event.kind).where(Event.created_at < cutoff)).scalars().all()
     assert older == ["at0"]
+
+
+def test_sqlite_keeps_a_write_ahead_log(app):
+    """Readers and the worker's writes do not wait for one another (berth/database.py)."""
+    assert db.session.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+    with open(app.config["SQLALCHEMY_DATABASE_URI"].removeprefix("sqlite:///"), "rb") as database:
+        header = database.read(20)
+    assert header[18:20] == b"\x02\x02"  # the file itself says so, for every process that opens it

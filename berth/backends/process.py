@@ -95,8 +95,10 @@ class ProcessBackend(Backend):
             sandbox.check_available()
         else:
             refuse_second_user(instance)
-        found = self._find(instance.id)
         home, out_path, err_path = self._paths(instance)
+        # A process started for this instance before a crash made its log first: without the log,
+        # there is none to look for among all the host's processes.
+        found = self._find(instance.id) if err_path.exists() else []
         if found:  # started before a crash, not yet recorded: adopt it
             pid = min(found)
             state = {"pid": pid, "start_ticks": _proc_start_ticks(pid), "stderr": str(err_path)}

@@ -25,6 +25,7 @@ import re
 import shutil
 import signal
 import subprocess
+import threading
 import time
 
 from berth.backends.base import LaunchFailed
@@ -100,20 +101,17 @@ class Sandbox:
         """The tool's namespace and veth pair; returns what to record. Idempotent."""
         self.install_firewall()
         namespace = self.namespace(instance_id)
-        _run("ip", "netns", "add", namespace, ok_if="File exists")
-        slot = self._slot_of(namespace)
+        made = _run("ip", "netns", "add", namespace, ok_if="File exists").returncode == 0
+        slot = None if made else self._slot_of(namespace)  # a new namespace holds no link yet
         if slot is None:
             slot = self._add_link(namespace, instance_id)
         host_ip, tool_ip, prefix = self._addresses(slot)
         link, peer = f"{LINK_PREFIX}{slot}", f"btt{slot}"
         _disable_ipv6(f"/proc/sys/net/ipv6/conf/{link}/disable_ipv6")
         _run("ip", "netns", "exec", namespace, "sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1")
-        _run("ip", "addr", "replace", f"{host_ip}/{prefix}", "dev", link)
-        _run("ip", "link", "set", link, "up")
-        _run("ip", "-n", namespace, "addr", "replace", f"{tool_ip}/{prefix}", "dev", peer)
-        _run("ip", "-n", namespace, "link", "set", peer, "up")
-        _run("ip", "-n", namespace, "link", "set", "lo", "up")
-        _run("ip", "-n", namespace, "route", "replace", "default", "via", host_ip)
+        _run_ip_batch([], [f"addr replace {host_ip}/{prefix} dev {link}", f"link set {link} up"])
+        _run_ip_batch(["-n", namespace], [f"addr replace {tool_ip}/{prefix} dev {peer}", f"link set {peer} up",
+                                          "link set lo up", f"route replace default via {host_ip}"])
         if egress:
             _ensure_rule("filter", EGRESS_CHAIN, "-i", link, "-j", "ACCEPT")
             _ensure_rule("nat", "POSTROUTING", "-s", f"{tool_ip}/32", "!", "-o", f"{LINK_PREFIX}+",
@@ -198,25 +196,66 @@ class Sandbox:
         this holds for docker tools on their own bridges too.
         FORWARD: nothing from a tool to another tool; beyond the host only through the egress
         chain, which holds one ACCEPT per tool whose template allows it.
+
+        Checking every rule takes a dozen and a half iptables runs, most of a tenth of a second
+        in all. When the filter table reads exactly as it did once this process last made sure
+        of every rule, they are all there still, and one listing suffices. Any change to the
+        table (a flush, another tool's rule) makes it check them all again.
         """
-        for table, chain in (("filter", INPUT_CHAIN), ("filter", FORWARD_CHAIN), ("filter", EGRESS_CHAIN)):
-            _run("iptables", "-w", "-t", table, "-N", chain, ok_if="already exists")
-        links = f"{LINK_PREFIX}+"
-        for tool_links in (links, f"{DOCKER_LINK_PREFIX}+"):  # process tools, docker tools' own bridges
-            _ensure_rule("filter", "INPUT", "-i", tool_links, "-j", INPUT_CHAIN, insert=True)
-        _ensure_rule("filter", "FORWARD", "-i", links, "-j", FORWARD_CHAIN, insert=True)
-        _ensure_rule("filter", "FORWARD", "-o", links, "-j", FORWARD_CHAIN, insert=True)
-        _ensure_rule("filter", INPUT_CHAIN, "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT")
-        _ensure_rule("filter", INPUT_CHAIN, "-j", "DROP")
-        _ensure_rule("filter", FORWARD_CHAIN, "-i", links, "-o", links, "-j", "DROP")
-        # Between tools of the two backends, and between docker tools' own bridges, whatever
-        # Docker's own isolation rules say (another engine on the host may rewrite them).
-        docker_links = f"{DOCKER_LINK_PREFIX}+"
-        for inbound, outbound in ((links, docker_links), (docker_links, links), (docker_links, docker_links)):
-            _ensure_rule("filter", "FORWARD", "-i", inbound, "-o", outbound, "-j", "DROP", insert=True)
-        _ensure_rule("filter", FORWARD_CHAIN, "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT")
-        _ensure_rule("filter", FORWARD_CHAIN, "-i", links, "-j", EGRESS_CHAIN)
-        _ensure_rule("filter", FORWARD_CHAIN, "-j", "DROP")
+        with _firewall.lock:
+            listing = _filter_rules()
+            if listing is not None and listing == _firewall.checked:
+                return
+            _install_firewall_rules()
+            _firewall.checked = _filter_rules()
+
+
+def _install_firewall_rules():
+    for table, chain in (("filter", INPUT_CHAIN), ("filter", FORWARD_CHAIN), ("filter", EGRESS_CHAIN)):
+        _run("iptables", "-w", "-t", table, "-N", chain, ok_if="already exists")
+    links = f"{LINK_PREFIX}+"
+    for tool_links in (links, f"{DOCKER_LINK_PREFIX}+"):  # process tools, docker tools' own bridges
+        _ensure_rule("filter", "INPUT", "-i", tool_links, "-j", INPUT_CHAIN, insert=True)
+    _ensure_rule("filter", "FORWARD", "-i", links, "-j", FORWARD_CHAIN, insert=True)
+    _ensure_rule("filter", "FORWARD", "-o", links, "-j", FORWARD_CHAIN, insert=True)
+    _ensure_rule("filter", INPUT_CHAIN, "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT")
+    _ensure_rule("filter", INPUT_CHAIN, "-j", "DROP")
+    _ensure_rule("filter", FORWARD_CHAIN, "-i", links, "-o", links, "-j", "DROP")
+    # Between tools of the two backends, and between docker tools' own bridges, whatever
+    # Docker's own isolation rules say (another engine on the host may rewrite them).
+    docker_links = f"{DOCKER_LINK_PREFIX}+"
+    for inbound, outbound in ((links, docker_links), (docker_links, links), (docker_links, docker_links)):
+        _ensure_rule("filter", "FORWARD", "-i", inbound, "-o", outbound, "-j", "DROP", insert=True)
+    _ensure_rule("filter", FORWARD_CHAIN, "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT")
+    _ensure_rule("filter", FORWARD_CHAIN, "-i", links, "-j", EGRESS_CHAIN)
+    _ensure_rule("filter", FORWARD_CHAIN, "-j", "DROP")
+
+
+class _FirewallChecked:
+    """The filter table's rules as this process last found them complete (Sandbox.install_firewall)."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.checked = None
+
+
+_firewall = _FirewallChecked()
+
+
+def _filter_rules():
+    """`iptables -S` of the filter table, or None if it cannot be listed."""
+    listed = subprocess.run(["iptables", "-w", "-t", "filter", "-S"], capture_output=True, text=True)
+    return listed.stdout if listed.returncode == 0 else None
+
+
+def _run_ip_batch(options, commands):
+    """Several `ip` commands in one run of ip (`-batch`): it stops at the first that fails."""
+    result = subprocess.run(["ip", *options, "-batch", "-"], input="\n".join(commands) + "\n",
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        raise LaunchFailed(f"Could not isolate the tool: `ip {' '.join(options)}` said {result.stderr.strip()!r} "
+                           f"to {commands!r}.")
+    return result
 
 
 def _run(*argv, ok_if=None):

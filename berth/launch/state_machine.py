@@ -36,11 +36,12 @@ from berth.launch.leases import is_transient, lease_seconds, leases, with_databa
 log = logging.getLogger(__name__)
 
 WAIT_STEP = "wait_healthy"
-PROBE_INTERVAL = 0.05  # seconds between health probes while a tool starts
 MAX_ERROR_DETAIL = 8000  # characters of a tool's last output kept with its failure
-# Most tools answer within their first second: probe them more often then, so that a launch
-# is seen running within a few milliseconds of the tool's first answer.
-FIRST_PROBE_INTERVAL, FIRST_PROBES_SECONDS = 0.01, 1.0
+# The wait between health probes grows with the time the tool has taken so far: a fiftieth of
+# it, from 2 ms up to 50 ms. A launch is then seen running within about 2% of the tool's own
+# start (a few milliseconds for most tools), at a cost of about 170 probes in the first
+# second, most of them a refused connection.
+MIN_PROBE_INTERVAL, MAX_PROBE_INTERVAL, PROBE_INTERVAL_SHARE = 0.002, 0.05, 1 / 50
 
 
 def worker_id():
@@ -85,14 +86,19 @@ def advance_launch(instance_id, me=None):
 
 
 def _advance_claimed(instance_id, me, taken_up_at):
-    if not _claim(instance_id, me):
+    instance = _fresh(instance_id)
+    if instance is None:
+        return "not-claimed"
+    try:
+        backend, unknown = get_backend(instance.backend, current_app.config), None
+    except LaunchFailed as failure:
+        backend, unknown = None, failure
+    # A queued launch is claimed and begun in one transaction; one under way is resumed.
+    if not ((backend is not None and _claim_and_begin(instance, backend, me)) or _claim(instance_id, me)):
         return "not-claimed"
     leases.hold(instance_id, me)
-    instance = _fresh(instance_id)
-    try:
-        backend = get_backend(instance.backend, current_app.config)
-    except LaunchFailed as failure:
-        return _fail(instance, failure, me)
+    if unknown is not None:
+        return _fail(_fresh(instance_id), unknown, me)
     try:
         return _advance(instance_id, backend, me, taken_up_at)
     except LaunchFailed as failure:
@@ -127,15 +133,25 @@ def transition(instance_id, *conditions, event=None, **values):
     return True
 
 
+def _claim_and_begin(instance, backend, me):
+    """Claim a queued launch and move it to SPAWNING at its first step, in one transaction. False
+    if it is not queued, or another worker holds it."""
+    if instance.state != State.QUEUED:
+        return False
+    now = utcnow()
+    started = ("spawn.started", f"Starting on the {instance.backend} backend",
+               {"actor": "worker", "user_id": instance.owner_id})
+    return transition(instance.id, ToolInstance.state == State.QUEUED,
+                      or_(ToolInstance.lease_owner.is_(None), ToolInstance.lease_expires_at < now,
+                          ToolInstance.lease_owner == me),
+                      event=started, state=State.SPAWNING, step=backend.steps[0] if backend.steps else WAIT_STEP,
+                      started_at=now, lease_owner=me, lease_expires_at=now + timedelta(seconds=lease_seconds()))
+
+
 def _advance(instance_id, backend, me, taken_up_at):
     instance = _fresh(instance_id)
-    if instance.state == State.QUEUED:
-        first_step = backend.steps[0] if backend.steps else WAIT_STEP
-        started = ("spawn.started", f"Starting on the {instance.backend} backend",
-                   {"actor": "worker", "user_id": instance.owner_id})
-        if not transition(instance_id, ToolInstance.state == State.QUEUED, ToolInstance.lease_owner == me,
-                          event=started, state=State.SPAWNING, step=first_step, started_at=utcnow()):
-            return "lost"
+    if instance.state == State.QUEUED and not _claim_and_begin(instance, backend, me):
+        return "lost"
 
     while True:
         instance = _fresh(instance_id)
@@ -159,10 +175,11 @@ def _run_step(instance, backend, me):
         for key in ("port", "upstream"):
             if key in changes:
                 values[key] = changes[key]
+        recorded = ("spawn.step", _STEP_MESSAGES.get(step, step).format(**values),
+                    {"actor": "worker", "user_id": instance.owner_id, "step": step})
         try:
-            applied = update_where(ToolInstance, ToolInstance.id == instance.id,
-                                   ToolInstance.state == State.SPAWNING, ToolInstance.lease_owner == me,
-                                   ToolInstance.step == step, commit=True, **values)
+            applied = transition(instance.id, ToolInstance.state == State.SPAWNING, ToolInstance.lease_owner == me,
+                                 ToolInstance.step == step, event=recorded, **values)
         except IntegrityError:  # another launch took the same port between our check and write
             db.session.rollback()
             instance = _fresh(instance.id)
@@ -175,10 +192,6 @@ def _run_step(instance, backend, me):
         instance = _fresh(instance.id)
         if instance.state not in (State.SPAWNING,):
             backend.stop(instance)
-        return
-    record_event("spawn.step", _STEP_MESSAGES.get(step, step).format(**values), actor="worker",
-                 instance_id=instance.id, user_id=instance.owner_id, step=step)
-    db.session.commit()
 
 
 _STEP_MESSAGES = {
@@ -201,8 +214,7 @@ def _wait_healthy(instance, backend, me, taken_up_at):
         address = backend.check_ready(instance)
         if address:
             break
-        early = time.monotonic() - probing_since < FIRST_PROBES_SECONDS
-        time.sleep(FIRST_PROBE_INTERVAL if early else PROBE_INTERVAL)
+        time.sleep(probe_interval(time.monotonic() - probing_since))
         if leases.lost(instance.id, me):  # stopped, or taken over while this worker was paused
             return "stopped-elsewhere"
         _check_deadline(instance, taken_up_at)
@@ -217,6 +229,11 @@ def _wait_healthy(instance, backend, me, taken_up_at):
         return "stopped-elsewhere"
     metrics.record_launch(instance.backend, "running", seconds)
     return "running"
+
+
+def probe_interval(seconds_waited):
+    """Seconds until the next health probe of a tool that has not answered for seconds_waited."""
+    return min(max(seconds_waited * PROBE_INTERVAL_SHARE, MIN_PROBE_INTERVAL), MAX_PROBE_INTERVAL)
 
 
 def _fail(instance, failure, me, backend=None):

@@ -15,9 +15,10 @@ import time
 from contextlib import contextmanager
 
 from flask import has_app_context
-from huey import RedisHuey, SqliteHuey, crontab
+from huey import RedisHuey, crontab
 from huey.consumer_options import ConsumerConfig
 
+from berth.launch.sqlite_queue import WakingSqliteHuey
 from berth.settings import load_settings, load_settings_or_exit, sqlite_folder
 
 log = logging.getLogger(__name__)
@@ -29,8 +30,8 @@ def _make_huey():
         return RedisHuey("berth", url=settings["BERTH_REDIS_URL"], results=False)
     folder = sqlite_folder(settings["BERTH_DATA_DIR"])
     os.makedirs(folder, mode=0o700, exist_ok=True)
-    return SqliteHuey("berth", filename=os.path.join(folder, "queue.db"),
-                      results=False)
+    # A worker wakes the moment a task is queued (sqlite_queue.py), as with Redis.
+    return WakingSqliteHuey("berth", filename=os.path.join(folder, "queue.db"), results=False)
 
 
 huey = _make_huey()

@@ -155,6 +155,21 @@ def test_stopping_a_tool_removes_its_namespace_and_everything_in_it(stack, alice
         time.sleep(0.1)
 
 
+def test_a_launch_puts_back_a_firewall_rule_that_went_missing(stack, alice):
+    """The worker skips its dozen and a half rule checks while the filter table is as it last
+    found it complete (sandbox.install_firewall): a table that changed is checked in full again."""
+    rule = ["BERTH-TOOLS-IN", "-j", "DROP"]
+    stack.open_tool(stack.login(alice), "echo", alice)  # the worker has found the table complete
+    subprocess.run(["iptables", "-w", "-D", *rule], check=True)
+    try:
+        third = stack.create_user()
+        stack.open_tool(stack.login(third), "echo", third)
+        assert subprocess.run(["iptables", "-w", "-C", *rule]).returncode == 0, "the rule is still missing"
+    finally:
+        if subprocess.run(["iptables", "-w", "-C", *rule]).returncode != 0:
+            subprocess.run(["iptables", "-w", "-A", *rule], check=True)
+
+
 def test_a_hostile_container_reaches_no_other_tool_and_no_internal_port(stack, alice, bob, hostile_catalogue):
     victim = stack.login(bob)
     stack.open_tool(victim, "echo-docker", bob)

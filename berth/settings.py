@@ -503,7 +503,9 @@ SETTINGS = (
                 "host may use them."),
     Setting("BERTH_TOOL_NETWORK", TOOLS, parse=parse_tool_network, default="10.213.0.0/16",
             doc="The IPv4 network whose /30s the process backend gives tools' namespaces (one veth "
-                "pair each; nginx reaches a tool at its end). It must not be in use on the host."),
+                "pair each; nginx reaches a tool at its end). It must not be in use on the host: an "
+                "address of it that no running tool holds is unreachable there, never sent on by the "
+                "default route."),
     Setting("BERTH_TOOL_PYTHON", TOOLS, default="/usr/bin/python3", kind="path",
             doc="The interpreter `{python}` names in an isolated tool's command. Tools' users must be "
                 "able to execute it: a virtualenv in a root-only folder will not do. `make run` "

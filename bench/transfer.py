@@ -11,7 +11,7 @@ Two tools that Berth launches through the normal flow (sign in, first visit, RUN
 and the same paths as bench.proxy: direct to the tools' ports, plain nginx (keepalive
 upstreams, WebSocket upgrade, proxy_buffering off), configurable-http-proxy (routes /ws →
 echo, /download and /upload → echo, / → static, through its API), Berth's nginx with the auth
-cache off (the shipped default), and Berth's own nginx with the 1 s auth cache.
+cache off, and Berth's own nginx as shipped (its default 1 s auth cache).
 
 Per path and round:
   ws        --ws-connections WebSockets each send a --ws-bytes binary message and wait for the
@@ -180,8 +180,7 @@ class Transfer:
     def start(self):
         catalogue = write_catalogue(self.work, [
             static_tool(self.work, {FILE: GIB, "index.html": b"ok\n"}, health_path="/index.html"), ECHO])
-        self.berth = Berth(self.run_state, catalogue, postgres=self.args.postgres,
-                           extra_env={"BERTH_AUTH_CACHE_SECONDS": "1"})  # the one-second cache
+        self.berth = Berth(self.run_state, catalogue, postgres=self.args.postgres)  # as shipped: the 1 s cache
         self.upload_file = self.work / "upload-1g.bin"
         with open(self.upload_file, "wb") as out:
             out.truncate(GIB)  # sparse: zeros from the page cache

@@ -503,7 +503,9 @@ SETTINGS = (
                 "host may use them."),
     Setting("BERTH_TOOL_NETWORK", TOOLS, parse=parse_tool_network, default="10.213.0.0/16",
             doc="The IPv4 network whose /30s the process backend gives tools' namespaces (one veth "
-                "pair each; nginx reaches a tool at its end). It must not be in use on the host."),
+                "pair each; nginx reaches a tool at its end). It must not be in use on the host: an "
+                "address of it that no running tool holds is unreachable there, never sent on by the "
+                "default route."),
     Setting("BERTH_TOOL_PYTHON", TOOLS, default="/usr/bin/python3", kind="path",
             doc="The interpreter `{python}` names in an isolated tool's command. Tools' users must be "
                 "able to execute it: a virtualenv in a root-only folder will not do. `make run` "
@@ -610,14 +612,14 @@ SETTINGS = (
                 "rendered only where tools listen on loopback ports: single-user process tools and "
                 "docker host networking ([decision 0014](decisions/0014-nginx-for-operators.md)). "
                 "Turn off to render a smaller configuration there."),
-    Setting("BERTH_AUTH_CACHE_SECONDS", NGINX, parse=parse_int, default=0, minimum=0, maximum=60,
+    Setting("BERTH_AUTH_CACHE_SECONDS", NGINX, parse=parse_int, default=1, minimum=0, maximum=60,
             doc="nginx reuses the auth answer for a *running* tool this long, keyed on the session "
                 "token, `Authorization`, host and client address (`0`: never). Also the longest a "
                 "signed-out or revoked session, token or share can still reach a running tool, and "
                 "how long a stopped tool's address may answer 502 before the starting page shows. "
                 "At `1`, an answer is reused only within the second of nginx's clock "
                 "in which it was asked for, so the bound is 1 s on every nginx; above 1, nginx "
-                "counts whole seconds and the bound is up to one second more. The default is `0` "
+                "counts whole seconds and the bound is up to one second more "
                 "([decision 0021](decisions/0021-one-second-auth-cache.md))."),
     # nginx's knobs, rendered into nginx/snippets/tuning.conf.j2 and logging.conf.j2.
     Setting("BERTH_NGINX_CLIENT_MAX_BODY_SIZE", NGINX, parse=parse_nginx_size, default="0",

@@ -151,9 +151,10 @@ def count_failure(key, threshold):
 
 def attempt_succeeded(email, address):
     """The attempt proved the password: the account's count is cleared, and the address's
-    attempt given back. The caller commits."""
+    attempt given back. The caller commits. The rows are locked in claim_attempt's order, or
+    racing sign-ins deadlock."""
     found = keys(email, address)
+    _give_back(found["address"], _thresholds(current_app.config)["address"])
     db.session.execute(delete(SignInThrottle).where(SignInThrottle.key == found["account"])
                        .execution_options(synchronize_session=False))
-    _give_back(found["address"], _thresholds(current_app.config)["address"])
 

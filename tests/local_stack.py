@@ -246,6 +246,15 @@ class BerthStack:
             assert sent <= deadline, f"answered {answer}, not {expected}, past the auth cache's lifetime"
             time.sleep(0.05)
 
+    def until_stopped_tool_is_let_go(self, browser, host):
+        """After a tool on host stopped: wait until nginx's auth cache no longer sends requests to
+        its address, as it may for up to BERTH_AUTH_CACHE_SECONDS (Berth's not-answering page),
+        and its address tells it is not running (503 to a request that is not a navigation,
+        which launches nothing)."""
+        url = f"{self.scheme}://{host}:{self.port}/"
+        return self.until_auth_cache_ends(
+            lambda: browser.get(url, headers={"Accept": "application/json"}, timeout=10).status_code, 503)
+
     # -- tools beside it --------------------------------------------------------------------
     def docker(self):
         """A Docker client for the stack's engine, to use in a with block."""

@@ -17,13 +17,17 @@ BERTH_TOOL_UIDS, with every capability dropped and no-new-privileges. Network mo
 """
 import hashlib
 import io
+import logging
 import posixpath
 import tarfile
+import time
 
 from berth.backends.base import CONTAINER_HOME, Backend, LaunchFailed, allocate_port, home_name, probe_http
 from berth.backends.placeholders import fill
 from berth.backends.sandbox import DOCKER_LINK_PREFIX, FOLDER_MODE, Sandbox
 from berth.backends.teams import CONTAINER_TEAMS, team_folders_of
+
+log = logging.getLogger(__name__)
 
 LABEL = "berth.deployment"
 _HOMES_PARENT = "/home"  # holds CONTAINER_HOME and CONTAINER_TEAMS: their owners and modes are set from here
@@ -320,10 +324,34 @@ class DockerBackend(Backend):
 
     # -- stopping -------------------------------------------------------------------------
     def stop(self, instance):
+        began = time.monotonic()
         container = self._find(instance.id)
+        held = self._hold_address(instance, container)
         if container is not None:
             self._remove(container)
+        if held:
+            time.sleep(max(0.0, began + self.config["BERTH_AUTH_CACHE_SECONDS"] + 1 - time.monotonic()))
         self._remove_own_network(instance.id)
+
+    def _hold_address(self, instance, container):
+        """Refuse connections to the tool's address on its own network from now until the network
+        goes, and keep the network (and so its addresses) until nginx has no auth answer left
+        that it cached before the stop (docs/decisions/0021-one-second-auth-cache.md): a request
+        on such an answer fails at once here (Berth's not-answering page) and reaches neither a
+        container that gets the address next nor, by the default route, a host elsewhere.
+        Whether it holds one."""
+        if (not self.config["BERTH_AUTH_CACHE_SECONDS"] or self.config.get("BERTH_DOCKER_NETWORK")
+                or container is None or not self._engine_is_local()):
+            return False
+        address = self._address(instance, container)
+        if address is None:
+            return False
+        try:
+            Sandbox.refuse(address.rsplit(":", 1)[0] + "/32")
+        except LaunchFailed as failure:  # the stop goes on: the container must go all the same
+            log.warning("docker: could not hold the address of instance %s: %s", instance.id, failure.reason)
+            return False
+        return True
 
     def _remove_own_network(self, instance_id):
         import docker
@@ -331,11 +359,16 @@ class DockerBackend(Backend):
         if self.config.get("BERTH_DOCKER_NETWORK"):
             return
         try:
-            self.client.networks.get(self.container_name(instance_id)).remove()
+            network = self.client.networks.get(self.container_name(instance_id))
+            subnets = [pool.get("Subnet") for pool in (network.attrs.get("IPAM") or {}).get("Config") or []]
+            network.remove()
         except docker.errors.NotFound:
-            pass
+            return
         except docker.errors.APIError as error:  # still in use: the reconciler tries again
             raise LaunchFailed(f"Docker could not remove the tool's network: {_explain(error)}") from None
+        if self._engine_is_local():  # what _hold_address refused, also after a crash during the hold
+            for subnet in filter(None, subnets):
+                Sandbox.stop_refusing(subnet)
 
     def stop_managed(self, instance_id, description):
         import docker

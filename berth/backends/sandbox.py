@@ -100,6 +100,7 @@ class Sandbox:
     def create_network(self, instance_id, egress=False):
         """The tool's namespace and veth pair; returns what to record. Idempotent."""
         self.install_firewall()
+        self.keep_network_on_host()
         namespace = self.namespace(instance_id)
         made = _run("ip", "netns", "add", namespace, ok_if="File exists").returncode == 0
         slot = None if made else self._slot_of(namespace)  # a new namespace holds no link yet
@@ -117,6 +118,26 @@ class Sandbox:
             _ensure_rule("nat", "POSTROUTING", "-s", f"{tool_ip}/32", "!", "-o", f"{LINK_PREFIX}+",
                          "-j", "MASQUERADE")
         return {"namespace": namespace, "slot": slot, "address": tool_ip}
+
+    def keep_network_on_host(self):
+        """Refuse at once, on this host, a connection to an address of BERTH_TOOL_NETWORK that no
+        running tool holds: each running tool's /30 is more specific than this route, so it goes
+        through the tool's link. Without it, once a tool's link is gone its address follows the
+        default route off the host, and nginx still sends requests there on an auth answer it
+        cached before the stop (docs/decisions/0021-one-second-auth-cache.md)."""
+        self.refuse(str(self.network))
+
+    @staticmethod
+    def refuse(network):
+        """An `unreachable` route for network (an address, or a network): a connection to it
+        fails at once on this host (nginx shows Berth's not-answering page), whatever the
+        routes less specific than it say. Idempotent."""
+        _run("ip", "route", "replace", "unreachable", network)
+
+    @staticmethod
+    def stop_refusing(network):
+        """Remove refuse()'s routes within network. Idempotent."""
+        _run("ip", "route", "flush", "root", network, "type", "unreachable")
 
     def _add_link(self, namespace, instance_id):
         """Claim a free slot: creating its link is atomic, so two launches never share one."""

@@ -179,7 +179,7 @@ def test_the_nginx_configmap_holds_no_secret_and_names_the_services(manifests):
     assert PLACEHOLDER in text
     assert "server berth-auth:8101" in text and "server berth-web:8102" in text
     assert f"server_name {DOMAIN};" in text
-    assert "berth_tool_" not in text  # tools are not on loopback ports under Kubernetes
+    assert "upstream berth_tool_" not in text  # tools are not on loopback ports under Kubernetes
 
 
 def test_the_filled_nginx_conf_is_valid_for_nginx(manifests, tmp_path):

@@ -23,6 +23,7 @@ def _running(stack, slug, user):
 def _stop(stack, browser, row, host):
     stop_instance(browser, stack.base_url, row["id"])
     _wait_state(stack, host, ("STOPPED",))
+    stack.until_stopped_tool_is_let_go(browser, host)  # then reopened at once
 
 
 def _in_container(stack, row, command):

@@ -85,9 +85,7 @@ def test_stop_from_the_catalogue_ends_the_tool(stack, alice):
                            data={"csrf_token": csrf_token(catalogue.text)})
     assert stopped.status_code == 200
     assert _wait_state(stack, host, ("STOPPED",))["state"] == "STOPPED"
-    # Not running: 503, once nginx's auth cache no longer holds the running tool's answer.
-    stack.until_auth_cache_ends(lambda: browser.get(stack.tool_url("echo", alice, "/headers"),
-                                                    headers={"Accept": "application/json"}).status_code, 503)
+    stack.until_stopped_tool_is_let_go(browser, host)
 
 
 def test_stop_without_csrf_token_is_refused(stack, alice):

@@ -1,0 +1,61 @@
+"""A tool that stops while nginx still holds a cached auth answer for it (the one-second auth
+cache, docs/decisions/0021-one-second-auth-cache.md): nginx sends requests to its address for
+the rest of that second, and each must end on this host, in Berth's own pages (the tool not
+answering, then starting again), never in whatever answers that address elsewhere."""
+import errno
+import socket
+import time
+
+import pytest
+
+from tests.actions import stop_instance
+from tests.integration.test_launch import _backend_state, _host, _wait_state
+
+NAVIGATION = {"Sec-Fetch-Mode": "navigate", "Accept": "text/html"}
+
+
+def _berths_own(answer):
+    """Whether an answer to a navigation is the tool's own (echo's) or one of Berth's pages."""
+    if answer.status_code == 200:
+        return "<title>Echo</title>" in answer.text  # the tool itself, before the stop
+    return answer.status_code in (202, 502) and "/__berth/static/" in answer.text
+
+
+@pytest.mark.parametrize("slug", ["echo", "echo-docker"])
+def test_a_tool_stopped_within_a_cached_second_answers_with_berths_pages(stack, alice, slug):
+    assert stack.config["BERTH_AUTH_CACHE_SECONDS"] == 1  # the default
+    browser = stack.login(alice)
+    host = _host(stack, slug, alice)
+    url = stack.tool_url(slug, alice)
+    stack.open_tool(browser, slug, alice, timeout=60)
+    row = stack.instances(host)[-1]
+
+    stop_instance(browser, stack.base_url, row["id"])
+    answers = []
+    stopped_at = None
+    while stopped_at is None or time.monotonic() < stopped_at + 1.5:
+        answer = browser.get(url, headers=NAVIGATION, allow_redirects=False, timeout=10)
+        answers.append((answer.status_code, answer.headers.get("Server"), answer.text[:80]))
+        assert _berths_own(answer), answers[-5:]
+        if stopped_at is None and stack.instances(host)[-1]["state"] == "STOPPED":
+            stopped_at = time.monotonic()
+        if answer.status_code == 202:
+            break  # starting again: the stop is over, and so is the cached answer
+    # The last answer is the starting page of a new launch, or Berth's own page about the old one.
+    assert answers[-1][0] in (202, 502), answers[-5:]
+
+
+def test_a_stopped_process_tools_address_is_refused_on_this_host(stack, alice):
+    browser = stack.login(alice)
+    host = _host(stack, "echo", alice)
+    stack.open_tool(browser, "echo", alice)
+    row = stack.instances(host)[-1]
+    address = _backend_state(row)["address"]
+    stop_instance(browser, stack.base_url, row["id"])
+    _wait_state(stack, host, ("STOPPED",))
+
+    began = time.monotonic()
+    with pytest.raises(OSError) as refused:
+        socket.create_connection((address, row["port"]), timeout=5).close()
+    assert refused.value.errno in (errno.EHOSTUNREACH, errno.ECONNREFUSED)
+    assert time.monotonic() - began < 1  # at once, not after a timeout elsewhere

@@ -260,7 +260,17 @@ def not_answering():
     if not _is_navigation():
         return jsonify(error=message), 502
     instance = live_instance(host)
-    may_restart = instance is not None and instance.state == State.RUNNING and _may_restart(template, owner)
+    if instance is None or instance.state == State.STOPPING:
+        # It stopped within the second for which nginx keeps the auth answer it had while the
+        # tool ran (docs/decisions/0021-one-second-auth-cache.md). A moment later its address
+        # leads to Berth's own pages again: the browser is asked to come back then.
+        stopping = instance is not None
+        response = make_response(_error_page(
+            503, f"{template.name} {'is stopping' if stopping else 'has stopped'}",
+            f"{template.name} {'is stopping' if stopping else 'has just stopped'}. This page opens it again in a moment."))
+        response.headers["Refresh"] = response.headers["Retry-After"] = "1"
+        return response
+    may_restart = instance.state == State.RUNNING and _may_restart(template, owner)
     if not may_restart:
         return _error_page(502, f"{template.name} is not answering",
                            f"{message} Try again in a moment.")

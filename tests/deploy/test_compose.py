@@ -173,7 +173,7 @@ def test_compose_stack_signs_in_and_serves_a_launched_tool_through_nginx(deploym
     catalogue = browser.get(f"{deployment.base_url}/", timeout=10)
     assert catalogue.status_code == 200
     # The catalogue that the migrate job loaded (deploy/compose-catalogue.yml) names each address.
-    [tool_url] = set(re.findall(rf"http://echo-[a-z0-9]+\.{re.escape(DOMAIN)}:{deployment.port}/",
+    [tool_url] = set(re.findall(rf"http://echo--[a-z0-9-]+\.{re.escape(DOMAIN)}:{deployment.port}/",
                                 catalogue.text))
 
     starting = browser.get(tool_url, headers={"Sec-Fetch-Mode": "navigate"}, timeout=10)

@@ -283,7 +283,7 @@ def _new_instance(image="echo", size=None, owner_id=None):
     db.session.add(owner)
     db.session.flush()
     instance = ToolInstance(template=template, owner=owner, backend="ecs", state=State.QUEUED,
-                            host=tool_host(template.slug, owner.host_key, DOMAIN), size=size or {})
+                            host=tool_host(template.slug, owner.address_name, DOMAIN), size=size or {})
     db.session.add(instance)
     db.session.commit()
     return instance.id

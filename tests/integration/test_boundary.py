@@ -207,8 +207,18 @@ RESERVED = [
 def test_forged_berth_headers_are_refused_before_the_tool(stack, running_echo):
     user, token, _ = running_echo
     url = stack.tool_url("echo", user, "/headers")
-    for name in RESERVED:
-        answer = _get(url, f"{COOKIE}={token}", Accept="text/html", **{name: f"forged-{name}"})
+    for number, name in enumerate(RESERVED):
+        # The same request without the header first: nginx now holds its answer for this second
+        # (the auth cache), and a forged header of a name Berth defines must still be refused.
+        assert _get(url, f"{COOKIE}={token}", Accept="text/html").status_code == 200
+        extra = {}
+        if name == "X-Berth-Anything-New":
+            # A name Berth does not define: nginx cannot match names by prefix, so within a
+            # cached second it may pass to the tool, which no part of Berth reads it for
+            # (docs/decisions/0021-one-second-auth-cache.md). The auth service refuses it
+            # whenever it is asked: here, by a request whose cache key no answer has yet.
+            extra = {"X-Forwarded-For": f"198.51.100.{number}"}
+        answer = _get(url, f"{COOKIE}={token}", Accept="text/html", **extra, **{name: f"forged-{name}"})
         assert answer.status_code == 403, name
         assert "No access" in answer.text
         # The reason names the header (the auth service sees it with its canonical spelling).

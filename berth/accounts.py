@@ -12,8 +12,8 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from berth.extensions import db
-from berth.models import (ApiToken, Group, Membership, Session, User, delete_where, lock_user, record_event,
-                          revoke_owned, revoke_where, utcnow)
+from berth.models import (ApiToken, Group, Membership, Session, User, delete_where, hash_password, lock_user,
+                          record_event, revoke_owned, revoke_where, utcnow)
 
 MAX_GROUPS = 200
 
@@ -126,11 +126,10 @@ def create_local_user(email, name, password, actor, is_admin=False):
 
     The caller has checked email_problem and password_problem, and commits."""
     email = email.strip().lower()
-    hashed = User(password_hash=None)
-    hashed.set_password(password)
+    password_hash = hash_password(password)  # once, however many attempts the insert takes
     for _ in range(_CREATE_ATTEMPTS):
         user = User(email=email, name=name.strip() or email.split("@")[0], is_admin=is_admin,
-                    password_hash=hashed.password_hash)
+                    password_hash=password_hash)
         try:
             with db.session.begin_nested():  # another administrator may have taken the email meanwhile
                 db.session.add(user)

@@ -95,7 +95,7 @@ class User(db.Model):
     __table_args__ = (UniqueConstraint("oidc_issuer", "oidc_subject", name="uq_users_oidc_identity"),)
 
     def set_password(self, password):
-        self.password_hash = generate_password_hash(password)
+        self.password_hash = hash_password(password)
 
     def check_password(self, password):
         return bool(self.password_hash) and check_password_hash(self.password_hash, password)
@@ -103,6 +103,11 @@ class User(db.Model):
     @property
     def display_name(self):
         return self.name or self.email
+
+
+def hash_password(password):
+    """What a user's password_hash holds for password (salted, slow: made once per change)."""
+    return generate_password_hash(password)
 
 
 def verify_password(user, password):

@@ -25,6 +25,23 @@ metrics.start(os.path.join(os.environ["BERTH_DATA_DIR"], "metrics"))
 TEST_CATALOGUE = Path(__file__).parent / "catalogue.yml"
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failing test that used a stack reports what the stack's processes logged as errors."""
+    outcome = yield
+    report = outcome.get_result()
+    if not report.failed or call.when != "call":
+        return
+    for name, value in getattr(item, "funcargs", {}).items():
+        if isinstance(value, BerthStack):
+            try:
+                errors = value.logged_errors()
+            except OSError as error:
+                errors = f"(its logs could not be read: {error})"
+            if errors:
+                report.sections.append((f"errors the stack '{name}' logged", errors))
+
+
 @pytest.fixture(autouse=True, scope="session")
 def localhost_resolves():
     with loopback_names():

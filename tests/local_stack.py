@@ -137,6 +137,21 @@ class BerthStack:
             stop_instance(instance_id)
             db.session.remove()
 
+    def logged_errors(self, limit=4000):
+        """The last traceback (or else error lines) each of this stack's processes logged, for a
+        failing test's report: the processes' logs are otherwise gone with the CI machine."""
+        sections = []
+        for path in sorted(self.processes.log_dir.glob("*.log")):
+            lines = path.read_text(errors="replace").splitlines()
+            starts = [i for i, line in enumerate(lines) if line.startswith("Traceback")]
+            if starts:
+                excerpt = lines[max(0, starts[-1] - 2):starts[-1] + 60]
+            else:
+                excerpt = [line for line in lines if " ERROR " in line][-10:]
+            if excerpt:
+                sections.append(f"--- {path.name}\n" + "\n".join(excerpt)[-limit:])
+        return "\n".join(sections)
+
     # -- data -----------------------------------------------------------------------------
     def create_user(self, email=None, password="correct horse battery", is_admin=False):
         from berth.extensions import db

@@ -8,7 +8,7 @@ from functools import wraps
 from flask import abort, current_app, g, request
 
 from berth.extensions import db
-from berth.hosts import is_main_host, public_url
+from berth.hosts import is_main_host
 from berth.models import User
 from berth.tokens import bearer_token, live_token
 from berth.web import require_proxy_secret
@@ -48,15 +48,8 @@ def init_app(app):
         return None
 
     @app.context_processor
-    def page_context():
-        config = current_app.config
-        on_tool_host = not is_main_host(request.host, config["BERTH_DOMAIN"])
-        return {
-            "current_user": g.get("user"),
-            # Tool hosts reach the stylesheet under the reserved /__berth/ prefix.
-            "static_prefix": "/__berth/static" if on_tool_host else "/static",
-            "home_url": public_url(config, config["BERTH_DOMAIN"]),
-        }
+    def signed_in_user():
+        return {"current_user": g.get("user")}  # the layout's static_prefix and home_url: berth/web
 
 
 def login_required(view):

@@ -18,8 +18,9 @@ from markupsafe import Markup, escape
 from berth.addresses import request_client_address
 from berth.database import bound_engine, engine_options, make_sqlite_folder
 from berth.extensions import csrf, db, migrate
-from berth.hosts import public_url
+from berth.hosts import is_main_host, public_url
 from berth.settings import load_settings_or_exit
+from berth.web.errors import install_error_handlers
 
 TEMPLATES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates")
 MIGRATIONS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
@@ -51,7 +52,19 @@ def create_base_app(import_name, test_config=None, template_dirs=()):
     csrf.init_app(app)
     app.before_request(refuse_foreign_origin)
     app.after_request(add_page_headers)
+    app.context_processor(page_context)
+    install_error_handlers(app)
     return app
+
+
+def page_context():
+    """What the shared layout needs on either host: Berth's main address, and where its
+    stylesheet and scripts are (tool hosts reach them under the reserved /__berth/ prefix;
+    their /static is the tool's)."""
+    config = current_app.config
+    on_tool_host = not is_main_host(request.host, config["BERTH_DOMAIN"])
+    return {"static_prefix": "/__berth/static" if on_tool_host else "/static",
+            "home_url": public_url(config, config["BERTH_DOMAIN"])}
 
 
 # Berth's own pages load scripts, styles and images from their own host only, and may not be

@@ -36,22 +36,20 @@ def api_error(error):
 
 
 def init_app(app):
-    """JSON for errors that happen before a view is chosen (unknown method) or inside one (a bug)."""
+    """JSON for errors that happen before a view is chosen (unknown method). A bug's 500 is JSON
+    too, from the lifecycle module's handler, which answers JSON to API requests."""
 
     def json_for_api(error):
         if not request.path.startswith("/api/"):
             return error
-        status = error.code if isinstance(error, HTTPException) else 500
-        message = error.description if status != 500 else "Berth failed to answer this request."
-        response = jsonify(error=message)
-        response.status_code = status
+        response = jsonify(error=error.description)
+        response.status_code = error.code
         if getattr(error, "valid_methods", None):
             response.headers["Allow"] = ", ".join(error.valid_methods)
         return response
 
     app.register_error_handler(405, json_for_api)
     app.register_error_handler(415, json_for_api)
-    app.register_error_handler(500, json_for_api)
     app.add_url_rule("/__berth/not-allowed", "not_allowed", not_allowed)
     csrf.exempt(not_allowed)
 

@@ -4,7 +4,7 @@ from urllib.parse import urlencode
 
 from flask import Blueprint, abort, current_app, g, jsonify, make_response, redirect, render_template, request
 from flask_wtf import FlaskForm
-from sqlalchemy import exc, select
+from sqlalchemy import select
 
 from berth.access import AccessRefused, check_open
 from berth.backends import LaunchFailed, get_backend
@@ -22,6 +22,7 @@ from berth.launch.requests import (
     request_stop,
 )
 from berth.models import State, ToolTemplate, User
+from berth.web.errors import error_page, unavailable_page
 from berth.web.launch_pass import is_navigation, own_navigation, pass_cookie_name, valid_launch_pass
 
 log = logging.getLogger(__name__)
@@ -50,48 +51,15 @@ def init_app(app):
 
     @app.errorhandler(401)
     def unauthorised(error):
-        return _error_page(401, "Sign-in needed", "Your session has ended. Sign in again.")
+        return error_page(401, "Sign-in needed", "Your session has ended. Sign in again.")
 
     @app.errorhandler(400)
     def bad_request(error):
-        return _error_page(400, "Bad request", error.description)
+        return error_page(400, "Bad request", error.description)
 
     @app.errorhandler(404)
     def not_found(error):
-        return _error_page(404, "Not found", "There is nothing at this address.")
-
-    @app.errorhandler(exc.OperationalError)
-    @app.errorhandler(exc.TimeoutError)
-    def database_unavailable(error):
-        # The database is unreachable, paused or too slow (berth/database.py bounds each wait).
-        # Nothing was written; the pool connects again for the next request.
-        log.error("the database is unavailable: %s", str(error.orig if hasattr(error, "orig") else error).strip())
-        try:
-            db.session.rollback()
-        except exc.SQLAlchemyError:
-            pass
-        return _unavailable_page(RETRY_AFTER_SECONDS)
-
-
-def _unavailable_page(retry_after):
-    response = make_response(_error_page(
-        503, "Temporarily unavailable",
-        "Berth cannot reach its database just now. Nothing is lost: try again in a few seconds."))
-    response.headers["Retry-After"] = str(retry_after)
-    return response
-
-
-def _error_page(status, title, message):
-    if _wants_json():
-        return jsonify(error=message), status
-    return render_template("message.html", title=title, message=message), status
-
-
-def _wants_json():
-    if request.path.startswith("/api/") or g.get("via_token"):
-        return True  # API clients get JSON, whatever they accept
-    accept = request.accept_mimetypes
-    return accept.best_match(["application/json", "text/html"]) == "application/json"
+        return error_page(404, "Not found", "There is nothing at this address.")
 
 
 def _tool_of_request():
@@ -121,7 +89,7 @@ def _tool_of_request():
     try:
         check_open(g.user, template, owner, host)
     except AccessRefused as refusal:
-        abort(make_response(_error_page(403, "No access", refusal.reason)))
+        abort(make_response(error_page(403, "No access", refusal.reason)))
     return template, owner, host
 
 
@@ -144,14 +112,14 @@ def _lifecycle_page(page):
     if page == "moved":
         return _to_current_address()
     if page not in ("start", "spawning", "unavailable"):
-        return _error_page(404, "No such tool", f"There is no tool at {strip_port(request.host)}.")
+        return error_page(404, "No such tool", f"There is no tool at {strip_port(request.host)}.")
     template, owner, host = _tool_of_request()
     context = {"template": template}
 
     if page == "start" and owner is not None and owner.id != g.user.id:
         page = "unavailable"  # the auth service says so too: only the owner starts a personal tool
     if page == "unavailable":
-        return _error_page(503, f"{template.name} is not running",
+        return error_page(503, f"{template.name} is not running",
                            f"{owner.display_name} has shared this {template.name} with you, but it is not "
                            "running now. Only its owner can start it.")
     if page == "start":
@@ -169,7 +137,7 @@ def _lifecycle_page(page):
             # A shared tool is started by whoever opens it first, and keeps running for everyone.
             instance, _ = request_launch(template, owner or g.user, host, actor=f"user:{g.user.id}")
         except LaunchRefused as refusal:
-            return _error_page(refusal.status, f"{template.name} was not started", refusal.reason)
+            return error_page(refusal.status, f"{template.name} was not started", refusal.reason)
     else:
         instance = latest_instance(host)
         if not _is_navigation():
@@ -229,7 +197,7 @@ def status():
 def forbidden():
     """nginx shows this (status 403) when the auth service refuses a request."""
     reason = request.headers.get("X-Berth-Reason") or "You do not have access to this address."
-    return _error_page(403, "No access", reason)
+    return error_page(403, "No access", reason)
 
 
 @bp.route("/unavailable", methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"])
@@ -237,7 +205,7 @@ def unavailable():
     """nginx shows this (status 503) when the auth check could not answer: the database (or the
     auth service itself) is unreachable. It reads nothing from the database."""
     retry_after = request.headers.get("X-Berth-Retry-After", "")
-    return _unavailable_page(int(retry_after) if retry_after.isdigit() else RETRY_AFTER_SECONDS)
+    return unavailable_page(int(retry_after) if retry_after.isdigit() else RETRY_AFTER_SECONDS)
 
 
 class RestartForm(FlaskForm):
@@ -265,14 +233,14 @@ def not_answering():
         # tool ran (docs/decisions/0021-one-second-auth-cache.md). A moment later its address
         # leads to Berth's own pages again: the browser is asked to come back then.
         stopping = instance is not None
-        response = make_response(_error_page(
+        response = make_response(error_page(
             503, f"{template.name} {'is stopping' if stopping else 'has stopped'}",
             f"{template.name} {'is stopping' if stopping else 'has just stopped'}. This page opens it again in a moment."))
         response.headers["Refresh"] = response.headers["Retry-After"] = "1"
         return response
     may_restart = instance.state == State.RUNNING and _may_restart(template, owner)
     if not may_restart:
-        return _error_page(502, f"{template.name} is not answering",
+        return error_page(502, f"{template.name} is not answering",
                            f"{message} Try again in a moment.")
     return render_template("not_answering.html", template=template, message=message,
                            restart_form=RestartForm()), 502
@@ -285,7 +253,7 @@ def restart():
         abort(401)
     template, owner, host = _tool_of_request()
     if not _may_restart(template, owner):
-        return _error_page(403, "No access", f"Only its owner can restart this {template.name}.")
+        return error_page(403, "No access", f"Only its owner can restart this {template.name}.")
     instance = live_instance(host)
     if instance is not None and instance.state == State.RUNNING:
         if owner is None and _tool_alive(instance):

@@ -10,22 +10,45 @@ SIGTERM lets running steps go on for 9 s, then the launches still under way are 
 import atexit
 import logging
 import os
+import sys
 import threading
 import time
 from contextlib import contextmanager
 
 from flask import has_app_context
-from huey import RedisHuey, crontab
-from huey.consumer_options import ConsumerConfig
 
-from berth.launch.sqlite_queue import WakingSqliteHuey
 from berth.settings import load_settings, load_settings_or_exit, sqlite_folder
 
 log = logging.getLogger(__name__)
 
 
-def _make_huey():
-    settings = load_settings_or_exit()
+@contextmanager
+def _unused_clients_hidden(redis_used):
+    """Import huey inside this block. Its storage module imports the Redis and PostgreSQL
+    clients whenever they are installed: 24 MB more in each process that imports huey (RSS of
+    a process importing huey alone, with and without them). A queue on SQLite needs neither,
+    so they are hidden from that import; whatever needs them later (the database's driver)
+    imports them as usual."""
+    hidden = [] if redis_used else [name for name in ("redis", "psycopg") if name not in sys.modules]
+    for name in hidden:
+        sys.modules[name] = None  # importing it raises ImportError, and huey goes without
+    try:
+        yield
+    finally:
+        for name in hidden:
+            if sys.modules.get(name, "") is None:
+                del sys.modules[name]
+
+
+_settings = load_settings_or_exit()
+with _unused_clients_hidden(redis_used=bool(_settings["BERTH_REDIS_URL"])):
+    from huey import RedisHuey, crontab  # noqa: E402
+    from huey.consumer_options import ConsumerConfig  # noqa: E402
+
+    from berth.launch.sqlite_queue import WakingSqliteHuey  # noqa: E402
+
+
+def _make_huey(settings):
     if settings["BERTH_REDIS_URL"]:
         return RedisHuey("berth", url=settings["BERTH_REDIS_URL"], results=False)
     folder = sqlite_folder(settings["BERTH_DATA_DIR"])
@@ -34,7 +57,7 @@ def _make_huey():
     return WakingSqliteHuey("berth", filename=os.path.join(folder, "queue.db"), results=False)
 
 
-huey = _make_huey()
+huey = _make_huey(_settings)
 
 
 class Outage:
@@ -84,13 +107,11 @@ class QuietQueueErrors(logging.Filter):
 def _is_connection_error(error):
     import sqlite3
 
-    try:
-        from redis.exceptions import ConnectionError as RedisConnectionError
-        from redis.exceptions import TimeoutError as RedisTimeoutError
-    except ImportError:  # pragma: no cover - redis is a dependency
-        RedisConnectionError = RedisTimeoutError = ()
-    return isinstance(error, (RedisConnectionError, RedisTimeoutError, sqlite3.OperationalError,
-                              ConnectionError))
+    kinds = (sqlite3.OperationalError, ConnectionError)
+    redis_errors = sys.modules.get("redis.exceptions")  # only a queue on Redis raises them
+    if redis_errors is not None:
+        kinds += (redis_errors.ConnectionError, redis_errors.TimeoutError)
+    return isinstance(error, kinds)
 
 
 for _name in ("huey", "huey.consumer", "huey.consumer.Worker", "huey.consumer.Scheduler"):

@@ -52,7 +52,7 @@ from berth.hosts import (MAX_NEXT_URL_LENGTH, is_main_host, parse_tool_host, pub
                          personal_host_parts, strip_port, tool_cookie_name, tools_domain)
 from berth.extensions import db
 from berth.models import hash_token, record_event, utcnow
-from berth.nginx_conf import loopback_tool_ports
+from berth.nginx_conf import tool_upstream_address
 from berth.tokens import TOKEN_REFUSALS, api_refusal, bearer_token, token_allowed_on_main_host, tool_refusal
 from berth.web.launch_pass import is_navigation
 
@@ -616,8 +616,9 @@ def _encoded(value):
 
 
 def nginx_upstream(config, address):
-    """The nginx upstream for a tool address: its keepalive block when it has one (berth.conf.j2)."""
-    host, _, port = address.rpartition(":")
-    if host == "127.0.0.1" and port.isdigit() and int(port) in loopback_tool_ports(config):
+    """The nginx upstream for a tool address: its port's keepalive block when the block leads to
+    this very address (berth.conf.j2), else the address itself."""
+    _, _, port = address.rpartition(":")
+    if port.isdigit() and tool_upstream_address(config, int(port)) == address:
         return f"berth_tool_{port}"
     return address

@@ -257,12 +257,13 @@ class Berth(BerthStack):
     deployment, on SQLite (or PostgreSQL and Redis), with one benchmark user. Stopped, with the
     tools it started, when the run closes."""
 
-    def __init__(self, run, catalogue, postgres=False, extra_env=None):
+    def __init__(self, run, catalogue, postgres=False, extra_env=None, isolation="single-user"):
         database_url, redis_url = _databases(run) if postgres else (None, None)
         env = stack_env(run.work / "berth", run.deployment, catalogue, database_url, redis_url, port_base=24000,
-                        # Tools on loopback, one user: the benchmarks measure the proxy and the
-                        # launch path, not the network namespace a tool of many users' Berth gets.
-                        extra_env={"BERTH_SCHEME": "http", "BERTH_TOOL_ISOLATION": "single-user",
+                        # By default tools on loopback, one user: the benchmarks measure the proxy
+                        # and the launch path. bench.proxy measures the namespaces that a tool of
+                        # a many-user Berth gets too (--isolation).
+                        extra_env={"BERTH_SCHEME": "http", "BERTH_TOOL_ISOLATION": isolation,
                                    **(extra_env or {})})
         # This process is this Berth's: what webapp reads from the environment at import (the
         # metrics folder, the queue) is this Berth's too.

@@ -81,11 +81,11 @@ http {{
 """
 
 # The upstream: nginx serving files. Berth starts it as a tool, so its port and home arrive
-# at launch: the tool's command fills @PORT@ and @HOME@ in with sed, then execs nginx.
+# at launch: the tool's command fills @IP@, @PORT@ and @HOME@ in with sed, then execs nginx.
 UPSTREAM_HTTP = """\
     default_type text/html;
     server {{
-        listen 127.0.0.1:@PORT@;
+        listen @IP@:@PORT@;
         root {www};
     }}
 """
@@ -114,8 +114,8 @@ PLAIN_HTTP = """\
 
 
 # -- HTTP ---------------------------------------------------------------------------------------
-def fetch(port, host=None, cookie=None, path=PATH):
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+def fetch(port, host=None, cookie=None, path=PATH, ip="127.0.0.1"):
+    connection = http.client.HTTPConnection(ip, port, timeout=10)
     headers = {}
     if host:
         headers["Host"] = host
@@ -134,7 +134,7 @@ def static_tool(work, files, slug=SLUG, name="Static 1 KB", health_path=PATH):
     """A catalogue entry whose command runs nginx (1 worker) serving files {name: bytes or size}.
 
     An int size makes a sparse file of that many bytes (zeros, no disk used). The process
-    backend fills {port} and {home} into the command; sed puts them into the configuration,
+    backend fills {ip}, {port} and {home} into the command; sed puts them into the configuration,
     and `exec` keeps the pid that Berth watches.
     """
     www = work / f"www-{slug}"
@@ -148,7 +148,7 @@ def static_tool(work, files, slug=SLUG, name="Static 1 KB", health_path=PATH):
     template = work / f"upstream-{slug}.conf.in"
     template.write_text(NGINX_CONF.format(workers=1, prefix="@HOME@", http=UPSTREAM_HTTP.format(www=www)))
     nginx = nginx_command("{home}", error_log="{home}/error.log")
-    script = (f"sed -e 's|@PORT@|{{port}}|' -e 's|@HOME@|{{home}}|g' {shlex.quote(str(template))} "
+    script = (f"sed -e 's|@IP@|{{ip}}|' -e 's|@PORT@|{{port}}|' -e 's|@HOME@|{{home}}|g' {shlex.quote(str(template))} "
               f"> {{home}}/nginx.conf && exec {shlex.join(nginx)}")
     return {"slug": slug, "name": name,
             "description": "nginx serving static files: a benchmark upstream.",
@@ -213,7 +213,7 @@ class Bench:
         catalogue = write_catalogue(self.work, [static_tool(self.work, {PATH.lstrip("/"): BODY})])
         # Berth as shipped, with its default one-second auth cache; the "berth uncached" path is
         # a second nginx rendered with the cache off.
-        self.berth = Berth(self.run_state, catalogue, postgres=self.args.postgres)
+        self.berth = Berth(self.run_state, catalogue, postgres=self.args.postgres, isolation=self.args.isolation)
         self.berth.start()
         self.stack, self.config, self.port = self.berth.processes, self.berth.config, self.berth.port
         with self.berth.sign_in() as browser:
@@ -244,9 +244,9 @@ class Bench:
 
     # measuring
     def targets(self):
-        tool_port = int(self.upstream.rsplit(":", 1)[1])
+        tool_ip, tool_port = self.upstream.rsplit(":", 1)
         return {
-            "direct": {"port": tool_port},
+            "direct": {"ip": tool_ip, "port": int(tool_port)},
             "plain nginx": {"port": self.plain_port},
             "chp": {"port": self.chp.port},
             "no-op auth": {"port": self.noop_port, "host": self.tool_host, "cookie": self.cookie},
@@ -266,7 +266,7 @@ class Bench:
             headers["Host"] = target["host"]
         if target.get("cookie"):
             headers["Cookie"] = target["cookie"]
-        return run_wrk(self.run_state, f"http://127.0.0.1:{target['port']}{PATH}", duration,
+        return run_wrk(self.run_state, f"http://{target.get('ip', '127.0.0.1')}:{target['port']}{PATH}", duration,
                        threads=self.args.threads, connections=self.args.connections, headers=headers)
 
     def measure(self):
@@ -348,7 +348,7 @@ class Bench:
         database = "PostgreSQL + Redis" if args.postgres else "SQLite + Huey on SQLite"
         print(f"\nwrk -t{args.threads} -c{args.connections} -d{args.duration}s --latency, "
               f"{args.rounds} round(s), median of rounds; 1 KB static file from nginx (1 worker); "
-              f"Berth on {database}; configurable-http-proxy {chp_version()}; "
+              f"Berth on {database}, tools in isolation {args.isolation}; configurable-http-proxy {chp_version()}; "
               f"{os.cpu_count()} CPUs, all on this machine; "
               f"load average {self.load_before:.1f} before, {self.load_after:.1f} after\n")
         print(f"{'path':<16}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'× plain nginx':>15}"
@@ -372,6 +372,7 @@ class Bench:
             "wrk": {"threads": args.threads, "connections": args.connections,
                     "duration_s": args.duration, "rounds": args.rounds},
             "database": "postgres" if args.postgres else "sqlite",
+            "isolation": args.isolation,
             "chp_version": chp_version(),
             "cpus": os.cpu_count(),
             "load_average_1min": {"before": self.load_before, "after": self.load_after},
@@ -401,6 +402,10 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=2, help="rounds; each measures every path (2)")
     parser.add_argument("--threads", type=int, default=2, help="wrk threads (2)")
     parser.add_argument("--connections", type=int, default=32, help="wrk connections (32)")
+    parser.add_argument("--isolation", choices=("namespaces", "single-user"),
+                        default="namespaces" if os.geteuid() == 0 else "single-user",
+                        help="BERTH_TOOL_ISOLATION for the tool: Berth's default, namespaces, needs "
+                             "root (default: namespaces as root, else single-user)")
     add_run_arguments(parser)
     args = parser.parse_args(argv)
     if args.duration < 1 or args.rounds < 1:

@@ -7,6 +7,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from berth.hosts import public_port_suffix, session_cookie_name, tool_cookie_name, tools_domain
 from berth.settings import SettingError
+from berth.tool_network import tool_address_of_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEMPLATES = os.path.join(ROOT, "nginx")
@@ -14,18 +15,44 @@ STATIC_DIR = os.path.join(ROOT, "webapp", "static")
 AUTH_TIMEOUT_MARGIN = 3  # seconds nginx waits for the auth service beyond the statement timeout
 
 
-def loopback_tool_ports(config):
-    """The ports of BERTH_PORT_RANGE that get a keepalive upstream block each: only where tools
-    listen on loopback ports (process tools in single-user isolation, docker host networking)
-    and BERTH_TOOL_KEEPALIVE is on; elsewhere tools have addresses of their own, and the blocks
-    would never be used."""
-    backends = config["BERTH_BACKENDS"]
-    on_loopback = (("process" in backends and config["BERTH_TOOL_ISOLATION"] == "single-user")
-                   or ("docker" in backends and config.get("BERTH_DOCKER_NETWORK") == "host"))
-    if not (config["BERTH_TOOL_KEEPALIVE"] and on_loopback):
-        return range(0)
+def tool_upstreams(config):
+    """{port: "address:port"} for the ports of BERTH_PORT_RANGE that get a keepalive upstream
+    block each (berth.conf.j2), or {} where none are rendered; see tool_upstream_address."""
+    if _keepalive_mode(config) is None:
+        return {}
     low, high = config["BERTH_PORT_RANGE"]
-    return range(low, high + 1)
+    return {port: tool_upstream_address(config, port) for port in range(low, high + 1)}
+
+
+def tool_upstream_address(config, port):
+    """The "address:port" that port's keepalive block leads to, or None where it has none.
+    Blocks are rendered where tools listen on the ports of BERTH_PORT_RANGE and
+    BERTH_TOOL_KEEPALIVE is on:
+
+    - isolated process tools: at the address of their port's slot of BERTH_TOOL_NETWORK
+      (berth/tool_network.py), each in its own network namespace;
+    - single-user process tools, and docker tools with host networking: on loopback.
+
+    Elsewhere (a docker tool's own network, ECS) tools have addresses no port tells."""
+    mode = _keepalive_mode(config)
+    low, high = config["BERTH_PORT_RANGE"]
+    if mode is None or not low <= port <= high:
+        return None
+    if mode == "isolated":  # a docker tool on the host's network then goes without keepalive
+        return f"{tool_address_of_port(config, port)}:{port}"
+    return f"127.0.0.1:{port}"
+
+
+def _keepalive_mode(config):
+    backends = config["BERTH_BACKENDS"]
+    if not config["BERTH_TOOL_KEEPALIVE"]:
+        return None
+    if "process" in backends and config["BERTH_TOOL_ISOLATION"] == "namespaces":
+        return "isolated"
+    if (("process" in backends and config["BERTH_TOOL_ISOLATION"] == "single-user")
+            or ("docker" in backends and config.get("BERTH_DOCKER_NETWORK") == "host")):
+        return "loopback"
+    return None
 
 
 def tuning(config, standalone):
@@ -95,7 +122,7 @@ def render_nginx(config, *, listen=None, auth_servers=None, web_servers=None, st
         "tool_cookie": re.escape(tool_cookie_name(config)),
         "proxy_secret": config["BERTH_PROXY_SECRET"],
         "static_dir": STATIC_DIR,
-        "tool_ports": loopback_tool_ports(config),
+        "tool_upstreams": tool_upstreams(config),
         "tuning": tuning(config, standalone),
         "rendered_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "auth_cache_seconds": config["BERTH_AUTH_CACHE_SECONDS"],

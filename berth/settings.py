@@ -607,11 +607,12 @@ SETTINGS = (
 
     # -- nginx
     Setting("BERTH_TOOL_KEEPALIVE", NGINX, parse=parse_boolean, default=True,
-            doc="nginx keeps connections to loopback tools alive, through one `upstream` block per "
-                "port of `BERTH_PORT_RANGE` ([decision 0005](decisions/0005-tool-keepalive.md)), "
-                "rendered only where tools listen on loopback ports: single-user process tools and "
-                "docker host networking ([decision 0014](decisions/0014-nginx-for-operators.md)). "
-                "Turn off to render a smaller configuration there."),
+            doc="nginx keeps connections to tools alive, through one `upstream` block per port of "
+                "`BERTH_PORT_RANGE` ([decision 0005](decisions/0005-tool-keepalive.md)), rendered "
+                "where a tool's address follows from its port: process tools, isolated (at their "
+                "port's /30 of `BERTH_TOOL_NETWORK`, [decision 0024](decisions/0024-keepalive-to-isolated-tools.md)) "
+                "or single-user, and docker host networking. Off: a smaller configuration, and a "
+                "new connection to the tool for every request."),
     Setting("BERTH_AUTH_CACHE_SECONDS", NGINX, parse=parse_int, default=1, minimum=0, maximum=60,
             doc="nginx reuses the auth answer for a *running* tool this long, keyed on the session "
                 "token, `Authorization`, host and client address (`0`: never). Also the longest a "

@@ -3,7 +3,7 @@
     python -m berth_tools.echo --port 8000
 
   /              an HTML page: the request's headers and cookies, and a WebSocket echo box
-  /headers       the request's headers and cookies as JSON
+  /headers       the request's headers and cookies as JSON, and the connection's far end (peer)
   /ws            WebSocket echo
   /upload        POST a body of any size; answers its length and SHA-256, read as a stream
   /download?bytes=N   N bytes, streamed
@@ -44,8 +44,10 @@ document.getElementById("send").onclick = () => ws.send(document.getElementById(
 
 
 async def headers(request):
+    peer = request.transport.get_extra_info("peername") if request.transport else None
     return web.json_response({"headers": dict(request.headers), "cookies": dict(request.cookies),
-                              "path": request.path_qs})
+                              "path": request.path_qs,
+                              "peer": f"{peer[0]}:{peer[1]}" if peer else None})
 
 
 async def websocket(request):

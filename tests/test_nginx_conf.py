@@ -126,20 +126,27 @@ def test_an_included_configuration_keeps_the_operators_access_log(tmp_path):
     assert "access_log off;" in render(tmp_path, standalone=False, BERTH_NGINX_ACCESS_LOG="off")
 
 
-def test_the_rendered_file_has_no_block_per_port_unless_tools_use_loopback_ports(tmp_path):
-    text = render(tmp_path)
-    assert "upstream berth_tool_" not in text
-    # A block per port made it 1,600 lines; the servers, the door's limits and TLS take about 800.
-    assert len(text.splitlines()) < 900
-    single_user = render(tmp_path, BERTH_TOOL_ISOLATION="single-user", BERTH_PORT_RANGE="20000-20009")
-    blocks = [line for line in single_user.splitlines() if line.strip().startswith("upstream berth_tool_")]
+def _tool_blocks(text):
+    return [line.strip() for line in text.splitlines() if line.strip().startswith("upstream berth_tool_")]
+
+
+def test_a_block_per_port_only_where_a_tools_address_follows_from_its_port(tmp_path):
+    # The default: process tools in namespaces, each at its port's /30 of BERTH_TOOL_NETWORK.
+    isolated = render(tmp_path, BERTH_PORT_RANGE="20000-20009")
+    blocks = _tool_blocks(isolated)
     assert len(blocks) == 10
-    # They close the file, after every server: what an operator reads first is Berth's own.
-    assert single_user.index("upstream berth_tool_") > single_user.rindex("server {")
-    assert "upstream berth_tool_" not in render(tmp_path, BERTH_TOOL_ISOLATION="single-user",
-                                                BERTH_TOOL_KEEPALIVE="false")
-    assert "upstream berth_tool_20000 " in render(tmp_path, BERTH_BACKENDS="process,docker",
-                                                 BERTH_DOCKER_NETWORK="host", BERTH_PORT_RANGE="20000-20009")
+    assert blocks[0].startswith("upstream berth_tool_20000 { server 10.213.56.130:20000 ")  # 20000 % 16384 = slot 3616
+    # They close the file, after every server: what an operator reads first is Berth's own,
+    # about 800 lines (the servers, the door's limits and TLS).
+    assert isolated.index("upstream berth_tool_") > isolated.rindex("server {")
+    assert len(isolated[:isolated.index("upstream berth_tool_")].splitlines()) < 900
+    single_user = render(tmp_path, BERTH_TOOL_ISOLATION="single-user", BERTH_PORT_RANGE="20000-20009")
+    assert _tool_blocks(single_user)[0].startswith("upstream berth_tool_20000 { server 127.0.0.1:20000 ")
+    assert len(_tool_blocks(single_user)) == 10
+    assert _tool_blocks(render(tmp_path, BERTH_TOOL_KEEPALIVE="false")) == []
+    assert _tool_blocks(render(tmp_path, BERTH_BACKENDS="docker")) == []  # a network of its own each
+    host_network = render(tmp_path, BERTH_BACKENDS="docker", BERTH_DOCKER_NETWORK="host", BERTH_PORT_RANGE="20000-20009")
+    assert _tool_blocks(host_network)[0].startswith("upstream berth_tool_20000 { server 127.0.0.1:20000 ")
 
 
 def test_a_directive_an_operator_sets_twice_is_named_by_nginx_t(tmp_path, include_dir):

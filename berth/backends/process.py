@@ -103,7 +103,7 @@ class ProcessBackend(Backend):
             pid = min(found)
             state = {"pid": pid, "start_ticks": _proc_start_ticks(pid), "stderr": str(err_path)}
             if self.isolated:
-                state.update(sandbox.create_network(instance.id, egress=instance.template.egress))
+                state.update(sandbox.create_network(instance.id, instance.port, egress=instance.template.egress))
             return state
 
         template = instance.template
@@ -118,7 +118,7 @@ class ProcessBackend(Backend):
             teams = team_folders_of(self.config, instance) if template.home else []
             for team in teams:
                 sandbox.prepare_team_folder(str(team_folder_path(self.config, team)), team.gid)
-            state.update(sandbox.create_network(instance.id, egress=template.egress))
+            state.update(sandbox.create_network(instance.id, instance.port, egress=template.egress))
             runtime = _bundled_tools_runtime(self.config)
             python, listen = self.config["BERTH_TOOL_PYTHON"], "0.0.0.0"
         else:

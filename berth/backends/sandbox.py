@@ -29,6 +29,7 @@ import threading
 import time
 
 from berth.backends.base import LaunchFailed
+from berth.tool_network import slot_addresses, slot_count, slot_of_port
 
 FOLDER_MODE = 0o2770  # a team folder: its group reads and writes, and what is made in it stays the group's
 
@@ -47,7 +48,7 @@ class Sandbox:
         self.config = config
         self.deployment = re.sub(r"[^A-Za-z0-9_.-]", "_", config["BERTH_DEPLOYMENT"])
         self.network = ipaddress.ip_network(config["BERTH_TOOL_NETWORK"])
-        self.slots = self.network.num_addresses // 4
+        self.slots = slot_count(config)
 
     # -- preconditions ----------------------------------------------------------------------
     def check_available(self):
@@ -97,15 +98,18 @@ class Sandbox:
     def namespace(self, instance_id):
         return f"berth-{self.deployment}-{instance_id}"
 
-    def create_network(self, instance_id, egress=False):
-        """The tool's namespace and veth pair; returns what to record. Idempotent."""
+    def create_network(self, instance_id, port, egress=False):
+        """The tool's namespace and veth pair; returns what to record. Idempotent.
+
+        The tool gets its port's slot when it is free (berth/tool_network.py): nginx then keeps
+        connections to it alive."""
         self.install_firewall()
         self.keep_network_on_host()
         namespace = self.namespace(instance_id)
         made = _run("ip", "netns", "add", namespace, ok_if="File exists").returncode == 0
         slot = None if made else self._slot_of(namespace)  # a new namespace holds no link yet
         if slot is None:
-            slot = self._add_link(namespace, instance_id)
+            slot = self._add_link(namespace, slot_of_port(self.config, port))
         host_ip, tool_ip, prefix = self._addresses(slot)
         link, peer = f"{LINK_PREFIX}{slot}", f"btt{slot}"
         _disable_ipv6(f"/proc/sys/net/ipv6/conf/{link}/disable_ipv6")
@@ -139,10 +143,11 @@ class Sandbox:
         """Remove refuse()'s routes within network. Idempotent."""
         _run("ip", "route", "flush", "root", network, "type", "unreachable")
 
-    def _add_link(self, namespace, instance_id):
-        """Claim a free slot: creating its link is atomic, so two launches never share one."""
+    def _add_link(self, namespace, first_slot):
+        """Claim a free slot, first_slot if it is free: creating its link is atomic, so two
+        launches never share one."""
         for offset in range(self.slots):
-            slot = (instance_id + offset) % self.slots
+            slot = (first_slot + offset) % self.slots
             created = subprocess.run(
                 ["ip", "link", "add", f"{LINK_PREFIX}{slot}", "type", "veth", "peer", "name",
                  f"btt{slot}", "netns", namespace], capture_output=True, text=True)
@@ -159,8 +164,7 @@ class Sandbox:
         return int(match.group(1)) if match else None
 
     def _addresses(self, slot):
-        base = self.network.network_address + slot * 4
-        return str(base + 1), str(base + 2), 30
+        return slot_addresses(self.config, slot)
 
     def remove_network(self, namespace):
         """Kill whatever still runs in the namespace, then remove it and its link. Idempotent."""

@@ -43,7 +43,7 @@ def _seen_by_tool(answer):
     """What the echo tool saw; fails unless the answer really came from the tool."""
     assert answer.status_code == 200, answer.text
     seen = answer.json()
-    assert set(seen) == {"headers", "cookies", "path"}
+    assert set(seen) == {"headers", "cookies", "path", "peer"}
     return seen
 
 

@@ -617,7 +617,7 @@ SETTINGS = (
             doc="nginx reuses the auth answer for a *running* tool this long, keyed on the session "
                 "token, `Authorization`, host and client address (`0`: never). Also the longest a "
                 "signed-out or revoked session, token or share can still reach a running tool, and "
-                "how long a stopped tool's address may answer 502 before the starting page shows. "
+                "how long a stopped tool's address may answer Berth's \"has stopped\" page (503, `Retry-After: 1`) before the starting page shows. "
                 "At `1`, an answer is reused only within the second of nginx's clock "
                 "in which it was asked for, so the bound is 1 s on every nginx; above 1, nginx "
                 "counts whole seconds and the bound is up to one second more "

@@ -263,12 +263,16 @@ class BerthStack:
 
     def until_stopped_tool_is_let_go(self, browser, host):
         """After a tool on host stopped: wait until nginx's auth cache no longer sends requests to
-        its address, as it may for up to BERTH_AUTH_CACHE_SECONDS (Berth's not-answering page),
-        and its address tells it is not running (503 to a request that is not a navigation,
-        which launches nothing)."""
+        its address, as it may for up to BERTH_AUTH_CACHE_SECONDS, and its address tells it is
+        not running: 503 to a request that is not a navigation (which launches nothing), without
+        the Retry-After: 1 of the answers within that second (Berth's not-answering page)."""
         url = f"{self.scheme}://{host}:{self.port}/"
-        return self.until_auth_cache_ends(
-            lambda: browser.get(url, headers={"Accept": "application/json"}, timeout=10).status_code, 503)
+
+        def ask():
+            answer = browser.get(url, headers={"Accept": "application/json"}, timeout=10)
+            return "within the cached second" if answer.headers.get("Retry-After") == "1" else answer.status_code
+
+        return self.until_auth_cache_ends(ask, 503)
 
     # -- tools beside it --------------------------------------------------------------------
     def docker(self):

@@ -45,8 +45,7 @@ def test_launch_and_stop_name_the_user_the_culler_and_the_reconciler(stack, alic
     assert stop["actor"] == f"user:{alice['id']}"
 
     def not_running():  # once nginx's auth cache no longer holds the stopped tool's answer
-        return stack.until_auth_cache_ends(lambda: browser.get(
-            stack.tool_url("echo", alice, "/headers"), headers={"Accept": "application/json"}).status_code, 503)
+        return stack.until_stopped_tool_is_let_go(browser, host)
 
     # The idle culler stops it.
     not_running()

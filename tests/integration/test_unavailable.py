@@ -181,8 +181,7 @@ def test_a_tool_that_stops_answering_gets_berths_page_with_a_restart_for_its_own
                            data={"csrf_token": csrf_token(page.text)}, allow_redirects=False, timeout=10)
     assert restarted.status_code == 303 and restarted.headers["Location"] == "/#berth-restart"
     _wait_state(faulty, host, ("STOPPED",))
-    faulty.until_auth_cache_ends(lambda: owner.get(faulty.tool_url("deaf", alice, "/"),
-                                                   headers={"Accept": "application/json"}).status_code, 503)
+    faulty.until_stopped_tool_is_let_go(owner, host)
     assert faulty.open_tool(owner, "deaf", alice).text == "listening"
     assert faulty.instances(host)[-1]["state"] == "RUNNING"
 

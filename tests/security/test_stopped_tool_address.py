@@ -47,6 +47,32 @@ def test_a_tool_stopped_within_a_cached_second_answers_with_berths_pages(stack, 
     assert answers[-1][0] in (202, 502, 503), answers[-5:]
 
 
+def test_a_script_asking_a_tool_stopped_within_a_cached_second_is_told_it_is_not_running(stack, alice):
+    """A tool's own scripts (fetch, XHR) meet the stop too: within the cached second they are
+    told what they are told after it, 503 (with Retry-After while it is stopping), never that the
+    tool broke (502)."""
+    browser = stack.login(alice)
+    host = _host(stack, "echo", alice)
+    url = stack.tool_url("echo", alice, "/headers")
+    stack.open_tool(browser, "echo", alice)
+    row = stack.instances(host)[-1]
+
+    stop_instance(browser, stack.base_url, row["id"])
+    answers = []
+    stopped_at = None
+    while stopped_at is None or time.monotonic() < stopped_at + 1.5:
+        answer = browser.get(url, headers={"Accept": "application/json"}, allow_redirects=False, timeout=10)
+        answers.append((answer.status_code, answer.text[:100]))
+        assert answer.status_code in (200, 503), answers[-5:]
+        if answer.status_code == 503:
+            error = answer.json()["error"]
+            assert error in ("Echo is stopping.", "Echo is not running. Open it in a browser to start it."), answers[-5:]
+            assert answer.headers.get("Retry-After") in ("1", None)  # 1 within the cached second
+        if stopped_at is None and stack.instances(host)[-1]["state"] == "STOPPED":
+            stopped_at = time.monotonic()
+    assert answers[-1][0] == 503
+
+
 def test_a_stopped_process_tools_address_is_refused_on_this_host(stack, alice):
     browser = stack.login(alice)
     host = _host(stack, "echo", alice)

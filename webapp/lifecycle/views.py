@@ -125,8 +125,7 @@ def _lifecycle_page(page):
     if page == "start":
         previous = latest_instance(host)
         if not _is_navigation():
-            return jsonify(error=f"{template.name} is not running. Open it in a browser to start it.",
-                           state=previous.state if previous else None), 503
+            return _not_running_for_scripts(template, previous)
         if previous is not None and previous.state == State.FAILED and mark_failure_shown(previous):
             return render_template("failed.html", instance=previous, **context), 502
         if _from_another_site(strip_port(request.host)):
@@ -143,6 +142,12 @@ def _lifecycle_page(page):
         if not _is_navigation():
             return jsonify(error=f"{template.name} is starting.", state=instance.state), 503
     return _spawning_page(template, instance, request.full_path.rstrip("?"))
+
+
+def _not_running_for_scripts(template, latest):
+    """A script's request (fetch, XHR, an API client) never starts a tool; it is told why not."""
+    return jsonify(error=f"{template.name} is not running. Open it in a browser to start it.",
+                   state=latest.state if latest else None), 503
 
 
 def _to_current_address():
@@ -225,19 +230,29 @@ def not_answering():
         abort(404)  # only nginx's error page comes here; the auth check refuses a client's header
     template, owner, host = _tool_of_request()
     message = f"{template.name} is not answering. It may have stopped unexpectedly."
-    if not _is_navigation():
-        return jsonify(error=message), 502
     instance = live_instance(host)
     if instance is None or instance.state == State.STOPPING:
         # It stopped within the second for which nginx keeps the auth answer it had while the
         # tool ran (docs/decisions/0021-one-second-auth-cache.md). A moment later its address
-        # leads to Berth's own pages again: the browser is asked to come back then.
+        # leads to Berth's own pages again: the client is asked to come back then, and is told
+        # what it is told after that second (503, not running).
+        # Retry-After: 1 marks the answers of that second: the next one may differ.
         stopping = instance is not None
-        response = make_response(error_page(
-            503, f"{template.name} {'is stopping' if stopping else 'has stopped'}",
-            f"{template.name} {'is stopping' if stopping else 'has just stopped'}. This page opens it again in a moment."))
-        response.headers["Refresh"] = response.headers["Retry-After"] = "1"
+        if not _is_navigation():
+            if stopping:
+                response = jsonify(error=f"{template.name} is stopping.", state=instance.state)
+                response.status_code = 503
+            else:  # as the start page answers scripts (_lifecycle_page)
+                response = make_response(_not_running_for_scripts(template, latest_instance(host)))
+        else:
+            response = make_response(error_page(
+                503, f"{template.name} {'is stopping' if stopping else 'has stopped'}",
+                f"{template.name} {'is stopping' if stopping else 'has just stopped'}. This page opens it again in a moment."))
+            response.headers["Refresh"] = "1"
+        response.headers["Retry-After"] = "1"
         return response
+    if not _is_navigation():
+        return jsonify(error=message), 502
     may_restart = instance.state == State.RUNNING and _may_restart(template, owner)
     if not may_restart:
         return error_page(502, f"{template.name} is not answering",

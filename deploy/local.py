@@ -115,11 +115,15 @@ def check_account_runs_python(account, env):
     later, in a log, one component at a time."""
     if (account.pw_uid, sys.executable) in _ABLE_TO_RUN:
         return
-    result = subprocess.run([sys.executable, "-c", "import auth_service, webapp"], cwd=ROOT,
-                            env={**env, "HOME": account.pw_dir}, user=account.pw_uid, group=account.pw_gid, extra_groups=[],
-                            capture_output=True, text=True)
-    if result.returncode != 0:
-        reason = (result.stderr.strip().splitlines() or [f"exit code {result.returncode}"])[-1]
+    try:
+        result = subprocess.run([sys.executable, "-c", "import auth_service, webapp"], cwd=ROOT,
+                                env={**env, "HOME": account.pw_dir}, user=account.pw_uid, group=account.pw_gid,
+                                extra_groups=[], capture_output=True, text=True)
+        returncode, stderr = result.returncode, result.stderr
+    except OSError as error:  # the interpreter itself is out of its reach
+        returncode, stderr = None, error.strerror or str(error)
+    if returncode != 0:
+        reason = (stderr.strip().splitlines() or [f"exit code {returncode}"])[-1]
         raise SystemExit(f"BERTH_SERVICE_USER={account.pw_name} cannot run Berth's Python "
                          f"({sys.executable}, from {ROOT}): {reason}. Build the virtualenv on a Python "
                          "every user may run (`make run` uses /usr/bin/python3), in a folder they may "

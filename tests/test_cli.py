@@ -441,3 +441,20 @@ def test_nginx_conf_names_a_certificate_it_cannot_read(berth, data_dir):
                    BERTH_TLS_KEY=str(data_dir / "missing.key"))
     assert result.exit_code != 0
     assert result.output == f"Error: BERTH_TLS_CERTIFICATE='{data_dir / 'missing.pem'}' is not a readable file\n"
+
+
+def test_a_service_user_who_cannot_even_start_the_interpreter_gets_one_line(monkeypatch):
+    """As under a Python in /root, which another user may not execute: no traceback."""
+    import pwd
+
+    from deploy import local
+
+    def refused(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", sys.executable)
+
+    monkeypatch.setattr(local.subprocess, "run", refused)
+    account = pwd.struct_passwd(("berth", "x", 4242, 4242, "", "/nonexistent", "/bin/false"))
+    with pytest.raises(SystemExit) as refusal:
+        local.check_account_runs_python(account, {})
+    assert str(refusal.value).startswith("BERTH_SERVICE_USER=berth cannot run Berth's Python")
+    assert "Permission denied" in str(refusal.value)

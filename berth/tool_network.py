@@ -16,7 +16,7 @@ import ipaddress
 
 @functools.lru_cache(maxsize=16)
 def _network(text):
-    return ipaddress.ip_network(text)  # the auth check asks for every request to a running tool
+    return ipaddress.ip_network(text)
 
 
 def slot_count(config):
@@ -35,4 +35,11 @@ def slot_of_port(config, port):
 
 def tool_address_of_port(config, port):
     """The address of the tool on port when it holds its port's slot."""
+    return _tool_end_of_port(config["BERTH_TOOL_NETWORK"], port)
+
+
+@functools.lru_cache(maxsize=4096)
+def _tool_end_of_port(network, port):
+    # Kept: the auth check asks for every request to a running tool, and the answer never changes.
+    config = {"BERTH_TOOL_NETWORK": network}
     return slot_addresses(config, slot_of_port(config, port))[1]

@@ -406,7 +406,7 @@ class AuthCheck:
         host = environ.get("HTTP_X_ORIGINAL_HOST", "")
         uri = environ.get("HTTP_X_ORIGINAL_URI", "/")
 
-        forged = [key for key in environ if key.startswith("HTTP_X_BERTH_") and key not in _ALLOWED_HEADERS]
+        forged = _forged_headers(environ)
         if forged:
             name = "-".join(part.title() for part in forged[0][5:].split("_"))
             return _forbidden(f"The request carries a reserved header ({name}).")
@@ -629,6 +629,16 @@ class AuthCheck:
 # Room for a user in a couple of hundred groups: nginx reads the answer's headers into 16 KiB
 # (proxy_buffer_size in nginx/snippets/auth_locations.conf.j2), and tools have limits of their own.
 MAX_GROUPS_HEADER = 8 * 1024
+
+
+def _forged_headers(environ):
+    """The X-Berth-* headers a client sent that are not its to send. The keys are counted in one
+    pass over their joined text (the hot path); only a request with more than the allowed ones,
+    or a key that merely contains the prefix, is looked at key by key."""
+    allowed = sum(map(environ.__contains__, _ALLOWED_HEADERS))
+    if " ".join(environ).count("HTTP_X_BERTH_") <= allowed:
+        return []
+    return [key for key in environ if key.startswith("HTTP_X_BERTH_") and key not in _ALLOWED_HEADERS]
 
 
 def _foreign_websocket(config, host, environ):

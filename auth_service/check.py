@@ -231,8 +231,9 @@ class Database:
         SQLite's `PRAGMA data_version` changes whenever another connection, in this process or
         any other, commits: reading it costs about 1.5 µs, against about 17 for the answer query.
         Every rule the query checks is data, except time (expiry, idleness), which the caller
-        checks again on a kept row (still_valid). Writes on this thread's own connection, which
-        data_version does not count, drop the rows (run). See docs/decisions/0025.
+        checks again on a kept row (AuthCheck._answer_row). Writes on this thread's own
+        connection, which data_version does not count, drop the rows (run). See
+        docs/decisions/0025.
         """
         if self.dialect != "sqlite":
             return None
@@ -382,6 +383,13 @@ class AuthCheck:
             self.database = Database(db.engine, app.config)
         self._allowlists = {}
         self._hosts = {}
+        self._upstreams = {}
+        # Settings the hot path reads as values it can use at once (they hold for the process).
+        idle = app.config["BERTH_SESSION_IDLE_LIFETIME"]
+        self.idle_lifetime = timedelta(seconds=idle) if idle else None
+        self.activity_interval = timedelta(seconds=app.config["BERTH_ACTIVITY_INTERVAL"])
+        cache = app.config["BERTH_AUTH_CACHE_SECONDS"]
+        self.cached_for = [("X-Accel-Expires", str(cache))] if cache else []
 
     def __call__(self, environ, start_response):
         if environ.get("PATH_INFO") != "/auth/check":
@@ -430,7 +438,6 @@ class AuthCheck:
         if api_token and main_host and not token_allowed_on_main_host(uri):
             return _forbidden("API tokens are accepted only for the API, under /api/.")
         now = utcnow()
-        idle = config["BERTH_SESSION_IDLE_LIFETIME"]
         params = {
             "token_hash": hash_token(token),
             "now": now,
@@ -448,7 +455,7 @@ class AuthCheck:
             address = str(address) if address is not None else ""
             params["throttle_key"] = throttle.token_key(address)
         else:
-            params["idle_cutoff"] = now - timedelta(seconds=idle) if idle else _NO_IDLE_LIMIT
+            params["idle_cutoff"] = now - self.idle_lifetime if self.idle_lifetime else _NO_IDLE_LIMIT
         query = (_TOKEN_ANSWER if api_token else _TOOL_COOKIE_ANSWER if tool else _ANSWER)[legacy]
         try:
             row = self._answer_row(query, params, kept=not api_token)
@@ -599,28 +606,32 @@ class AuthCheck:
     def _to_tool(self, row, session_id):
         # The sign-in is for the page nginx shows when the tool does not answer (its restart
         # form's CSRF token); nginx sends it to the web app only, never to the tool.
-        status, headers = _answer(200, upstream=nginx_upstream(self.config, row.upstream),
-                                  user_id=row.user_id, instance_id=row.instance_id, session_id=session_id)
+        upstream = self._upstreams.get(row.upstream)
+        if upstream is None:
+            if len(self._upstreams) > 4096:
+                self._upstreams.clear()
+            upstream = self._upstreams[row.upstream] = nginx_upstream(self.config, row.upstream)
+        headers = [("X-Berth-Upstream", upstream), ("X-Berth-User-Id", str(row.user_id)),
+                   ("X-Berth-Instance-Id", str(row.instance_id)), ("X-Berth-Session-Id", str(session_id))]
         if row.identity_headers:
             groups = self.database.run(_GROUP_NAMES, {"user_id": row.user_id}, fetch="all")
             headers += [("X-Berth-User-Email", _encoded(row.email)),
                         ("X-Berth-User-Name", _encoded(row.name or "")),
                         ("X-Berth-User-Groups", _group_list(groups))]
-        if self.config["BERTH_AUTH_CACHE_SECONDS"]:
-            # Only answers for running tools are cached: lifecycle pages must follow state at once.
-            headers.append(("X-Accel-Expires", str(self.config["BERTH_AUTH_CACHE_SECONDS"])))
-        return status, headers
+        # Only answers for running tools are cached: lifecycle pages must follow state at once.
+        headers += self.cached_for
+        return 200, headers
 
     def _record_seen(self, table, row, now):
         """Mark the session or token as used, at most once per interval (no write per request)."""
-        interval = timedelta(seconds=self.config["BERTH_ACTIVITY_INTERVAL"])
+        interval = self.activity_interval
         if row.seen_at is not None and row.seen_at > now - interval:
             return
         self.database.run(_SEEN[table], {"now": now, "cutoff": now - interval, "id": row.credential_id})
 
     def _record_activity(self, row, now):
         """Write last activity at most once per interval: a read decides, a conditional UPDATE writes."""
-        interval = timedelta(seconds=self.config["BERTH_ACTIVITY_INTERVAL"])
+        interval = self.activity_interval
         if row.last_activity_at is not None and row.last_activity_at > now - interval:
             return
         self.database.run(_TOUCH, {"now": now, "cutoff": now - interval, "id": row.instance_id})

@@ -390,6 +390,12 @@ class DockerBackend(Backend):
             container.remove(force=True)
         except docker.errors.NotFound:
             pass
+        except docker.errors.APIError as error:
+            # Another process removes it already (the worker's reconciler and `berth reconcile`,
+            # or a stop and the reconciler, at once): it goes all the same.
+            if error.status_code == 409 and "already in progress" in _explain(error):
+                return
+            raise LaunchFailed(f"Docker could not remove the tool's container: {_explain(error)}") from None
 
     def list_managed(self):
         # sparse: the labels come with the list; inspecting each container would race with a

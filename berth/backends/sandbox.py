@@ -177,10 +177,17 @@ class Sandbox:
         if slot is not None:
             link = f"{LINK_PREFIX}{slot}"
             _, tool_ip, _ = self._addresses(slot)
+            # Refused at once from here on, before the link goes: a connection nginx began while
+            # the link was being deleted lost its SYN with it, and then waited, unanswered, for
+            # its whole connect timeout (on an auth answer cached before the stop).
+            self.refuse(f"{tool_ip}/32")
             _delete_rule("filter", EGRESS_CHAIN, "-i", link, "-j", "ACCEPT")
             _delete_rule("nat", "POSTROUTING", "-s", f"{tool_ip}/32", "!", "-o", f"{LINK_PREFIX}+",
                          "-j", "MASQUERADE")
             _run("ip", "link", "del", link, ok_if="Cannot find device")
+            # From now on the route over all of BERTH_TOOL_NETWORK refuses it, and the slot is
+            # free for another tool, whose address this /32 must not shadow.
+            self.stop_refusing(f"{tool_ip}/32")
         _run("ip", "netns", "del", namespace, ok_if="No such file")
 
     @staticmethod

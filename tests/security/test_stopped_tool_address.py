@@ -3,11 +3,15 @@ cache, docs/decisions/0021-one-second-auth-cache.md): nginx sends requests to it
 the rest of that second, and each must end on this host, in Berth's own pages (the tool not
 answering, then starting again), never in whatever answers that address elsewhere."""
 import errno
+import os
 import socket
+import threading
 import time
 
 import pytest
 
+from berth.backends.sandbox import Sandbox
+from berth.settings import load_settings
 from tests.actions import stop_instance
 from tests.integration.test_launch import _backend_state, _host, _wait_state
 
@@ -87,3 +91,46 @@ def test_a_stopped_process_tools_address_is_refused_on_this_host(stack, alice):
         socket.create_connection((address, row["port"]), timeout=5).close()
     assert refused.value.errno in (errno.EHOSTUNREACH, errno.ECONNREFUSED)
     assert time.monotonic() - began < 1  # at once, not after a timeout elsewhere
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
+def test_no_connection_to_a_tool_whose_network_is_being_removed_waits(tmp_path):
+    """nginx keeps connecting to a stopping tool's address for the rest of the cached second. A
+    SYN sent as the tool's link was being deleted used to vanish with it, and that connection
+    then waited, unanswered, for nginx's whole connect timeout (60 s by default): about one
+    such connection per stop here, with three clients connecting without pause. Each attempt
+    must be refused at once, by the tool's namespace or by this host's routes."""
+    network = "10.214.0.0/24"  # none of the test stacks' tools
+    config = load_settings({"BERTH_DATA_DIR": str(tmp_path), "BERTH_DEPLOYMENT": f"stop{os.getpid()}",
+                            "BERTH_TOOL_NETWORK": network})
+    sandbox = Sandbox(config)
+    waited = []
+    try:
+        for instance_id, port in enumerate(range(20000, 20005), start=1):
+            address = sandbox.create_network(instance_id, port)["address"]
+            stopping = threading.Event()
+
+            def connect_without_pause():
+                while not stopping.is_set():
+                    began = time.monotonic()
+                    try:
+                        socket.create_connection((address, port), timeout=2).close()
+                    except socket.timeout:
+                        waited.append((address, time.monotonic() - began))
+                    except OSError as refused:
+                        assert refused.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH), refused
+
+            clients = [threading.Thread(target=connect_without_pause) for _ in range(3)]
+            for client in clients:
+                client.start()
+            time.sleep(0.05)
+            sandbox.remove_network(sandbox.namespace(instance_id))
+            time.sleep(0.1)
+            stopping.set()
+            for client in clients:
+                client.join()
+    finally:
+        for instance_id in range(1, 6):
+            sandbox.remove_network(sandbox.namespace(instance_id))
+        Sandbox.stop_refusing(network)
+    assert waited == []

@@ -458,7 +458,8 @@ class AuthCheck:
             params["idle_cutoff"] = now - self.idle_lifetime if self.idle_lifetime else _NO_IDLE_LIMIT
         query = (_TOKEN_ANSWER if api_token else _TOOL_COOKIE_ANSWER if tool else _ANSWER)[legacy]
         try:
-            row = self._answer_row(query, params, kept=not api_token)
+            kept = None if api_token else self.database.unchanged_rows()
+            row = self._answer_row(query, params, kept)
             if api_token and row is not None and row.blocked_until is not None and row.blocked_until > now:
                 # The address is waiting: the answer must not depend on the token at all.
                 return _token_refused(config, host, uri, _wait_reason(row.blocked_until, now))
@@ -493,7 +494,7 @@ class AuthCheck:
                     return _forbidden(refusal, row.user_id)
             if running:
                 self._record_activity(row, now)
-                return self._to_tool(row, session_id=session_id)
+                return self._to_tool(row, session_id, kept)
         except self.database.engine.dialect.loaded_dbapi.OperationalError as failure:
             # Unreachable, paused, or too slow (berth/database.py bounds each wait): nginx shows
             # the temporarily-unavailable page, and the next request connects again.
@@ -505,11 +506,10 @@ class AuthCheck:
         return _to_web(row.user_id, page=_page_for(row, tool), instance_id=row.instance_id or "",
                        session_id=session_id)
 
-    def _answer_row(self, query, params, kept):
-        """The answer query's row; for a cookie, the one this thread kept while the database has
-        not changed since, if its session is still in time. A token's row is always read afresh:
-        it depends on its client address's wait too."""
-        rows = self.database.unchanged_rows() if kept else None
+    def _answer_row(self, query, params, rows):
+        """The answer query's row; for a cookie, the one this thread kept (rows: unchanged_rows)
+        while the database has not changed since, if its session is still in time. A token's row
+        is always read afresh (rows None): it depends on its client address's wait too."""
         if rows is None:
             return self.database.row(query, params)
         key = (query, params["token_hash"], params["slug"], params["owner"], params["host"])
@@ -603,7 +603,7 @@ class AuthCheck:
             self._allowlists[key] = networks
         return networks
 
-    def _to_tool(self, row, session_id):
+    def _to_tool(self, row, session_id, kept=None):
         # The sign-in is for the page nginx shows when the tool does not answer (its restart
         # form's CSRF token); nginx sends it to the web app only, never to the tool.
         upstream = self._upstreams.get(row.upstream)
@@ -614,10 +614,16 @@ class AuthCheck:
         headers = [("X-Berth-Upstream", upstream), ("X-Berth-User-Id", str(row.user_id)),
                    ("X-Berth-Instance-Id", str(row.instance_id)), ("X-Berth-Session-Id", str(session_id))]
         if row.identity_headers:
-            groups = self.database.run(_GROUP_NAMES, {"user_id": row.user_id}, fetch="all")
+            # The user's groups, kept with the answer rows while the database is unchanged.
+            key = ("groups", row.user_id)
+            groups = kept.get(key) if kept is not None else None
+            if groups is None:
+                groups = _group_list(self.database.run(_GROUP_NAMES, {"user_id": row.user_id}, fetch="all"))
+                if kept is not None:
+                    kept[key] = groups
             headers += [("X-Berth-User-Email", _encoded(row.email)),
                         ("X-Berth-User-Name", _encoded(row.name or "")),
-                        ("X-Berth-User-Groups", _group_list(groups))]
+                        ("X-Berth-User-Groups", groups)]
         # Only answers for running tools are cached: lifecycle pages must follow state at once.
         headers += self.cached_for
         return 200, headers

@@ -72,7 +72,10 @@ def berth_auth(tmp_path):
         answer = client.get("/auth/check", headers=headers)
         return answer.status_code, answer.headers.get("X-Berth-Upstream"), answer.headers.get("X-Berth-Page")
 
-    yield {"ask": ask, "reads": reads, "path": path, "ids": ids, "app": app}
+    def groups_sent():
+        return client.get("/auth/check", headers=headers).headers.get("X-Berth-User-Groups")
+
+    yield {"ask": ask, "reads": reads, "path": path, "ids": ids, "app": app, "groups_sent": groups_sent}
     with app.app_context():
         db.engine.dispose()
 
@@ -167,3 +170,17 @@ def test_the_checks_own_write_is_read_back(berth_auth, clock):
     assert berth_auth["ask"]()[0] == 200  # marks the session as seen now: a write of its own
     clock.append(timedelta(seconds=idle - activity // 2))  # idle since the kept row's time
     assert berth_auth["ask"]()[0] == 200  # but not since the write
+
+
+def test_the_groups_a_tool_is_told_follow_a_membership_added_by_another_process(berth_auth):
+    """A tool that asks for identity headers is told the user's groups: kept with the rows, and
+    read again after any change."""
+    _write_from_another_process(berth_auth["path"], "UPDATE tool_templates SET identity_headers = 1")
+    _kept(berth_auth)
+    assert berth_auth["groups_sent"]() == "analysts"
+    _write_from_another_process(berth_auth["path"], "INSERT INTO groups (name, created_at, team_folder) "
+                                                    "VALUES ('reviewers', '2026-01-01 00:00:00.000000', 0)")
+    _write_from_another_process(berth_auth["path"], f"INSERT INTO memberships (group_id, user_id, source, created_at) "
+                                                    f"SELECT id, {berth_auth['ids']['user']}, 'local', "
+                                                    f"'2026-01-01 00:00:00.000000' FROM groups WHERE name = 'reviewers'")
+    assert berth_auth["groups_sent"]() == "analysts,reviewers"

@@ -383,7 +383,6 @@ class AuthCheck:
             self.database = Database(db.engine, app.config)
         self._allowlists = {}
         self._hosts = {}
-        self._upstreams = {}
         # Settings the hot path reads as values it can use at once (they hold for the process).
         idle = app.config["BERTH_SESSION_IDLE_LIFETIME"]
         self.idle_lifetime = timedelta(seconds=idle) if idle else None
@@ -606,12 +605,7 @@ class AuthCheck:
     def _to_tool(self, row, session_id, kept=None):
         # The sign-in is for the page nginx shows when the tool does not answer (its restart
         # form's CSRF token); nginx sends it to the web app only, never to the tool.
-        upstream = self._upstreams.get(row.upstream)
-        if upstream is None:
-            if len(self._upstreams) > 4096:
-                self._upstreams.clear()
-            upstream = self._upstreams[row.upstream] = nginx_upstream(self.config, row.upstream)
-        headers = [("X-Berth-Upstream", upstream), ("X-Berth-User-Id", str(row.user_id)),
+        headers = [("X-Berth-Upstream", nginx_upstream(self.config, row.upstream)), ("X-Berth-User-Id", str(row.user_id)),
                    ("X-Berth-Instance-Id", str(row.instance_id)), ("X-Berth-Session-Id", str(session_id))]
         if row.identity_headers:
             # The user's groups, kept with the answer rows while the database is unchanged.
